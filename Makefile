@@ -1,0 +1,78 @@
+# lclusterd — set-up, run and test on Debian 12, as root.
+#   make prep      system packages, .venv, default rootfs, lclusterd/lclient on PATH (idempotent)
+#   make run       prep, then the daemon in the foreground with an embedded etcd
+#   make test      prep, then the whole test suite
+#   make test-v2   the runtime's integration tests inside a pure cgroup v2 VM (../shared/v2vm)
+#   make bench     the benchmarks under bench/ (make bench-deps installs the peer tools)
+#   make rootfs ROOTFS=debian   build another root filesystem
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+ROOTFS ?= busybox
+ROOTFS_DIR ?= /var/lib/lclusterd/rootfs
+BINDIR ?= /usr/local/bin
+STAMPS := .stamps
+V2VM ?= $(CURDIR)/../shared/v2vm
+PYTEST_ARGS ?=
+
+APT_PACKAGES := etcd-server etcd-client busybox-static python3-venv python3-dev gcc iproute2 debootstrap
+BENCH_PACKAGES := runc bubblewrap slurm-wlm munge
+
+.PHONY: prep run test test-unit test-integration test-v2 rootfs links proto bench bench-deps clean
+
+prep: $(STAMPS)/apt $(STAMPS)/venv rootfs links
+
+# Only calls apt-get when a package is missing, so a second run takes no time.
+$(STAMPS)/apt: Makefile
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "prep: installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@mkdir -p $(STAMPS) && touch $@
+
+rootfs: $(STAMPS)/apt
+	@sh rootfs/build.sh $(ROOTFS) $(ROOTFS_DIR)
+
+links: $(STAMPS)/venv
+	@for tool in lclusterd lclient; do \
+		[ "$$(readlink $(BINDIR)/$$tool)" = "$(VENV)/bin/$$tool" ] || ln -sfn $(VENV)/bin/$$tool $(BINDIR)/$$tool; \
+	done
+
+run: prep
+	$(VENV)/bin/lclusterd --rootfs $(ROOTFS_DIR)
+
+test: prep
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMPS)/venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: prep
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# The venv is made on the host with Debian's python3, which the guest also has, so it
+# works there unchanged; the rootfs is built inside the guest from the copied busybox.
+test-v2: prep
+	@[ -x $(V2VM)/run-v2.sh ] || { echo "test-v2: $(V2VM)/run-v2.sh not found"; exit 1; }
+	$(V2VM)/run-v2.sh -t 1200 -x ./.stamps -x ./.pytest_cache $(CURDIR) \
+		'set -e; sh rootfs/build.sh busybox /var/lib/lclusterd/rootfs; \
+		 $(PY) -m pytest -p no:cacheprovider tests/integration/test_runtime.py tests/unit $(PYTEST_ARGS)'
+
+proto: $(STAMPS)/venv
+	$(PY) -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. proto/lclusterd/rpc/lclusterd.proto
+
+bench: prep
+	$(PY) bench/runtime.py
+
+bench-deps: $(STAMPS)/apt
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc bubblewrap
+
+clean:
+	rm -rf $(STAMPS) $(VENV) build *.egg-info

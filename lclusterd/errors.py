@@ -1,0 +1,63 @@
+"""The one tree of lclusterd errors. Pure: imports neither grpc nor etcd3.
+
+Each error carries a sentence a user can act on (its str) plus structured fields.
+The API layer maps each class to one gRPC status code, once.
+"""
+
+from __future__ import annotations
+
+
+class LclusterdError(Exception):
+    """Base of every error lclusterd raises on purpose."""
+
+
+class InvalidSpec(LclusterdError):
+    """A job spec or request argument is malformed or out of range."""
+
+
+class JobNotFound(LclusterdError):
+    """No job has the given id."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"no job with uuid {job_id}")
+        self.job_id = job_id
+
+
+class JobFinished(LclusterdError):
+    """The job is already in a terminal state, so it cannot be killed."""
+
+    def __init__(self, job_id: str, state: str):
+        super().__init__(f"job {job_id} has already finished ({state})")
+        self.job_id = job_id
+        self.state = state
+
+
+class QueueFull(LclusterdError):
+    """The queue or the node has no room for another job."""
+
+
+class StoreUnavailable(LclusterdError):
+    """etcd cannot be reached or did not answer in time."""
+
+
+class InvalidTransition(LclusterdError):
+    """A job state change that the state machine does not allow."""
+
+    def __init__(self, current: str, target: str):
+        super().__init__(f"cannot go from {current} to {target}")
+        self.current = current
+        self.target = target
+
+
+class SetupFailed(LclusterdError):
+    """A container set-up step failed before the job's command was executed."""
+
+    def __init__(self, step: str, detail: str, errno: int = 0):
+        super().__init__(f"{step}: {detail}")
+        self.step = step
+        self.detail = detail
+        self.errno = errno
+
+
+class RuntimeUnavailable(LclusterdError):
+    """The runtime helper (fork server) is not running or stopped answering."""

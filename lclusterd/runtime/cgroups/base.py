@@ -1,0 +1,79 @@
+"""The one interface both cgroup drivers implement. Callers never check the version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int | None = None
+    cpus: float | None = None  # fraction of cores, becomes a CFS quota over a 100 ms period
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
+class CgroupStats:
+    """Read once at the job's end, before the cgroup is removed."""
+
+    oom_kills: int  # processes the kernel OOM killer killed inside this cgroup
+    peak_memory_bytes: int | None  # None where the kernel does not keep a peak
+    cpu_seconds: float | None
+
+
+class JobCgroup(Protocol):
+    """The cgroup (v2) or set of per-controller cgroups (v1) of one job."""
+
+    name: str
+
+    @property
+    def procs_files(self) -> list[str]:
+        """Files a process writes "0" into to move itself into this cgroup (see join_self)."""
+        ...
+
+    def join_self(self) -> None:
+        """Move the calling process into the cgroup. Called in the forked child, so it
+        must do no imports and allocate little: it writes b"0" to each procs file."""
+        ...
+
+    def pids(self) -> list[int]:
+        """Host pids of every process in the cgroup."""
+        ...
+
+    def is_empty(self) -> bool: ...
+
+    def signal_all(self, sig: int) -> None:
+        """Send sig to every process in the cgroup; processes already gone are fine."""
+        ...
+
+    def kill_all(self) -> None:
+        """SIGKILL every process, atomically against forks (v2 cgroup.kill; v1 freeze,
+        kill, thaw), and return once the cgroup is empty or after a few seconds."""
+        ...
+
+    def stats(self) -> CgroupStats: ...
+
+    def remove(self) -> None:
+        """Remove the cgroup directories; retries briefly while the kernel still
+        counts exiting tasks. Missing directories are fine."""
+        ...
+
+
+class CgroupDriver(Protocol):
+    """Creates job cgroups under one parent (e.g. "lclusterd") of one hierarchy layout."""
+
+    version: int  # 1 or 2
+    parent: str
+
+    def create(self, name: str, limits: Limits) -> JobCgroup:
+        """Make the job's cgroup with its limits written. Raises OSError naming the file."""
+        ...
+
+    def open(self, name: str) -> JobCgroup:
+        """The cgroup of an existing job (for kill and clean-up after a restart)."""
+        ...
+
+    def job_names(self) -> list[str]:
+        """Names of the job cgroups that exist under the parent (for the start-up sweep)."""
+        ...

@@ -1,0 +1,259 @@
+"""cgroup v1 driver: one directory per controller hierarchy for each job.
+
+A job `name` gets `<hierarchy>/<parent>/<name>` in the memory, pids, cpu, cpuacct and
+freezer hierarchies; controllers mounted together (`cpu,cpuacct`) share one directory.
+The small file helpers at the top are shared with the v2 driver.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .base import CgroupStats, Limits
+
+CFS_PERIOD_US = 100_000
+KILL_TIMEOUT_S = 5.0
+FREEZE_TIMEOUT_S = 1.0
+REMOVE_TIMEOUT_S = 2.0
+
+
+def write_file(path: str | Path, data: str | bytes) -> None:
+    """Write one value to a kernel file with a single write(); the error names the file.
+    Does no imports and little allocation, so it is safe in a forked child."""
+    if isinstance(data, str):
+        data = data.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise OSError(e.errno, f"write {path}: {e.strerror}") from e
+
+
+def read_file(path: str | Path) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise OSError(e.errno, f"read {path}: {e.strerror}") from e
+
+
+def read_optional(path: Path) -> str | None:
+    """The file's text, or None where this kernel does not have the file."""
+    try:
+        return read_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def read_key(text: str | None, key: str) -> int | None:
+    """The value of a `key N` line (memory.oom_control, memory.events, cpu.stat)."""
+    for line in (text or "").splitlines():
+        k, _, value = line.partition(" ")
+        if k == key:
+            return int(value)
+    return None
+
+
+def make_dirs(path: Path) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise OSError(e.errno, f"mkdir -p {path}: {e.strerror}") from e
+
+
+def make_dir(path: Path) -> None:
+    try:
+        os.mkdir(path)
+    except OSError as e:
+        raise OSError(e.errno, f"mkdir {path}: {e.strerror}") from e
+
+
+def read_pids(procs_file: Path) -> list[int]:
+    try:
+        return [int(pid) for pid in read_file(procs_file).split()]
+    except FileNotFoundError:  # the cgroup is already gone, so nothing is in it
+        return []
+
+
+def signal_pids(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:  # exited since cgroup.procs was read
+            pass
+
+
+def remove_dir(path: Path, timeout: float = REMOVE_TIMEOUT_S) -> None:
+    """rmdir, retrying on EBUSY: the kernel keeps a cgroup busy for a moment after its
+    last task has exited. A missing directory is fine."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise OSError(e.errno, f"rmdir {path}: {e.strerror}") from e
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def kill_frozen(
+    list_pids: Callable[[], list[int]],
+    freeze: Callable[[], None],
+    thaw: Callable[[], None],
+    timeout: float = KILL_TIMEOUT_S,
+) -> None:
+    """SIGKILL every listed process while the cgroup is frozen, so none can fork a child
+    we have not seen; repeat until the list is empty or `timeout` has passed."""
+    deadline = time.monotonic() + timeout
+    while list_pids() and time.monotonic() < deadline:
+        freeze()
+        try:
+            signal_pids(list_pids(), signal.SIGKILL)
+        finally:
+            thaw()  # a frozen task only acts on SIGKILL once it runs again
+        time.sleep(0.005)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def check_name(name: str) -> None:
+    # The name becomes one path component; anything else could escape the parent.
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"invalid cgroup name {name!r}")
+
+
+class V1Cgroup:
+    """One job's directories, one per hierarchy (`dirs` maps controller -> directory)."""
+
+    def __init__(self, name: str, dirs: dict[str, Path]):
+        self.name = name
+        self.dirs = dirs
+        self.unique_dirs = list(dict.fromkeys(dirs.values()))
+        # Built here so that join_self, in the forked child, only opens and writes.
+        self._procs_files = [str(d / "cgroup.procs") for d in self.unique_dirs]
+
+    @property
+    def procs_files(self) -> list[str]:
+        return list(self._procs_files)
+
+    def join_self(self) -> None:
+        for path in self._procs_files:
+            write_file(path, b"0")
+
+    def pids(self) -> list[int]:
+        # The union: a process that joined only some hierarchies still belongs to the job.
+        return sorted({pid for d in self.unique_dirs for pid in read_pids(d / "cgroup.procs")})
+
+    def is_empty(self) -> bool:
+        return not self.pids()
+
+    def signal_all(self, sig: int) -> None:
+        signal_pids(self.pids(), sig)
+
+    def kill_all(self) -> None:
+        state = self.dirs["freezer"] / "freezer.state"
+
+        def freeze() -> None:
+            write_file(state, "FROZEN")
+            # FREEZING until every task has stopped; a task stuck in the kernel may keep
+            # it there, and then we kill anyway rather than hang.
+            wait_until(lambda: read_file(state).strip() == "FROZEN", FREEZE_TIMEOUT_S)
+
+        kill_frozen(self.pids, freeze, lambda: write_file(state, "THAWED"))
+
+    def stats(self) -> CgroupStats:
+        memory = self.dirs["memory"]
+        # The `oom_kill` line exists since Linux 4.13; older kernels do not count kills.
+        oom_kills = read_key(read_optional(memory / "memory.oom_control"), "oom_kill")
+        peak = read_optional(memory / "memory.max_usage_in_bytes")
+        usage_ns = read_optional(self.dirs["cpuacct"] / "cpuacct.usage")
+        return CgroupStats(
+            oom_kills=oom_kills or 0,
+            peak_memory_bytes=int(peak) if peak is not None else None,
+            cpu_seconds=int(usage_ns) / 1e9 if usage_ns is not None else None,
+        )
+
+    def remove(self) -> None:
+        for d in self.unique_dirs:
+            remove_dir(d)
+
+
+class V1Driver:
+    """Job cgroups under `<hierarchy>/<parent>` of each v1 hierarchy. The constructor makes
+    the parent directories (mkdir -p), so a driver that exists is ready to create jobs."""
+
+    version = 1
+
+    def __init__(self, hierarchies: dict[str, Path], parent: str = "lclusterd"):
+        self.hierarchies = {c: Path(p) for c, p in hierarchies.items()}
+        self.parent = parent
+        for d in dict.fromkeys(h / parent for h in self.hierarchies.values()):
+            make_dirs(d)
+
+    def open(self, name: str) -> V1Cgroup:
+        check_name(name)
+        return V1Cgroup(name, {c: h / self.parent / name for c, h in self.hierarchies.items()})
+
+    def create(self, name: str, limits: Limits) -> V1Cgroup:
+        cgroup = self.open(name)
+        made: list[Path] = []
+        try:
+            for d in cgroup.unique_dirs:
+                make_dir(d)
+                made.append(d)
+            write_limits(cgroup, limits)
+        except BaseException as err:
+            for d in reversed(made):
+                try:
+                    remove_dir(d)
+                except OSError as cleanup:
+                    err.add_note(f"cleanup also failed: {cleanup}")
+            raise
+        return cgroup
+
+    def job_names(self) -> list[str]:
+        parent = self.hierarchies["memory"] / self.parent
+        try:
+            return sorted(e.name for e in os.scandir(parent) if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+
+
+def write_limits(cgroup: V1Cgroup, limits: Limits) -> None:
+    """Write the limits that are set; unset ones keep the kernel's default (unlimited)."""
+    if limits.memory_bytes is not None:
+        memory = cgroup.dirs["memory"]
+        write_file(memory / "memory.limit_in_bytes", str(limits.memory_bytes))
+        # memory+swap gets the same value, so swap cannot be used to go past the limit.
+        # (Order matters: memsw may never be below limit_in_bytes.) Absent without swap
+        # accounting.
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            write_file(memsw, str(limits.memory_bytes))
+    if limits.pids is not None:
+        write_file(cgroup.dirs["pids"] / "pids.max", str(limits.pids))
+    if limits.cpus is not None:
+        cpu = cgroup.dirs["cpu"]
+        write_file(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
+        # round, not int: 0.29 * 100000 is 28999.999...
+        write_file(cpu / "cpu.cfs_quota_us", str(round(limits.cpus * CFS_PERIOD_US)))

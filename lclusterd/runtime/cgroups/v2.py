@@ -1,0 +1,166 @@
+"""cgroup v2 driver: one directory per job, `<root>/<parent>/<name>`, in the unified tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lclusterd.errors import SetupFailed
+
+from .base import CgroupStats, Limits
+
+# The file helpers are shared by both drivers; they live with the older one.
+from .v1 import (
+    CFS_PERIOD_US,
+    KILL_TIMEOUT_S,
+    check_name,
+    kill_frozen,
+    make_dir,
+    make_dirs,
+    read_file,
+    read_key,
+    read_optional,
+    read_pids,
+    remove_dir,
+    signal_pids,
+    wait_until,
+    write_file,
+)
+
+CONTROLLERS = ("memory", "pids", "cpu")
+FREEZE_TIMEOUT_S = 1.0
+
+
+class V2Cgroup:
+    """One job's cgroup directory (`path`)."""
+
+    def __init__(self, name: str, path: Path):
+        self.name = name
+        self.path = path
+        self._procs_file = str(path / "cgroup.procs")  # ready for join_self in the child
+
+    @property
+    def procs_files(self) -> list[str]:
+        return [self._procs_file]
+
+    def join_self(self) -> None:
+        write_file(self._procs_file, b"0")
+
+    def pids(self) -> list[int]:
+        return read_pids(self.path / "cgroup.procs")
+
+    def is_empty(self) -> bool:
+        return not self.pids()
+
+    def signal_all(self, sig: int) -> None:
+        signal_pids(self.pids(), sig)
+
+    def _event(self, key: str) -> int | None:
+        return read_key(read_optional(self.path / "cgroup.events"), key)
+
+    def kill_all(self) -> None:
+        kill = self.path / "cgroup.kill"
+        if kill.exists():  # Linux >= 5.14: the kernel kills the whole tree, forks included
+            write_file(kill, "1")
+            wait_until(lambda: not self._event("populated"), KILL_TIMEOUT_S)
+            return
+        freeze_file = self.path / "cgroup.freeze"
+
+        def freeze() -> None:
+            write_file(freeze_file, "1")
+            wait_until(lambda: self._event("frozen") == 1, FREEZE_TIMEOUT_S)
+
+        kill_frozen(self.pids, freeze, lambda: write_file(freeze_file, "0"))
+
+    def stats(self) -> CgroupStats:
+        oom_kills = read_key(read_optional(self.path / "memory.events"), "oom_kill")
+        peak = read_optional(self.path / "memory.peak")  # Linux >= 5.19
+        usage_us = read_key(read_optional(self.path / "cpu.stat"), "usage_usec")
+        return CgroupStats(
+            oom_kills=oom_kills or 0,
+            peak_memory_bytes=int(peak) if peak is not None else None,
+            cpu_seconds=usage_us / 1e6 if usage_us is not None else None,
+        )
+
+    def remove(self) -> None:
+        remove_dir(self.path)
+
+
+class V2Driver:
+    """Job cgroups under `<root>/<parent>`. The constructor makes the parent (mkdir -p)
+    and enables memory, pids and cpu for it, so a driver that exists is ready."""
+
+    version = 2
+
+    def __init__(self, root: Path = Path("/sys/fs/cgroup"), parent: str = "lclusterd"):
+        self.root = Path(root)
+        self.parent = parent
+        self.parent_dir = self.root / parent
+        make_dirs(self.parent_dir)
+        # A controller reaches a cgroup only when every ancestor enables it in its
+        # cgroup.subtree_control, so enable top down, the parent's own level included.
+        level = self.root
+        enable_controllers(level)
+        for part in Path(parent).parts:
+            level = level / part
+            enable_controllers(level)
+        enabled = read_file(self.parent_dir / "cgroup.subtree_control").split()
+        missing = [c for c in CONTROLLERS if c not in enabled]
+        if missing:
+            raise SetupFailed(
+                "cgroups",
+                f"cgroup v2 controller(s) {', '.join(missing)} cannot be enabled for "
+                f"{self.parent_dir}: not listed in {self.root / 'cgroup.controllers'} "
+                "or an ancestor's cgroup.controllers",
+            )
+
+    def open(self, name: str) -> V2Cgroup:
+        check_name(name)
+        return V2Cgroup(name, self.parent_dir / name)
+
+    def create(self, name: str, limits: Limits) -> V2Cgroup:
+        cgroup = self.open(name)
+        make_dir(cgroup.path)
+        try:
+            write_limits(cgroup.path, limits)
+        except BaseException as err:
+            try:
+                remove_dir(cgroup.path)
+            except OSError as cleanup:
+                err.add_note(f"cleanup also failed: {cleanup}")
+            raise
+        return cgroup
+
+    def job_names(self) -> list[str]:
+        try:
+            return sorted(
+                e.name for e in os.scandir(self.parent_dir) if e.is_dir(follow_symlinks=False)
+            )
+        except FileNotFoundError:
+            return []
+
+
+def enable_controllers(level: Path) -> None:
+    """Enable for the children of `level` those of CONTROLLERS it has and has not
+    enabled yet; writing only what is missing leaves a shared root alone."""
+    available = read_file(level / "cgroup.controllers").split()
+    enabled = read_file(level / "cgroup.subtree_control").split()
+    wanted = [c for c in CONTROLLERS if c in available and c not in enabled]
+    if wanted:
+        write_file(level / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
+
+
+def write_limits(path: Path, limits: Limits) -> None:
+    """Write the limits that are set; unset ones keep the kernel's default ("max")."""
+    if limits.memory_bytes is not None:
+        write_file(path / "memory.max", str(limits.memory_bytes))
+        # No swap at all, so swap cannot be used to go past memory.max. Absent without
+        # swap accounting.
+        swap = path / "memory.swap.max"
+        if swap.exists():
+            write_file(swap, "0")
+    if limits.pids is not None:
+        write_file(path / "pids.max", str(limits.pids))
+    if limits.cpus is not None:
+        quota = round(limits.cpus * CFS_PERIOD_US)  # round, not int: 0.29 * 100000 is 28999.99...
+        write_file(path / "cpu.max", f"{quota} {CFS_PERIOD_US}")

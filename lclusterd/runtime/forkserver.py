@@ -1,0 +1,438 @@
+"""The single-threaded helper that forks every job: `python -m lclusterd.runtime.forkserver`.
+
+The daemon runs gRPC and etcd threads, and a threaded Python process must not fork a
+child that goes on running Python. So the launcher starts this helper as a fresh
+process (fork + exec, safe from any thread) and sends it job specs over a socket. The
+helper imports everything the children need before its first fork, is a child
+subreaper (so it reaps each job's PID 1 after the intermediate exits), and runs one
+select loop over: requests, SIGCHLD, each job's status pipe, and timers (timeouts and
+kill grace periods). Nothing in here blocks on a job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from lclusterd.errors import LclusterdError, SetupFailed
+from lclusterd.runtime import caps, channel, child, kernel, mounts
+from lclusterd.runtime.cgroups import Limits, detect
+from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
+from lclusterd.runtime.spec import (EXITED, FAILED, KILLED, OOM_KILLED, TIMED_OUT, RunResult,
+                                    RuntimeSpec)
+
+
+@dataclass
+class RunningJob:
+    spec: RuntimeSpec
+    cgroup: JobCgroup
+    job_dir: str
+    status_fd: int
+    intermediate_pid: int
+    started_at: float  # unix time
+    deadline: float | None  # monotonic time of TIMED_OUT
+    status_buf: bytes = b""
+    pipe_closed: bool = False
+    intermediate_reaped: bool = False
+    host_pid: int | None = None
+    wait_status: int | None = None
+    failure: dict[str, Any] | None = None
+    end_reason: str | None = None  # KILLED or TIMED_OUT once the runtime started ending it
+    kill_at: float | None = None  # monotonic time to escalate SIGTERM to SIGKILL
+    announced: bool = False
+
+    @property
+    def is_done(self) -> bool:
+        if not (self.pipe_closed and self.intermediate_reaped):
+            return False
+        return self.host_pid is None or self.wait_status is not None
+
+
+@dataclass
+class ForkServer:
+    sock: socket.socket
+    state_dir: str
+    driver: CgroupDriver
+    keep_caps: int = caps.mask_of(caps.DEFAULT_KEEP)
+    cap_last: int = field(default_factory=caps.last_cap)
+    jobs: dict[str, RunningJob] = field(default_factory=dict)
+    by_pid: dict[int, RunningJob] = field(default_factory=dict)  # intermediate and job pids
+    unclaimed: dict[int, int] = field(default_factory=dict)  # reaped before its P line was read
+    stopping: bool = False
+
+    @property
+    def jobs_dir(self) -> str:
+        return os.path.join(self.state_dir, "jobs")
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def serve(self) -> None:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: None)  # the wakeup fd carries the news
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.sock, selectors.EVENT_READ, "control")
+        self.selector.register(wake_r, selectors.EVENT_READ, "signal")
+        self._send({"event": "ready", "pid": os.getpid(), "cgroup_version": self.driver.version})
+        while not (self.stopping and not self.jobs):
+            for key, _ in self.selector.select(self._next_timer()):
+                if key.data == "control":
+                    self._on_request()
+                elif key.data == "signal":
+                    self._on_signals(os.read(wake_r, 512))
+                else:
+                    self._on_status_pipe(key.data)
+            self._fire_timers()
+        self._send({"event": "bye"})
+
+    def _on_signals(self, signums: bytes) -> None:
+        if signal.SIGTERM in signums or signal.SIGINT in signums:
+            self._stop(kill=True)
+        self._reap()
+
+    def _on_request(self) -> None:
+        try:
+            request, fds = channel.receive_with_fds(self.sock)
+        except (channel.ChannelClosed, ConnectionError):
+            # The launcher is gone: nobody will collect results, so end every job.
+            self.selector.unregister(self.sock)
+            self._stop(kill=True)
+            return
+        try:
+            self._handle(request, fds)
+        except Exception as error:  # noqa: BLE001 - one bad request must not stop every job
+            print(f"lclusterd forkserver: request {request.get('op')!r} failed: {error!r}", file=sys.stderr)
+            if request.get("op") == "start":
+                job_id = str(request.get("spec", {}).get("job_id", ""))
+                self._send_result(RunResult(job_id=job_id, status=FAILED, error=f"bad start request: {error}"))
+
+    def _handle(self, request: dict[str, Any], fds: list[int]) -> None:
+        op = request.get("op")
+        if op == "start":
+            self._start(RuntimeSpec.from_json(request["spec"]), fds)
+        elif op == "kill":
+            job = self.jobs.get(request["job_id"])
+            if job is not None:
+                grace = request.get("grace")
+                self._begin_kill(job, KILLED, job.spec.grace if grace is None else grace)
+        elif op == "sweep":
+            self._send({"event": "swept", "job_ids": self._sweep()})
+        elif op == "shutdown":
+            self._stop(kill=bool(request.get("kill", True)))
+        else:
+            print(f"lclusterd forkserver: unknown request {op!r}", file=sys.stderr)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            channel.send(self.sock, message)
+        except OSError:
+            pass  # launcher gone; _on_request notices the EOF and stops
+
+    # -- starting -----------------------------------------------------------------------
+
+    def _start(self, spec: RuntimeSpec, stdio: list[int]) -> None:
+        """stdio: the job's stdin, stdout and stderr as open fds (ours to close), or
+        empty to use the spec's stdin data and log paths."""
+        started_at = time.time()
+        try:
+            spec.validate()
+            if spec.job_id in self.jobs:
+                raise SetupFailed("start", f"job {spec.job_id} is already running")
+            if stdio and len(stdio) != 3:
+                raise SetupFailed("start", f"expected 3 stdio descriptors, got {len(stdio)}")
+            self._fork_job(spec, started_at, stdio)
+        except (LclusterdError, OSError) as error:
+            for fd in stdio:
+                _close_quietly(fd)
+            self._send_result(RunResult(job_id=spec.job_id, status=FAILED, error=_reason(error),
+                                        started_at=started_at, finished_at=time.time()))
+
+    def _fork_job(self, spec: RuntimeSpec, started_at: float, stdio: list[int]) -> None:
+        """Make the job's directories, cgroup and files, then fork the intermediate.
+        Everything that can fail on bad input fails here, before any process exists."""
+        if not os.path.isdir(spec.rootfs):
+            raise SetupFailed("rootfs", f"rootfs {spec.rootfs} does not exist (build it with `make rootfs`)")
+        job_dir = os.path.join(self.jobs_dir, spec.job_id)
+        opened: list[int] = list(stdio)
+        cgroup: JobCgroup | None = None
+        try:
+            os.mkdir(job_dir, 0o700)
+            for sub in ("upper", "work", "root"):
+                os.mkdir(os.path.join(job_dir, sub), 0o755)
+            cgroup = self.driver.create(spec.job_id, Limits(spec.memory_bytes, spec.cpus, spec.pids))
+            if stdio:
+                stdin_fd, stdout_fd, stderr_fd = stdio
+            else:
+                stdin_fd = _open_stdin(spec, job_dir, opened)
+                stdout_fd = _open_log(spec.stdout_path, opened)
+                stderr_fd = _open_log(spec.stderr_path, opened)
+            status_r, status_w = os.pipe()
+            opened += [status_r, status_w]
+            root = os.path.join(job_dir, "root")
+            prepared = child.PreparedJob(
+                job_id=spec.job_id, argv=spec.argv, env=spec.job_environment(), cwd=spec.cwd,
+                hostname=spec.effective_hostname, root=root,
+                before_pivot=mounts.plan_before_pivot(root, spec.rootfs, os.path.join(job_dir, "upper"),
+                                                      os.path.join(job_dir, "work")),
+                after_pivot=mounts.plan_after_pivot(), cgroup=cgroup,
+                stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, status_fd=status_w,
+                keep_caps=self.keep_caps, cap_last=self.cap_last)
+            pid = os.fork()
+            if pid == 0:
+                child.run_intermediate(prepared)  # never returns
+        except BaseException as error:
+            for fd in opened:
+                _close_quietly(fd)
+            del opened[:]
+            _note_cleanup(error, lambda: cgroup.remove() if cgroup else None)
+            _note_cleanup(error, lambda: shutil.rmtree(job_dir, ignore_errors=False) if os.path.isdir(job_dir) else None)
+            raise
+        for fd in opened:
+            if fd != status_r:
+                os.close(fd)
+        deadline = time.monotonic() + spec.timeout if spec.timeout else None
+        job = RunningJob(spec=spec, cgroup=cgroup, job_dir=job_dir, status_fd=status_r,
+                         intermediate_pid=pid, started_at=started_at, deadline=deadline)
+        self.jobs[spec.job_id] = job
+        self.by_pid[pid] = job
+        self.selector.register(status_r, selectors.EVENT_READ, job)
+
+    # -- following a job ------------------------------------------------------------------
+
+    def _on_status_pipe(self, job: RunningJob) -> None:
+        data = os.read(job.status_fd, 4096)
+        if data:
+            job.status_buf += data
+            *lines, job.status_buf = job.status_buf.split(b"\n")
+            for line in lines:
+                self._on_status_line(job, line)
+            return
+        self.selector.unregister(job.status_fd)
+        os.close(job.status_fd)
+        job.pipe_closed = True
+        if job.failure is None and job.host_pid is not None:
+            job.announced = True
+            self._send({"event": "started", "job_id": job.spec.job_id, "host_pid": job.host_pid,
+                        "started_at": job.started_at})
+        self._finish_if_done(job)
+
+    def _on_status_line(self, job: RunningJob, line: bytes) -> None:
+        if line.startswith(b"P"):
+            job.host_pid = int(line[1:])
+            self.by_pid[job.host_pid] = job
+            if job.host_pid in self.unclaimed:
+                job.wait_status = self.unclaimed.pop(job.host_pid)
+                del self.by_pid[job.host_pid]
+        elif line.startswith(b"E"):
+            job.failure = json.loads(line[1:])
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            job = self.by_pid.pop(pid, None)
+            if job is None:
+                self.unclaimed[pid] = status
+            elif pid == job.intermediate_pid:
+                job.intermediate_reaped = True
+                if os.waitstatus_to_exitcode(status) != 0 and job.failure is None and job.host_pid is None:
+                    job.failure = {"step": "intermediate", "errno": 0,
+                                   "detail": f"set-up process ended with status {os.waitstatus_to_exitcode(status)}"}
+                self._finish_if_done(job)
+            else:
+                job.wait_status = status
+                self._finish_if_done(job)
+
+    def _finish_if_done(self, job: RunningJob) -> None:
+        if job.is_done and job.spec.job_id in self.jobs:
+            self._finish(job)
+
+    def _finish(self, job: RunningJob) -> None:
+        """Read the job's accounting, then remove everything it had: the cgroup (after
+        killing anything left in it) and its directory. Its mounts went with its mount
+        namespace when its last process exited."""
+        del self.jobs[job.spec.job_id]
+        result = RunResult(job_id=job.spec.job_id, status=EXITED, host_pid=job.host_pid,
+                           started_at=job.started_at)
+        notes: list[str] = []
+        try:
+            stats = job.cgroup.stats()
+            result.oom_kills = stats.oom_kills
+            result.peak_memory_bytes = stats.peak_memory_bytes
+            result.cpu_seconds = stats.cpu_seconds
+        except OSError as error:
+            notes.append(f"reading cgroup statistics failed: {child.describe(error)}")
+        for what, cleanup in (("cgroup", self._remove_cgroup), ("job directory", shutil.rmtree)):
+            try:
+                cleanup(job.cgroup if what == "cgroup" else job.job_dir)
+            except OSError as error:
+                notes.append(f"removing the {what} failed: {child.describe(error)}")
+                print(f"lclusterd forkserver: job {job.spec.job_id}: {notes[-1]}", file=sys.stderr)
+        if job.wait_status is not None:
+            if os.WIFSIGNALED(job.wait_status):
+                result.signal = os.WTERMSIG(job.wait_status)
+            else:
+                result.exit_code = os.waitstatus_to_exitcode(job.wait_status)
+        if job.failure is not None:
+            result.status, result.exit_code, result.signal = FAILED, None, None
+            result.error = f"{job.failure['step']}: {job.failure['detail']}"
+        elif job.end_reason == TIMED_OUT:
+            result.status = TIMED_OUT
+            result.error = f"timed out after {job.spec.timeout:g} s"
+        elif job.end_reason == KILLED:
+            result.status = KILLED
+        elif result.oom_kills:
+            result.status = OOM_KILLED
+            result.error = f"{result.oom_kills} process(es) killed by the kernel OOM killer"
+        elif result.signal is not None:
+            result.status = KILLED
+        if notes:
+            result.error = "; ".join([result.error, *notes] if result.error else notes)
+        result.finished_at = time.time()
+        self._send_result(result)
+
+    def _remove_cgroup(self, cgroup: JobCgroup) -> None:
+        if not cgroup.is_empty():
+            cgroup.kill_all()
+        cgroup.remove()
+
+    def _send_result(self, result: RunResult) -> None:
+        self._send({"event": "finished", "result": result.to_json()})
+
+    # -- ending jobs ----------------------------------------------------------------------
+
+    def _begin_kill(self, job: RunningJob, reason: str, grace: float) -> None:
+        """SIGTERM to every process of the job now, SIGKILL to what is left after grace."""
+        if job.end_reason is None:
+            job.end_reason = reason
+        if job.kill_at is not None:
+            return  # already ending; keep the earlier escalation time
+        if grace <= 0:
+            job.cgroup.kill_all()
+            return
+        job.kill_at = time.monotonic() + grace
+        job.cgroup.signal_all(signal.SIGTERM)
+
+    def _next_timer(self) -> float | None:
+        times = [t for job in self.jobs.values() for t in (job.deadline, job.kill_at) if t is not None]
+        if not times:
+            return None
+        return max(0.0, min(times) - time.monotonic())
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            if job.kill_at is not None and now >= job.kill_at:
+                job.kill_at = None
+                job.deadline = None
+                job.cgroup.kill_all()
+            elif job.deadline is not None and now >= job.deadline:
+                job.deadline = None
+                self._begin_kill(job, TIMED_OUT, job.spec.grace)
+
+    def _stop(self, kill: bool) -> None:
+        self.stopping = True
+        if kill:
+            for job in list(self.jobs.values()):
+                self._begin_kill(job, KILLED, job.spec.grace)
+
+    def _sweep(self) -> list[str]:
+        """Kill and remove what a previous helper left under our cgroup parent and state
+        directory (it crashed, or the machine lost the daemon). Returns their job ids."""
+        found = set()
+        for name in self.driver.job_names():
+            if name not in self.jobs:
+                self._remove_cgroup(self.driver.open(name))
+                found.add(name)
+        for name in os.listdir(self.jobs_dir):
+            if name not in self.jobs:
+                shutil.rmtree(os.path.join(self.jobs_dir, name), ignore_errors=True)
+                found.add(name)
+        return sorted(found)
+
+
+def _open_stdin(spec: RuntimeSpec, job_dir: str, opened: list[int]) -> int:
+    if spec.stdin_data is None:
+        fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    else:
+        path = os.path.join(job_dir, "stdin")
+        with open(path, "wb") as f:
+            f.write(spec.stdin_data)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    opened.append(fd)
+    return fd
+
+
+def _open_log(path: str | None, opened: list[int]) -> int:
+    if path is None:
+        fd = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
+    else:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        except OSError as error:
+            raise SetupFailed("log file", f"cannot open {path}: {error.strerror}", error.errno) from error
+    opened.append(fd)
+    return fd
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _reason(error: BaseException) -> str:
+    return str(error) if isinstance(error, LclusterdError) else child.describe(error)
+
+
+def _note_cleanup(error: BaseException, cleanup: Any) -> None:
+    """Run a cleanup step; its failure is added to the error as a note, never replaces it."""
+    try:
+        cleanup()
+    except OSError as cleanup_error:
+        error.add_note(f"cleanup also failed: {child.describe(cleanup_error)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lclusterd.runtime.forkserver")
+    parser.add_argument("--fd", type=int, required=True, help="the launcher's socket")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--cgroup-parent", default="lclusterd")
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    kernel.set_process_name("lclusterd:fork")
+    # If the daemon dies without telling us, end the jobs rather than orphan them.
+    kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGTERM)
+    kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        driver = detect(parent=args.cgroup_parent)
+        os.makedirs(os.path.join(args.state_dir, "jobs"), 0o700, exist_ok=True)
+    except (LclusterdError, OSError) as error:
+        channel.send(sock, {"event": "error", "message": _reason(error)})
+        return 1
+    # Children are forked from this process many times: keep the imported objects out
+    # of the collector's reach so forks do not copy pages the collector would touch.
+    gc.freeze()
+    ForkServer(sock=sock, state_dir=args.state_dir, driver=driver).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The daemon's handle on the runtime: starts the fork server and talks to it.
+
+    launcher = Launcher(state_dir, on_event=callback)
+    launcher.start()            # from the main thread, before other threads if you can
+    launcher.submit(spec)       # returns at once; JobStarted / JobFinished follow
+    result = launcher.wait(spec.job_id)
+    launcher.close()
+
+Events are delivered on the launcher's reader thread, in order per job.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lclusterd.errors import InvalidSpec, RuntimeUnavailable
+from lclusterd.runtime import channel
+from lclusterd.runtime.spec import FAILED, RunResult, RuntimeSpec
+
+KEEP_RESULTS = 10_000  # finished results kept for wait(); the oldest go first
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job_id: str
+    host_pid: int
+    started_at: float
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    result: RunResult
+
+
+Event = JobStarted | JobFinished
+
+
+class Launcher:
+    def __init__(self, state_dir: str | Path, cgroup_parent: str = "lclusterd",
+                 on_event: Callable[[Event], None] | None = None):
+        self.state_dir = str(state_dir)
+        self.cgroup_parent = cgroup_parent
+        self.on_event = on_event
+        self.helper_pid: int | None = None
+        self.cgroup_version: int | None = None
+        self._sock: socket.socket | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._running: set[str] = set()
+        self._results: OrderedDict[str, RunResult] = OrderedDict()
+        self._swept: list[str] | None = None
+        self._closed = False
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Spawn the fork server and wait until it is ready. Raises RuntimeUnavailable
+        with its reason (e.g. no usable cgroup controllers) if it cannot start."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        os.makedirs(self.state_dir, 0o700, exist_ok=True)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "lclusterd.runtime.forkserver", "--fd", str(theirs.fileno()),
+             "--state-dir", self.state_dir, "--cgroup-parent", self.cgroup_parent],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+        theirs.close()
+        self._sock = ours
+        ours.settimeout(timeout)
+        try:
+            ready = channel.receive(ours)
+        except (channel.ChannelClosed, OSError) as error:
+            self._process.wait()
+            raise RuntimeUnavailable(f"the runtime helper did not start: {error or 'it exited'}") from None
+        ours.settimeout(None)
+        if ready.get("event") != "ready":
+            self._process.wait()
+            raise RuntimeUnavailable(f"the runtime helper could not start: {ready.get('message', ready)}")
+        self.helper_pid = ready["pid"]
+        self.cgroup_version = ready["cgroup_version"]
+        self._reader = threading.Thread(target=self._read_events, name="lclusterd-launcher", daemon=True)
+        self._reader.start()
+
+    def close(self, kill_running: bool = True, timeout: float | None = 60.0) -> None:
+        """Stop the helper: kill (or wait for) running jobs, which are cleaned up and
+        reported as usual, then let it exit."""
+        if self._closed or self._process is None:
+            return
+        self._closed = True
+        try:
+            self._send({"op": "shutdown", "kill": kill_running})
+        except RuntimeUnavailable:
+            pass
+        if self._reader is not None:
+            self._reader.join(timeout)
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._sock is not None:
+            self._sock.close()
+
+    def __enter__(self) -> Launcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def submit(self, spec: RuntimeSpec, stdio: tuple[int, int, int] | None = None) -> None:
+        """Validate and send a job. Raises InvalidSpec, or RuntimeUnavailable when the
+        helper is gone; everything else arrives later as a FAILED result.
+        stdio: open descriptors for the job's stdin, stdout and stderr, passed to the
+        helper (the caller keeps its own copies); they replace the spec's stdin data
+        and log paths."""
+        spec.validate()
+        with self._changed:
+            if spec.job_id in self._running:
+                raise InvalidSpec(f"job {spec.job_id} is already running")
+            self._running.add(spec.job_id)
+            self._results.pop(spec.job_id, None)
+        try:
+            self._send({"op": "start", "spec": spec.to_json()}, list(stdio) if stdio else None)
+        except RuntimeUnavailable:
+            with self._changed:
+                self._running.discard(spec.job_id)
+            raise
+
+    def kill(self, job_id: str, grace: float | None = None) -> None:
+        """SIGTERM to every process of the job, SIGKILL after grace (default: the job's).
+        A job that is not running is left alone."""
+        if job_id in self._running:
+            self._send({"op": "kill", "job_id": job_id, "grace": grace})
+
+    def wait(self, job_id: str, timeout: float | None = None) -> RunResult:
+        """Block until the job has finished. Raises TimeoutError, or InvalidSpec for a
+        job this launcher neither runs nor remembers."""
+        with self._changed:
+            if job_id not in self._running and job_id not in self._results:
+                raise InvalidSpec(f"job {job_id} is not known to this runtime")
+            if not self._changed.wait_for(lambda: job_id in self._results, timeout):
+                raise TimeoutError(f"job {job_id} still running after {timeout} s")
+            return self._results[job_id]
+
+    def run(self, spec: RuntimeSpec, timeout: float | None = None,
+            stdio: tuple[int, int, int] | None = None) -> RunResult:
+        self.submit(spec, stdio)
+        return self.wait(spec.job_id, timeout)
+
+    def running(self) -> set[str]:
+        with self._changed:
+            return set(self._running)
+
+    def sweep(self, timeout: float = 60.0) -> list[str]:
+        """Kill and remove jobs a previous helper left behind; returns their ids."""
+        with self._changed:
+            self._swept = None
+        self._send({"op": "sweep"})
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._swept is not None, timeout):
+                raise RuntimeUnavailable("the runtime helper did not finish the sweep")
+            return list(self._swept or [])
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        if self._sock is None:
+            raise RuntimeUnavailable("the runtime helper is not started")
+        try:
+            with self._send_lock:
+                channel.send(self._sock, message, fds)
+        except OSError as error:
+            raise RuntimeUnavailable(f"the runtime helper is gone: {error.strerror or error}") from None
+
+    def _read_events(self) -> None:
+        assert self._sock is not None
+        try:
+            while True:
+                message = channel.receive(self._sock)
+                kind = message.get("event")
+                if kind == "bye":
+                    break
+                self._on_message(kind, message)
+        except (channel.ChannelClosed, OSError, ValueError):
+            pass
+        self._fail_running("the runtime helper exited")
+
+    def _on_message(self, kind: str | None, message: dict[str, Any]) -> None:
+        event: Event | None = None
+        if kind == "started":
+            event = JobStarted(message["job_id"], message["host_pid"], message["started_at"])
+        elif kind == "finished":
+            result = RunResult.from_json(message["result"])
+            self._record(result)
+            event = JobFinished(result)
+        elif kind == "swept":
+            with self._changed:
+                self._swept = message["job_ids"]
+                self._changed.notify_all()
+        if event is not None and self.on_event is not None:
+            self.on_event(event)
+
+    def _record(self, result: RunResult) -> None:
+        with self._changed:
+            self._running.discard(result.job_id)
+            self._results[result.job_id] = result
+            while len(self._results) > KEEP_RESULTS:
+                self._results.popitem(last=False)
+            self._changed.notify_all()
+
+    def _fail_running(self, reason: str) -> None:
+        """The helper is gone: report every job it had as FAILED so no caller hangs."""
+        for job_id in self.running():
+            result = RunResult(job_id=job_id, status=FAILED, error=reason)
+            self._record(result)
+            if self.on_event is not None:
+                self.on_event(JobFinished(result))
