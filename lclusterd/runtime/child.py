@@ -1,18 +1,17 @@
-"""The container's two set-up processes, one function per step, in order.
+"""The job's first process: one function per set-up step, in order.
 
-Runs only in processes forked by the fork server, which has imported everything
-used here, so the children do no imports. Sequence (DESIGN.md "Starting a container"):
+Runs only in a process forked by the fork server, which has imported everything used
+here, so the child does no imports. The fork server forks it straight into a new PID
+namespace (it unshares CLONE_NEWPID for its next child only), so this process is the
+job's PID 1 and the fork server's own child. Sequence (DESIGN.md "Starting a container"):
 
-  C1 (intermediate): join the job cgroup -> unshare namespaces -> fork C2 -> report
-     C2's host pid on the status pipe -> exit. The fork server, a child subreaper,
-     inherits C2.
-  C2 (job PID 1): stdio -> mounts -> pivot_root -> masks -> hostname -> loopback ->
-     no_new_privs -> capabilities -> find the command -> close fds -> chdir -> exec.
+  join the job cgroup -> unshare the other namespaces -> stdio -> mounts -> pivot_root
+  -> masks -> hostname -> loopback -> no_new_privs -> capabilities -> find the command
+  -> close fds -> chdir -> exec
 
-Status pipe protocol (close-on-exec, read to EOF by the fork server):
-  b"P<host pid>\\n"  from C1 once C2 exists
-  b"E<json>\\n"      from C1 or C2 when a step failed: {"step", "errno", "detail"}
-EOF at exec with no E line means the command is running.
+Status pipe protocol (close-on-exec, read to EOF by the fork server): one line
+b"E<json>\n" with {"step", "errno", "detail"} when a step failed; EOF with nothing
+written means exec succeeded and the command is running.
 """
 
 from __future__ import annotations
@@ -29,8 +28,9 @@ from typing import NoReturn
 from lclusterd.runtime import caps, kernel, mounts
 from lclusterd.runtime.cgroups.base import JobCgroup
 
+# The PID namespace is not here: the fork server creates it for this process.
 NAMESPACES = (kernel.CLONE_NEWNS | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC | kernel.CLONE_NEWNET
-              | kernel.CLONE_NEWPID | kernel.CLONE_NEWCGROUP)
+              | kernel.CLONE_NEWCGROUP)
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
@@ -82,31 +82,15 @@ class _Step:
         return False
 
 
-def run_intermediate(job: PreparedJob) -> NoReturn:
-    """C1: runs in the fork server's child. Never returns."""
+def run_init(job: PreparedJob) -> NoReturn:
+    """PID 1 of the job's namespaces. Never returns: execs the command or exits."""
     try:
-        # Join first, so every process of the job is born inside its cgroup.
+        # Join first, so every later process of the job is born inside its cgroup.
         with _Step("join cgroup"):
             job.cgroup.join_self()
         # NEWCGROUP after the join makes the job's cgroup the root of its view.
         with _Step("unshare namespaces"):
             kernel.unshare(NAMESPACES)
-        with _Step("fork job init"):
-            pid = os.fork()
-        if pid == 0:
-            run_init(job)
-        os.write(job.status_fd, b"P%d\n" % pid)
-        os._exit(0)
-    except StepFailed as failure:
-        _report(job.status_fd, failure)
-    except BaseException as error:  # noqa: BLE001 - anything must reach the parent, not a traceback
-        _report(job.status_fd, StepFailed("intermediate", error))
-    os._exit(1)
-
-
-def run_init(job: PreparedJob) -> NoReturn:
-    """C2: PID 1 of the job's namespaces. Never returns: execs the command or exits."""
-    try:
         set_up_stdio(job)
         restore_signals()
         os.umask(0)  # device nodes and mount points get exactly the modes planned

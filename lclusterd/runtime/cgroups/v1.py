@@ -28,7 +28,8 @@ def write_file(path: str | Path, data: str | bytes) -> None:
     if isinstance(data, str):
         data = data.encode()
     try:
-        fd = os.open(path, os.O_WRONLY)
+        # O_TRUNC as a shell's `>` does: cgroupfs ignores it, a plain file (tests) needs it.
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
         try:
             os.write(fd, data)
         finally:

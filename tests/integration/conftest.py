@@ -1,0 +1,77 @@
+"""Shared fixtures for the integration tests: real rootfs, real runtime, as root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lclusterd.runtime.cgroups import detect
+from lclusterd.runtime.launcher import Launcher
+
+ROOTFS = os.environ.get("LCLUSTERD_TEST_ROOTFS", "/var/lib/lclusterd/rootfs")
+CGROUP_VERSION = detect().version
+# Test ids say which cgroup driver ran and that it was the real one.
+DRIVER_ID = f"cgroup-v{CGROUP_VERSION}-real"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() != 0:
+        raise pytest.UsageError("the integration tests run as root (they create namespaces and cgroups)")
+    if not os.path.isfile(os.path.join(ROOTFS, "bin", "busybox")):
+        raise pytest.UsageError(f"no rootfs at {ROOTFS}: run `make prep` first")
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> str:
+    return ROOTFS
+
+
+@pytest.fixture(scope="session", params=[DRIVER_ID])
+def runtime(request: pytest.FixtureRequest) -> Iterator[RuntimeUnderTest]:
+    """One fork server for the whole session (as the daemon has), under its own
+    cgroup parent and state directory."""
+    state_dir = tempfile.mkdtemp(prefix="lclusterd-test-", dir="/var/tmp")
+    parent = f"lclusterd-test-{os.getpid()}"
+    launcher = Launcher(state_dir, cgroup_parent=parent)
+    launcher.start()
+    yield RuntimeUnderTest(launcher, Path(state_dir), parent)
+    launcher.close()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    left = detect(parent=parent).job_names()
+    remove_cgroup_parent(parent)
+    assert not left, f"job cgroups left behind at the end of the session: {left}"
+
+
+class RuntimeUnderTest:
+    def __init__(self, launcher: Launcher, state_dir: Path, cgroup_parent: str):
+        self.launcher = launcher
+        self.state_dir = state_dir
+        self.cgroup_parent = cgroup_parent
+
+    def leftovers(self) -> list[str]:
+        """Everything a finished job could leave behind, described; empty when clean."""
+        found = []
+        jobs_dir = self.state_dir / "jobs"
+        found += [f"job directory {p}" for p in jobs_dir.iterdir()] if jobs_dir.exists() else []
+        found += [f"job cgroup {n}" for n in detect(parent=self.cgroup_parent).job_names()]
+        with open("/proc/self/mountinfo") as f:
+            found += [f"mount {line.split()[4]}" for line in f if str(self.state_dir) in line]
+        found += [f"running job {j}" for j in self.launcher.running()]
+        return found
+
+
+def remove_cgroup_parent(parent: str) -> None:
+    """rmdir the test's parent cgroup in every hierarchy (deepest first)."""
+    root = Path("/sys/fs/cgroup")
+    candidates = [root / parent] if CGROUP_VERSION == 2 else [d / parent for d in root.iterdir() if d.is_dir()]
+    for path in candidates:
+        if path.is_dir():
+            try:
+                path.rmdir()
+            except OSError:
+                pass
