@@ -1,0 +1,130 @@
+"""Pure parts of the runtime: spec validation, size/duration parsing, the mount plan,
+capability masks and the message channel. No root, no kernel state."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from lclusterd.errors import InvalidSpec
+from lclusterd.runtime import caps, channel, mounts
+from lclusterd.runtime.spec import RunResult, RuntimeSpec
+from lclusterd.units import format_size, parse_duration, parse_size
+
+
+def good_spec(**kw) -> RuntimeSpec:
+    return RuntimeSpec(job_id="0" * 32, argv=["/bin/true"], rootfs="/r", **kw)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"argv": []}, "empty command"),
+    ({"argv": [""]}, "empty command"),
+    ({"argv": ["a\0b"]}, "NUL byte"),
+    ({"rootfs": "relative"}, "absolute path"),
+    ({"rootfs": "/a,b"}, "must not contain"),
+    ({"job_id": "../x"}, "invalid job id"),
+    ({"env": {"A=B": "x"}}, "invalid environment variable name"),
+    ({"cwd": "tmp"}, "working directory must be absolute"),
+    ({"hostname": "-bad-"}, "invalid hostname"),
+    ({"memory_bytes": 100}, "below the minimum"),
+    ({"cpus": 0.0}, "cpus must be between"),
+    ({"cpus": float(os.cpu_count() or 1) + 1}, "cpus must be between"),
+    ({"pids": 0}, "pids limit"),
+    ({"timeout": 0.0}, "timeout must be positive"),
+    ({"grace": -1.0}, "grace period"),
+])
+def test_spec_validation_names_the_problem(changes, message):
+    job = good_spec()
+    for name, value in changes.items():
+        setattr(job, name, value)
+    with pytest.raises(InvalidSpec, match=message):
+        job.validate()
+
+
+def test_valid_spec_passes_and_round_trips_through_json():
+    job = good_spec(env={"A": "1"}, memory_bytes=64 << 20, cpus=0.5, pids=10, timeout=3.0, stdin_data=b"\x00\xff")
+    job.validate()
+    assert RuntimeSpec.from_json(job.to_json()) == job
+    result = RunResult(job_id=job.job_id, status="EXITED", exit_code=0)
+    assert RunResult.from_json(result.to_json()) == result
+
+
+def test_job_environment_is_clean_defaults_plus_spec():
+    env = good_spec(env={"PATH": "/bin", "X": "y"}).job_environment()
+    assert env == {"PATH": "/bin", "HOME": "/root", "HOSTNAME": "0" * 12, "X": "y"}
+
+
+@pytest.mark.parametrize("text, size", [("1048576", 1 << 20), ("64M", 64 << 20), ("64MiB", 64 << 20),
+                                        ("1.5G", 3 << 29), ("512k", 512 << 10), ("2gb", 2 << 30)])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "M", "12X", "-1M", "1 2M"])
+def test_parse_size_rejects_nonsense(text):
+    with pytest.raises(InvalidSpec, match="invalid size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text, seconds", [("30", 30), ("30s", 30), ("1m30s", 90), ("500ms", 0.5), ("2h", 7200)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5x", "1m 30s", "-5s"])
+def test_parse_duration_rejects_nonsense(text):
+    with pytest.raises(InvalidSpec, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_format_size():
+    assert [format_size(n) for n in (None, 512, 2048, 3 << 20)] == ["-", "512 B", "2.0 KiB", "3.0 MiB"]
+
+
+def test_mount_plan_puts_overlay_first_and_pseudo_filesystems_under_the_root():
+    plan = mounts.plan_before_pivot("/j/root", "/rootfs", "/j/upper", "/j/work")
+    assert plan[0] == mounts.Op("mount", "/j/root", "overlay", "overlay", 0,
+                                "lowerdir=/rootfs,upperdir=/j/upper,workdir=/j/work")
+    mounted = [(op.target, op.fstype) for op in plan if op.kind == "mount"]
+    assert mounted[1:] == [("/j/root/proc", "proc"), ("/j/root/dev", "tmpfs"), ("/j/root/dev/pts", "devpts"),
+                           ("/j/root/dev/shm", "tmpfs"), ("/j/root/dev/mqueue", "mqueue"),
+                           ("/j/root/sys", "sysfs"), ("/j/root/tmp", "tmpfs")]
+    sysfs = next(op for op in plan if op.fstype == "sysfs")
+    assert sysfs.flags & mounts.k.MS_RDONLY
+    # Every mount point is made before it is mounted on.
+    made = {op.target for op in plan if op.kind == "mkdir"}
+    assert all(target in made for target, _ in mounted[1:])
+
+
+def test_after_pivot_plan_masks_and_protects_proc():
+    plan = mounts.plan_after_pivot()
+    assert {op.target for op in plan if op.kind == "mask"} == set(mounts.MASKED_PATHS)
+    assert {op.target for op in plan if op.kind == "readonly"} == set(mounts.READONLY_PATHS)
+    assert all(op.optional for op in plan)
+
+
+def test_default_capabilities_are_the_original_fourteen():
+    keep = caps.mask_of(caps.DEFAULT_KEEP)
+    assert bin(keep).count("1") == 14
+    assert keep == 0xA80425FB  # what `grep CapEff /proc/self/status` shows in Docker too
+    assert not keep & (1 << caps.CAPABILITIES["SYS_ADMIN"])
+
+
+def test_channel_carries_messages_and_file_descriptors():
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    read_end, write_end = os.pipe()
+    with left, right:
+        channel.send(left, {"op": "start", "n": 1})
+        channel.send(left, {"op": "start", "big": "x" * 300_000}, [write_end])
+        assert channel.receive(right) == {"op": "start", "n": 1}
+        message, fds = channel.receive_with_fds(right)
+        assert message["big"] == "x" * 300_000 and len(fds) == 1
+        os.write(fds[0], b"through the passed fd")
+        assert os.read(read_end, 100) == b"through the passed fd"
+        for fd in (*fds, read_end, write_end):
+            os.close(fd)
+        left.close()
+        with pytest.raises(channel.ChannelClosed):
+            channel.receive(right)
