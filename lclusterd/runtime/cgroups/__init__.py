@@ -9,7 +9,8 @@ from pathlib import Path
 from lclusterd.errors import SetupFailed
 
 from .base import CgroupDriver, CgroupStats, JobCgroup, Limits
-from .v1 import V1Driver
+from .v1 import V1Driver, read_file
+from .v2 import CONTROLLERS as V2_CONTROLLERS
 from .v2 import V2Driver
 
 __all__ = ["CgroupDriver", "CgroupStats", "JobCgroup", "Limits", "V1Driver", "V2Driver",
@@ -45,10 +46,16 @@ def find_v1_hierarchies(root: Path) -> dict[str, Path]:
 
 
 def detect(root: Path = Path("/sys/fs/cgroup"), parent: str = "lclusterd") -> CgroupDriver:
-    """The driver for this host's cgroups, with its parent cgroup made and ready.
-    Call once at start-up, as root. Raises SetupFailed naming a missing controller."""
+    """The driver for this host's cgroups, for job cgroups under `parent`. Only reads:
+    the parent is made by the first create() (or the driver's prepare()). Raises
+    SetupFailed naming a controller the host does not have."""
     root = Path(root)
     if cgroup_version(root) == 2:
+        available = read_file(root / "cgroup.controllers").split()
+        missing = [c for c in V2_CONTROLLERS if c not in available]
+        if missing:
+            raise SetupFailed(
+                "cgroups", f"cgroup v2 controller(s) {', '.join(missing)} not in {root}/cgroup.controllers")
         return V2Driver(root, parent)
     found = find_v1_hierarchies(root)
     missing = [c for c in V1_CONTROLLERS if c not in found]

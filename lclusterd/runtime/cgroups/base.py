@@ -61,17 +61,22 @@ class JobCgroup(Protocol):
 
 
 class CgroupDriver(Protocol):
-    """Creates job cgroups under one parent (e.g. "lclusterd") of one hierarchy layout."""
+    """Creates job cgroups under one parent (e.g. "lclusterd") of one hierarchy layout.
+    Made by detect(), which only reads: a driver is also a cheap query (job_names, open)."""
 
     version: int  # 1 or 2
     parent: str
 
     def create(self, name: str, limits: Limits) -> JobCgroup:
-        """Make the job's cgroup with its limits written. Raises OSError naming the file."""
+        """Make the job's cgroup with its limits written (unset limits keep the kernel's
+        default). The first call also makes the parent (mkdir -p; v2 enables memory, pids
+        and cpu down the path). Raises OSError naming the file, FileExistsError when the
+        cgroup exists; on failure nothing of the job's cgroup is left."""
         ...
 
     def open(self, name: str) -> JobCgroup:
-        """The cgroup of an existing job (for kill and clean-up after a restart)."""
+        """The cgroup of an existing job (for kill and clean-up after a restart).
+        Touches nothing: a cgroup that does not exist reads as empty."""
         ...
 
     def job_names(self) -> list[str]:

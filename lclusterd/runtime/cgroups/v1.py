@@ -172,6 +172,9 @@ class V1Cgroup:
         signal_pids(self.pids(), sig)
 
     def kill_all(self) -> None:
+        self.freeze_and_kill()
+
+    def freeze_and_kill(self) -> None:
         state = self.dirs["freezer"] / "freezer.state"
 
         def freeze() -> None:
@@ -200,16 +203,21 @@ class V1Cgroup:
 
 
 class V1Driver:
-    """Job cgroups under `<hierarchy>/<parent>` of each v1 hierarchy. The constructor makes
-    the parent directories (mkdir -p), so a driver that exists is ready to create jobs."""
+    """Job cgroups under `<hierarchy>/<parent>` of each v1 hierarchy. Making a driver
+    touches nothing, so it doubles as a query (job_names); the first create() makes the
+    parent directories (mkdir -p), or call prepare() at start-up to fail early."""
 
     version = 1
 
     def __init__(self, hierarchies: dict[str, Path], parent: str = "lclusterd"):
         self.hierarchies = {c: Path(p) for c, p in hierarchies.items()}
         self.parent = parent
-        for d in dict.fromkeys(h / parent for h in self.hierarchies.values()):
+        self.prepared = False
+
+    def prepare(self) -> None:
+        for d in dict.fromkeys(h / self.parent for h in self.hierarchies.values()):
             make_dirs(d)
+        self.prepared = True
 
     def open(self, name: str) -> V1Cgroup:
         check_name(name)
@@ -217,6 +225,8 @@ class V1Driver:
 
     def create(self, name: str, limits: Limits) -> V1Cgroup:
         cgroup = self.open(name)
+        if not self.prepared:
+            self.prepare()
         made: list[Path] = []
         try:
             for d in cgroup.unique_dirs:

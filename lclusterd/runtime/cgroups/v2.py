@@ -63,7 +63,11 @@ class V2Cgroup:
         if kill.exists():  # Linux >= 5.14: the kernel kills the whole tree, forks included
             write_file(kill, "1")
             wait_until(lambda: not self._event("populated"), KILL_TIMEOUT_S)
-            return
+        else:
+            self.freeze_and_kill()
+
+    def freeze_and_kill(self) -> None:
+        """kill_all for kernels without cgroup.kill (5.2 to 5.13)."""
         freeze_file = self.path / "cgroup.freeze"
 
         def freeze() -> None:
@@ -87,8 +91,9 @@ class V2Cgroup:
 
 
 class V2Driver:
-    """Job cgroups under `<root>/<parent>`. The constructor makes the parent (mkdir -p)
-    and enables memory, pids and cpu for it, so a driver that exists is ready."""
+    """Job cgroups under `<root>/<parent>`. Making a driver touches nothing, so it doubles
+    as a query (job_names); the first create() makes the parent (mkdir -p) and enables
+    memory, pids and cpu for it, or call prepare() at start-up to fail early."""
 
     version = 2
 
@@ -96,12 +101,15 @@ class V2Driver:
         self.root = Path(root)
         self.parent = parent
         self.parent_dir = self.root / parent
+        self.prepared = False
+
+    def prepare(self) -> None:
         make_dirs(self.parent_dir)
         # A controller reaches a cgroup only when every ancestor enables it in its
         # cgroup.subtree_control, so enable top down, the parent's own level included.
         level = self.root
         enable_controllers(level)
-        for part in Path(parent).parts:
+        for part in Path(self.parent).parts:
             level = level / part
             enable_controllers(level)
         enabled = read_file(self.parent_dir / "cgroup.subtree_control").split()
@@ -110,9 +118,9 @@ class V2Driver:
             raise SetupFailed(
                 "cgroups",
                 f"cgroup v2 controller(s) {', '.join(missing)} cannot be enabled for "
-                f"{self.parent_dir}: not listed in {self.root / 'cgroup.controllers'} "
-                "or an ancestor's cgroup.controllers",
+                f"{self.parent_dir}: not in an ancestor's cgroup.controllers",
             )
+        self.prepared = True
 
     def open(self, name: str) -> V2Cgroup:
         check_name(name)
@@ -120,6 +128,8 @@ class V2Driver:
 
     def create(self, name: str, limits: Limits) -> V2Cgroup:
         cgroup = self.open(name)
+        if not self.prepared:
+            self.prepare()
         make_dir(cgroup.path)
         try:
             write_limits(cgroup.path, limits)
