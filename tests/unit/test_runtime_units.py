@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
 import pytest
 
@@ -116,10 +117,16 @@ def test_channel_carries_messages_and_file_descriptors():
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     read_end, write_end = os.pipe()
     with left, right:
-        channel.send(left, {"op": "start", "n": 1})
-        channel.send(left, {"op": "start", "big": "x" * 300_000}, [write_end])
+        def send_both() -> None:
+            channel.send(left, {"op": "start", "n": 1})
+            channel.send(left, {"op": "start", "big": "x" * 300_000}, [write_end])
+
+        # A message larger than the socket buffer needs a reader while it is written.
+        sender = threading.Thread(target=send_both)
+        sender.start()
         assert channel.receive(right) == {"op": "start", "n": 1}
         message, fds = channel.receive_with_fds(right)
+        sender.join()
         assert message["big"] == "x" * 300_000 and len(fds) == 1
         os.write(fds[0], b"through the passed fd")
         assert os.read(read_end, 100) == b"through the passed fd"
