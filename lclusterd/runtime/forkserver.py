@@ -73,6 +73,13 @@ class ForkServer:
     def jobs_dir(self) -> str:
         return os.path.join(self.state_dir, "jobs")
 
+    @property
+    def mount_point(self) -> str:
+        """Where every job mounts its overlay. One directory serves all jobs: each mounts
+        in its own mount namespace, so no job sees another's mount there, and a job
+        costs one mkdir and one rmdir less."""
+        return os.path.join(self.state_dir, "root")
+
     # -- the loop ---------------------------------------------------------------------
 
     def serve(self) -> None:
@@ -168,7 +175,7 @@ class ForkServer:
         cgroup: JobCgroup | None = None
         try:
             os.mkdir(job_dir, 0o700)
-            for sub in ("upper", "work", "root"):
+            for sub in ("upper", "work"):
                 os.mkdir(os.path.join(job_dir, sub), 0o755)
             cgroup = self.driver.create(spec.job_id, Limits(spec.memory_bytes, spec.cpus, spec.pids))
             if stdio:
@@ -179,7 +186,7 @@ class ForkServer:
                 stderr_fd = _open_log(spec.stderr_path, opened)
             status_r, status_w = os.pipe()
             opened += [status_r, status_w]
-            root = os.path.join(job_dir, "root")
+            root = self.mount_point
             prepared = child.PreparedJob(
                 job_id=spec.job_id, argv=spec.argv, env=spec.job_environment(), cwd=spec.cwd,
                 hostname=spec.effective_hostname, root=root,
@@ -368,9 +375,9 @@ def _remove_empty_cgroup(cgroup: JobCgroup) -> None:
 
 def remove_job_dir(job_dir: str) -> None:
     """Remove the overlay directories of a finished job. The usual tree is known
-    (upper, work/work, root, maybe stdin), so it is removed with a few rmdir calls;
+    (upper, work/work, maybe stdin), so it is removed with a few rmdir calls;
     only a directory the job or overlayfs wrote into needs a full tree walk."""
-    for path in ("work/work", "work", "root", "upper", "stdin", ""):
+    for path in ("work/work", "work", "upper", "stdin", ""):
         full = os.path.join(job_dir, path) if path else job_dir
         try:
             if path == "stdin":
@@ -438,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGTERM)
     try:
         driver = detect(parent=args.cgroup_parent)
-        os.makedirs(os.path.join(args.state_dir, "jobs"), 0o700, exist_ok=True)
+        for sub in ("jobs", "root"):
+            os.makedirs(os.path.join(args.state_dir, sub), 0o700, exist_ok=True)
     except (LclusterdError, OSError) as error:
         channel.send(sock, {"event": "error", "message": _reason(error)})
         return 1
