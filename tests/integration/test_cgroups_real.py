@@ -142,7 +142,7 @@ def test_no_limits_keeps_kernel_defaults(driver, jobs):
     job = jobs.create(Limits())
     if driver.version == 1:
         assert read(kernel_file(driver, job, "pids", "pids.max")) == "max"
-        assert read(kernel_file(driver, job, "cpu", "cpu.cfs_quota_us")) == "-1"
+        assert "cpu" not in job.dirs  # no CPU limit: the cpu hierarchy is not joined
     else:
         assert read(job.path / "memory.max") == "max"
         assert read(job.path / "pids.max") == "max"
@@ -226,7 +226,9 @@ def test_kill_all_stops_a_forking_loop(driver, jobs):
 
 
 def test_freeze_and_kill_stops_a_forking_loop(driver, jobs):
-    # The freezer path: v1's kill_all, and v2's on kernels without cgroup.kill (< 5.14).
+    # v2's path on kernels without cgroup.kill (< 5.14); v1 has no freezer path.
+    if driver.version == 1:
+        pytest.skip("v1 has no freezer path: its kill_all kills the job's PID-namespace init")
     job = jobs.create(Limits(pids=64))
     jobs.spawn(job, ["/bin/sh", "-c", "while :; do sleep 30 & done"], stderr=subprocess.DEVNULL)
     assert wait_for(lambda: len(job.pids()) >= 10)

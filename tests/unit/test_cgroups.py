@@ -198,7 +198,7 @@ def test_detect_v1_fake(tmp_path, monkeypatch):
     before = tree(root)
     driver = detect(root, parent="lclusterd")
     assert isinstance(driver, V1Driver) and driver.version == 1
-    assert driver.hierarchies == {c: root / c for c in ("memory", "pids", "cpu", "cpuacct", "freezer")}
+    assert driver.hierarchies == {c: root / c for c in ("memory", "pids", "cpu", "cpuacct")}
     assert tree(root) == before and driver.job_names() == []  # detect() only reads
 
     driver.prepare()  # what the first create() does
@@ -225,7 +225,7 @@ def test_detect_v1_combined_cpu_cpuacct_fake(tmp_path, monkeypatch):
 
     job = driver.create("job1", Limits(cpus=1.5))
     assert driver.job_names() == ["job1"]
-    assert len(job.unique_dirs) == 4 and len(job.procs_files) == 4
+    assert len(job.unique_dirs) == 3 and len(job.procs_files) == 3  # memory, pids, cpu+cpuacct
     assert read(root / "cpu,cpuacct" / "lclusterd" / "job1" / "cpu.cfs_quota_us") == "150000"
     write(root / "cpu,cpuacct" / "lclusterd" / "job1" / "cpuacct.usage", "2000000000")
     assert job.stats().cpu_seconds == 2.0
@@ -235,12 +235,12 @@ def test_detect_v1_combined_cpu_cpuacct_fake(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("unmounted", [False, True], ids=["absent", "empty-dir"])
 def test_detect_v1_missing_controller_fake(tmp_path, unmounted):
-    root = make_v1_tree(tmp_path / "cgroup", ("memory", "pids", "cpu", "cpuacct"))
+    root = make_v1_tree(tmp_path / "cgroup", ("memory", "cpu", "cpuacct", "freezer"))
     if unmounted:
-        (root / "freezer").mkdir()  # a directory with no cgroup.procs is not a hierarchy
-    with pytest.raises(SetupFailed, match="freezer") as err:
+        (root / "pids").mkdir()  # a directory with no cgroup.procs is not a hierarchy
+    with pytest.raises(SetupFailed, match="pids") as err:
         detect(root)
-    assert err.value.step == "cgroups" and "cgroup v1 controller(s) freezer not mounted" in str(err.value)
+    assert err.value.step == "cgroups" and "cgroup v1 controller(s) pids not mounted" in str(err.value)
 
 
 def test_detect_v2_controller_unavailable_fake(tmp_path):
@@ -294,9 +294,22 @@ def test_limits_written(fake):
 def test_no_limits_keeps_kernel_defaults(fake):
     job = fake.driver.create("job1", Limits())
     files = V1_FILES if fake.version == 1 else V2_FILES
-    for controller in ("memory", "pids", "cpu"):
+    # v1 joins the cpu hierarchy only for a CPU limit.
+    for controller in ("memory", "pids") if fake.version == 1 else ("memory", "pids", "cpu"):
         for name, default in files[controller].items():
             assert read(fake.file(job, controller, name)) == default.strip()
+
+
+def test_v1_fake_joins_cpu_hierarchy_only_with_a_cpu_limit(tmp_path, monkeypatch):
+    root = make_v1_tree(tmp_path / "cgroup")
+    FakeCgroupFs(root, monkeypatch, 1)
+    driver = detect(root)
+    plain = driver.create("plain", Limits(memory_bytes=1 << 20))
+    limited = driver.create("limited", Limits(cpus=0.5))
+    assert sorted(plain.dirs) == ["cpuacct", "memory", "pids"]
+    assert sorted(limited.dirs) == ["cpu", "cpuacct", "memory", "pids"]
+    assert not (root / "cpu" / "lclusterd" / "plain").exists()
+    assert not (root / "freezer" / "lclusterd" / "plain").exists()
 
 
 def test_limits_without_swap_accounting(fake):

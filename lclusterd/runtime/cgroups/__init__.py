@@ -16,8 +16,8 @@ from .v2 import V2Driver
 __all__ = ["CgroupDriver", "CgroupStats", "JobCgroup", "Limits", "V1Driver", "V2Driver",
            "cgroup_version", "detect", "find_v1_hierarchies"]
 
-# cpuacct gives the CPU time and freezer makes kill_all safe against forks.
-V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
+# cpuacct gives the CPU time; no freezer is needed (see v1.py).
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 
 
 def cgroup_version(root: Path = Path("/sys/fs/cgroup")) -> int:

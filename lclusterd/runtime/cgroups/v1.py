@@ -1,7 +1,13 @@
 """cgroup v1 driver: one directory per controller hierarchy for each job.
 
-A job `name` gets `<hierarchy>/<parent>/<name>` in the memory, pids, cpu, cpuacct and
-freezer hierarchies; controllers mounted together (`cpu,cpuacct`) share one directory.
+A job `name` gets `<hierarchy>/<parent>/<name>` in the memory, pids and cpuacct
+hierarchies, and in cpu only when it has a CPU limit; controllers mounted together
+(`cpu,cpuacct`) share one directory. Every hierarchy a job joins costs a mkdir, a
+write to cgroup.procs (which can wait for the kernel's teardown of the previous job's
+cgroups) and an rmdir on each job's start path, so none is joined without a use.
+No freezer: all of a job's processes share one PID namespace whose init is in the
+cgroup, and SIGKILL to that init makes the kernel kill the whole namespace at once,
+so a kill cannot be outrun by forks (see V1Cgroup.kill_all).
 The small file helpers at the top are shared with the v2 driver.
 """
 
@@ -17,8 +23,9 @@ from pathlib import Path
 from .base import CgroupStats, Limits
 
 CFS_PERIOD_US = 100_000
+# memory: limit, peak and OOM kills; pids: the limit; cpuacct: CPU time.
+ALWAYS_JOINED = ("memory", "pids", "cpuacct")
 KILL_TIMEOUT_S = 5.0
-FREEZE_TIMEOUT_S = 1.0
 REMOVE_TIMEOUT_S = 2.0
 
 
@@ -118,14 +125,14 @@ def remove_dir(path: Path, timeout: float = REMOVE_TIMEOUT_S) -> None:
         delay = min(delay * 2, 0.1)
 
 
-def kill_frozen(
+def kill_until_empty(
     list_pids: Callable[[], list[int]],
-    freeze: Callable[[], None],
-    thaw: Callable[[], None],
+    freeze: Callable[[], None] = lambda: None,
+    thaw: Callable[[], None] = lambda: None,
     timeout: float = KILL_TIMEOUT_S,
 ) -> None:
-    """SIGKILL every listed process while the cgroup is frozen, so none can fork a child
-    we have not seen; repeat until the list is empty or `timeout` has passed."""
+    """SIGKILL every listed process (between freeze and thaw, where the caller has a
+    freezer); repeat until the list is empty or `timeout` has passed."""
     deadline = time.monotonic() + timeout
     while list_pids() and time.monotonic() < deadline:
         freeze()
@@ -180,18 +187,11 @@ class V1Cgroup:
         signal_pids(self.pids(), sig)
 
     def kill_all(self) -> None:
-        self.freeze_and_kill()
-
-    def freeze_and_kill(self) -> None:
-        state = self.dirs["freezer"] / "freezer.state"
-
-        def freeze() -> None:
-            write_file(state, "FROZEN")
-            # FREEZING until every task has stopped; a task stuck in the kernel may keep
-            # it there, and then we kill anyway rather than hang.
-            wait_until(lambda: read_file(state).strip() == "FROZEN", FREEZE_TIMEOUT_S)
-
-        kill_frozen(self.pids, freeze, lambda: write_file(state, "THAWED"))
+        """SIGKILL every listed process, again until none is left. A job's PID namespace
+        init is always listed, and its death takes the whole namespace with it, so
+        forks cannot outrun this; for processes outside a PID namespace it still
+        converges, as each round kills the parents that could fork."""
+        kill_until_empty(self.pids)
 
     def stats(self) -> CgroupStats:
         memory = self.dirs["memory"]
@@ -232,7 +232,9 @@ class V1Driver:
         return V1Cgroup(name, {c: h / self.parent / name for c, h in self.hierarchies.items()})
 
     def create(self, name: str, limits: Limits) -> V1Cgroup:
-        cgroup = self.open(name)
+        check_name(name)
+        used = ALWAYS_JOINED + (("cpu",) if limits.cpus is not None else ())
+        cgroup = V1Cgroup(name, {c: self.hierarchies[c] / self.parent / name for c in used})
         if not self.prepared:
             self.prepare()
         made: list[Path] = []

@@ -14,7 +14,7 @@ from .v1 import (
     CFS_PERIOD_US,
     KILL_TIMEOUT_S,
     check_name,
-    kill_frozen,
+    kill_until_empty,
     make_dir,
     make_dirs,
     read_file,
@@ -74,7 +74,7 @@ class V2Cgroup:
             write_file(freeze_file, "1")
             wait_until(lambda: self._event("frozen") == 1, FREEZE_TIMEOUT_S)
 
-        kill_frozen(self.pids, freeze, lambda: write_file(freeze_file, "0"))
+        kill_until_empty(self.pids, freeze, lambda: write_file(freeze_file, "0"))
 
     def stats(self) -> CgroupStats:
         oom_kills = read_key(read_optional(self.path / "memory.events"), "oom_kill")
