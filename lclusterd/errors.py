@@ -61,3 +61,28 @@ class SetupFailed(LclusterdError):
 
 class RuntimeUnavailable(LclusterdError):
     """The runtime helper (fork server) is not running or stopped answering."""
+
+
+class NotOnThisNode(LclusterdError):
+    """The request needs the node that ran the job (its logs live there)."""
+
+    def __init__(self, job_id: str, node: str, address: str = ""):
+        where = f" at {address}" if address else ""
+        super().__init__(f"job {job_id} ran on node {node}; ask that node{where}")
+        self.job_id = job_id
+        self.node = node
+        self.address = address
+
+
+class WaitTimedOut(LclusterdError):
+    """A wait for a job ended before the job did."""
+
+    def __init__(self, job_id: str, state: str, seconds: float):
+        super().__init__(f"job {job_id} is still {state} after {seconds:g}s")
+        self.job_id = job_id
+        self.state = state
+        self.seconds = seconds
+
+
+class TooBusy(LclusterdError):
+    """The node already serves as many blocking requests (wait, follow) as it allows."""

@@ -101,6 +101,10 @@ class ForkServer:
                 else:
                     self._on_status_pipe(key.data)
             self._fire_timers()
+        try:
+            self.driver.remove_parent()
+        except OSError as error:
+            print(f"lclusterd forkserver: {child.describe(error)}", file=sys.stderr)
         self._send({"event": "bye"})
 
     def _on_signals(self, signums: bytes) -> None:

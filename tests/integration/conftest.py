@@ -42,9 +42,7 @@ def runtime(request: pytest.FixtureRequest) -> Iterator[RuntimeUnderTest]:
     yield RuntimeUnderTest(launcher, Path(state_dir), parent)
     launcher.close()
     shutil.rmtree(state_dir, ignore_errors=True)
-    left = detect(parent=parent).job_names()
-    remove_cgroup_parent(parent)
-    assert not left, f"job cgroups left behind at the end of the session: {left}"
+    assert cgroup_parent_dirs(parent) == [], "the runtime left its parent cgroup behind"
 
 
 class RuntimeUnderTest:
@@ -65,13 +63,8 @@ class RuntimeUnderTest:
         return found
 
 
-def remove_cgroup_parent(parent: str) -> None:
-    """rmdir the test's parent cgroup in every hierarchy (deepest first)."""
+def cgroup_parent_dirs(parent: str) -> list[Path]:
+    """The directories of a runtime's parent cgroup that exist, in every hierarchy."""
     root = Path("/sys/fs/cgroup")
     candidates = [root / parent] if CGROUP_VERSION == 2 else [d / parent for d in root.iterdir() if d.is_dir()]
-    for path in candidates:
-        if path.is_dir():
-            try:
-                path.rmdir()
-            except OSError:
-                pass
+    return [path for path in candidates if path.is_dir()]

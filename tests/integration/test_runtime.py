@@ -24,7 +24,7 @@ from lclusterd.runtime.cgroups import detect
 from lclusterd.runtime.launcher import JobFinished, JobStarted, Launcher
 from lclusterd.runtime.spec import RunResult, RuntimeSpec
 
-from conftest import remove_cgroup_parent
+from conftest import cgroup_parent_dirs
 
 
 @pytest.fixture(autouse=True)
@@ -309,7 +309,7 @@ def test_events_report_start_then_finish(rootfs, tmp_path):
     assert isinstance(events[0], JobStarted) and events[0].job_id == job.job_id
     assert events[0].host_pid == result.host_pid
     assert isinstance(events[1], JobFinished) and events[1].result == result
-    remove_cgroup_parent(f"lclusterd-test-ev-{os.getpid()}")
+    assert cgroup_parent_dirs(f"lclusterd-test-ev-{os.getpid()}") == []
 
 
 def test_close_kills_running_jobs_and_cleans_up(rootfs, tmp_path):
@@ -321,8 +321,7 @@ def test_close_kills_running_jobs_and_cleans_up(rootfs, tmp_path):
     launcher.close()
     assert launcher.wait(job.job_id).status == "KILLED"
     assert list((tmp_path / "state" / "jobs").iterdir()) == []
-    assert detect(parent=parent).job_names() == []
-    remove_cgroup_parent(parent)
+    assert cgroup_parent_dirs(parent) == []  # removed with its last job
 
 
 def test_sweep_after_a_crashed_helper_removes_its_jobs(rootfs, tmp_path):
@@ -340,8 +339,7 @@ def test_sweep_after_a_crashed_helper_removes_its_jobs(rootfs, tmp_path):
         assert fresh.sweep() == [job.job_id]
     assert not pid_alive(job_pid)
     assert list((tmp_path / "state" / "jobs").iterdir()) == []
-    assert detect(parent=parent).job_names() == []
-    remove_cgroup_parent(parent)
+    assert cgroup_parent_dirs(parent) == []  # removed with its last job
 
 
 # -- the runtime CLI ---------------------------------------------------------------------------

@@ -79,6 +79,11 @@ class CgroupDriver(Protocol):
         Touches nothing: a cgroup that does not exist reads as empty."""
         ...
 
+    def remove_parent(self) -> None:
+        """rmdir the parent, and its own parents up the path, while they are empty
+        (another runtime's jobs keep a shared ancestor in place)."""
+        ...
+
     def job_names(self) -> list[str]:
         """Names of the job cgroups that exist under the parent (for the start-up sweep)."""
         ...

@@ -125,6 +125,21 @@ def remove_dir(path: Path, timeout: float = REMOVE_TIMEOUT_S) -> None:
         delay = min(delay * 2, 0.1)
 
 
+def remove_empty_ancestors(base: Path, parent: str) -> None:
+    """rmdir base/parent, then each of its ancestors up to base, stopping at the first
+    that is not empty or not there."""
+    parts = Path(parent).parts
+    for depth in range(len(parts), 0, -1):
+        try:
+            os.rmdir(base.joinpath(*parts[:depth]))
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EBUSY, errno.EEXIST):
+                return
+            raise OSError(e.errno, f"rmdir {base.joinpath(*parts[:depth])}: {e.strerror}") from e
+
+
 def kill_until_empty(
     list_pids: Callable[[], list[int]],
     freeze: Callable[[], None] = lambda: None,
@@ -251,6 +266,11 @@ class V1Driver:
                     err.add_note(f"cleanup also failed: {cleanup}")
             raise
         return cgroup
+
+    def remove_parent(self) -> None:
+        for hierarchy in dict.fromkeys(self.hierarchies.values()):
+            remove_empty_ancestors(hierarchy, self.parent)
+        self.prepared = False
 
     def job_names(self) -> list[str]:
         parent = self.hierarchies["memory"] / self.parent

@@ -15,6 +15,7 @@ from .v1 import (
     KILL_TIMEOUT_S,
     check_name,
     kill_until_empty,
+    remove_empty_ancestors,
     make_dir,
     make_dirs,
     read_file,
@@ -101,6 +102,10 @@ class V2Driver:
         self.root = Path(root)
         self.parent = parent
         self.parent_dir = self.root / parent
+        self.prepared = False
+
+    def remove_parent(self) -> None:
+        remove_empty_ancestors(self.root, self.parent)
         self.prepared = False
 
     def prepare(self) -> None:

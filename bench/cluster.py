@@ -1,0 +1,176 @@
+"""Control-plane benchmark: one command, prints a table. Run as root after `make prep`:
+
+    .venv/bin/python bench/cluster.py [--jobs 500] [--rss-jobs 500]
+
+(a) submit latency: Add RPC until the job is durably queued in etcd (p50/p99), one job at a
+    time on an idle node, and back to back (then the earlier jobs run on the same 2 cores)
+(b) add -> running: the job's started_at minus created_at (both stamped by the daemon)
+(c) end-to-end throughput of N `true` jobs on one node (jobs/s, makespan), and etcd write
+    transactions per job (from etcd's revision counter: each write txn adds one)
+(d) daemon RSS with N concurrently running `sleep` jobs (plus the runtime helper's)
+Slurm (c) is measured in the same run when `sbatch` is installed (make bench-deps); else skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from cluster_fixtures import Daemon, EtcdProcess, remove_cgroup_parent  # noqa: E402
+
+from lclient.client import JobsClient  # noqa: E402
+from lclusterd.cluster.store import Store  # noqa: E402
+from lclusterd.rpc import lclusterd_pb2 as pb  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def submit_latency(client: JobsClient, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        client.add(pb.JobSpec(command="true"))
+        times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def add_to_running(client: JobsClient, n: int) -> tuple[list[float], list[float]]:
+    """One job at a time (each waited for before the next): submit latency on an idle node,
+    and the add -> running delay."""
+    submits, delays = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        job_id = client.add(pb.JobSpec(command="true")).id
+        submits.append((time.perf_counter() - t) * 1000)
+        job = client.wait(job_id, 60)
+        delays.append((job.started_at - job.created_at) * 1000)
+    return submits, delays
+
+
+def throughput(client: JobsClient, store: Store, n: int) -> tuple[float, float, float]:
+    before = store.revision()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda _: client.add(pb.JobSpec(command="true")).id, range(n)))
+        states = list(pool.map(lambda job: client.wait(job, 300).state, ids))
+    makespan = time.perf_counter() - start
+    txns = (store.revision() - before) / n
+    assert states.count("EXITED") == n, {s: states.count(s) for s in set(states)}
+    return n / makespan, makespan, txns
+
+
+def rss_with_running(client: JobsClient, daemon: Daemon, n: int) -> tuple[float, float, int]:
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda _: client.add(pb.JobSpec(command="sleep 120")).id, range(n)))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        running = len(client.list(["RUNNING"]))
+        if running >= n:
+            break
+        time.sleep(0.5)
+    time.sleep(1)
+    helper = [p for p in children(daemon.process.pid) if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    daemon_rss = rss_mb(daemon.process.pid)
+    helper_rss = sum(rss_mb(p) for p in helper)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(client.kill, ids))
+    return daemon_rss, helper_rss, running
+
+
+def slurm_throughput(n: int) -> tuple[float, float] | None:
+    if shutil.which("sbatch") is None:
+        return None
+    start = time.perf_counter()
+    ids = []
+    for _ in range(n):
+        out = subprocess.run(["sbatch", "--parsable", "--oversubscribe", "--wrap", "true", "-o", "/dev/null"],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            return None
+        ids.append(out.stdout.strip().split(";")[0])
+    while subprocess.run(["squeue", "-h", "-j", ",".join(ids[-50:])], capture_output=True, text=True).stdout.strip():
+        time.sleep(0.2)
+    makespan = time.perf_counter() - start
+    return n / makespan, makespan
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--rss-jobs", type=int, default=500)
+    parser.add_argument("--latency-runs", type=int, default=200)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/cluster.py: run as root", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="lclusterd-bench-"))
+    etcd = EtcdProcess(work)
+    etcd.start()
+    daemon = Daemon(work / "node", etcd.endpoint, "/bench", "bench", ["--capacity", str(max(args.rss_jobs + 50, 256)), "--log-level", "warning"])
+    daemon.start()
+    store = Store(etcd.endpoint)
+    rows = []
+    try:
+        with JobsClient(daemon.server, timeout=60) as client:
+            client.wait(client.add(pb.JobSpec(command="true")).id, 60)  # warm up
+            submit = submit_latency(client, args.latency_runs)
+            time.sleep(1)
+            idle_submit, running = add_to_running(client, args.latency_runs)
+            rate, makespan, txns = throughput(client, store, args.jobs)
+            daemon_rss, helper_rss, n_running = rss_with_running(client, daemon, args.rss_jobs)
+        slurm = slurm_throughput(args.jobs)
+        rows = [
+            ("submit latency p50 / p99 (ms)", f"{pct(idle_submit, 50):.2f} / {pct(idle_submit, 99):.2f}", "<= 5 (p50)"),
+            ("  back to back, jobs running (ms)", f"{pct(submit, 50):.2f} / {pct(submit, 99):.2f}", "-"),
+            ("add -> running p50 / p99 (ms)", f"{pct(running, 50):.2f} / {pct(running, 99):.2f}", "<= 15 (p50)"),
+            (f"throughput, {args.jobs} x true (jobs/s)", f"{rate:.0f} (makespan {makespan:.2f}s)", ">= 300"),
+            ("etcd write txns per job", f"{txns:.2f}", "<= 4"),
+            (f"daemon RSS, {n_running} running sleep (MB)", f"{daemon_rss:.0f} (+ runtime helper {helper_rss:.0f})", "<= 150"),
+            ("Slurm throughput (jobs/s)", f"{slurm[0]:.0f} (makespan {slurm[1]:.2f}s)" if slurm else "skipped (no sbatch)", "-"),
+        ]
+    finally:
+        store.close()
+        daemon.stop()
+        etcd.stop()
+        remove_cgroup_parent(daemon.name)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"lclusterd control plane, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, submit-latency runs {args.latency_runs}")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'result':<32}  target")
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:<32}  {target}")
+    print(f"submit stdev {statistics.pstdev(submit):.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""lclient: the command-line client of lclusterd, and a small Python client library (JobsClient)."""

@@ -1,0 +1,241 @@
+"""`lclient`: the original's `-add 'cmd'`, `-check UUID`, `-kill UUID`, plus -list, -nodes,
+-logs, -wait. One action per call; each error is one line on stderr and an exit status:
+
+    0   ok (for -wait: the job's own exit code, 128+N when signal N ended it)
+    1   the job failed, was not found, or cannot be changed (kill of a finished job)
+    2   usage error or invalid input (malformed uuid, empty command, bad limit value)
+    3   lclusterd unreachable, or etcd unavailable behind it
+    124 -wait timed out (and a job that ended TIMED_OUT)
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable
+
+import click
+
+from lclient import errors
+from lclient.client import SERVER_ENV, JobsClient, default_server
+from lclient.format import dumps, job_json, job_text, jobs_table, node_json, nodes_table, outcome
+from lclient.units import parse_count, parse_cpus, parse_duration, parse_size
+from lclusterd.rpc import lclusterd_pb2 as pb
+
+ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait")
+_WAIT_FOR_ADDED = "\0added"  # -wait given with no uuid: wait for the job this call adds
+
+ClientFactory = Callable[[str], JobsClient]
+
+
+def job_exit_status(job: pb.Job) -> int:
+    """The exit status `-wait` returns for a finished job."""
+    if job.state == "EXITED" and job.HasField("exit_code"):
+        return job.exit_code
+    if job.state == "TIMED_OUT":
+        return errors.EXIT_TIMEOUT
+    if job.HasField("signal"):
+        return 128 + job.signal
+    if job.state == "OOM_KILLED":
+        return 128 + 9
+    return errors.EXIT_JOB
+
+
+def _opt(*names: str, **kw):
+    return click.option(*names, **kw)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "-help", "--help"]}, add_help_option=True)
+@_opt("-add", "--add", "add", metavar="CMD", help="Queue CMD (run as /bin/sh -c CMD); prints the job's uuid alone.")
+@_opt("-check", "--check", "check", metavar="UUID", help="Show the job's state and details.")
+@_opt("-kill", "--kill", "kill", metavar="UUID", help="Stop the job (a queued one is cancelled).")
+@_opt("-list", "--list", "list_", is_flag=True, help="List jobs, oldest first.")
+@_opt("-state", "--state", "states", multiple=True, metavar="STATE", help="With -list: only jobs in STATE (repeatable).")
+@_opt("-limit", "--limit", "limit", default="0", metavar="N", help="With -list: only the newest N jobs.")
+@_opt("-nodes", "--nodes", "nodes", is_flag=True, help="List the cluster's nodes.")
+@_opt("-logs", "--logs", "logs", metavar="UUID", help="Print the job's stdout and stderr.")
+@_opt("-follow", "--follow", "follow", is_flag=True, help="With -logs: keep printing until the job ends.")
+@_opt("-wait", "--wait", "wait", is_flag=False, flag_value=_WAIT_FOR_ADDED, default=None, metavar="UUID",
+      help="Block until the job ends and exit with its status; with -add, wait for the new job.")
+@_opt("-mem", "--mem", "mem", metavar="SIZE", help="With -add: memory limit, e.g. 64M, 1G.")
+@_opt("-cpus", "--cpus", "cpus", metavar="N", help="With -add: CPU limit in cores, e.g. 0.5.")
+@_opt("-pids", "--pids", "pids", metavar="N", help="With -add: most processes (default: the node's, 1024).")
+@_opt("-timeout", "--timeout", "timeout", metavar="DURATION",
+      help="With -add: the job's run-time limit (TIMED_OUT after it), e.g. 30s, 5m. With -wait UUID: how long to wait.")
+@_opt("-env", "--env", "env", multiple=True, metavar="NAME=VALUE", help="With -add: an environment variable (repeatable).")
+@_opt("-stdin", "--stdin", "stdin", metavar="FILE", help="With -add: the job's standard input ('-' = this one's).")
+@_opt("-retries", "--retries", "retries", metavar="N", help="With -add: extra attempts if its node is lost (default 0).")
+@_opt("-json", "--json", "as_json", is_flag=True, help="Machine-readable output (one JSON document per line).")
+@_opt("-server", "--server", "server", metavar="HOST:PORT",
+      help=f"The lclusterd to talk to (also ${SERVER_ENV}; default 127.0.0.1:64051; unix:PATH works).")
+@_opt("-debug", "--debug", "debug", is_flag=True, help="Show more when something fails.")
+@click.pass_context
+def cli(ctx: click.Context, **o) -> int:
+    """Submit and manage lclusterd jobs. Exactly one of -add, -check, -kill, -list, -nodes,
+    -logs, -wait (or -add with -wait).
+
+    Exit status: 0 ok (-wait: the job's own status, 128+N for signal N); 1 job failed or not
+    found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 124 -wait timed out."""
+    factory: ClientFactory = ctx.obj or JobsClient
+    chosen = [name for name, key in zip(ACTIONS, ("add", "check", "kill", "list_", "nodes", "logs", "wait"))
+              if o[key] not in (None, False)]
+    if chosen == ["-add", "-wait"] and o["wait"] == _WAIT_FOR_ADDED:
+        chosen = ["-add"]
+    if len(chosen) != 1:
+        given = ", ".join(chosen) if chosen else "none"
+        raise click.UsageError(f"give exactly one of {', '.join(ACTIONS)} (given: {given}); see lclient -help")
+    if o["wait"] == _WAIT_FOR_ADDED and o["add"] is None:
+        raise click.UsageError("-wait needs a job uuid (or -add CMD)")
+    action = chosen[0]
+    _check_applicable(action, o)
+    client = factory(o["server"] or default_server())
+    try:
+        if action == "-add":
+            return _add(client, o)
+        if action == "-check":
+            job = client.check(o["check"])
+            click.echo(dumps(job_json(job)) if o["as_json"] else job_text(job))
+            return errors.EXIT_OK
+        if action == "-kill":
+            job = client.kill(o["kill"])
+            click.echo(dumps(job_json(job)) if o["as_json"] else f"{job.id} {outcome(job)}{' (kill requested)' if job.kill_requested else ''}")
+            return errors.EXIT_OK
+        if action == "-list":
+            limit = _parse("-limit", o["limit"], lambda t: parse_count(t, 0))
+            jobs = client.list([s.upper() for s in o["states"]], limit)
+            if o["as_json"]:
+                for job in jobs:
+                    click.echo(dumps(job_json(job)))
+            else:
+                click.echo(jobs_table(jobs))
+            return errors.EXIT_OK
+        if action == "-nodes":
+            nodes = client.nodes()
+            if o["as_json"]:
+                for node in nodes:
+                    click.echo(dumps(node_json(node)))
+            else:
+                click.echo(nodes_table(nodes))
+            return errors.EXIT_OK
+        if action == "-logs":
+            return _logs(client, o["logs"], o["follow"])
+        timeout = _parse("-timeout", o["timeout"], parse_duration) if o["timeout"] else None
+        return _wait(client, o["wait"], timeout, o["as_json"])
+    finally:
+        client.close()
+
+
+def _check_applicable(action: str, o: dict) -> None:
+    only_add = {"mem": "-mem", "cpus": "-cpus", "pids": "-pids", "env": "-env", "stdin": "-stdin", "retries": "-retries"}
+    for key, name in only_add.items():
+        if o[key] and action != "-add":
+            raise click.UsageError(f"{name} goes with -add")
+    if o["timeout"] and action not in ("-add", "-wait"):
+        raise click.UsageError("-timeout goes with -add or -wait")
+    if o["follow"] and action != "-logs":
+        raise click.UsageError("-follow goes with -logs")
+    if (o["states"] or o["limit"] != "0") and action != "-list":
+        raise click.UsageError("-state and -limit go with -list")
+
+
+def _parse(name: str, text: str, parser):
+    try:
+        return parser(text)
+    except ValueError as exc:
+        raise errors.InvalidRequest(f"bad {name} value {text!r}: {exc}") from None
+
+
+def _spec(o: dict) -> pb.JobSpec:
+    spec = pb.JobSpec(command=o["add"])
+    if o["mem"]:
+        spec.memory_bytes = _parse("-mem", o["mem"], parse_size)
+    if o["cpus"]:
+        spec.cpus = _parse("-cpus", o["cpus"], parse_cpus)
+    if o["pids"]:
+        spec.pids = _parse("-pids", o["pids"], parse_count)
+    if o["timeout"]:
+        spec.timeout_seconds = _parse("-timeout", o["timeout"], parse_duration)
+    if o["retries"]:
+        spec.retries = _parse("-retries", o["retries"], lambda t: parse_count(t, 0))
+    for item in o["env"]:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise errors.InvalidRequest(f"bad -env value {item!r}: expected NAME=VALUE")
+        spec.env[name] = value
+    if o["stdin"]:
+        try:
+            if o["stdin"] == "-":
+                spec.stdin = sys.stdin.buffer.read()
+            else:
+                with open(o["stdin"], "rb") as f:
+                    spec.stdin = f.read()
+        except OSError as exc:
+            raise errors.InvalidRequest(f"cannot read -stdin file {o['stdin']}: {exc.strerror}") from None
+    return spec
+
+
+def _add(client: JobsClient, o: dict) -> int:
+    reply = client.add(_spec(o))
+    click.echo(dumps(job_json(reply.job)) if o["as_json"] and not o["wait"] else reply.id)
+    sys.stdout.flush()
+    if o["wait"]:
+        return _wait(client, reply.id, None, o["as_json"])
+    return errors.EXIT_OK
+
+
+def _wait(client: JobsClient, job_id: str, timeout: float | None, as_json: bool) -> int:
+    job = client.wait(job_id, timeout)
+    status = job_exit_status(job)
+    if as_json:
+        click.echo(dumps(job_json(job)))
+    if status != 0 and not (job.state == "EXITED"):
+        reason = f": {job.error}" if job.error else ""
+        click.echo(f"lclient: job {job.id} ended {outcome(job)}{reason}", err=True)
+    return status
+
+
+def _logs(client: JobsClient, job_id: str, follow: bool) -> int:
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    for chunk in client.logs(job_id, follow):
+        target = err if chunk.stream == pb.LogChunk.STDERR else out
+        target.write(chunk.data)
+        target.flush()
+    return errors.EXIT_OK
+
+
+def run(argv: list[str], client_factory: ClientFactory | None = None) -> int:
+    """Run lclient with `argv`; returns the exit status. Never raises (but SystemExit)."""
+    debug = "-debug" in argv or "--debug" in argv
+    try:
+        result = cli.main(args=argv, prog_name="lclient", standalone_mode=False, obj=client_factory)
+    except click.exceptions.Exit as exc:  # -help
+        return exc.exit_code
+    except click.ClickException as exc:
+        message = exc.format_message().replace("\n", " ")
+        click.echo(f"lclient: {message}", err=True)
+        return errors.EXIT_USAGE
+    except click.Abort:
+        click.echo("lclient: interrupted", err=True)
+        return 130
+    except errors.ClientError as exc:
+        click.echo(f"lclient: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("lclient: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return errors.EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback (unless -debug)
+        if debug:
+            traceback.print_exc()
+        click.echo(f"lclient: internal error: {type(exc).__name__}: {exc}", err=True)
+        return errors.EXIT_JOB
+    return result if isinstance(result, int) else errors.EXIT_OK
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

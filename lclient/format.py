@@ -1,0 +1,140 @@
+"""Human tables and stable JSON for lclient's read commands. Pure."""
+
+from __future__ import annotations
+
+import json
+import signal as signals
+import time
+from typing import Any
+
+from lclient.units import format_size
+from lclusterd.rpc import lclusterd_pb2 as pb
+
+SCHEMA_VERSION = 1
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def outcome(job: pb.Job) -> str:
+    """'EXITED (exit code 3)', 'KILLED (SIGKILL)', 'OOM_KILLED', 'RUNNING'..."""
+    if job.HasField("exit_code") and job.state == "EXITED":
+        return f"{job.state} (exit code {job.exit_code})"
+    if job.HasField("signal"):
+        return f"{job.state} ({signal_name(job.signal)})"
+    return job.state
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}" if ts else "-"
+
+
+def job_json(job: pb.Job) -> dict[str, Any]:
+    spec = job.spec
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "id": job.id,
+        "state": job.state,
+        "node": job.node or None,
+        "attempt": job.attempt,
+        "command": spec.command,
+        "limits": {
+            "memory_bytes": spec.memory_bytes if spec.HasField("memory_bytes") else None,
+            "cpus": spec.cpus if spec.HasField("cpus") else None,
+            "pids": spec.pids if spec.HasField("pids") else None,
+            "timeout_seconds": spec.timeout_seconds if spec.HasField("timeout_seconds") else None,
+        },
+        "retries": spec.retries,
+        "created_at": job.created_at or None,
+        "assigned_at": job.assigned_at or None,
+        "started_at": job.started_at or None,
+        "finished_at": job.finished_at or None,
+        "exit_code": job.exit_code if job.HasField("exit_code") else None,
+        "signal": job.signal if job.HasField("signal") else None,
+        "signal_name": signal_name(job.signal) if job.HasField("signal") else None,
+        "oom_killed": job.oom_killed,
+        "error": job.error or None,
+        "host_pid": job.host_pid or None,
+        "peak_memory_bytes": job.peak_memory_bytes if job.HasField("peak_memory_bytes") else None,
+        "cpu_seconds": job.cpu_seconds if job.HasField("cpu_seconds") else None,
+        "kill_requested": job.kill_requested,
+    }
+
+
+def node_json(node: pb.Node) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "name": node.name, "address": node.address,
+            "state": "prime" if node.prime else "ready", "capacity": node.capacity,
+            "running": node.running, "version": node.version, "started_at": node.started_at or None}
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, sort_keys=True)
+
+
+def job_text(job: pb.Job) -> str:
+    spec = job.spec
+    limits = []
+    if spec.HasField("memory_bytes"):
+        limits.append(f"memory={format_size(spec.memory_bytes)}")
+    if spec.HasField("cpus"):
+        limits.append(f"cpus={spec.cpus:g}")
+    if spec.HasField("pids"):
+        limits.append(f"pids={spec.pids}")
+    if spec.HasField("timeout_seconds"):
+        limits.append(f"timeout={spec.timeout_seconds:g}s")
+    rows = [
+        ("id", job.id),
+        ("state", outcome(job) + (" (kill requested)" if job.kill_requested else "")),
+        ("command", spec.command),
+        ("node", job.node or "-"),
+        ("created", _when(job.created_at)),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+    ]
+    if job.started_at and job.finished_at:
+        rows.append(("runtime", f"{job.finished_at - job.started_at:.3f}s"))
+    rows.append(("limits", " ".join(limits) or "node defaults"))
+    if job.oom_killed:
+        rows.append(("oom", "yes: killed by the kernel OOM killer"))
+    if job.HasField("peak_memory_bytes"):
+        rows.append(("peak memory", format_size(job.peak_memory_bytes)))
+    if job.HasField("cpu_seconds"):
+        rows.append(("cpu time", f"{job.cpu_seconds:.3f}s"))
+    if job.error:
+        rows.append(("reason", job.error))
+    width = max(len(k) for k, _ in rows) + 1
+    return "\n".join(f"{k + ':':<{width}} {v}" for k, v in rows)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def jobs_table(jobs: list[pb.Job]) -> str:
+    now = time.time()
+    rows = []
+    for job in jobs:
+        command = job.spec.command.replace("\n", " ")
+        rows.append([job.id, outcome(job), job.node or "-", _age(now - job.created_at), command[:50]])
+    return table(["ID", "STATE", "NODE", "AGE", "COMMAND"], rows)
+
+
+def nodes_table(nodes: list[pb.Node]) -> str:
+    rows = [[n.name, n.address, "prime" if n.prime else "ready", str(n.capacity), str(n.running)] for n in nodes]
+    return table(["NAME", "ADDRESS", "STATE", "CAPACITY", "RUNNING"], rows)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"

@@ -1,0 +1,84 @@
+"""`lclusterd`: parse options (command line > LCLUSTERD_* environment > config file > default)
+into a Config and run the daemon. Nothing else happens here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from lclusterd import __version__
+from lclusterd.config import DEFAULT_CONFIG_FILE, DEFAULT_PORT, DEFAULT_ROOTFS, DEFAULT_STATE_DIR, Config, ConfigError, load_file
+
+
+def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    path = value or (DEFAULT_CONFIG_FILE if os.path.exists(DEFAULT_CONFIG_FILE) else None)
+    if path:
+        try:
+            ctx.default_map = {k: v for k, v in load_file(path).items()}
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=_param) from None
+    return path
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "LCLUSTERD",
+                                 "show_default": True})
+@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config_file,
+              help=f"TOML file with any of these options (keys as the long names). Default: {DEFAULT_CONFIG_FILE} if it exists.")
+@click.option("--namespace", default="localhost",
+              help="Host name or address this node binds and advertises to other nodes and clients.")
+@click.option("--listen", default=str(DEFAULT_PORT),
+              help="gRPC port, or HOST:PORT to bind another address than --namespace. Non-loopback needs --insecure.")
+@click.option("--etcd", default="",
+              help="Comma-separated endpoints of an existing etcd (http://HOST:PORT,...). Empty: start an embedded "
+                   "etcd with its data under --state-dir, on loopback, stopped with the daemon.")
+@click.option("--rootfs", default=DEFAULT_ROOTFS, help="Root filesystem jobs run in (read-only lower layer of each job's overlay).")
+@click.option("--state-dir", default=DEFAULT_STATE_DIR,
+              help="Where this node keeps job logs, runtime state, the Unix socket (lclusterd.sock) and the embedded etcd.")
+@click.option("--node-name", default=None, help="This node's name in the cluster.  [default: the host name]")
+@click.option("--capacity", default=256, type=click.IntRange(min=1), help="Most jobs this node runs at once.")
+@click.option("--prefix", default="/lclusterd", help="etcd key prefix; clusters sharing one etcd need different prefixes.")
+@click.option("--insecure", is_flag=True, default=False,
+              help="Allow a non-loopback --namespace/--listen although the API has no TLS or authentication yet.")
+@click.option("--on-shutdown", type=click.Choice(["kill", "finish"]), default="kill",
+              help="On SIGTERM/SIGINT: kill running jobs (recorded as KILLED), or let them finish first. "
+                   "A second signal kills them anyway.")
+@click.option("--default-pids", default=1024, type=click.IntRange(min=1),
+              help="pids limit for jobs that set none (contains fork bombs).")
+@click.option("--etcd-wait", default=30.0, type=click.FloatRange(min=0), help="Seconds start-up waits for etcd to answer.")
+@click.option("--lease-ttl", default=5, type=click.IntRange(min=1), help="Seconds etcd keeps this node (and its prime key) without a keep-alive.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.version_option(__version__, "--version")
+def cli(**options) -> None:
+    """Run an lclusterd node: takes jobs over gRPC (loopback TCP and a root-only Unix socket),
+    queues them in etcd, and runs those assigned to it in isolated containers.
+
+    Every option can also be set as an environment variable LCLUSTERD_<OPTION> (e.g.
+    LCLUSTERD_STATE_DIR) or in the config file. Exit status: 0 after a clean shutdown, 2 on a
+    usage error, 3 when the daemon cannot start (the reason is printed)."""
+    if not options.get("node_name"):
+        options.pop("node_name")
+    config = Config(**options)
+    from lclusterd.daemon import run  # imported late: --help stays fast
+
+    sys.exit(run(config))
+
+
+def main() -> None:
+    if os.geteuid() != 0 and not {"-h", "--help", "--version"} & set(sys.argv[1:]):
+        click.echo("lclusterd: must run as root (it creates namespaces, cgroups and mounts)", err=True)
+        sys.exit(3)
+    try:
+        cli.main(prog_name="lclusterd", standalone_mode=False)
+    except click.exceptions.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # one line, not click's three
+        click.echo(f"lclusterd: {exc.format_message()}".replace("\n", " "), err=True)
+        sys.exit(2)
+    except click.Abort:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

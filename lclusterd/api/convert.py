@@ -1,0 +1,65 @@
+"""proto <-> model. Pure."""
+
+from __future__ import annotations
+
+from lclusterd.model import JobRecord, JobSpec, NodeInfo
+from lclusterd.rpc import lclusterd_pb2 as pb
+
+
+def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
+    return JobSpec(
+        command=msg.command,
+        env=dict(msg.env),
+        memory_bytes=msg.memory_bytes if msg.HasField("memory_bytes") else None,
+        cpus=msg.cpus if msg.HasField("cpus") else None,
+        pids=msg.pids if msg.HasField("pids") else None,
+        timeout=msg.timeout_seconds if msg.HasField("timeout_seconds") else None,
+        stdin_data=msg.stdin,
+        retries=msg.retries,
+    )
+
+
+def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
+    msg = pb.JobSpec(command=spec.command, env=spec.env, stdin=spec.stdin_data, retries=spec.retries)
+    if spec.memory_bytes is not None:
+        msg.memory_bytes = spec.memory_bytes
+    if spec.cpus is not None:
+        msg.cpus = spec.cpus
+    if spec.pids is not None:
+        msg.pids = spec.pids
+    if spec.timeout is not None:
+        msg.timeout_seconds = spec.timeout
+    return msg
+
+
+def job_to_proto(record: JobRecord) -> pb.Job:
+    msg = pb.Job(
+        id=record.id,
+        state=record.state,
+        spec=spec_to_proto(record.spec),
+        node=record.node,
+        attempt=record.attempt,
+        created_at=record.created_at or 0.0,
+        assigned_at=record.assigned_at or 0.0,
+        started_at=record.started_at or 0.0,
+        finished_at=record.finished_at or 0.0,
+        oom_killed=record.oom_killed,
+        error=record.error,
+        host_pid=record.host_pid or 0,
+        kill_requested=record.kill_requested,
+    )
+    msg.spec.stdin = b""  # can be large; not echoed back
+    if record.exit_code is not None:
+        msg.exit_code = record.exit_code
+    if record.signal is not None:
+        msg.signal = record.signal
+    if record.peak_memory_bytes is not None:
+        msg.peak_memory_bytes = record.peak_memory_bytes
+    if record.cpu_seconds is not None:
+        msg.cpu_seconds = record.cpu_seconds
+    return msg
+
+
+def node_to_proto(info: NodeInfo, running: int, prime: bool) -> pb.Node:
+    return pb.Node(name=info.name, address=info.address, capacity=info.capacity, running=running,
+                   prime=prime, version=info.version, started_at=info.started_at)

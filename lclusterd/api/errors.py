@@ -1,0 +1,81 @@
+"""Each lclusterd error class maps to one gRPC status code, here and only here.
+
+The class name also travels as trailing metadata (`lclusterd-error`), so a client can tell
+"etcd is unavailable behind the daemon" from "the daemon is unreachable" (both UNAVAILABLE).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+
+from lclusterd.errors import (InvalidSpec, InvalidTransition, JobFinished, JobNotFound, LclusterdError, NotOnThisNode,
+                              QueueFull, RuntimeUnavailable, StoreUnavailable, TooBusy, WaitTimedOut)
+
+log = logging.getLogger(__name__)
+
+STATUS_OF = {
+    InvalidSpec: grpc.StatusCode.INVALID_ARGUMENT,
+    JobNotFound: grpc.StatusCode.NOT_FOUND,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    RuntimeUnavailable: grpc.StatusCode.UNAVAILABLE,
+    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TooBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    JobFinished: grpc.StatusCode.FAILED_PRECONDITION,
+    InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
+    NotOnThisNode: grpc.StatusCode.FAILED_PRECONDITION,
+    WaitTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+ERROR_METADATA_KEY = "lclusterd-error"
+
+
+def status_of(error: LclusterdError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception):
+    if isinstance(exc, LclusterdError):
+        code, message, name = status_of(exc), str(exc), type(exc).__name__
+    else:
+        log.exception("internal error")
+        code, message, name = grpc.StatusCode.INTERNAL, f"internal error in lclusterd: {type(exc).__name__}: {exc}", "Internal"
+    context.set_trailing_metadata(((ERROR_METADATA_KEY, name),))
+    context.abort(code, message)
+
+
+def maps_errors(method):
+    """Servicer decorator: a raised error becomes its status code and message."""
+
+    @functools.wraps(method)
+    def unary(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - every error leaves as a status, never a traceback
+            if _is_abort(exc):
+                raise
+            _abort(context, exc)
+
+    return unary
+
+
+def maps_stream_errors(method):
+    @functools.wraps(method)
+    def stream(self, request, context):
+        try:
+            yield from method(self, request, context)
+        except Exception as exc:  # noqa: BLE001
+            if _is_abort(exc):
+                raise
+            _abort(context, exc)
+
+    return stream
+
+
+def _is_abort(exc: Exception) -> bool:
+    # context.abort raises a plain Exception subclass private to grpc; let it through
+    return type(exc).__module__.startswith("grpc")

@@ -1,0 +1,147 @@
+"""JobsServicer: the Jobs gRPC service. Validates input, calls the cluster layer, and leaves
+every error to @maps_errors (one status code per error class)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import grpc
+
+from lclusterd.api.convert import job_to_proto, node_to_proto, spec_from_proto
+from lclusterd.api.errors import maps_errors, maps_stream_errors
+from lclusterd.cluster.events import JobEvents
+from lclusterd.cluster.jobs import Jobs
+from lclusterd.cluster.logs import LogFiles
+from lclusterd.cluster.node import list_nodes
+from lclusterd.errors import InvalidSpec, NotOnThisNode, TooBusy, WaitTimedOut
+from lclusterd.model import QUEUED, STATES, JobRecord, JobSpec, parse_job_id
+from lclusterd.rpc import lclusterd_pb2 as pb
+from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
+
+FOLLOW_TICK = 0.1  # how often a followed job's log files are read again
+WAIT_TICK = 1.0  # a waiter re-reads the record at least this often (in case a wake-up was missed)
+CHUNK = 64 * 1024
+# Wait and Logs(follow) hold a server thread each; past this many, they are refused at once
+# (RESOURCE_EXHAUSTED) so the threads left keep add/check/kill answering.
+MAX_BLOCKING = 192
+
+
+class JobsServicer(pb_grpc.JobsServicer):
+    def __init__(self, jobs: Jobs, events: JobEvents, logs: LogFiles, node: str,
+                 check_runnable: Callable[[JobSpec], None]):
+        self.jobs = jobs
+        self.events = events
+        self.logs = logs
+        self.node = node
+        self.check_runnable = check_runnable
+        self._blocking = threading.BoundedSemaphore(MAX_BLOCKING)
+
+    @contextmanager
+    def _blocking_slot(self):
+        if not self._blocking.acquire(blocking=False):
+            raise TooBusy(f"this node already serves {MAX_BLOCKING} waits and follows; try again later")
+        try:
+            yield
+        finally:
+            self._blocking.release()
+
+    @maps_errors
+    def Add(self, request: pb.AddRequest, context) -> pb.AddReply:
+        spec = spec_from_proto(request.spec)
+        self.check_runnable(spec)
+        record = self.jobs.add(spec)
+        return pb.AddReply(id=record.id, job=job_to_proto(record))
+
+    @maps_errors
+    def Check(self, request: pb.JobRef, context) -> pb.Job:
+        job_id = parse_job_id(request.id)
+        record, _ = self.jobs.get(job_id)
+        if not record.terminal and record.state != QUEUED:
+            record.kill_requested = self.jobs.kill_requested(job_id)
+        return job_to_proto(record)
+
+    @maps_errors
+    def Kill(self, request: pb.JobRef, context) -> pb.Job:
+        return job_to_proto(self.jobs.kill(parse_job_id(request.id)))
+
+    @maps_errors
+    def List(self, request: pb.ListRequest, context) -> pb.ListReply:
+        states = {s.upper() for s in request.states}
+        unknown = sorted(states - set(STATES))
+        if unknown:
+            raise InvalidSpec(f"unknown state {unknown[0]!r}: expected one of {', '.join(STATES)}")
+        if request.limit < 0:
+            raise InvalidSpec(f"limit must not be negative, not {request.limit}")
+        records = self.jobs.list(states or None, request.limit)
+        return pb.ListReply(jobs=[job_to_proto(r) for r in records])
+
+    @maps_errors
+    def Nodes(self, request: pb.NodesRequest, context) -> pb.NodesReply:
+        nodes = list_nodes(self.jobs.store, self.jobs.keys)
+        return pb.NodesReply(nodes=[node_to_proto(info, running, prime) for info, running, prime in nodes])
+
+    @maps_stream_errors
+    def Logs(self, request: pb.LogsRequest, context) -> Iterator[pb.LogChunk]:
+        job_id = parse_job_id(request.id)
+        record, _ = self.jobs.get(job_id)
+        if record.node and record.node != self.node:
+            raise self._elsewhere(job_id, record.node)
+        offsets = [0, 0]
+        if not request.follow:
+            yield from self._read_new(job_id, offsets)
+            return
+        with self._blocking_slot(), self.events.subscribe(job_id) as changed:
+            while True:
+                ended = record.terminal
+                yield from self._read_new(job_id, offsets)
+                if ended or not context.is_active():
+                    return
+                changed.wait(FOLLOW_TICK)
+                if changed.is_set():
+                    changed.clear()
+                    latest = changed.latest
+                    record = JobRecord.from_bytes(latest) if latest is not None else self.jobs.get(job_id)[0]
+                    if record.node and record.node != self.node:
+                        raise self._elsewhere(job_id, record.node)
+
+    def _elsewhere(self, job_id: str, node: str) -> NotOnThisNode:
+        """The logs live on `node`; say where it listens (issue 4 will proxy instead)."""
+        address = next((info.address for info, _, _ in list_nodes(self.jobs.store, self.jobs.keys) if info.name == node), "")
+        return NotOnThisNode(job_id, node, address)
+
+    def _read_new(self, job_id: str, offsets: list[int]) -> Iterator[pb.LogChunk]:
+        for index, (path, stream) in enumerate(((self.logs.stdout(job_id), pb.LogChunk.STDOUT),
+                                                (self.logs.stderr(job_id), pb.LogChunk.STDERR))):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offsets[index])
+                    while data := f.read(CHUNK):
+                        offsets[index] += len(data)
+                        yield pb.LogChunk(stream=stream, data=data)
+            except FileNotFoundError:
+                continue
+
+    @maps_errors
+    def Wait(self, request: pb.WaitRequest, context) -> pb.Job:
+        job_id = parse_job_id(request.id)
+        if request.timeout_seconds < 0:
+            raise InvalidSpec(f"timeout must not be negative, not {request.timeout_seconds:g}")
+        deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
+        with self._blocking_slot(), self.events.subscribe(job_id) as changed:
+            record, _ = self.jobs.get(job_id)
+            while True:
+                if record.terminal:
+                    return job_to_proto(record)
+                if not context.is_active():
+                    context.abort(grpc.StatusCode.CANCELLED, "the client went away")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise WaitTimedOut(job_id, record.state, request.timeout_seconds)
+                woken = changed.wait(WAIT_TICK if remaining is None else min(WAIT_TICK, remaining))
+                changed.clear()
+                latest = changed.latest
+                # the watch carries the new record; read etcd only without one (or on a plain tick)
+                record = JobRecord.from_bytes(latest) if woken and latest is not None else self.jobs.get(job_id)[0]

@@ -1,0 +1,1 @@
+"""etcd side of lclusterd: key layout, job transitions, node lease, prime election, scheduler, worker."""

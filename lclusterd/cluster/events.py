@@ -1,0 +1,83 @@
+"""JobEvents: one watch on jobs/ that wakes whoever waits for a particular job to change.
+
+Used by Wait and Logs(follow): a waiter subscribes before it reads the record, so a change
+between the read and the wait is never missed. Costs a dict lookup per job change.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.store import Event, Store, Watch
+
+
+class Subscription:
+    """Set whenever jobs/<id> changes; `latest` holds the newest record bytes seen by the watch
+    (None until the first change, or after a resync: then read the store)."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Event()
+        self.latest: bytes | None = None
+        self.revision = 0
+
+    def wait(self, timeout: float | None) -> bool:
+        return self.changed.wait(timeout)
+
+    def is_set(self) -> bool:
+        return self.changed.is_set()
+
+    def clear(self) -> None:
+        self.changed.clear()
+
+
+class JobEvents:
+    def __init__(self, store: Store, keys: Keys):
+        self._store = store
+        self._keys = keys
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[Subscription]] = {}
+        self._watch: Watch | None = None
+
+    def start(self) -> None:
+        self._watch = self._store.watch(self._keys.jobs_prefix, self._store.revision() + 1, self, "jobs")
+
+    def stop(self) -> None:
+        if self._watch:
+            self._watch.stop()
+
+    @contextmanager
+    def subscribe(self, job_id: str) -> Iterator[Subscription]:
+        """A Subscription set whenever jobs/<job_id> changes (clear it before each wait)."""
+        flag = Subscription()
+        with self._lock:
+            self._waiters.setdefault(job_id, set()).add(flag)
+        try:
+            yield flag
+        finally:
+            with self._lock:
+                flags = self._waiters.get(job_id)
+                if flags is not None:
+                    flags.discard(flag)
+                    if not flags:
+                        del self._waiters[job_id]
+
+    def on_events(self, events: list[Event]) -> None:
+        with self._lock:
+            if not self._waiters:
+                return
+            for event in events:
+                for flag in self._waiters.get(Keys.last(event.key), ()):
+                    if event.kind == "put" and event.mod_revision > flag.revision:
+                        flag.latest, flag.revision = event.value, event.mod_revision
+                    flag.changed.set()
+
+    def on_resync(self) -> int:
+        with self._lock:  # wake everyone: they re-read
+            for flags in self._waiters.values():
+                for flag in flags:
+                    flag.latest = None
+                    flag.changed.set()
+        return self._store.revision()

@@ -1,0 +1,143 @@
+"""Job records in etcd: add, read, list, kill, and guarded transitions.
+
+Every state change is one Change: a compare on the record's mod revision plus the writes of
+that transition. `commit` sends many Changes in one transaction (the common case: every guard
+holds) and falls back to one transaction each when a guard fails, so one stale job never
+blocks the others. Whoever loses a guard re-reads; two actors can never both win.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.store import MAX_TXN_OPS, Absent, Delete, ModIs, Op, Put, Store
+from lclusterd.errors import JobFinished, JobNotFound, StoreUnavailable
+from lclusterd.model import ASSIGNED, CANCELLED, QUEUED, JobRecord, JobSpec, new_job_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Change:
+    """One guarded transition: apply `ops` if jobs/<job_id> still has `expect_revision`."""
+
+    job_id: str
+    expect_revision: int
+    record: JobRecord
+    ops: list[Op] = field(default_factory=list)
+
+
+class Jobs:
+    """Reads and guarded writes of job records. Thread-safe (holds no state but the store)."""
+
+    def __init__(self, store: Store, keys: Keys):
+        self.store = store
+        self.keys = keys
+
+    # -- transitions as Changes (pure apart from the key layout) ---------------------------
+    def assign(self, record: JobRecord, revision: int, node: str) -> Change:
+        new = record.moved_to(ASSIGNED, node=node, assigned_at=time.time())
+        raw = new.to_bytes()
+        ops = [Delete(self.keys.queue(record.id)), Put(self.keys.job(record.id), raw), Put(self.keys.assign(node, record.id), raw)]
+        return Change(record.id, revision, new, ops)
+
+    def update(self, new: JobRecord, revision: int) -> Change:
+        """A non-terminal change of an assigned or running job (e.g. ASSIGNED -> RUNNING)."""
+        return Change(new.id, revision, new, [Put(self.keys.job(new.id), new.to_bytes())])
+
+    def finish(self, new: JobRecord, revision: int) -> Change:
+        """A terminal record written by the node that ran (or refused) the job."""
+        ops = [Put(self.keys.job(new.id), new.to_bytes()), Delete(self.keys.assign(new.node, new.id)), Delete(self.keys.kill(new.id))]
+        return Change(new.id, revision, new, ops)
+
+    def give_back(self, record: JobRecord, revision: int) -> Change:
+        """ASSIGNED -> QUEUED for a job this node never started (it is shutting down)."""
+        new = record.moved_to(QUEUED, node="", assigned_at=None)
+        raw = new.to_bytes()
+        ops = [Put(self.keys.job(new.id), raw), Put(self.keys.queue(new.id), raw), Delete(self.keys.assign(record.node, new.id))]
+        return Change(new.id, revision, new, ops)
+
+    # -- commit ------------------------------------------------------------------------------
+    def commit(self, changes: list[Change]) -> dict[str, int | None]:
+        """Apply changes; returns job id -> the record's new mod revision, or None where the
+        guard failed (someone else changed the job first). Raises StoreUnavailable."""
+        results: dict[str, int | None] = {}
+        for batch in _batches(changes):
+            compares = [ModIs(self.keys.job(c.job_id), c.expect_revision) for c in batch]
+            ops = [op for c in batch for op in c.ops]
+            outcome = self.store.txn(compares, ops)
+            if outcome.succeeded:
+                results.update((c.job_id, outcome.revision) for c in batch)
+                continue
+            for c in batch:
+                if len(batch) == 1:
+                    results[c.job_id] = None
+                    break
+                single = self.store.txn([ModIs(self.keys.job(c.job_id), c.expect_revision)], c.ops)
+                results[c.job_id] = single.revision if single.succeeded else None
+        return results
+
+    # -- user requests -----------------------------------------------------------------------
+    def add(self, spec: JobSpec) -> JobRecord:
+        """Write the record (QUEUED) and its queue entry in one transaction."""
+        spec.validate()
+        record = JobRecord(id=new_job_id(), spec=spec, created_at=time.time())
+        raw = record.to_bytes()
+        key = self.keys.job(record.id)
+        outcome = self.store.txn([Absent(key)], [Put(key, raw), Put(self.keys.queue(record.id), raw)])
+        if not outcome.succeeded:  # a uuid4 collision: astronomically unlikely
+            raise StoreUnavailable(f"job id {record.id} already exists; try again")
+        return record
+
+    def get(self, job_id: str) -> tuple[JobRecord, int]:
+        """The record and its mod revision; JobNotFound if there is none."""
+        kv = self.store.get(self.keys.job(job_id))
+        if kv is None:
+            raise JobNotFound(job_id)
+        return JobRecord.from_bytes(kv.value), kv.mod_revision
+
+    def list(self, states: set[str] | None = None, limit: int = 0) -> list[JobRecord]:
+        """Records oldest first, optionally only in `states`; the newest `limit` when given."""
+        kvs, _ = self.store.get_prefix(self.keys.jobs_prefix)
+        records = [JobRecord.from_bytes(kv.value) for kv in sorted(kvs, key=lambda kv: kv.create_revision)]
+        if states:
+            records = [r for r in records if r.state in states]
+        return records[-limit:] if limit > 0 else records
+
+    def kill_requested(self, job_id: str) -> bool:
+        return self.store.get(self.keys.kill(job_id)) is not None
+
+    def kill(self, job_id: str) -> JobRecord:
+        """Cancel a queued job here and now; ask the owning node to kill an assigned or running
+        one (kill/<uuid>). JobFinished if it has already ended."""
+        while True:
+            record, revision = self.get(job_id)
+            if record.terminal:
+                raise JobFinished(job_id, record.state)
+            guard = [ModIs(self.keys.job(job_id), revision)]
+            if record.state == QUEUED:
+                new = record.moved_to(CANCELLED, error="cancelled by request before it started")
+                ops: list[Op] = [Put(self.keys.job(job_id), new.to_bytes()), Delete(self.keys.queue(job_id))]
+            else:  # ASSIGNED or RUNNING: the node owns the record now
+                new = replace(record, kill_requested=True)
+                ops = [Put(self.keys.kill(job_id), record.node.encode())]
+            if self.store.txn(guard, ops).succeeded:
+                return new
+            log.debug("kill %s: record changed under us, retrying", job_id)
+
+
+def _batches(changes: list[Change]):
+    batch: list[Change] = []
+    count = 0
+    for change in changes:
+        size = 1 + len(change.ops)
+        if batch and count + size > MAX_TXN_OPS:
+            yield batch
+            batch, count = [], 0
+        batch.append(change)
+        count += size
+    if batch:
+        yield batch

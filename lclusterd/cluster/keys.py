@@ -1,0 +1,82 @@
+"""The etcd key layout under one prefix (default /lclusterd). Pure.
+
+    nodes/<node>            NodeInfo, under the node's lease
+    prime                   name of the prime node, under the prime's lease
+    queue/<uuid>            queued job; value = the QUEUED record (so the prime needs no read)
+    jobs/<uuid>             the job record (the truth)
+    assign/<node>/<uuid>    an assignment; value = the ASSIGNED record
+    kill/<uuid>             a kill request the owning node acts on
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "/lclusterd"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        cleaned = "/" + self.prefix.strip("/") if self.prefix.strip("/") else ""
+        object.__setattr__(self, "prefix", cleaned)
+
+    def _k(self, *parts: str) -> str:
+        return "/".join((self.prefix, *parts))
+
+    # one key each
+    def job(self, job_id: str) -> str:
+        return self._k("jobs", job_id)
+
+    def queue(self, job_id: str) -> str:
+        return self._k("queue", job_id)
+
+    def assign(self, node: str, job_id: str) -> str:
+        return self._k("assign", node, job_id)
+
+    def kill(self, job_id: str) -> str:
+        return self._k("kill", job_id)
+
+    def node(self, name: str) -> str:
+        return self._k("nodes", name)
+
+    @property
+    def prime(self) -> str:
+        return self._k("prime")
+
+    # prefixes (each ends with "/")
+    @property
+    def jobs_prefix(self) -> str:
+        return self._k("jobs", "")
+
+    @property
+    def queue_prefix(self) -> str:
+        return self._k("queue", "")
+
+    @property
+    def kill_prefix(self) -> str:
+        return self._k("kill", "")
+
+    @property
+    def nodes_prefix(self) -> str:
+        return self._k("nodes", "")
+
+    @property
+    def assign_all_prefix(self) -> str:
+        return self._k("assign", "")
+
+    def assign_prefix(self, node: str) -> str:
+        return self._k("assign", node, "")
+
+    # parsing
+    @staticmethod
+    def last(key: str) -> str:
+        """The last path element: the uuid of jobs/, queue/, kill/ keys, the name of nodes/."""
+        return key.rsplit("/", 1)[-1]
+
+    def assign_parts(self, key: str) -> tuple[str, str]:
+        """(node, uuid) of an assign/<node>/<uuid> key."""
+        node, job_id = key[len(self.assign_all_prefix):].split("/", 1)
+        return node, job_id

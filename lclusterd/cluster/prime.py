@@ -1,0 +1,101 @@
+"""Prime election: the node that creates the `prime` key under its lease is the prime.
+
+Campaign = txn(create(prime) == 0 -> put prime=<node> under our lease) (the python-etcd3
+Lock pattern). A watch on the key wakes the loser when it is deleted; a slow re-check covers
+a missed wake-up. While prime, `on_elected` has been called once; when the key stops being
+ours (lease lost, deleted), `on_deposed` is called before anything else happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.node import NodeSession
+from lclusterd.cluster.store import Absent, Delete, Event, ModIs, Put, Store
+from lclusterd.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+RECHECK_SECONDS = 1.0
+
+
+class PrimeElection:
+    def __init__(self, store: Store, keys: Keys, session: NodeSession,
+                 on_elected: Callable[[], None], on_deposed: Callable[[], None]):
+        self.store = store
+        self.keys = keys
+        self.session = session
+        self._on_elected = on_elected
+        self._on_deposed = on_deposed
+        self.is_prime = False
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prime election", daemon=True)
+        self._watch = None
+        session.on_new_lease(lambda _lease: self._wake.set())
+
+    @property
+    def name(self) -> str:
+        return self.session.info.name
+
+    def start(self) -> None:
+        self._watch = self.store.watch(self.keys.prime, self.store.revision() + 1, self, "prime")
+        self._thread.start()
+
+    def on_events(self, events: list[Event]) -> None:
+        self._wake.set()
+
+    def on_resync(self) -> int:
+        self._wake.set()
+        return self.store.revision()
+
+    def _holds_key(self) -> bool:
+        """Whether the prime key is ours now; campaigns for it when it is free."""
+        me, lease = self.name.encode(), self.session.lease_id
+        kv = self.store.get(self.keys.prime)
+        if kv is None:
+            return self.store.txn([Absent(self.keys.prime)], [Put(self.keys.prime, me, lease)]).succeeded
+        if kv.value == me and kv.lease == lease:
+            return True
+        if kv.value == me:  # ours under an older lease of this node: move it to the current one
+            return self.store.txn([ModIs(self.keys.prime, kv.mod_revision)], [Put(self.keys.prime, me, lease)]).succeeded
+        return False
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                holds = self._holds_key()
+            except StoreUnavailable as exc:
+                log.debug("prime election: %s", exc)
+                holds = self.is_prime  # keep acting until we know otherwise; guards protect us
+            if holds and not self.is_prime:
+                log.info("node %s is now the prime", self.name)
+                self.is_prime = True
+                self._on_elected()
+            elif not holds and self.is_prime:
+                log.info("node %s is no longer the prime", self.name)
+                self.is_prime = False
+                self._on_deposed()
+            self._wake.wait(RECHECK_SECONDS)
+            self._wake.clear()
+
+    def stop(self) -> None:
+        """Stop campaigning and step down (the caller revokes the lease, freeing the key)."""
+        self._stopped.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        if self._watch:
+            self._watch.stop()
+        if self.is_prime:
+            self.is_prime = False
+            self._on_deposed()
+        try:
+            kv = self.store.get(self.keys.prime)
+            if kv is not None and kv.value == self.name.encode() and kv.lease == self.session.lease_id:
+                self.store.txn([ModIs(self.keys.prime, kv.mod_revision)], [Delete(self.keys.prime)])
+        except StoreUnavailable:
+            pass

@@ -1,0 +1,335 @@
+"""etcd access for the rest of lclusterd: get, transactions, leases, resumable watches.
+
+The ONLY module that imports etcd3. Every etcd or gRPC failure leaves this module as
+StoreUnavailable (one sentence naming the endpoints), so callers handle one error type.
+Callers describe transactions with the small Put/Delete/ModIs/Absent/ValueIs values below.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+from urllib.parse import urlsplit
+
+import etcd3
+import etcd3.etcdrpc as etcdrpc
+import etcd3.exceptions
+import etcd3.utils
+import grpc
+
+from lclusterd.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# Reconnect quickly once etcd is back (gRPC's default backoff grows to two minutes).
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.enable_http_proxy", 0),
+]
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "put" or "delete"
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int = 0
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True)
+class ModIs:
+    """Compare: the key's mod revision equals `revision` (0 = the key does not exist)."""
+
+    key: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class Absent:
+    key: str
+
+
+@dataclass(frozen=True)
+class ValueIs:
+    key: str
+    value: bytes
+
+
+Op = Put | Delete
+Compare = ModIs | Absent | ValueIs
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int  # the store revision after the transaction (= mod revision of what it wrote)
+
+
+def parse_endpoints(text: str | Iterable[str]) -> list[tuple[str, int]]:
+    """`http://a:2379,b:2379` -> [("a", 2379), ("b", 2379)]; ValueError on a bad entry."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    result = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        parts = urlsplit(item if "://" in item else "http://" + item)
+        if parts.scheme not in ("http", "") or not parts.hostname:
+            raise ValueError(f"bad etcd endpoint {item!r}: expected http://HOST:PORT")
+        result.append((parts.hostname, parts.port or 2379))
+    if not result:
+        raise ValueError("no etcd endpoint given")
+    return result
+
+
+def _mapped(method):
+    """Turn every etcd/gRPC failure of `method` into StoreUnavailable."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreUnavailable:
+            raise
+        except grpc.RpcError as exc:
+            raise self._unavailable(f"{exc.code().name}: {exc.details()}") from None
+        except (etcd3.exceptions.Etcd3Exception, ValueError) as exc:
+            raise self._unavailable(str(exc) or type(exc).__name__) from None
+
+    return wrapper
+
+
+class WatchHandler(Protocol):
+    def on_events(self, events: list[Event]) -> None:
+        """Called from the watch thread, in revision order."""
+
+    def on_resync(self) -> int:
+        """The watched history was compacted: re-read the state and return its revision."""
+
+
+class Callbacks:
+    """A WatchHandler made of two functions."""
+
+    def __init__(self, on_events: Callable[[list[Event]], None], on_resync: Callable[[], int]):
+        self.on_events = on_events
+        self.on_resync = on_resync
+
+
+class Store:
+    """One etcd client shared by all of the daemon's threads (gRPC stubs are thread-safe)."""
+
+    def __init__(self, endpoints: str | Iterable[str], timeout: float = 3.0):
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout = timeout
+        multi = len(self.endpoints) > 1
+        self._client = etcd3.MultiEndpointEtcd3Client(
+            endpoints=[
+                # time_retry: how long a failed endpoint is skipped; 0 with one endpoint, so
+                # requests succeed again as soon as etcd is back.
+                etcd3.Endpoint(host, port, secure=False, time_retry=2.0 if multi else 0.0, opts=_CHANNEL_OPTIONS)
+                for host, port in self.endpoints
+            ],
+            timeout=timeout,
+            failover=multi,
+        )
+
+    def describe(self) -> str:
+        return ",".join(f"http://{h}:{p}" for h, p in self.endpoints)
+
+    def _unavailable(self, detail: str) -> StoreUnavailable:
+        return StoreUnavailable(f"etcd at {self.describe()} is unavailable ({detail})")
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- reads -----------------------------------------------------------------------------
+    @_mapped
+    def get(self, key: str) -> KeyValue | None:
+        response = self._client.get_response(key)
+        return _kv(response.kvs[0]) if response.kvs else None
+
+    @_mapped
+    def get_prefix(self, prefix: str, keys_only: bool = False) -> tuple[list[KeyValue], int]:
+        """Every key under `prefix` (sorted by key) and the revision the read saw."""
+        response = self._client.get_prefix_response(prefix, keys_only=keys_only)
+        return [_kv(kv) for kv in response.kvs], response.header.revision
+
+    @_mapped
+    def revision(self) -> int:
+        """The store's current revision (a cheap health probe)."""
+        return self._client.get_response("/", keys_only=True).header.revision
+
+    # -- writes ----------------------------------------------------------------------------
+    @_mapped
+    def txn(self, compares: list[Compare], ops: list[Op], else_ops: list[Op] = ()) -> TxnResult:
+        """One etcd transaction: `ops` if every compare holds, else `else_ops`."""
+        tx = self._client.transactions
+        built = []
+        for c in compares:
+            if isinstance(c, ModIs):
+                built.append(tx.mod(c.key) == c.revision)
+            elif isinstance(c, Absent):
+                built.append(tx.create(c.key) == 0)
+            else:
+                built.append(tx.value(c.key) == c.value)
+
+        def to_etcd(op: Op):
+            if isinstance(op, Put):
+                return tx.put(op.key, op.value, lease=op.lease or None)
+            return tx.delete(op.key)
+
+        request = etcdrpc.TxnRequest(
+            compare=[c.build_message() for c in built],
+            success=self._client._ops_to_requests([to_etcd(o) for o in ops]),
+            failure=self._client._ops_to_requests([to_etcd(o) for o in else_ops]),
+        )
+        response = self._client.kvstub.Txn(request, self.timeout)
+        return TxnResult(response.succeeded, response.header.revision)
+
+    @_mapped
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        return self.txn([], [Put(key, value, lease)]).revision
+
+    # -- leases ----------------------------------------------------------------------------
+    @_mapped
+    def grant(self, ttl: int) -> int:
+        return self._client.lease(ttl).id
+
+    @_mapped
+    def keepalive(self, lease_id: int) -> int:
+        """Refresh the lease once; returns its remaining TTL (0 or less: it has expired)."""
+        for response in self._client.refresh_lease(lease_id):
+            return response.TTL
+        return 0
+
+    @_mapped
+    def revoke(self, lease_id: int) -> None:
+        """Revoke a lease (deleting its keys); a lease that has already expired is fine."""
+        try:
+            self._client.revoke_lease(lease_id)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    # -- watches ---------------------------------------------------------------------------
+    def watch(self, prefix: str, start_revision: int, handler: WatchHandler, name: str = "") -> Watch:
+        """Deliver every change under `prefix` from `start_revision` on, surviving disconnects."""
+        watch = Watch(self, prefix, start_revision, handler, name or prefix)
+        watch.start()
+        return watch
+
+    def _watch_stub(self):
+        return etcdrpc.WatchStub(self._client.channel)
+
+
+class Watch:
+    """A watch on one prefix in its own thread; after a disconnect it resumes from the revision
+    after the last event it delivered, so no change is missed or delivered twice."""
+
+    def __init__(self, store: Store, prefix: str, start_revision: int, handler: WatchHandler, name: str):
+        self._store = store
+        self._prefix = prefix
+        self._next = start_revision
+        self._handler = handler
+        self._stopped = threading.Event()
+        self._call = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"watch {name}", daemon=True)
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+    def _requests(self, done: threading.Event):
+        create = etcdrpc.WatchCreateRequest(
+            key=etcd3.utils.to_bytes(self._prefix),
+            range_end=etcd3.utils.prefix_range_end(etcd3.utils.to_bytes(self._prefix)),
+            start_revision=self._next,
+            progress_notify=True,
+        )
+        yield etcdrpc.WatchRequest(create_request=create)
+        done.wait()  # keep the request side open while the stream lives
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stopped.is_set():
+            done = threading.Event()
+            try:
+                with self._lock:
+                    if self._stopped.is_set():
+                        break
+                    self._call = self._store._watch_stub().Watch(self._requests(done))
+                for response in self._call:
+                    if response.compact_revision:
+                        log.warning("watch %s: history compacted at %d, re-reading", self._prefix, response.compact_revision)
+                        self._next = self._handler.on_resync() + 1
+                        break
+                    if response.created:
+                        self.connected.set()
+                        backoff = 0.05
+                    if response.canceled:
+                        break
+                    if response.events:
+                        events = [_event(e) for e in response.events]
+                        self._handler.on_events(events)
+                        self._next = events[-1].mod_revision + 1
+                    elif not response.created and response.header.revision >= self._next:
+                        self._next = response.header.revision + 1
+            except grpc.RpcError as exc:
+                if not self._stopped.is_set():
+                    log.debug("watch %s: %s; resuming from revision %d", self._prefix, exc.code().name, self._next)
+            except (ValueError, etcd3.exceptions.Etcd3Exception, StoreUnavailable) as exc:
+                log.debug("watch %s: %s", self._prefix, exc)
+            except Exception:  # a handler bug must not end the watch for good
+                log.exception("watch %s: handler failed", self._prefix)
+            finally:
+                done.set()
+                self.connected.clear()
+            self._stopped.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+
+def _kv(kv) -> KeyValue:
+    return KeyValue(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.lease)
+
+
+def _event(ev) -> Event:
+    kind = "delete" if ev.type == 1 else "put"  # mvccpb.Event.DELETE
+    return Event(kind, ev.kv.key.decode(), ev.kv.value, ev.kv.mod_revision, ev.kv.create_revision)
+

@@ -1,0 +1,141 @@
+"""The daemon's configuration: one Config, built once in __main__ and passed down. Pure
+apart from name resolution in `check_listen_address`."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from lclusterd.model import DEFAULT_PIDS
+
+DEFAULT_PORT = 64051
+DEFAULT_STATE_DIR = "/var/lib/lclusterd"
+DEFAULT_ROOTFS = "/var/lib/lclusterd/rootfs"
+DEFAULT_CONFIG_FILE = "/etc/lclusterd/lclusterd.toml"
+SHUTDOWN_MODES = ("kill", "finish")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value the daemon cannot start with; the message says which and why."""
+
+
+@dataclass
+class Config:
+    namespace: str = "localhost"  # the address to bind and advertise (the original's -namespace)
+    listen: str = str(DEFAULT_PORT)  # PORT, or HOST:PORT to bind another address than namespace
+    etcd: list[str] = field(default_factory=list)  # empty: start an embedded etcd
+    rootfs: str = DEFAULT_ROOTFS
+    state_dir: str = DEFAULT_STATE_DIR
+    node_name: str = field(default_factory=socket.gethostname)
+    capacity: int = 256
+    prefix: str = "/lclusterd"
+    insecure: bool = False
+    on_shutdown: str = "kill"
+    lease_ttl: int = 5
+    default_pids: int = DEFAULT_PIDS
+    kill_grace: float = 2.0
+    etcd_timeout: float = 3.0
+    etcd_wait: float = 30.0  # how long start-up waits for etcd to answer
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.etcd, str):
+            self.etcd = [e.strip() for e in self.etcd.split(",") if e.strip()]
+
+    @property
+    def bind_host(self) -> str:
+        host, _ = self._split_listen()
+        return host
+
+    @property
+    def port(self) -> int:
+        return self._split_listen()[1]
+
+    @property
+    def address(self) -> str:
+        """host:port clients use to reach this node (what nodes/<name> advertises)."""
+        return f"{self.namespace}:{self.port}"
+
+    @property
+    def socket_path(self) -> str:
+        return str(Path(self.state_dir) / "lclusterd.sock")
+
+    @property
+    def cgroup_parent(self) -> str:
+        """Each node's jobs get their own parent cgroup under `lclusterd`, so daemons
+        sharing a host never sweep each other's jobs."""
+        return f"lclusterd/{self.node_name}"
+
+    def _split_listen(self) -> tuple[str, int]:
+        text = str(self.listen).strip()
+        host, _, port = text.rpartition(":")
+        host = host.strip("[]") or self.namespace
+        try:
+            number = int(port)
+        except ValueError:
+            raise ConfigError(f"--listen must be PORT or HOST:PORT, not {text!r}") from None
+        if not 1 <= number <= 65535:
+            raise ConfigError(f"--listen port must be between 1 and 65535, not {number}")
+        return host, number
+
+    def validate(self) -> None:
+        """Raise ConfigError for the first bad value (before anything is started)."""
+        self._split_listen()
+        if not _NODE_NAME.match(self.node_name or ""):
+            raise ConfigError(f"--node-name must be letters, digits, '.', '_' or '-' (at most 63), not {self.node_name!r}")
+        if self.capacity < 1:
+            raise ConfigError(f"--capacity must be at least 1, not {self.capacity}")
+        if self.on_shutdown not in SHUTDOWN_MODES:
+            raise ConfigError(f"--on-shutdown must be one of {', '.join(SHUTDOWN_MODES)}, not {self.on_shutdown!r}")
+        if not self.prefix.startswith("/") or any(c.isspace() for c in self.prefix):
+            raise ConfigError(f"--prefix must be an absolute key path like /lclusterd, not {self.prefix!r}")
+        if not Path(self.rootfs).is_absolute():
+            raise ConfigError(f"--rootfs must be an absolute path, not {self.rootfs!r}")
+        if not Path(self.state_dir).is_absolute():
+            raise ConfigError(f"--state-dir must be an absolute path, not {self.state_dir!r}")
+        if self.lease_ttl < 1:
+            raise ConfigError(f"lease TTL must be at least 1 second, not {self.lease_ttl}")
+
+    def check_listen_address(self) -> None:
+        """Refuse a non-loopback bind address unless insecure (there is no TLS yet)."""
+        host = self.bind_host
+        try:
+            infos = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ConfigError(f"cannot resolve the listen address {host!r}: {exc.strerror}") from None
+        if self.insecure:
+            return
+        for info in infos:
+            if not ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback:
+                raise ConfigError(f"refusing to listen on {host} ({info[4][0]}), which is not a loopback address: "
+                                  "the API has no TLS or authentication yet; pass --insecure to do it anyway")
+
+
+def option_names() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Options from a TOML file (keys as the long options, with '-' or '_'). ConfigError on
+    a file that cannot be read or parsed, or an unknown key."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    known = set(option_names())
+    result = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"config file {path}: unknown option {key!r}")
+        result[name] = ",".join(value) if name == "etcd" and isinstance(value, list) else value
+    return result

@@ -1,0 +1,194 @@
+"""Jobs and nodes as the control plane sees them: ids, specs, records, the state machine. Pure.
+
+A JobRecord is what etcd holds under jobs/<uuid>; it is the truth about a job. Every state
+change goes through `JobRecord.moved_to`, which refuses what ALLOWED does not list.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from lclusterd.errors import InvalidSpec, InvalidTransition
+
+SCHEMA_VERSION = 1
+DEFAULT_PIDS = 1024  # a fork bomb stays inside this unless the job asks for more
+MAX_STDIN_BYTES = 512 * 1024  # etcd values are limited to 1.5 MiB; the record holds stdin
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_RETRIES = 10
+
+QUEUED = "QUEUED"
+ASSIGNED = "ASSIGNED"
+RUNNING = "RUNNING"
+EXITED = "EXITED"
+KILLED = "KILLED"
+OOM_KILLED = "OOM_KILLED"
+TIMED_OUT = "TIMED_OUT"
+FAILED = "FAILED"
+CANCELLED = "CANCELLED"
+LOST = "LOST"
+
+STATES = (QUEUED, ASSIGNED, RUNNING, EXITED, KILLED, OOM_KILLED, TIMED_OUT, FAILED, CANCELLED, LOST)
+TERMINAL = frozenset({EXITED, KILLED, OOM_KILLED, TIMED_OUT, FAILED, CANCELLED, LOST})
+ENDED_BY_RUNTIME = (EXITED, KILLED, OOM_KILLED, TIMED_OUT, FAILED)
+
+ALLOWED: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({ASSIGNED, CANCELLED}),
+    # ASSIGNED -> QUEUED: a node gives back an assignment it never started (shutdown).
+    # ASSIGNED -> FAILED: the runtime refused the job before it started.
+    ASSIGNED: frozenset({RUNNING, CANCELLED, FAILED, LOST, QUEUED}),
+    RUNNING: frozenset(ENDED_BY_RUNTIME) | {LOST},
+    **{state: frozenset() for state in TERMINAL},
+}
+
+_HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+_DASHED_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def new_job_id() -> str:
+    """A fresh job id: uuid4 as 32 lower-case hex digits."""
+    return uuid.uuid4().hex
+
+
+def parse_job_id(text: str) -> str:
+    """The canonical (32 hex digits) form of a job id given with or without dashes.
+
+    Raises InvalidSpec naming the bad input."""
+    candidate = (text or "").strip().lower()
+    if _HEX_ID.match(candidate):
+        return candidate
+    if _DASHED_ID.match(candidate):
+        return candidate.replace("-", "")
+    shown = text if len(text or "") <= 40 else text[:40] + "…"
+    raise InvalidSpec(f"malformed uuid {shown!r}: expected 32 hex digits")
+
+
+@dataclass
+class JobSpec:
+    """What the user asked to run. Limits left as None take the node's defaults."""
+
+    command: str
+    env: dict[str, str] = field(default_factory=dict)
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+    timeout: float | None = None
+    stdin_data: bytes = b""
+    retries: int = 0
+
+    def validate(self) -> None:
+        """Raise InvalidSpec with a sentence for the first problem found (ranges the runtime
+        checks too are checked again there, with the node's own facts)."""
+        if not self.command or not self.command.strip():
+            raise InvalidSpec("empty command")
+        if "\0" in self.command:
+            raise InvalidSpec("command contains a NUL byte")
+        if len(self.command.encode()) > MAX_COMMAND_BYTES:
+            raise InvalidSpec(f"command is longer than {MAX_COMMAND_BYTES} bytes")
+        for name, value in self.env.items():
+            if not _ENV_NAME.match(name):
+                raise InvalidSpec(f"invalid environment variable name {name!r}")
+            if "\0" in value:
+                raise InvalidSpec(f"environment variable {name} contains a NUL byte")
+        if self.memory_bytes is not None and self.memory_bytes <= 0:
+            raise InvalidSpec(f"memory limit must be positive, not {self.memory_bytes}")
+        if self.cpus is not None and not self.cpus > 0:
+            raise InvalidSpec(f"cpus must be positive, not {self.cpus:g}")
+        if self.pids is not None and self.pids <= 0:
+            raise InvalidSpec(f"pids limit must be positive, not {self.pids}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise InvalidSpec(f"timeout must be positive, not {self.timeout:g}")
+        if len(self.stdin_data) > MAX_STDIN_BYTES:
+            raise InvalidSpec(f"stdin is larger than {MAX_STDIN_BYTES // 1024} KiB")
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise InvalidSpec(f"retries must be between 0 and {MAX_RETRIES}, not {self.retries}")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stdin_data"] = base64.b64encode(self.stdin_data).decode()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobSpec:
+        data = dict(data)
+        data["stdin_data"] = base64.b64decode(data.get("stdin_data") or "")
+        return cls(**data)
+
+
+@dataclass
+class JobRecord:
+    """The job's truth, stored under jobs/<uuid>. Times are unix seconds."""
+
+    id: str
+    spec: JobSpec
+    state: str = QUEUED
+    node: str = ""
+    attempt: int = 1
+    created_at: float = 0.0
+    assigned_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    oom_killed: bool = False
+    error: str = ""
+    host_pid: int | None = None
+    peak_memory_bytes: int | None = None
+    cpu_seconds: float | None = None
+    kill_requested: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def moved_to(self, target: str, **changes: Any) -> JobRecord:
+        """A copy in state `target` with `changes` applied; InvalidTransition if not allowed."""
+        if target not in ALLOWED.get(self.state, ()):
+            raise InvalidTransition(self.state, target)
+        if target in TERMINAL and "finished_at" not in changes:
+            changes["finished_at"] = time.time()
+        return replace(self, state=target, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["spec"] = self.spec.to_json()
+        data["schema_version"] = SCHEMA_VERSION
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+        data = dict(data)
+        data.pop("schema_version", None)
+        data["spec"] = JobSpec.from_json(data["spec"])
+        return cls(**data)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> JobRecord:
+        return cls.from_json(json.loads(raw))
+
+
+@dataclass
+class NodeInfo:
+    """A node as registered under nodes/<name> (under its lease)."""
+
+    name: str
+    address: str
+    capacity: int
+    version: str = ""
+    started_at: float = 0.0
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> NodeInfo:
+        return cls(**json.loads(raw))

@@ -1,0 +1,237 @@
+"""Real etcd, real lclusterd daemons, real lclient processes for the control-plane tests.
+
+Import what a test file uses by name (`from cluster_fixtures import cluster, etcd, ...`;
+tests/integration is on sys.path as pytest's rootdir-less "prepend" import mode puts it there). Every process is
+started in its own session and its whole process group is killed at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+VENV_BIN = Path(sys.executable).parent
+LCLUSTERD = str(VENV_BIN / "lclusterd")
+LCLIENT = str(VENV_BIN / "lclient")
+ROOTFS = os.environ.get("LCLUSTERD_TEST_ROOTFS", "/var/lib/lclusterd/rootfs")
+
+__all__ = ["remove_cgroup_parent", "EtcdProcess", "Daemon", "Cluster", "free_port", "run_lclient", "etcd", "cluster", "ROOTFS", "LCLIENT", "LCLUSTERD",
+           "requires_root_and_rootfs"]
+
+requires_root_and_rootfs = pytest.mark.skipif(
+    os.geteuid() != 0 or not Path(ROOTFS, "bin", "sh").exists() or shutil.which("etcd") is None,
+    reason="needs root, etcd and the busybox rootfs (make prep)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def remove_cgroup_parent(node_name: str) -> None:
+    """A daemon that was killed (-9) cannot remove its node's parent cgroup; do it."""
+    root = Path("/sys/fs/cgroup")
+    for parent in [*root.glob(f"*/lclusterd/{node_name}"), root / "lclusterd" / node_name]:
+        for path in (parent, parent.parent):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+
+class EtcdProcess:
+    """One etcd member on free loopback ports; stop() and start() keep its data."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.client_port, self.peer_port = free_port(), free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        log = open(self.dir / "etcd.log", "ab")
+        self.process = subprocess.Popen(
+            ["etcd", "--name", "test", "--data-dir", str(self.dir / "data"),
+             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"test={peer}", "--log-level", "warn"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (self.dir / "etcd.log").read_text()[-2000:]
+            try:
+                with socket.create_connection(("127.0.0.1", self.client_port), timeout=0.2):
+                    pass
+                if subprocess.run(["etcdctl", "--endpoints", self.endpoint, "endpoint", "health"],
+                                  capture_output=True, env={**os.environ, "ETCDCTL_API": "3"}).returncode == 0:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("etcd did not become healthy")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _kill_group(self.process)
+
+
+class Daemon:
+    """One real lclusterd process with its own state dir, port and node name."""
+
+    def __init__(self, directory: Path, etcd_endpoint: str | None, prefix: str, name: str = "node1",
+                 extra: list[str] | None = None):
+        self.dir = directory
+        self.state_dir = directory / "state"
+        self.port = free_port()
+        self.etcd_endpoint = etcd_endpoint
+        self.prefix = prefix
+        self.name = name
+        self.extra = extra or []
+        self.process: subprocess.Popen | None = None
+        self.log_path = directory / f"{name}.log"
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        argv = [LCLUSTERD, "--state-dir", str(self.state_dir), "--listen", str(self.port), "--node-name", self.name,
+                "--rootfs", ROOTFS, "--prefix", self.prefix, "--lease-ttl", "2", *self.extra]
+        if self.etcd_endpoint:
+            argv += ["--etcd", self.etcd_endpoint]
+        return argv
+
+    def start(self, wait: bool = True) -> Daemon:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LCLUSTERD_")}
+        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, env=env)
+        log.close()
+        if wait:
+            self.wait_serving()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_serving(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.server) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise AssertionError(f"lclusterd exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        raise AssertionError(f"lclusterd did not start serving:\n{self.log()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the daemon (not its jobs' group: they are in their own) and wait."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(self.process, signal.SIGKILL)
+            raise AssertionError(f"lclusterd did not stop within {timeout}s:\n{self.log()[-3000:]}")
+
+    def kill_hard(self) -> None:
+        """kill -9 the daemon's whole group (the runtime helper too), like a crash."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def lclient(self, *args: str, timeout: float = 60, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        return run_lclient(*args, server=self.server, timeout=timeout, stdin=stdin)
+
+
+def run_lclient(*args: str, server: str | None = None, timeout: float = 60,
+                stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "LCLUSTER_SERVER"}
+    if server:
+        env["LCLUSTER_SERVER"] = server
+    return subprocess.run([LCLIENT, *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          input=stdin.decode() if stdin is not None else None)
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    """A real etcd on free ports, data in tmp_path; stopped at teardown."""
+    directory = tmp_path / "etcd"
+    directory.mkdir()
+    server = EtcdProcess(directory)
+    server.start()
+    yield server
+    server.stop()
+
+
+class Cluster:
+    """Starts daemons against one etcd and one key prefix; stops them all at teardown."""
+
+    def __init__(self, tmp_path: Path, etcd: EtcdProcess | None):
+        self.tmp_path = tmp_path
+        self.etcd = etcd
+        self.prefix = f"/test-{uuid.uuid4().hex[:8]}"
+        self.daemons: list[Daemon] = []
+
+    def daemon(self, name: str = "node1", extra: list[str] | None = None, start: bool = True,
+               directory: Path | None = None) -> Daemon:
+        d = Daemon(directory or self.tmp_path / name, self.etcd.endpoint if self.etcd else None, self.prefix, name, extra)
+        self.daemons.append(d)
+        return d.start() if start else d
+
+    def close(self) -> None:
+        for d in self.daemons:
+            if d.process is not None and d.process.poll() is None:
+                try:
+                    d.stop(timeout=20)
+                except AssertionError:
+                    pass
+            if d.process is not None:
+                _kill_group(d.process, signal.SIGKILL)
+        for d in self.daemons:
+            remove_cgroup_parent(d.name)
+
+
+@pytest.fixture
+def cluster(tmp_path, etcd):
+    c = Cluster(tmp_path, etcd)
+    yield c
+    c.close()

@@ -1,0 +1,199 @@
+"""lclient against one real lclusterd (real etcd, real containers): every command, every
+error line, every exit status. The daemon is shared by the module (it only adds jobs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cluster_fixtures import Daemon, EtcdProcess, free_port, remove_cgroup_parent, requires_root_and_rootfs, run_lclient
+
+pytestmark = requires_root_and_rootfs
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("lclient")
+    server = EtcdProcess(directory)
+    server.start()
+    daemon = Daemon(directory / "node", server.endpoint, "/test-lclient", "node1", ["--capacity", "64"])
+    daemon.start()
+    yield daemon
+    daemon.stop()
+    server.stop()
+    remove_cgroup_parent(daemon.name)
+
+
+def add(node, *args) -> str:
+    result = node.lclient("-add", *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout.strip()
+
+
+def test_add_prints_uuid_alone_then_check_wait_and_logs(node):
+    job = add(node, "echo out; echo err >&2; exit 3")
+    assert len(job) == 32 and int(job, 16) >= 0
+
+    waited = node.lclient("-wait", job)
+    assert waited.returncode == 3
+    assert waited.stdout == ""
+
+    check = node.lclient("-check", job)
+    assert check.returncode == 0
+    assert "state:       EXITED (exit code 3)" in check.stdout
+    assert "node:        node1" in check.stdout
+
+    logs = node.lclient("-logs", job)
+    assert (logs.returncode, logs.stdout, logs.stderr) == (0, "out\n", "err\n")
+
+
+def test_add_forms_and_wait_with_add(node):
+    for form in (["-add", "exit 5"], ["--add", "exit 5"], ["-add=exit 5"], ["--add=exit 5"]):
+        result = node.lclient(*form, "-wait")
+        assert result.returncode == 5, (form, result.stderr)
+        assert len(result.stdout.strip()) == 32
+
+
+def test_check_accepts_the_dashed_uuid(node):
+    job = add(node, "true")
+    dashed = f"{job[:8]}-{job[8:12]}-{job[12:16]}-{job[16:20]}-{job[20:]}"
+    result = node.lclient("-check", dashed.upper())
+    assert result.returncode == 0 and job in result.stdout
+
+
+def test_check_json_is_stable(node):
+    job = add(node, "exit 0", "-mem", "64M", "-cpus", "0.5", "-pids", "32", "-timeout", "30s", "-env", "A=1")
+    assert node.lclient("-wait", job).returncode == 0
+    data = json.loads(node.lclient("-check", job, "-json").stdout)
+    assert data["schema_version"] == 1
+    assert (data["id"], data["state"], data["exit_code"], data["node"]) == (job, "EXITED", 0, "node1")
+    assert data["limits"] == {"memory_bytes": 64 << 20, "cpus": 0.5, "pids": 32, "timeout_seconds": 30.0}
+
+
+def test_env_and_stdin_reach_the_job(node, tmp_path):
+    data = tmp_path / "in.txt"
+    data.write_text("from stdin\n")
+    job = add(node, 'echo "$GREETING"; cat', "-env", "GREETING=hello", "-stdin", str(data))
+    assert node.lclient("-wait", job).returncode == 0
+    assert node.lclient("-logs", job).stdout == "hello\nfrom stdin\n"
+
+
+def test_kill_running_job(node):
+    job = add(node, "echo started; sleep 300")
+    result = node.lclient("-kill", job)
+    assert result.returncode == 0
+    assert result.stdout.startswith(job)
+    waited = node.lclient("-wait", job)
+    assert waited.returncode in (128 + 9, 128 + 15)
+    assert waited.stderr.startswith(f"lclient: job {job} ended KILLED (SIG")
+    assert "killed by request" in waited.stderr
+    again = node.lclient("-kill", job)
+    assert (again.returncode, again.stderr) == (1, f"lclient: job {job} has already finished (KILLED)\n")
+
+
+def test_logs_follow_streams_until_the_job_ends(node):
+    job = add(node, "for i in 1 2 3; do echo line $i; sleep 0.2; done")
+    result = node.lclient("-logs", job, "-follow")
+    assert (result.returncode, result.stdout) == (0, "line 1\nline 2\nline 3\n")
+
+
+def test_timeout_gives_timed_out_and_124(node):
+    job = add(node, "sleep 30", "-timeout", "0.3s")
+    waited = node.lclient("-wait", job)
+    assert waited.returncode == 124
+    assert node.lclient("-check", job, "-json").stdout.count('"state": "TIMED_OUT"') == 1
+
+
+def test_wait_timeout_exits_124(node):
+    job = add(node, "sleep 30")
+    waited = node.lclient("-wait", job, "-timeout", "0.2s")
+    assert waited.returncode == 124
+    assert waited.stderr.startswith(f"lclient: job {job} is still ")
+    node.lclient("-kill", job)
+
+
+def test_failed_before_exec_is_failed_with_reason(node):
+    job = add(node, "exec /no/such/binary")
+    waited = node.lclient("-wait", job)
+    assert waited.returncode != 0
+    check = json.loads(node.lclient("-check", job, "-json").stdout)
+    assert check["state"] in ("EXITED", "FAILED")  # sh reports exec failure as exit 127
+    if check["state"] == "EXITED":
+        assert check["exit_code"] == 127
+
+
+def test_list_and_nodes(node):
+    job = add(node, "true")
+    node.lclient("-wait", job)
+    listing = node.lclient("-list")
+    assert listing.returncode == 0
+    assert listing.stdout.splitlines()[0].split() == ["ID", "STATE", "NODE", "AGE", "COMMAND"]
+    assert job in listing.stdout
+    lines = node.lclient("-list", "-json", "-state", "exited").stdout.splitlines()
+    assert all(json.loads(line)["state"] == "EXITED" for line in lines)
+    assert job in {json.loads(line)["id"] for line in lines}
+    nodes = node.lclient("-nodes", "-json")
+    assert nodes.returncode == 0
+    (entry,) = [json.loads(line) for line in nodes.stdout.splitlines()]
+    assert (entry["name"], entry["state"], entry["capacity"]) == ("node1", "prime", 64)
+
+
+@pytest.mark.parametrize("args, code, line", [
+    (["-check", "nope"], 2, "lclient: malformed uuid 'nope': expected 32 hex digits"),
+    (["-check", "0" * 32], 1, f"lclient: no job with uuid {'0' * 32}"),
+    (["-kill", "0" * 32], 1, f"lclient: no job with uuid {'0' * 32}"),
+    (["-logs", "0" * 32], 1, f"lclient: no job with uuid {'0' * 32}"),
+    (["-wait", "0" * 32], 1, f"lclient: no job with uuid {'0' * 32}"),
+    (["-add", ""], 2, "lclient: empty command"),
+    (["-add", "   "], 2, "lclient: empty command"),
+    (["-add", "x", "-mem", "12Q"], 2, "lclient: bad -mem value '12Q': expected a size like 64M or 1G"),
+    (["-add", "x", "-cpus", "lots"], 2, "lclient: bad -cpus value 'lots': expected a number of cores like 0.5 or 2"),
+    (["-add", "x", "-pids", "0"], 2, "lclient: bad -pids value '0': must be at least 1"),
+    (["-add", "x", "-timeout", "soon"], 2, "lclient: bad -timeout value 'soon': expected a duration like 30s, 5m or 1h"),
+    (["-add", "x", "-mem", "100"], 2, "lclient: memory limit 100 bytes is below the minimum of 1 MiB"),
+    (["-add", "x", "-env", "NOEQUALS"], 2, "lclient: bad -env value 'NOEQUALS': expected NAME=VALUE"),
+    (["-list", "-state", "bogus"], 2, "lclient: unknown state 'BOGUS': expected one of QUEUED, ASSIGNED, RUNNING, "
+                                      "EXITED, KILLED, OOM_KILLED, TIMED_OUT, FAILED, CANCELLED, LOST"),
+    ([], 2, "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait (given: none); see lclient -help"),
+    (["-add", "x", "-check", "0" * 32], 2, "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait "
+                                           "(given: -add, -check); see lclient -help"),
+    (["-check", "0" * 32, "-mem", "1M"], 2, "lclient: -mem goes with -add"),
+])
+def test_error_lines_and_exit_codes(node, args, code, line):
+    result = node.lclient(*args)
+    assert (result.returncode, result.stderr, result.stdout) == (code, line + "\n", "")
+
+
+def test_unreachable_daemon():
+    port = free_port()
+    result = run_lclient("-list", server=f"127.0.0.1:{port}")
+    assert result.returncode == 3
+    assert result.stderr == (f"lclient: cannot reach lclusterd at 127.0.0.1:{port} "
+                             "(is it running? choose another with -server or LCLUSTER_SERVER)\n")
+    result = run_lclient("-server", f"127.0.0.1:{port}", "-check", "0" * 32)
+    assert result.returncode == 3
+
+
+def test_unix_socket_is_root_only_and_works(node):
+    path = node.state_dir / "lclusterd.sock"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    result = run_lclient("-server", f"unix:{path}", "-nodes")
+    assert result.returncode == 0 and "node1" in result.stdout
+
+
+def test_health_and_reflection(node):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(node.server) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="lclusterd.v1.Jobs"))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"lclusterd.v1.Jobs", "grpc.health.v1.Health"} <= names

@@ -1,0 +1,72 @@
+"""Config validation and the lclusterd option parsing (click), without starting anything."""
+
+import pytest
+from click.testing import CliRunner
+
+import lclusterd.__main__ as main
+from lclusterd.config import Config, ConfigError, load_file
+
+
+def test_defaults():
+    c = Config(node_name="n1")
+    c.validate()
+    assert (c.bind_host, c.port, c.address) == ("localhost", 64051, "localhost:64051")
+    assert c.socket_path == "/var/lib/lclusterd/lclusterd.sock"
+    assert c.etcd == []
+
+
+def test_listen_host_port_and_etcd_list():
+    c = Config(listen="127.0.0.2:9000", etcd="http://a:1, http://b:2", node_name="n")
+    assert (c.bind_host, c.port, c.etcd) == ("127.0.0.2", 9000, ["http://a:1", "http://b:2"])
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"listen": "abc"}, "--listen must be PORT or HOST:PORT"),
+    ({"listen": "70000"}, "between 1 and 65535"),
+    ({"node_name": "a/b"}, "--node-name"),
+    ({"capacity": 0}, "--capacity"),
+    ({"on_shutdown": "later"}, "--on-shutdown"),
+    ({"prefix": "x"}, "--prefix"),
+    ({"rootfs": "rel"}, "--rootfs"),
+])
+def test_bad_values(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**{"node_name": "n", **kw}).validate()
+
+
+def test_non_loopback_refused_unless_insecure():
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        Config(namespace="0.0.0.0", node_name="n").check_listen_address()
+    Config(namespace="0.0.0.0", node_name="n", insecure=True).check_listen_address()
+    Config(namespace="localhost", node_name="n").check_listen_address()
+
+
+def test_config_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('capacity = 3\nstate-dir = "/x"\netcd = ["http://a:1", "http://b:2"]\n')
+    assert load_file(f) == {"capacity": 3, "state_dir": "/x", "etcd": "http://a:1,http://b:2"}
+    f.write_text("colour = 1\n")
+    with pytest.raises(ConfigError, match="unknown option 'colour'"):
+        load_file(f)
+
+
+def _parsed(monkeypatch, args, env=None):
+    seen = {}
+    monkeypatch.setattr("lclusterd.daemon.run", lambda config: seen.setdefault("config", config) and 0)
+    result = CliRunner().invoke(main.cli, args, env=env or {})
+    assert result.exit_code == 0, result.output
+    return seen["config"]
+
+
+def test_options_env_and_file_precedence(monkeypatch, tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('capacity = 3\nprefix = "/fromfile"\nnode-name = "filenode"\n')
+    config = _parsed(monkeypatch, ["--config", str(f), "--capacity", "5"], env={"LCLUSTERD_PREFIX": "/fromenv"})
+    assert (config.capacity, config.prefix, config.node_name) == (5, "/fromenv", "filenode")
+
+
+def test_help_explains_every_option():
+    result = CliRunner().invoke(main.cli, ["--help"])
+    for option in ("--namespace", "--listen", "--etcd", "--rootfs", "--state-dir", "--node-name", "--capacity", "--prefix",
+                   "--insecure", "--on-shutdown"):
+        assert option in result.output

@@ -1,0 +1,69 @@
+"""Imports point down only (STYLE.md "Package layout"), checked with ast on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# module prefix -> project modules it may import (prefix match)
+ALLOWED = {
+    "lclient": ("lclient", "lclusterd.rpc"),
+    "lclusterd.api": ("lclusterd.api", "lclusterd.cluster", "lclusterd.model", "lclusterd.errors", "lclusterd.rpc"),
+    "lclusterd.cluster": ("lclusterd.cluster", "lclusterd.runtime.launcher", "lclusterd.runtime.spec", "lclusterd.model",
+                          "lclusterd.errors"),
+    "lclusterd.model": ("lclusterd.errors",),
+    "lclusterd.errors": (),
+    "lclusterd.config": ("lclusterd.model",),
+    "lclusterd.etcd_embedded": (),
+    "lclusterd.rpc": ("lclusterd.rpc",),
+    "lclusterd.runtime": ("lclusterd.runtime", "lclusterd.errors", "lclusterd.units"),
+    "lclusterd.units": ("lclusterd.errors",),
+}
+THIRD_PARTY_ONLY_IN = {"etcd3": ("lclusterd.cluster.store",), "grpc": ("lclient", "lclusterd.api", "lclusterd.rpc",
+                                                                        "lclusterd.daemon", "lclusterd.cluster.store")}
+
+
+def modules():
+    for package in ("lclusterd", "lclient"):
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            yield name, ast.parse(path.read_text(), str(path))
+
+
+def imports(tree: ast.AST) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _rule(name: str):
+    matches = [p for p in ALLOWED if name == p or name.startswith(p + ".")]
+    return ALLOWED[max(matches, key=len)] if matches else None
+
+
+def test_project_imports_point_down():
+    problems = []
+    for name, tree in modules():
+        allowed = _rule(name)
+        if allowed is None:  # daemon.py, __main__.py, lclusterd/__init__: the wiring may import anything
+            continue
+        for imported in imports(tree):
+            if not imported.startswith(("lclusterd", "lclient")) or imported in ("lclusterd", "lclusterd.__version__"):
+                continue
+            if not _is_module(imported):  # `from lclusterd.model import JobRecord`: the module is what counts
+                imported = imported.rsplit(".", 1)[0]
+            if not any(imported == a or imported.startswith(a + ".") for a in allowed):
+                problems.append(f"{name} imports {imported}")
+    assert not problems, "\n".join(sorted(problems))
+
+
+def _is_module(dotted: str) -> bool:
+    path = ROOT / dotted.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
