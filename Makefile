@@ -70,6 +70,7 @@ proto: $(STAMPS)/venv
 
 bench: prep
 	$(PY) bench/runtime.py
+	$(PY) bench/cluster.py
 
 bench-deps: $(STAMPS)/apt
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc bubblewrap

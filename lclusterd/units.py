@@ -1,10 +1,11 @@
-"""Parsing of human sizes ("64M") and durations ("30s", "1m30s", "500ms"). Pure."""
+"""Parsing of human sizes ("64M") and durations ("30s", "1m30s", "500ms"). Pure.
+
+Shared by lclient and the runtime CLI; errors are ValueErrors with a message that
+completes "bad -mem value '12Q': ...". """
 
 from __future__ import annotations
 
 import re
-
-from lclusterd.errors import InvalidSpec
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _SIZE_FACTORS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -16,20 +17,27 @@ def parse_size(text: str) -> int:
     """Bytes from "1048576", "64M", "64MiB", "1.5G" (powers of 1024)."""
     match = _SIZE.match(text)
     if not match:
-        raise InvalidSpec(f"invalid size {text!r} (examples: 64M, 512MiB, 2G)")
+        raise ValueError("expected a size like 64M or 1G")
     number, unit, _ = match.groups()
-    return int(float(number) * _SIZE_FACTORS[unit.lower()])
+    size = int(float(number) * _SIZE_FACTORS[unit.lower()])
+    if size < 1:
+        raise ValueError("the size must be at least 1 byte")
+    return size
 
 
 def parse_duration(text: str) -> float:
     """Seconds from "30", "30s", "1m30s", "500ms", "2h"."""
-    text = text.strip()
+    text = (text or "").strip().lower()
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return float(text)
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise InvalidSpec(f"invalid duration {text!r} (examples: 30s, 5m, 1h30m, 500ms)")
-    return sum(float(n) * _DURATION_FACTORS[u] for n, u in parts)
+        seconds = float(text)
+    else:
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError("expected a duration like 30s, 5m or 1h")
+        seconds = sum(float(n) * _DURATION_FACTORS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError("the duration must be positive")
+    return seconds
 
 
 def format_size(size: int | None) -> str:

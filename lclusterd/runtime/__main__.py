@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import uuid
+from typing import Any, Callable
 
 import click
 
@@ -68,8 +69,8 @@ def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpu
             environment[name] = value
         spec = RuntimeSpec(
             job_id=uuid.uuid4().hex, argv=argv, rootfs=rootfs, env=environment, cwd=cwd, hostname=hostname,
-            memory_bytes=parse_size(memory) if memory else None, cpus=cpus, pids=pids,
-            timeout=parse_duration(timeout) if timeout else None, grace=parse_duration(grace),
+            memory_bytes=_parse("--mem", memory, parse_size), cpus=cpus, pids=pids,
+            timeout=_parse("--timeout", timeout, parse_duration), grace=_parse("--grace", grace, parse_grace),
             stdin_data=stdin_file.read() if stdin_file else None,  # type: ignore[attr-defined]
             stdout_path=stdout_path, stderr_path=stderr_path)
         spec.validate()
@@ -94,6 +95,20 @@ def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpu
     else:
         click.echo(f"lclusterd.runtime: {describe(result)}", err=True)
     sys.exit(exit_status(result))
+
+
+def _parse(option: str, text: str | None, parse: Callable[[str], Any]) -> Any:
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise click.UsageError(f"bad {option} value {text!r}: {error}") from None
+
+
+def parse_grace(text: str) -> float:
+    """A grace period may be zero (SIGKILL at once)."""
+    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
 
 
 def describe(result: RunResult) -> str:

@@ -366,8 +366,8 @@ def test_cli_json_result_and_limits(runtime, rootfs, tmp_path):
 
 
 @pytest.mark.parametrize("args, code, line", [
-    (["--mem", "12X", "--", "true"], 2, "Error: invalid size '12X' (examples: 64M, 512MiB, 2G)"),
-    (["--timeout", "soon", "--", "true"], 2, "Error: invalid duration 'soon' (examples: 30s, 5m, 1h30m, 500ms)"),
+    (["--mem", "12X", "--", "true"], 2, "Error: bad --mem value '12X': expected a size like 64M or 1G"),
+    (["--timeout", "soon", "--", "true"], 2, "Error: bad --timeout value 'soon': expected a duration like 30s, 5m or 1h"),
     (["--cpus", "0", "--", "true"], 2, "Error: cpus must be between 0.01 and"),
     (["--"], 2, "Error: give either a command after -- or --sh 'command line'"),
     (["--", "no-such-command"], 125, "lclusterd.runtime: FAILED"),

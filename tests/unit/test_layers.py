@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # module prefix -> project modules it may import (prefix match)
 ALLOWED = {
-    "lclient": ("lclient", "lclusterd.rpc"),
+    "lclient": ("lclient", "lclusterd.rpc", "lclusterd.units"),
     "lclusterd.api": ("lclusterd.api", "lclusterd.cluster", "lclusterd.model", "lclusterd.errors", "lclusterd.rpc"),
     "lclusterd.cluster": ("lclusterd.cluster", "lclusterd.runtime.launcher", "lclusterd.runtime.spec", "lclusterd.model",
                           "lclusterd.errors"),
@@ -19,7 +19,7 @@ ALLOWED = {
     "lclusterd.etcd_embedded": (),
     "lclusterd.rpc": ("lclusterd.rpc",),
     "lclusterd.runtime": ("lclusterd.runtime", "lclusterd.errors", "lclusterd.units"),
-    "lclusterd.units": ("lclusterd.errors",),
+    "lclusterd.units": (),
 }
 THIRD_PARTY_ONLY_IN = {"etcd3": ("lclusterd.cluster.store",), "grpc": ("lclient", "lclusterd.api", "lclusterd.rpc",
                                                                         "lclusterd.daemon", "lclusterd.cluster.store")}
