@@ -24,7 +24,7 @@ from lclusterd.runtime.spec import FAILED, TIMED_OUT, RunResult, RuntimeSpec
 from lclusterd.units import format_size, parse_duration, parse_size
 
 DEFAULT_ROOTFS = "/var/lib/lclusterd/rootfs"
-DEFAULT_STATE_DIR = "/var/lib/lclusterd/runtime"
+DEFAULT_STATE_DIR = "/var/lib/lclusterd/runtime-cli"  # apart from the daemon's, whose start-up sweep would remove these jobs
 EXIT_TIMED_OUT = 124
 EXIT_NOT_STARTED = 125
 
