@@ -1,4 +1,4 @@
-"""Linux capability names and bits, and dropping to a kept set. Pure except drop_to()."""
+"""Linux capability names and bits, and dropping to a kept set. Pure except the drops."""
 
 from __future__ import annotations
 
@@ -35,12 +35,16 @@ def last_cap(path: str = "/proc/sys/kernel/cap_last_cap") -> int:
         return int(f.read())
 
 
-def drop_to(keep_mask: int, cap_last: int) -> None:
-    """Drop every capability not in keep_mask from the bounding, ambient, inheritable,
-    permitted and effective sets of the calling process. Needs CAP_SETPCAP, so it runs
-    before the sets lose it (the last step, capset, removes what is not kept)."""
+def drop_bounding(keep_mask: int, cap_last: int) -> None:
+    """Drop every capability not in keep_mask from the bounding and ambient sets, so no
+    exec can regain it. The process keeps its own effective capabilities (it still
+    mounts and pivots); set_sets() removes those last. Needs CAP_SETPCAP."""
     for bit in range(cap_last + 1):
         if not keep_mask & (1 << bit):
             kernel.prctl(kernel.PR_CAPBSET_DROP, bit)
     kernel.prctl(kernel.PR_CAP_AMBIENT, kernel.PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def set_sets(keep_mask: int) -> None:
+    """Reduce the effective, permitted and inheritable sets to keep_mask."""
     kernel.capset(keep_mask, keep_mask, keep_mask)

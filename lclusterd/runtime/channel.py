@@ -23,13 +23,15 @@ class ChannelClosed(Exception):
 
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
     body = json.dumps(message, separators=(",", ":")).encode()
+    # MSG_NOSIGNAL: a closed peer is an EPIPE error here, never a SIGPIPE (the fork
+    # server keeps SIGPIPE at its default so that the jobs it forks inherit that).
     if fds:
         header = _HEADER.pack(len(body))
-        if socket.send_fds(sock, [header], fds) != len(header):
+        if socket.send_fds(sock, [header], fds, socket.MSG_NOSIGNAL) != len(header):
             raise OSError("short write of a message header")
-        sock.sendall(body)
+        sock.sendall(body, socket.MSG_NOSIGNAL)
     else:
-        sock.sendall(_HEADER.pack(len(body)) + body)
+        sock.sendall(_HEADER.pack(len(body)) + body, socket.MSG_NOSIGNAL)
 
 
 def receive(sock: socket.socket) -> dict[str, Any]:

@@ -1,17 +1,23 @@
 """The job's first process: one function per set-up step, in order.
 
-Runs only in a process forked by the fork server, which has imported everything used
-here, so the child does no imports. The fork server forks it straight into a new PID
-namespace (it unshares CLONE_NEWPID for its next child only), so this process is the
-job's PID 1 and the fork server's own child. Sequence (DESIGN.md "Starting a container"):
+Runs only in processes forked by the fork server, which has imported everything used
+here, so the children do no imports. The fork server forks each one straight into a
+new PID namespace (it unshares CLONE_NEWPID for its next child only), so this process
+is PID 1 of its namespace and the fork server's own child.
 
-  join the job cgroup -> unshare the other namespaces -> stdio -> mounts -> pivot_root
-  -> masks -> hostname -> loopback -> no_new_privs -> capabilities -> find the command
-  -> close fds -> chdir -> exec
+It is forked *before* its job exists, as a spare: the steps that do not depend on the
+job (namespaces, mount propagation, loopback) are done while it waits, off the start
+path of the job it will become. Sequence (DESIGN.md "Starting a container"):
 
-Status pipe protocol (close-on-exec, read to EOF by the fork server): one line
-b"E<json>\n" with {"step", "errno", "detail"} when a step failed; EOF with nothing
-written means exec succeeded and the command is running.
+  spare:  close inherited fds -> unshare mount, UTS, IPC, network -> / private ->
+          loopback up -> drop the bounding set -> wait for the job on the socket
+  job:    join the job cgroup -> unshare the cgroup namespace -> stdio -> mounts ->
+          pivot_root -> masks -> hostname -> no_new_privs -> capabilities ->
+          find the command -> close fds -> chdir -> exec
+
+Status protocol on the spare's socket (close-on-exec, read to EOF by the fork
+server): one line b"E<json>\n" with {"step", "errno", "detail"} when a step failed;
+EOF with nothing written means exec succeeded and the command is running.
 """
 
 from __future__ import annotations
@@ -22,15 +28,14 @@ import os
 import signal
 import socket
 import struct
-from dataclasses import dataclass
-from typing import NoReturn
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn
 
-from lclusterd.runtime import caps, kernel, mounts
-from lclusterd.runtime.cgroups.base import JobCgroup
+from lclusterd.runtime import caps, channel, kernel, mounts
 
-# The PID namespace is not here: the fork server creates it for this process.
-NAMESPACES = (kernel.CLONE_NEWNS | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC | kernel.CLONE_NEWNET
-              | kernel.CLONE_NEWCGROUP)
+# Made while waiting as a spare. The PID namespace is made by the fork server, and the
+# cgroup namespace only after the job's cgroup is joined, so that it is its root.
+SPARE_NAMESPACES = kernel.CLONE_NEWNS | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC | kernel.CLONE_NEWNET
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
@@ -38,23 +43,23 @@ _IFF_UP = 0x1
 
 @dataclass
 class PreparedJob:
-    """Everything the children need, built by the fork server before forking."""
+    """What a spare needs to become the job, sent by the fork server as JSON (the
+    job's stdin, stdout and stderr travel with it as file descriptors)."""
 
     job_id: str
     argv: list[str]
     env: dict[str, str]
     cwd: str
     hostname: str
-    root: str  # host path of the (empty) directory the overlay is mounted on
-    before_pivot: list[mounts.Op]
-    after_pivot: list[mounts.Op]
-    cgroup: JobCgroup
-    stdin_fd: int
-    stdout_fd: int
-    stderr_fd: int
-    status_fd: int  # write end of the status pipe
-    keep_caps: int
-    cap_last: int
+    root: str  # host directory the overlay is mounted on (in this process's namespace)
+    rootfs: str
+    upper: str
+    work: str
+    cgroup_procs: list[str]  # cgroup.procs files to write "0" into
+    keep_caps: int  # the spare dropped the rest from its bounding set already
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class StepFailed(Exception):
@@ -82,35 +87,75 @@ class _Step:
         return False
 
 
-def run_init(job: PreparedJob) -> NoReturn:
-    """PID 1 of the job's namespaces. Never returns: execs the command or exits."""
+def run_spare(sock: socket.socket, keep_caps: int, cap_last: int) -> NoReturn:
+    """A spare job PID 1: prepare what needs no job, wait for one, become it. Never
+    returns. A failure while preparing is reported as the job's failure once a job
+    arrives, so the fork server has one place to hear about it."""
+    status_fd = sock.fileno()
+    early: StepFailed | None = None
     try:
-        # Join first, so every later process of the job is born inside its cgroup.
-        with _Step("join cgroup"):
-            job.cgroup.join_self()
-        # NEWCGROUP after the join makes the job's cgroup the root of its view.
+        # Die with the fork server while no job is ours (cleared once one is).
+        kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # Hold none of the fork server's descriptors (other jobs' files, its sockets).
+        kernel.close_range(3, status_fd - 1)
+        kernel.close_range(status_fd + 1, 0xFFFFFFFF)
+        # The fork server's handlers and wakeup fd are not ours; the job gets defaults.
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
         with _Step("unshare namespaces"):
-            kernel.unshare(NAMESPACES)
-        set_up_stdio(job)
-        restore_signals()
-        os.umask(0)  # device nodes and mount points get exactly the modes planned
+            kernel.unshare(SPARE_NAMESPACES)
         with _Step("mount propagation"):
             kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+        with _Step("loopback up"):
+            bring_loopback_up()
+        with _Step("capability bounding set"):
+            caps.drop_bounding(keep_caps, cap_last)
+    except StepFailed as failure:
+        early = failure
+    except BaseException as error:  # noqa: BLE001
+        early = StepFailed("spare", error)
+    try:
+        message, fds = channel.receive_with_fds(sock)
+    except BaseException:  # noqa: BLE001 - the fork server closed us: no job is coming
+        os._exit(0)
+    if early is not None:
+        _report(status_fd, early)
+        os._exit(127)
+    run_job(PreparedJob(**message), fds, status_fd)
+
+
+def run_job(job: PreparedJob, stdio: list[int], status_fd: int) -> NoReturn:
+    """Turn this spare into the job. Never returns: execs the command or exits."""
+    try:
+        with _Step("start"):
+            kernel.prctl(kernel.PR_SET_PDEATHSIG, 0)  # the job may outlive the fork server
+            if len(stdio) != 3:
+                raise OSError(0, f"expected 3 stdio descriptors, got {len(stdio)}")
+        # Join first, so every later process of the job is born inside its cgroup.
+        with _Step("join cgroup"):
+            for procs in job.cgroup_procs:
+                _write(procs, b"0")
+        # NEWCGROUP after the join makes the job's cgroup the root of its view.
+        with _Step("unshare cgroup namespace"):
+            kernel.unshare(kernel.CLONE_NEWCGROUP)
+        with _Step("stdio"):
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+        os.umask(0)  # device nodes and mount points get exactly the modes planned
         with _Step("mount rootfs"):
-            mounts.apply(job.before_pivot)
+            mounts.apply(mounts.plan_before_pivot(job.root, job.rootfs, job.upper, job.work))
         with _Step("pivot_root"):
             mounts.pivot_into(job.root)
         with _Step("mask /proc"):
-            mounts.apply(job.after_pivot)
+            mounts.apply(mounts.plan_after_pivot())
         os.umask(0o022)
         with _Step("hostname"):
             kernel.sethostname(job.hostname)
-        with _Step("loopback up"):
-            bring_loopback_up()
         with _Step("no_new_privs"):
             kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1)
         with _Step("capabilities"):
-            caps.drop_to(job.keep_caps, job.cap_last)
+            caps.set_sets(job.keep_caps)
         with _Step("find command"):
             path = find_command(job.argv[0], job.env.get("PATH", ""))
         with _Step("close fds"):
@@ -123,25 +168,18 @@ def run_init(job: PreparedJob) -> NoReturn:
         with _Step("exec"):
             os.execve(path, job.argv, job.env)
     except StepFailed as failure:
-        _report(job.status_fd, failure)
+        _report(status_fd, failure)
     except BaseException as error:  # noqa: BLE001
-        _report(job.status_fd, StepFailed("init", error))
+        _report(status_fd, StepFailed("init", error))
     os._exit(127)
 
 
-def set_up_stdio(job: PreparedJob) -> None:
-    """Put the job's stdin and log files on 0, 1, 2 (host paths were opened by the parent)."""
-    with _Step("stdio"):
-        os.dup2(job.stdin_fd, 0)
-        os.dup2(job.stdout_fd, 1)
-        os.dup2(job.stderr_fd, 2)
-
-
-def restore_signals() -> None:
-    """Python ignores SIGPIPE and SIGXFSZ; an ignored signal survives exec, so give
-    the job the defaults a shell would have (subprocess's restore_signals)."""
-    for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
-        signal.signal(signum, signal.SIG_DFL)
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def bring_loopback_up() -> None:

@@ -119,6 +119,12 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(_libc.capset(ctypes.byref(header), data), f"capset(eff={effective:#x}, perm={permitted:#x})")
 
 
+def close_range(first: int, last: int) -> None:
+    """Close every fd from first to last (inclusive); an empty range is fine."""
+    if first <= last:
+        _check(_libc.close_range(first, last, 0), f"close_range({first}, {last})")
+
+
 def close_range_cloexec(first: int) -> None:
     """Mark every fd >= first close-on-exec, so only stdio survives the exec."""
     _check(_libc.close_range(first, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC), f"close_range({first}, ~0, CLOEXEC)")
