@@ -157,7 +157,10 @@ class Ours(Tool):
                 self.launcher.submit(self._spec(job_id=job_id, argv=["/bin/sleep", "5"], rootfs=self.rootfs))
             time.sleep(0.8)
             busy = peers.smaps_rollup(pid)
+            # Python processes of ours under the helper besides the jobs: its spare job
+            # inits (a fixed number waiting for the next jobs, not one per job).
             extra = [p for p in _tree(pid)[1:] if _comm(p).startswith(("python", "lclusterd"))]
+            extra_pss = sum(peers.smaps_rollup(p).get("Pss", 0) for p in extra)
         finally:
             for job_id in ids:
                 try:
@@ -167,8 +170,8 @@ class Ours(Tool):
             for job_id in ids:
                 self.launcher.wait(job_id, timeout=30)
         if busy:
-            text += (f"; {fmt_bytes(busy['Pss'])} with {jobs} jobs running "
-                     f"({len(extra)} per-job processes of ours besides the jobs)")
+            text += (f"; {fmt_bytes(busy['Pss'])} with {jobs} jobs running, plus {len(extra)} spare job inits "
+                     f"waiting ({fmt_bytes(extra_pss)} PSS together; a fixed number, not one per job)")
         return text
 
     def teardown(self) -> list[str]:
