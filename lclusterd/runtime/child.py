@@ -10,7 +10,8 @@ job (namespaces, mount propagation, loopback) are done while it waits, off the s
 path of the job it will become. Sequence (DESIGN.md "Starting a container"):
 
   spare:  close inherited fds -> unshare mount, UTS, IPC, network -> / private ->
-          loopback up -> drop the bounding set -> wait for the job on the socket
+          scratch tmpfs (the overlay's upper and work) -> loopback up ->
+          drop the bounding set -> wait for the job on the socket
   job:    join the job cgroup -> unshare the cgroup namespace -> stdio -> mounts ->
           pivot_root -> masks -> hostname -> no_new_privs -> capabilities ->
           find the command -> close fds -> chdir -> exec
@@ -51,10 +52,7 @@ class PreparedJob:
     env: dict[str, str]
     cwd: str
     hostname: str
-    root: str  # host directory the overlay is mounted on (in this process's namespace)
     rootfs: str
-    upper: str
-    work: str
     cgroup_procs: list[str]  # cgroup.procs files to write "0" into
     keep_caps: int  # the spare dropped the rest from its bounding set already
 
@@ -87,10 +85,14 @@ class _Step:
         return False
 
 
-def run_spare(sock: socket.socket, keep_caps: int, cap_last: int) -> NoReturn:
+def run_spare(sock: socket.socket, mount_point: str, keep_caps: int, cap_last: int) -> NoReturn:
     """A spare job PID 1: prepare what needs no job, wait for one, become it. Never
     returns. A failure while preparing is reported as the job's failure once a job
-    arrives, so the fork server has one place to hear about it."""
+    arrives, so the fork server has one place to hear about it.
+
+    The job's writable layer lives on a tmpfs mounted on mount_point in this process's
+    own mount namespace: no disk I/O on the start path, nothing on the host to clean
+    up, and what the job writes is charged to its memory cgroup."""
     status_fd = sock.fileno()
     early: StepFailed | None = None
     try:
@@ -107,6 +109,10 @@ def run_spare(sock: socket.socket, keep_caps: int, cap_last: int) -> NoReturn:
             kernel.unshare(SPARE_NAMESPACES)
         with _Step("mount propagation"):
             kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+        with _Step("scratch tmpfs"):
+            kernel.mount("scratch", mount_point, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=755")
+            for sub in ("upper", "work", "root"):
+                os.mkdir(f"{mount_point}/{sub}", 0o755)
         with _Step("loopback up"):
             bring_loopback_up()
         with _Step("capability bounding set"):
@@ -122,10 +128,10 @@ def run_spare(sock: socket.socket, keep_caps: int, cap_last: int) -> NoReturn:
     if early is not None:
         _report(status_fd, early)
         os._exit(127)
-    run_job(PreparedJob(**message), fds, status_fd)
+    run_job(PreparedJob(**message), fds, status_fd, mount_point)
 
 
-def run_job(job: PreparedJob, stdio: list[int], status_fd: int) -> NoReturn:
+def run_job(job: PreparedJob, stdio: list[int], status_fd: int, scratch: str) -> NoReturn:
     """Turn this spare into the job. Never returns: execs the command or exits."""
     try:
         with _Step("start"):
@@ -143,10 +149,11 @@ def run_job(job: PreparedJob, stdio: list[int], status_fd: int) -> NoReturn:
             for target, fd in enumerate(stdio):
                 os.dup2(fd, target)
         os.umask(0)  # device nodes and mount points get exactly the modes planned
+        root = f"{scratch}/root"
         with _Step("mount rootfs"):
-            mounts.apply(mounts.plan_before_pivot(job.root, job.rootfs, job.upper, job.work))
+            mounts.apply(mounts.plan_before_pivot(root, job.rootfs, f"{scratch}/upper", f"{scratch}/work"))
         with _Step("pivot_root"):
-            mounts.pivot_into(job.root)
+            mounts.pivot_into(root)
         with _Step("mask /proc"):
             mounts.apply(mounts.plan_after_pivot())
         os.umask(0o022)

@@ -23,7 +23,6 @@ import gc
 import json
 import os
 import selectors
-import shutil
 import signal
 import socket
 import sys
@@ -55,7 +54,6 @@ class SpareInit:
 class RunningJob:
     spec: RuntimeSpec
     cgroup: JobCgroup
-    job_dir: str
     status: socket.socket  # the spare's socket: an E line on failure, EOF at exec
     host_pid: int
     started_at: float  # unix time
@@ -86,14 +84,9 @@ class ForkServer:
     stopping: bool = False
 
     @property
-    def jobs_dir(self) -> str:
-        return os.path.join(self.state_dir, "jobs")
-
-    @property
     def mount_point(self) -> str:
-        """Where every job mounts its overlay. One directory serves all jobs: each mounts
-        in its own mount namespace, so no job sees another's mount there, and a job
-        costs one mkdir and one rmdir less."""
+        """Where every job mounts its scratch tmpfs and overlay. One directory serves all
+        jobs: each mounts in its own mount namespace, so none sees another's mounts."""
         return os.path.join(self.state_dir, "root")
 
     # -- the loop ---------------------------------------------------------------------
@@ -188,28 +181,25 @@ class ForkServer:
                                         started_at=started_at, finished_at=time.time()))
 
     def _fork_job(self, spec: RuntimeSpec, started_at: float, stdio: list[int]) -> None:
-        """Make the job's directories, cgroup and files, then fork the job's PID 1.
-        Everything that can fail on bad input fails here, before any process exists."""
+        """Make the job's cgroup and open its files, then hand it to a spare init.
+        Everything that can fail on bad input fails here, before the job has a process.
+        The job has no directory on the host: its overlay's upper and work directories
+        live on a tmpfs in its own mount namespace (child.run_spare), gone with it."""
         if not os.path.isdir(spec.rootfs):
             raise SetupFailed("rootfs", f"rootfs {spec.rootfs} does not exist (build it with `make rootfs`)")
-        job_dir = os.path.join(self.jobs_dir, spec.job_id)
         opened: list[int] = list(stdio)
         cgroup: JobCgroup | None = None
         try:
-            os.mkdir(job_dir, 0o700)
-            for sub in ("upper", "work"):
-                os.mkdir(os.path.join(job_dir, sub), 0o755)
             cgroup = self.driver.create(spec.job_id, Limits(spec.memory_bytes, spec.cpus, spec.pids))
             if stdio:
                 stdin_fd, stdout_fd, stderr_fd = stdio
             else:
-                stdin_fd = _open_stdin(spec, job_dir, opened)
+                stdin_fd = _open_stdin(spec, opened)
                 stdout_fd = _open_log(spec.stdout_path, opened)
                 stderr_fd = _open_log(spec.stderr_path, opened)
             prepared = child.PreparedJob(
                 job_id=spec.job_id, argv=spec.argv, env=spec.job_environment(), cwd=spec.cwd,
-                hostname=spec.effective_hostname, root=self.mount_point, rootfs=spec.rootfs,
-                upper=os.path.join(job_dir, "upper"), work=os.path.join(job_dir, "work"),
+                hostname=spec.effective_hostname, rootfs=spec.rootfs,
                 cgroup_procs=cgroup.procs_files, keep_caps=self.keep_caps)
             spare = self._hand_over(prepared, [stdin_fd, stdout_fd, stderr_fd])
         except BaseException as error:
@@ -217,12 +207,11 @@ class ForkServer:
                 _close_quietly(fd)
             del opened[:]
             _note_cleanup(error, lambda: cgroup.remove() if cgroup else None)
-            _note_cleanup(error, lambda: shutil.rmtree(job_dir, ignore_errors=False) if os.path.isdir(job_dir) else None)
             raise
         for fd in opened:
             os.close(fd)
         deadline = time.monotonic() + spec.timeout if spec.timeout else None
-        job = RunningJob(spec=spec, cgroup=cgroup, job_dir=job_dir, status=spare.sock,
+        job = RunningJob(spec=spec, cgroup=cgroup, status=spare.sock,
                          host_pid=spare.pid, started_at=started_at, deadline=deadline)
         self.jobs[spec.job_id] = job
         self.by_pid[spare.pid] = job
@@ -262,7 +251,7 @@ class ForkServer:
             theirs.close()
             raise
         if pid == 0:
-            child.run_spare(theirs, self.keep_caps, self.cap_last)  # never returns
+            child.run_spare(theirs, self.mount_point, self.keep_caps, self.cap_last)  # never returns
         theirs.close()
         return SpareInit(pid, ours)
 
@@ -341,13 +330,11 @@ class ForkServer:
             result.cpu_seconds = stats.cpu_seconds
         except OSError as error:
             notes.append(f"reading cgroup statistics failed: {child.describe(error)}")
-        for what, cleanup in (("cgroup", lambda: _remove_empty_cgroup(job.cgroup)),
-                              ("job directory", lambda: remove_job_dir(job.job_dir))):
-            try:
-                cleanup()
-            except OSError as error:
-                notes.append(f"removing the {what} failed: {child.describe(error)}")
-                print(f"lclusterd forkserver: job {job.spec.job_id}: {notes[-1]}", file=sys.stderr)
+        try:
+            _remove_empty_cgroup(job.cgroup)
+        except OSError as error:
+            notes.append(f"removing the cgroup failed: {child.describe(error)}")
+            print(f"lclusterd forkserver: job {job.spec.job_id}: {notes[-1]}", file=sys.stderr)
         if job.wait_status is not None:
             if os.WIFSIGNALED(job.wait_status):
                 result.signal = os.WTERMSIG(job.wait_status)
@@ -412,20 +399,18 @@ class ForkServer:
                 self._begin_kill(job, KILLED, job.spec.grace)
 
     def _sweep(self) -> list[str]:
-        """Kill and remove what a previous helper left under our cgroup parent and state
-        directory (it crashed, or the machine lost the daemon). Returns their job ids."""
-        found = set()
+        """Kill and remove the job cgroups a previous helper left under our cgroup
+        parent (it crashed, or the machine lost the daemon). Returns their job ids.
+        Jobs leave nothing else on the host: their mounts and scratch space died with
+        their mount namespaces."""
+        found = []
         for name in self.driver.job_names():
             if name not in self.jobs:
                 cgroup = self.driver.open(name)
                 cgroup.kill_all()
                 cgroup.remove()
-                found.add(name)
-        for name in os.listdir(self.jobs_dir):
-            if name not in self.jobs:
-                shutil.rmtree(os.path.join(self.jobs_dir, name), ignore_errors=True)
-                found.add(name)
-        return sorted(found)
+                found.append(name)
+        return found
 
 
 def _remove_empty_cgroup(cgroup: JobCgroup) -> None:
@@ -439,31 +424,18 @@ def _remove_empty_cgroup(cgroup: JobCgroup) -> None:
         cgroup.remove()
 
 
-def remove_job_dir(job_dir: str) -> None:
-    """Remove the overlay directories of a finished job. The usual tree is known
-    (upper, work/work, maybe stdin), so it is removed with a few rmdir calls;
-    only a directory the job or overlayfs wrote into needs a full tree walk."""
-    for path in ("work/work", "work", "upper", "stdin", ""):
-        full = os.path.join(job_dir, path) if path else job_dir
-        try:
-            if path == "stdin":
-                os.unlink(full)
-            else:
-                os.rmdir(full)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            shutil.rmtree(full)
-
-
-def _open_stdin(spec: RuntimeSpec, job_dir: str, opened: list[int]) -> int:
+def _open_stdin(spec: RuntimeSpec, opened: list[int]) -> int:
+    """/dev/null, or the spec's stdin data in a memory file (no disk, nothing to remove)."""
     if spec.stdin_data is None:
         fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     else:
-        path = os.path.join(job_dir, "stdin")
-        with open(path, "wb") as f:
-            f.write(spec.stdin_data)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.memfd_create(f"lclusterd-stdin-{spec.job_id}", os.MFD_CLOEXEC)
+        opened.append(fd)
+        view = memoryview(spec.stdin_data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
     opened.append(fd)
     return fd
 
@@ -515,8 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGTERM)
     try:
         driver = detect(parent=args.cgroup_parent)
-        for sub in ("jobs", "root"):
-            os.makedirs(os.path.join(args.state_dir, sub), 0o700, exist_ok=True)
+        os.makedirs(os.path.join(args.state_dir, "root"), 0o700, exist_ok=True)
     except (LclusterdError, OSError) as error:
         channel.send(sock, {"event": "error", "message": _reason(error)})
         return 1

@@ -54,8 +54,9 @@ class RuntimeUnderTest:
     def leftovers(self) -> list[str]:
         """Everything a finished job could leave behind, described; empty when clean."""
         found = []
-        jobs_dir = self.state_dir / "jobs"
-        found += [f"job directory {p}" for p in jobs_dir.iterdir()] if jobs_dir.exists() else []
+        # The state dir holds only the shared (empty) mount point: jobs keep their
+        # scratch space in their own mount namespaces.
+        found += [f"state file {p}" for p in self.state_dir.rglob("*") if p != self.state_dir / "root"]
         found += [f"job cgroup {n}" for n in detect(parent=self.cgroup_parent).job_names()]
         with open("/proc/self/mountinfo") as f:
             found += [f"mount {line.split()[4]}" for line in f if str(self.state_dir) in line]

@@ -180,6 +180,16 @@ def test_memory_hog_is_oom_killed_and_reported(runtime, rootfs, tmp_path):
     assert "OOM" in result.error
 
 
+def test_files_a_job_writes_count_against_its_memory(runtime, rootfs, tmp_path):
+    # The writable layer is a tmpfs in the job's own mount namespace, charged to it.
+    result, out, _ = run_capturing(runtime, tmp_path, rootfs,
+                                   "head -c 100000000 /dev/zero > /root/big; echo wrote", memory_bytes=32 << 20)
+    assert result.status == "OOM_KILLED" and out == ""
+    result, out, _ = run_capturing(runtime, tmp_path, rootfs,
+                                   "head -c 10000000 /dev/zero > /root/big; wc -c < /root/big", memory_bytes=64 << 20)
+    assert (result.status, out.strip()) == ("EXITED", "10000000")
+
+
 def test_job_under_its_memory_limit_is_not_oom_killed(runtime, rootfs, tmp_path):
     result, out, _ = run_capturing(runtime, tmp_path, rootfs, "x=$(head -c 1000000 /dev/zero | tr '\\0' x); echo ok",
                                    memory_bytes=64 << 20)
@@ -330,7 +340,7 @@ def test_close_kills_running_jobs_and_cleans_up(rootfs, tmp_path):
     launcher.submit(job)
     launcher.close()
     assert launcher.wait(job.job_id).status == "KILLED"
-    assert list((tmp_path / "state" / "jobs").iterdir()) == []
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["root"]
     assert cgroup_parent_dirs(parent) == []  # removed with its last job
 
 
@@ -348,7 +358,7 @@ def test_sweep_after_a_crashed_helper_removes_its_jobs(rootfs, tmp_path):
     with Launcher(tmp_path / "state", cgroup_parent=parent) as fresh:
         assert fresh.sweep() == [job.job_id]
     assert not pid_alive(job_pid)
-    assert list((tmp_path / "state" / "jobs").iterdir()) == []
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["root"]
     assert cgroup_parent_dirs(parent) == []  # removed with its last job
 
 
