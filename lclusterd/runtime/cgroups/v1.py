@@ -45,6 +45,13 @@ def write_file(path: str | Path, data: str | bytes) -> None:
         raise OSError(e.errno, f"write {path}: {e.strerror}") from e
 
 
+def join(procs_files: list[str]) -> None:
+    """Move the calling process into a job's cgroup: write "0" to each procs file.
+    Called by the job's own first process, which has the paths as plain strings."""
+    for path in procs_files:
+        write_file(path, b"0")
+
+
 def read_file(path: str | Path) -> str:
     """Read a small kernel file with plain open/read/close (Python's buffered open
     adds four more syscalls per file, on every job's clean-up path)."""
@@ -188,8 +195,7 @@ class V1Cgroup:
         return list(self._procs_files)
 
     def join_self(self) -> None:
-        for path in self._procs_files:
-            write_file(path, b"0")
+        join(self._procs_files)
 
     def pids(self) -> list[int]:
         # The union: a process that joined only some hierarchies still belongs to the job.
