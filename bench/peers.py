@@ -143,7 +143,7 @@ def smaps_rollup(pid: int) -> dict[str, int]:
     return out
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     kids: list[int] = []
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -154,12 +154,22 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _comm(pid: int) -> str:
+def comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
             return f.read().strip()
     except OSError:
         return ""
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants, parents first."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop(0)
+        out.append(p)
+        todo.extend(children(p))
+    return out
 
 
 def _tool_tree_memory(cmds: list[list[str]], tool_comm: str, settle: float = 0.8) -> dict[str, int]:
@@ -181,8 +191,8 @@ def _tool_tree_memory(cmds: list[list[str]], tool_comm: str, settle: float = 0.8
             if pid in seen:
                 continue
             seen.add(pid)
-            todo.extend(_children(pid))
-            if _comm(pid).startswith(tool_comm):
+            todo.extend(children(pid))
+            if comm(pid).startswith(tool_comm):
                 mem = smaps_rollup(pid)
                 if mem:
                     total["Rss"] += mem.get("Rss", 0)

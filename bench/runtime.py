@@ -159,7 +159,7 @@ class Ours(Tool):
             busy = peers.smaps_rollup(pid)
             # Python processes of ours under the helper besides the jobs: its spare job
             # inits (a fixed number waiting for the next jobs, not one per job).
-            extra = [p for p in _tree(pid)[1:] if _comm(p).startswith(("python", "lclusterd"))]
+            extra = [p for p in peers.process_tree(pid)[1:] if peers.comm(p).startswith(("python", "lclusterd"))]
             extra_pss = sum(peers.smaps_rollup(p).get("Pss", 0) for p in extra)
         finally:
             for job_id in ids:
@@ -265,29 +265,6 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def _tree(pid: int) -> list[int]:
-    """pid and all its descendants."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop(0)
-        out.append(p)
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    todo.extend(int(x) for x in f.read().split())
-        except OSError:
-            pass
-    return out
 
 
 def _cgroup_dirs(name: str) -> list[str]:
