@@ -96,6 +96,7 @@ def run_spare(sock: socket.socket, mount_point: str, keep_caps: int, cap_last: i
     status_fd = sock.fileno()
     early: StepFailed | None = None
     try:
+        kernel.set_process_name("lclusterd:spare")  # until exec names it after the job
         # Die with the fork server while no job is ours (cleared once one is).
         kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
         # Hold none of the fork server's descriptors (other jobs' files, its sockets).
