@@ -371,10 +371,21 @@ class ForkServer:
         if job.kill_at is not None:
             return  # already ending; keep the earlier escalation time
         if grace <= 0:
-            job.cgroup.kill_all()
+            self._kill_now(job)
             return
         job.kill_at = time.monotonic() + grace
         job.cgroup.signal_all(signal.SIGTERM)
+
+    def _kill_now(self, job: RunningJob) -> None:
+        """SIGKILL the job's PID 1, which takes its whole PID namespace with it (a
+        process forked a moment ago included, and even before the job has joined its
+        cgroup), then whatever else its cgroup holds. The pid cannot have been reused:
+        it is our child and not reaped yet."""
+        try:
+            os.kill(job.host_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        job.cgroup.kill_all()
 
     def _next_timer(self) -> float | None:
         times = [t for job in self.jobs.values() for t in (job.deadline, job.kill_at) if t is not None]
@@ -388,7 +399,7 @@ class ForkServer:
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
                 job.deadline = None
-                job.cgroup.kill_all()
+                self._kill_now(job)
             elif job.deadline is not None and now >= job.deadline:
                 job.deadline = None
                 self._begin_kill(job, TIMED_OUT, job.spec.grace)

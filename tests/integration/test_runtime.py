@@ -263,6 +263,15 @@ def test_timeout_kills_and_reports_timed_out(runtime, rootfs, tmp_path):
     assert "timed out after 0.5 s" in result.error
 
 
+def test_kill_right_after_submit_never_misses_the_job(runtime, rootfs):
+    # The kill may arrive before the job has joined its cgroup or exec'd.
+    for _ in range(20):
+        job = spec(rootfs, "sleep 600")
+        runtime.launcher.submit(job)
+        runtime.launcher.kill(job.job_id, grace=0)
+        assert runtime.launcher.wait(job.job_id, timeout=60).status == "KILLED"
+
+
 def test_kill_of_unknown_job_is_a_no_op(runtime):
     runtime.launcher.kill(uuid.uuid4().hex)
 
