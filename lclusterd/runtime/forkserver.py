@@ -281,7 +281,11 @@ class ForkServer:
                 pass
 
     def _on_status(self, job: RunningJob) -> None:
-        data = job.status.recv(4096)
+        try:
+            data = job.status.recv(4096)
+        except ConnectionResetError:
+            # Killed before it read its job: a socket closed with unread data resets.
+            data = b""
         if data:
             job.status_buf += data
             return
