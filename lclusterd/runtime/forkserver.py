@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,12 +105,17 @@ class ForkServer:
         self._send({"event": "ready", "pid": os.getpid(), "cgroup_version": self.driver.version})
         while not (self.stopping and not self.jobs):
             for key, _ in self.selector.select(self._next_timer()):
-                if key.data == "control":
-                    self._on_request()
-                elif key.data == "signal":
-                    self._on_signals(os.read(wake_r, 512))
-                else:
-                    self._on_status(key.data)
+                # One failing event (a kernel file gone, a job's socket in a state we
+                # did not foresee) must not take every other job's helper down.
+                try:
+                    if key.data == "control":
+                        self._on_request()
+                    elif key.data == "signal":
+                        self._on_signals(os.read(wake_r, 512))
+                    else:
+                        self._on_status(key.data)
+                except Exception:  # noqa: BLE001
+                    traceback.print_exc()
             self._fire_timers()
             self._refill_spares()
         self._end_spares()
