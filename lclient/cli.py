@@ -22,7 +22,7 @@ from lclient.format import dumps, job_json, job_text, jobs_table, node_json, nod
 from lclient.units import parse_count, parse_cpus, parse_duration, parse_size
 from lclusterd.rpc import lclusterd_pb2 as pb
 
-ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait")
+ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain")
 _WAIT_FOR_ADDED = "\0added"  # -wait given with no uuid: wait for the job this call adds
 
 ClientFactory = Callable[[str], JobsClient]
@@ -53,6 +53,8 @@ def _opt(*names: str, **kw):
 @_opt("-state", "--state", "states", multiple=True, metavar="STATE", help="With -list: only jobs in STATE (repeatable).")
 @_opt("-limit", "--limit", "limit", default="0", metavar="N", help="With -list: only the newest N jobs.")
 @_opt("-nodes", "--nodes", "nodes", is_flag=True, help="List the cluster's nodes.")
+@_opt("-drain", "--drain", "drain", metavar="NODE", help="Stop assigning new jobs to NODE; its jobs run to the end.")
+@_opt("-undrain", "--undrain", "undrain", metavar="NODE", help="Let NODE take new jobs again.")
 @_opt("-logs", "--logs", "logs", metavar="UUID", help="Print the job's stdout and stderr.")
 @_opt("-follow", "--follow", "follow", is_flag=True, help="With -logs: keep printing until the job ends.")
 @_opt("-wait", "--wait", "wait", is_flag=False, flag_value=_WAIT_FOR_ADDED, default=None, metavar="UUID",
@@ -65,6 +67,7 @@ def _opt(*names: str, **kw):
 @_opt("-env", "--env", "env", multiple=True, metavar="NAME=VALUE", help="With -add: an environment variable (repeatable).")
 @_opt("-stdin", "--stdin", "stdin", metavar="FILE", help="With -add: the job's standard input ('-' = this one's).")
 @_opt("-retries", "--retries", "retries", metavar="N", help="With -add: extra attempts if its node is lost (default 0).")
+@_opt("-node", "--node", "node", metavar="NAME", help="With -add: run it on node NAME only (it waits while NAME is full or away).")
 @_opt("-json", "--json", "as_json", is_flag=True, help="Machine-readable output (one JSON document per line).")
 @_opt("-server", "--server", "server", metavar="HOST:PORT",
       help=f"The lclusterd to talk to (also ${SERVER_ENV}; default 127.0.0.1:64051; unix:PATH works).")
@@ -72,12 +75,12 @@ def _opt(*names: str, **kw):
 @click.pass_context
 def cli(ctx: click.Context, **o) -> int:
     """Submit and manage lclusterd jobs. Exactly one of -add, -check, -kill, -list, -nodes,
-    -logs, -wait (or -add with -wait).
+    -logs, -wait (or -add with -wait), -drain, -undrain.
 
     Exit status: 0 ok (-wait: the job's own status, 128+N for signal N); 1 job failed or not
     found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 124 -wait timed out."""
     factory: ClientFactory = ctx.obj or JobsClient
-    chosen = [name for name, key in zip(ACTIONS, ("add", "check", "kill", "list_", "nodes", "logs", "wait"))
+    chosen = [name for name, key in zip(ACTIONS, ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain"))
               if o[key] not in (None, False)]
     if chosen == ["-add", "-wait"] and o["wait"] == _WAIT_FOR_ADDED:
         chosen = ["-add"]
@@ -119,6 +122,10 @@ def cli(ctx: click.Context, **o) -> int:
             return errors.EXIT_OK
         if action == "-logs":
             return _logs(client, o["logs"], o["follow"])
+        if action in ("-drain", "-undrain"):
+            node = client.drain(o["drain"] or o["undrain"], action == "-drain")
+            click.echo(dumps(node_json(node)) if o["as_json"] else nodes_table([node]))
+            return errors.EXIT_OK
         timeout = _parse("-timeout", o["timeout"], parse_duration) if o["timeout"] else None
         return _wait(client, o["wait"], timeout, o["as_json"])
     finally:
@@ -126,7 +133,8 @@ def cli(ctx: click.Context, **o) -> int:
 
 
 def _check_applicable(action: str, o: dict) -> None:
-    only_add = {"mem": "-mem", "cpus": "-cpus", "pids": "-pids", "env": "-env", "stdin": "-stdin", "retries": "-retries"}
+    only_add = {"mem": "-mem", "cpus": "-cpus", "pids": "-pids", "env": "-env", "stdin": "-stdin", "retries": "-retries",
+                "node": "-node"}
     for key, name in only_add.items():
         if o[key] and action != "-add":
             raise click.UsageError(f"{name} goes with -add")
@@ -157,6 +165,8 @@ def _spec(o: dict) -> pb.JobSpec:
         spec.timeout_seconds = _parse("-timeout", o["timeout"], parse_duration)
     if o["retries"]:
         spec.retries = _parse("-retries", o["retries"], lambda t: parse_count(t, 0))
+    if o["node"]:
+        spec.node = o["node"]
     for item in o["env"]:
         name, sep, value = item.partition("=")
         if not sep or not name:

@@ -58,6 +58,9 @@ class JobsClient:
     def nodes(self) -> list[pb.Node]:
         return list(self._call(self._stub.Nodes, pb.NodesRequest()).nodes)
 
+    def drain(self, node: str, drain: bool = True) -> pb.Node:
+        return self._call(self._stub.Drain, pb.DrainRequest(node=node, drain=drain))
+
     def logs(self, job_id: str, follow: bool = False) -> Iterator[pb.LogChunk]:
         stream = self._stub.Logs(pb.LogsRequest(id=job_id, follow=follow), timeout=None if follow else self.timeout)
         try:

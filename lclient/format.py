@@ -62,13 +62,27 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "peak_memory_bytes": job.peak_memory_bytes if job.HasField("peak_memory_bytes") else None,
         "cpu_seconds": job.cpu_seconds if job.HasField("cpu_seconds") else None,
         "kill_requested": job.kill_requested,
+        "pinned_node": spec.node or None,
+        "waiting": job.waiting or None,
+        "attempts": [attempt_json(a) for a in job.attempts],  # earlier attempts; the current one is the job itself
     }
+
+
+def attempt_json(a: pb.Attempt) -> dict[str, Any]:
+    return {"attempt": a.attempt, "node": a.node or None, "started_at": a.started_at or None,
+            "ended_at": a.ended_at or None, "state": a.state, "reason": a.reason or None}
+
+
+def current_attempt_json(job: pb.Job) -> dict[str, Any]:
+    return {"attempt": job.attempt, "node": job.node or None, "started_at": job.started_at or None,
+            "ended_at": job.finished_at or None, "state": job.state, "reason": job.error or None}
 
 
 def node_json(node: pb.Node) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "name": node.name, "address": node.address,
-            "state": "prime" if node.prime else "ready", "capacity": node.capacity,
-            "running": node.running, "version": node.version, "started_at": node.started_at or None}
+            "state": node.state or ("prime" if node.prime else "ready"), "prime": node.prime, "capacity": node.capacity,
+            "running": node.running, "memory_bytes": node.memory_bytes or None, "memory_used_bytes": node.memory_used_bytes,
+            "version": node.version, "started_at": node.started_at or None}
 
 
 def dumps(data: Any) -> str:
@@ -106,8 +120,21 @@ def job_text(job: pb.Job) -> str:
         rows.append(("cpu time", f"{job.cpu_seconds:.3f}s"))
     if job.error:
         rows.append(("reason", job.error))
+    if spec.node:
+        rows.append(("pinned to", spec.node))
+    if job.state == "QUEUED":
+        rows.append(("waiting", job.waiting or "for a free slot on a node"))
+    if spec.retries or job.attempts:
+        rows.append(("attempt", f"{job.attempt} of at most {spec.retries + 1}"))
     width = max(len(k) for k, _ in rows) + 1
-    return "\n".join(f"{k + ':':<{width}} {v}" for k, v in rows)
+    text = "\n".join(f"{k + ':':<{width}} {v}" for k, v in rows)
+    if job.attempts:
+        history = [attempt_json(a) for a in job.attempts] + [current_attempt_json(job)]
+        lines = [[str(a["attempt"]), a["node"] or "-", _when(a["started_at"] or 0), _when(a["ended_at"] or 0),
+                  a["state"], (a["reason"] or "")[:100]] for a in history]
+        text += "\nattempts:\n" + "\n".join("  " + line for line in
+                                            table(["#", "NODE", "STARTED", "ENDED", "STATE", "REASON"], lines).splitlines())
+    return text
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -126,8 +153,14 @@ def jobs_table(jobs: list[pb.Job]) -> str:
 
 
 def nodes_table(nodes: list[pb.Node]) -> str:
-    rows = [[n.name, n.address, "prime" if n.prime else "ready", str(n.capacity), str(n.running)] for n in nodes]
-    return table(["NAME", "ADDRESS", "STATE", "CAPACITY", "RUNNING"], rows)
+    rows = []
+    for n in nodes:
+        state = n.state or ("prime" if n.prime else "ready")
+        if n.prime and state != "prime":
+            state += ",prime"
+        memory = f"{format_size(n.memory_used_bytes)} / {format_size(n.memory_bytes)}" if n.memory_bytes else "-"
+        rows.append([n.name, n.address, state, str(n.capacity), str(n.running), memory])
+    return table(["NAME", "ADDRESS", "STATE", "CAPACITY", "RUNNING", "MEMORY (USED / OFFERED)"], rows)
 
 
 def _age(seconds: float) -> str:

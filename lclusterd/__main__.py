@@ -48,6 +48,12 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
               help="pids limit for jobs that set none (contains fork bombs).")
 @click.option("--etcd-wait", default=30.0, type=click.FloatRange(min=0), help="Seconds start-up waits for etcd to answer.")
 @click.option("--lease-ttl", default=5, type=click.IntRange(min=1), help="Seconds etcd keeps this node (and its prime key) without a keep-alive.")
+@click.option("--scheduling", type=click.Choice(["prime-first", "first-fit", "best-fit"]), default="prime-first",
+              help="How the prime places jobs: itself first while it has room, then the node with most free slots "
+                   "(prime-first); or by requested memory (-mem) against each node's free memory: the first node "
+                   "by name that fits (first-fit) or the one it fits most tightly (best-fit).")
+@click.option("--memory", default="", help="Memory this node offers to jobs (e.g. 4G), fitted against their -mem.  "
+                                           "[default: the host's MemTotal]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.version_option(__version__, "--version")
 def cli(**options) -> None:
@@ -65,7 +71,25 @@ def cli(**options) -> None:
     sys.exit(run(config))
 
 
+def drain_main(argv: list[str]) -> int:
+    """`lclusterd drain NODE` / `lclusterd undrain NODE [--server HOST:PORT]`: ask a running
+    node (any node of the cluster) to stop or resume new assignments to NODE. The same as
+    `lclient -drain NODE` (which this calls), kept here for operators used to the daemon's name."""
+    from lclient.cli import run as lclient_run  # the client: one line per error, same exit codes
+
+    verb, rest = argv[0], argv[1:]
+    if rest[:1] in (["-h"], ["--help"]) or not rest:
+        click.echo(f"Usage: lclusterd {verb} NODE [--server HOST:PORT|unix:PATH]\n\n"
+                   f"{'Stop assigning new jobs to' if verb == 'drain' else 'Let new jobs be assigned to'} NODE; "
+                   "its running jobs go on. --server defaults to $LCLUSTER_SERVER or 127.0.0.1:64051.",
+                   err=not rest)
+        return 0 if rest else 2
+    return lclient_run([f"-{verb}", *rest])
+
+
 def main() -> None:
+    if sys.argv[1:2] in (["drain"], ["undrain"]):
+        sys.exit(drain_main(sys.argv[1:]))
     if os.geteuid() != 0 and not {"-h", "--help", "--version"} & set(sys.argv[1:]):
         click.echo("lclusterd: must run as root (it creates namespaces, cgroups and mounts)", err=True)
         sys.exit(3)

@@ -4,21 +4,21 @@ apart from name resolution in `check_listen_address`."""
 from __future__ import annotations
 
 import ipaddress
-import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lclusterd.model import DEFAULT_PIDS
+from lclusterd.model import DEFAULT_PIDS, NODE_NAME
+from lclusterd.units import parse_size
 
 DEFAULT_PORT = 64051
 DEFAULT_STATE_DIR = "/var/lib/lclusterd"
 DEFAULT_ROOTFS = "/var/lib/lclusterd/rootfs"
 DEFAULT_CONFIG_FILE = "/etc/lclusterd/lclusterd.toml"
 SHUTDOWN_MODES = ("kill", "finish")
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SCHEDULING_POLICIES = ("prime-first", "first-fit", "best-fit")
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,8 @@ class Config:
     etcd_timeout: float = 3.0
     etcd_wait: float = 30.0  # how long start-up waits for etcd to answer
     log_level: str = "info"
+    scheduling: str = "prime-first"  # how the prime (when this node is prime) places jobs
+    memory: str = ""  # memory offered to jobs, e.g. 4G; empty: the host's MemTotal
 
     def __post_init__(self) -> None:
         if isinstance(self.etcd, str):
@@ -72,6 +74,23 @@ class Config:
         sharing a host never sweep each other's jobs."""
         return f"lclusterd/{self.node_name}"
 
+    @property
+    def memory_bytes(self) -> int:
+        """Memory this node offers to jobs: --memory, else the host's MemTotal."""
+        if self.memory:
+            try:
+                value = parse_size(str(self.memory))
+            except ValueError as exc:
+                raise ConfigError(f"bad --memory value {self.memory!r}: {exc}") from None
+            if value <= 0:
+                raise ConfigError(f"--memory must be positive, not {self.memory!r}")
+            return value
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
     def _split_listen(self) -> tuple[str, int]:
         text = str(self.listen).strip()
         host, _, port = text.rpartition(":")
@@ -87,7 +106,7 @@ class Config:
     def validate(self) -> None:
         """Raise ConfigError for the first bad value (before anything is started)."""
         self._split_listen()
-        if not _NODE_NAME.match(self.node_name or ""):
+        if not NODE_NAME.match(self.node_name or ""):
             raise ConfigError(f"--node-name must be letters, digits, '.', '_' or '-' (at most 63), not {self.node_name!r}")
         if self.capacity < 1:
             raise ConfigError(f"--capacity must be at least 1, not {self.capacity}")
@@ -99,6 +118,9 @@ class Config:
             raise ConfigError(f"--rootfs must be an absolute path, not {self.rootfs!r}")
         if not Path(self.state_dir).is_absolute():
             raise ConfigError(f"--state-dir must be an absolute path, not {self.state_dir!r}")
+        if self.scheduling not in SCHEDULING_POLICIES:
+            raise ConfigError(f"--scheduling must be one of {', '.join(SCHEDULING_POLICIES)}, not {self.scheduling!r}")
+        self.memory_bytes  # raises ConfigError on a bad --memory
         if self.lease_ttl < 1:
             raise ConfigError(f"lease TTL must be at least 1 second, not {self.lease_ttl}")
 

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lclusterd import __version__
+from lclusterd.api.peers import Peers
 from lclusterd.api.servicer import MAX_BLOCKING, JobsServicer
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
@@ -64,6 +65,7 @@ class Daemon:
         self.events: JobEvents | None = None
         self.server: grpc.Server | None = None
         self.health: health.HealthServicer | None = None
+        self.peers: Peers | None = None
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,14 +111,16 @@ class Daemon:
         # 4. this node in etcd, the worker, the prime election
         keys = Keys(c.prefix)
         jobs = Jobs(self.store, keys)
-        info = NodeInfo(name=c.node_name, address=c.address, capacity=c.capacity, version=__version__, started_at=time.time())
+        info = NodeInfo(name=c.node_name, address=c.address, capacity=c.capacity, version=__version__, started_at=time.time(),
+                        memory_bytes=c.memory_bytes)
         defaults = NodeDefaults(rootfs=c.rootfs, pids=c.default_pids, kill_grace=c.kill_grace)
         try:
             self.session = NodeSession(self.store, keys, info, ttl=c.lease_ttl)
-            self.session.register()
             self.worker = Worker(self.store, keys, jobs, c.node_name, self.launcher, defaults, logs)
+            self.session.on_lease_lost(self.worker.fence)
+            self.session.register()
             self.worker.start()
-            scheduler = Scheduler(self.store, keys, jobs, c.node_name)
+            scheduler = Scheduler(self.store, keys, jobs, c.node_name, c.scheduling)
             self.election = PrimeElection(self.store, keys, self.session, scheduler.start, scheduler.stop)
             self.election.start()
             self.events = JobEvents(self.store, keys)
@@ -125,7 +129,8 @@ class Daemon:
             raise StartupError(str(exc)) from None
 
         # 5. the API
-        servicer = JobsServicer(jobs, self.events, logs, c.node_name, lambda spec: check_runnable(spec, defaults))
+        self.peers = Peers(self.store, keys, c.node_name)
+        servicer = JobsServicer(jobs, self.events, logs, c.node_name, lambda spec: check_runnable(spec, defaults), self.peers)
         pb_grpc.add_JobsServicer_to_server(servicer, self.server)
         self.server.start()
         os.chmod(c.socket_path, 0o600)
@@ -209,6 +214,8 @@ class Daemon:
             Path(self.config.socket_path).unlink(missing_ok=True)
         if self.events is not None:
             self.events.stop()
+        if self.peers is not None:
+            self.peers.close()
         if self.session is not None:
             self.session.close()
         if self.store is not None:

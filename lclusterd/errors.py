@@ -86,3 +86,15 @@ class WaitTimedOut(LclusterdError):
 
 class TooBusy(LclusterdError):
     """The node already serves as many blocking requests (wait, follow) as it allows."""
+
+
+class NodeNotFound(LclusterdError):
+    """No node of that name has ever registered."""
+
+    def __init__(self, name: str):
+        super().__init__(f"no node named {name!r} has registered")
+        self.name = name
+
+
+class NodeUnreachable(LclusterdError):
+    """The request needs another node (the one that ran the job) and it cannot be reached."""

@@ -11,7 +11,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from lclusterd.errors import InvalidSpec, InvalidTransition
@@ -49,6 +49,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 _HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 _DASHED_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def new_job_id() -> str:
@@ -81,6 +82,7 @@ class JobSpec:
     timeout: float | None = None
     stdin_data: bytes = b""
     retries: int = 0
+    node: str = ""  # pinned: only this node may run it
 
     def validate(self) -> None:
         """Raise InvalidSpec with a sentence for the first problem found (ranges the runtime
@@ -108,6 +110,8 @@ class JobSpec:
             raise InvalidSpec(f"stdin is larger than {MAX_STDIN_BYTES // 1024} KiB")
         if not 0 <= self.retries <= MAX_RETRIES:
             raise InvalidSpec(f"retries must be between 0 and {MAX_RETRIES}, not {self.retries}")
+        if self.node and not NODE_NAME.match(self.node):
+            raise InvalidSpec(f"invalid node name {self.node!r}: letters, digits, '.', '_' or '-' (at most 63)")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -142,6 +146,10 @@ class JobRecord:
     peak_memory_bytes: int | None = None
     cpu_seconds: float | None = None
     kill_requested: bool = False
+    # earlier attempts, oldest first: {attempt, node, assigned_at, started_at, ended_at, state, reason}
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # why a QUEUED job waits (set by the prime when no node can take it); "" otherwise
+    waiting: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -154,6 +162,19 @@ class JobRecord:
         if target in TERMINAL and "finished_at" not in changes:
             changes["finished_at"] = time.time()
         return replace(self, state=target, **changes)
+
+    def lost_on(self, reason: str, now: float | None = None) -> JobRecord:
+        """The record after this attempt's node was lost: LOST with `reason`, or, while the
+        spec's retries allow (attempt n of at most retries+1), a fresh QUEUED attempt n+1 that
+        keeps the lost attempt in `history` (a new attempt, not a transition of the old one)."""
+        now = now or time.time()
+        lost = self.moved_to(LOST, error=reason, finished_at=now)  # refuses a finished job
+        if self.attempt > self.spec.retries:
+            return lost
+        ended = {"attempt": self.attempt, "node": self.node, "assigned_at": self.assigned_at,
+                 "started_at": self.started_at, "ended_at": now, "state": LOST, "reason": reason}
+        return replace(self, state=QUEUED, attempt=self.attempt + 1, node="", assigned_at=None, started_at=None,
+                       host_pid=None, kill_requested=False, history=[*self.history, ended])
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -185,10 +206,13 @@ class NodeInfo:
     capacity: int
     version: str = ""
     started_at: float = 0.0
+    memory_bytes: int = 0  # memory offered to jobs (what -mem requests are fitted against)
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> NodeInfo:
-        return cls(**json.loads(raw))
+        data = json.loads(raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

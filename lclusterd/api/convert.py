@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lclusterd.model import JobRecord, JobSpec, NodeInfo
+from lclusterd.cluster.node import NodeView
+from lclusterd.model import JobRecord, JobSpec
 from lclusterd.rpc import lclusterd_pb2 as pb
 
 
@@ -16,11 +17,12 @@ def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
         timeout=msg.timeout_seconds if msg.HasField("timeout_seconds") else None,
         stdin_data=msg.stdin,
         retries=msg.retries,
+        node=msg.node,
     )
 
 
 def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
-    msg = pb.JobSpec(command=spec.command, env=spec.env, stdin=spec.stdin_data, retries=spec.retries)
+    msg = pb.JobSpec(command=spec.command, env=spec.env, stdin=spec.stdin_data, retries=spec.retries, node=spec.node)
     if spec.memory_bytes is not None:
         msg.memory_bytes = spec.memory_bytes
     if spec.cpus is not None:
@@ -47,6 +49,10 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         error=record.error,
         host_pid=record.host_pid or 0,
         kill_requested=record.kill_requested,
+        waiting=record.waiting,
+        attempts=[pb.Attempt(attempt=a.get("attempt") or 0, node=a.get("node") or "", assigned_at=a.get("assigned_at") or 0.0,
+                             started_at=a.get("started_at") or 0.0, ended_at=a.get("ended_at") or 0.0,
+                             state=a.get("state") or "", reason=a.get("reason") or "") for a in record.history],
     )
     msg.spec.stdin = b""  # can be large; not echoed back
     if record.exit_code is not None:
@@ -60,6 +66,8 @@ def job_to_proto(record: JobRecord) -> pb.Job:
     return msg
 
 
-def node_to_proto(info: NodeInfo, running: int, prime: bool) -> pb.Node:
-    return pb.Node(name=info.name, address=info.address, capacity=info.capacity, running=running,
-                   prime=prime, version=info.version, started_at=info.started_at)
+def node_to_proto(view: NodeView) -> pb.Node:
+    info = view.info
+    return pb.Node(name=info.name, address=info.address, capacity=info.capacity, running=view.running,
+                   prime=view.prime, version=info.version, started_at=info.started_at, state=view.state,
+                   memory_bytes=info.memory_bytes, memory_used_bytes=view.memory_used)

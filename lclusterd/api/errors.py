@@ -11,7 +11,8 @@ import logging
 
 import grpc
 
-from lclusterd.errors import (InvalidSpec, InvalidTransition, JobFinished, JobNotFound, LclusterdError, NotOnThisNode,
+from lclusterd.errors import (InvalidSpec, InvalidTransition, JobFinished, JobNotFound, LclusterdError, NodeNotFound,
+                              NodeUnreachable, NotOnThisNode,
                               QueueFull, RuntimeUnavailable, StoreUnavailable, TooBusy, WaitTimedOut)
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 STATUS_OF = {
     InvalidSpec: grpc.StatusCode.INVALID_ARGUMENT,
     JobNotFound: grpc.StatusCode.NOT_FOUND,
+    NodeNotFound: grpc.StatusCode.NOT_FOUND,
+    NodeUnreachable: grpc.StatusCode.UNAVAILABLE,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     RuntimeUnavailable: grpc.StatusCode.UNAVAILABLE,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -16,8 +16,10 @@ from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.node import list_nodes
-from lclusterd.errors import InvalidSpec, NotOnThisNode, TooBusy, WaitTimedOut
-from lclusterd.model import QUEUED, STATES, JobRecord, JobSpec, parse_job_id
+from lclusterd.api.peers import PROXIED_KEY, Peers
+from lclusterd.cluster.store import Delete
+from lclusterd.errors import InvalidSpec, NodeNotFound, TooBusy, WaitTimedOut
+from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, JobSpec, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 
@@ -31,8 +33,9 @@ MAX_BLOCKING = 192
 
 class JobsServicer(pb_grpc.JobsServicer):
     def __init__(self, jobs: Jobs, events: JobEvents, logs: LogFiles, node: str,
-                 check_runnable: Callable[[JobSpec], None]):
+                 check_runnable: Callable[[JobSpec], None], peers: Peers):
         self.jobs = jobs
+        self.peers = peers
         self.events = events
         self.logs = logs
         self.node = node
@@ -80,15 +83,30 @@ class JobsServicer(pb_grpc.JobsServicer):
 
     @maps_errors
     def Nodes(self, request: pb.NodesRequest, context) -> pb.NodesReply:
-        nodes = list_nodes(self.jobs.store, self.jobs.keys)
-        return pb.NodesReply(nodes=[node_to_proto(info, running, prime) for info, running, prime in nodes])
+        return pb.NodesReply(nodes=[node_to_proto(view) for view in list_nodes(self.jobs.store, self.jobs.keys)])
+
+    @maps_errors
+    def Drain(self, request: pb.DrainRequest, context) -> pb.Node:
+        name = request.node.strip()
+        if not NODE_NAME.match(name):
+            raise InvalidSpec(f"invalid node name {request.node!r}")
+        store, keys = self.jobs.store, self.jobs.keys
+        if store.get(keys.member(name)) is None and store.get(keys.node(name)) is None:
+            raise NodeNotFound(name)
+        if request.drain:
+            store.put(keys.drain(name), b"1")
+        else:
+            store.txn([], [Delete(keys.drain(name))])
+        return next(node_to_proto(v) for v in list_nodes(store, keys) if v.info.name == name)
 
     @maps_stream_errors
     def Logs(self, request: pb.LogsRequest, context) -> Iterator[pb.LogChunk]:
         job_id = parse_job_id(request.id)
         record, _ = self.jobs.get(job_id)
-        if record.node and record.node != self.node:
-            raise self._elsewhere(job_id, record.node)
+        proxied = any(k == PROXIED_KEY for k, _ in context.invocation_metadata())
+        if record.node and record.node != self.node and not proxied:
+            yield from self.peers.logs(record.node, request, context)
+            return
         offsets = [0, 0]
         if not request.follow:
             yield from self._read_new(job_id, offsets)
@@ -104,13 +122,10 @@ class JobsServicer(pb_grpc.JobsServicer):
                     changed.clear()
                     latest = changed.latest
                     record = JobRecord.from_bytes(latest) if latest is not None else self.jobs.get(job_id)[0]
-                    if record.node and record.node != self.node:
-                        raise self._elsewhere(job_id, record.node)
-
-    def _elsewhere(self, job_id: str, node: str) -> NotOnThisNode:
-        """The logs live on `node`; say where it listens (issue 4 will proxy instead)."""
-        address = next((info.address for info, _, _ in list_nodes(self.jobs.store, self.jobs.keys) if info.name == node), "")
-        return NotOnThisNode(job_id, node, address)
+                    if record.node and record.node != self.node:  # its next attempt runs elsewhere
+                        if not proxied:
+                            yield from self.peers.logs(record.node, request, context)
+                        return
 
     def _read_new(self, job_id: str, offsets: list[int]) -> Iterator[pb.LogChunk]:
         for index, (path, stream) in enumerate(((self.logs.stdout(job_id), pb.LogChunk.STDOUT),

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from lclusterd.cluster.keys import Keys
-from lclusterd.cluster.store import MAX_TXN_OPS, Absent, Delete, ModIs, Op, Put, Store
+from lclusterd.cluster.store import MAX_TXN_OPS, Absent, Compare, Delete, ModIs, Op, Put, Store
 from lclusterd.errors import JobFinished, JobNotFound, StoreUnavailable
 from lclusterd.model import ASSIGNED, CANCELLED, QUEUED, JobRecord, JobSpec, new_job_id
 
@@ -39,7 +39,7 @@ class Jobs:
 
     # -- transitions as Changes (pure apart from the key layout) ---------------------------
     def assign(self, record: JobRecord, revision: int, node: str) -> Change:
-        new = record.moved_to(ASSIGNED, node=node, assigned_at=time.time())
+        new = record.moved_to(ASSIGNED, node=node, assigned_at=time.time(), waiting="")
         raw = new.to_bytes()
         ops = [Delete(self.keys.queue(record.id)), Put(self.keys.job(record.id), raw), Put(self.keys.assign(node, record.id), raw)]
         return Change(record.id, revision, new, ops)
@@ -60,13 +60,32 @@ class Jobs:
         ops = [Put(self.keys.job(new.id), raw), Put(self.keys.queue(new.id), raw), Delete(self.keys.assign(record.node, new.id))]
         return Change(new.id, revision, new, ops)
 
+    def lose(self, record: JobRecord, revision: int, reason: str) -> Change:
+        """ASSIGNED/RUNNING on a dead node -> the next attempt (QUEUED) or LOST; written by
+        the prime. The dead node's assignment goes either way (fencing: its guard now fails)."""
+        new = record.lost_on(reason)
+        ops: list[Op] = [Put(self.keys.job(new.id), new.to_bytes()), Delete(self.keys.assign(record.node, new.id)),
+                         Delete(self.keys.kill(new.id))]
+        if new.state == QUEUED:
+            ops.append(Put(self.keys.queue(new.id), new.to_bytes()))
+        return Change(new.id, revision, new, ops)
+
+    def note_waiting(self, record: JobRecord, revision: int, why: str) -> Change:
+        """A QUEUED job no node can take: say why in the record (and its queue entry, whose
+        mod revision must stay the record's)."""
+        new = replace(record, waiting=why)
+        raw = new.to_bytes()
+        return Change(new.id, revision, new, [Put(self.keys.job(new.id), raw), Put(self.keys.queue(new.id), raw)])
+
     # -- commit ------------------------------------------------------------------------------
-    def commit(self, changes: list[Change]) -> dict[str, int | None]:
+    def commit(self, changes: list[Change], guard: list[Compare] = ()) -> dict[str, int | None]:
         """Apply changes; returns job id -> the record's new mod revision, or None where the
-        guard failed (someone else changed the job first). Raises StoreUnavailable."""
+        guard failed (someone else changed the job first, or a `guard` compare, e.g. "the
+        prime key is still ours", does not hold). Raises StoreUnavailable."""
         results: dict[str, int | None] = {}
-        for batch in _batches(changes):
-            compares = [ModIs(self.keys.job(c.job_id), c.expect_revision) for c in batch]
+        guard = list(guard)
+        for batch in _batches(changes, len(guard)):
+            compares = guard + [ModIs(self.keys.job(c.job_id), c.expect_revision) for c in batch]
             ops = [op for c in batch for op in c.ops]
             outcome = self.store.txn(compares, ops)
             if outcome.succeeded:
@@ -76,7 +95,7 @@ class Jobs:
                 if len(batch) == 1:
                     results[c.job_id] = None
                     break
-                single = self.store.txn([ModIs(self.keys.job(c.job_id), c.expect_revision)], c.ops)
+                single = self.store.txn(guard + [ModIs(self.keys.job(c.job_id), c.expect_revision)], c.ops)
                 results[c.job_id] = single.revision if single.succeeded else None
         return results
 
@@ -129,14 +148,14 @@ class Jobs:
             log.debug("kill %s: record changed under us, retrying", job_id)
 
 
-def _batches(changes: list[Change]):
+def _batches(changes: list[Change], extra: int = 0):
     batch: list[Change] = []
-    count = 0
+    count = extra
     for change in changes:
         size = 1 + len(change.ops)
         if batch and count + size > MAX_TXN_OPS:
             yield batch
-            batch, count = [], 0
+            batch, count = [], extra
         batch.append(change)
         count += size
     if batch:

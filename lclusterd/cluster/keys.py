@@ -6,6 +6,8 @@
     jobs/<uuid>             the job record (the truth)
     assign/<node>/<uuid>    an assignment; value = the ASSIGNED record
     kill/<uuid>             a kill request the owning node acts on
+    members/<node>          NodeInfo of every node ever registered (no lease: "gone" nodes stay listed)
+    drain/<node>            present while the node is draining (no new assignments)
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ class Keys:
     def node(self, name: str) -> str:
         return self._k("nodes", name)
 
+    def member(self, name: str) -> str:
+        return self._k("members", name)
+
+    def drain(self, name: str) -> str:
+        return self._k("drain", name)
+
     @property
     def prime(self) -> str:
         return self._k("prime")
@@ -62,6 +70,14 @@ class Keys:
     @property
     def nodes_prefix(self) -> str:
         return self._k("nodes", "")
+
+    @property
+    def members_prefix(self) -> str:
+        return self._k("members", "")
+
+    @property
+    def drain_prefix(self) -> str:
+        return self._k("drain", "")
 
     @property
     def assign_all_prefix(self) -> str:

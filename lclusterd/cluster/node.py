@@ -7,9 +7,11 @@ session grants a new one, re-registers, and tells its listeners (the prime elect
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from lclusterd.cluster.keys import Keys
@@ -29,10 +31,16 @@ class NodeSession:
         self.lease_id = 0
         self._stopped = threading.Event()
         self._listeners: list[Callable[[int], None]] = []
+        self._lost_listeners: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._keep_alive, name="node lease", daemon=True)
 
     def on_new_lease(self, listener: Callable[[int], None]) -> None:
         self._listeners.append(listener)
+
+    def on_lease_lost(self, listener: Callable[[], None]) -> None:
+        """`listener` runs when the lease turns out to have expired, BEFORE the node registers
+        again: the prime may have declared this node dead, so the worker fences its jobs first."""
+        self._lost_listeners.append(listener)
 
     def register(self) -> None:
         """Grant the lease and write nodes/<name>. A previous incarnation of this node (same
@@ -47,7 +55,9 @@ class NodeSession:
 
     def _register_new_lease(self) -> None:
         lease = self.store.grant(self.ttl)
-        self.store.txn([], [Put(self.keys.node(self.info.name), self.info.to_bytes(), lease)])
+        raw = self.info.to_bytes()
+        # members/<name> outlives the lease, so -nodes can list this node as gone after it dies
+        self.store.txn([], [Put(self.keys.node(self.info.name), raw, lease), Put(self.keys.member(self.info.name), raw)])
         self.lease_id = lease
 
     def _keep_alive(self) -> None:
@@ -56,7 +66,9 @@ class NodeSession:
             try:
                 if self.store.keepalive(self.lease_id) > 0:
                     continue
-                log.warning("node lease expired; registering again")
+                log.warning("node lease expired (this node may have been declared dead); registering again")
+                for listener in self._lost_listeners:
+                    listener()
                 self._register_new_lease()
                 for listener in self._listeners:
                     listener(self.lease_id)
@@ -83,20 +95,52 @@ class NodeSession:
                     time.sleep(0.2)
 
 
-def list_nodes(store: Store, keys: Keys) -> list[tuple[NodeInfo, int, bool]]:
-    """Every registered node with its number of assigned or running jobs and whether it is prime."""
-    kvs, _ = store.get_prefix(keys.nodes_prefix)
-    assigned, _ = store.get_prefix(keys.assign_all_prefix, keys_only=True)
+@dataclass
+class NodeView:
+    """A node as -nodes shows it."""
+
+    info: NodeInfo
+    state: str  # ready, prime, draining, gone
+    running: int  # jobs assigned to it or running on it
+    memory_used: int  # bytes requested (-mem) by those jobs
+    prime: bool = False  # holds the prime key (a draining prime still schedules, but not onto itself)
+
+
+def list_nodes(store: Store, keys: Keys) -> list[NodeView]:
+    """Every node that ever registered (members/), live or gone, sorted by name."""
+    live = {Keys.last(kv.key): kv.value for kv in store.get_prefix(keys.nodes_prefix)[0]}
+    members = {Keys.last(kv.key): kv.value for kv in store.get_prefix(keys.members_prefix)[0]}
+    draining = {Keys.last(kv.key) for kv in store.get_prefix(keys.drain_prefix, keys_only=True)[0]}
+    assigned, _ = store.get_prefix(keys.assign_all_prefix)
     prime = store.get(keys.prime)
-    counts: dict[str, int] = {}
+    running: dict[str, int] = {}
+    memory: dict[str, int] = {}
     for kv in assigned:
         node, _job = keys.assign_parts(kv.key)
-        counts[node] = counts.get(node, 0) + 1
+        running[node] = running.get(node, 0) + 1
+        memory[node] = memory.get(node, 0) + requested_memory(kv.value)
     result = []
-    for kv in kvs:
+    for name in sorted(set(live) | set(members)):
         try:
-            info = NodeInfo.from_bytes(kv.value)
+            info = NodeInfo.from_bytes(live.get(name) or members[name])
         except (ValueError, TypeError, KeyError):
             continue
-        result.append((info, counts.get(info.name, 0), prime is not None and prime.value == info.name.encode()))
+        if name not in live:
+            state = "gone"
+        elif name in draining:
+            state = "draining"
+        elif prime is not None and prime.value == name.encode():
+            state = "prime"
+        else:
+            state = "ready"
+        is_prime = name in live and prime is not None and prime.value == name.encode()
+        result.append(NodeView(info, state, running.get(name, 0), memory.get(name, 0), is_prime))
     return result
+
+
+def requested_memory(raw: bytes) -> int:
+    """The -mem of the job record in `raw` (0 when it sets none or cannot be read)."""
+    try:
+        return int(json.loads(raw)["spec"].get("memory_bytes") or 0)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return 0

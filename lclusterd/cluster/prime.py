@@ -4,6 +4,9 @@ Campaign = txn(create(prime) == 0 -> put prime=<node> under our lease) (the pyth
 Lock pattern). A watch on the key wakes the loser when it is deleted; a slow re-check covers
 a missed wake-up. While prime, `on_elected` has been called once; when the key stops being
 ours (lease lost, deleted), `on_deposed` is called before anything else happens.
+
+`on_elected(revision)` gets the prime key's mod revision: the scheduler compares it in every
+write, so a deposed prime that has not noticed yet (paused, cut off) cannot assign anything.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ RECHECK_SECONDS = 1.0
 
 class PrimeElection:
     def __init__(self, store: Store, keys: Keys, session: NodeSession,
-                 on_elected: Callable[[], None], on_deposed: Callable[[], None]):
+                 on_elected: Callable[[int], None], on_deposed: Callable[[], None]):
         self.store = store
         self.keys = keys
         self.session = session
         self._on_elected = on_elected
         self._on_deposed = on_deposed
         self.is_prime = False
+        self.revision = 0  # the prime key's mod revision while we hold it
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prime election", daemon=True)
@@ -52,29 +56,37 @@ class PrimeElection:
         self._wake.set()
         return self.store.revision()
 
-    def _holds_key(self) -> bool:
-        """Whether the prime key is ours now; campaigns for it when it is free."""
+    def _holds_key(self) -> int:
+        """The prime key's mod revision if it is ours now (0 if not); campaigns when it is free."""
         me, lease = self.name.encode(), self.session.lease_id
         kv = self.store.get(self.keys.prime)
         if kv is None:
-            return self.store.txn([Absent(self.keys.prime)], [Put(self.keys.prime, me, lease)]).succeeded
+            result = self.store.txn([Absent(self.keys.prime)], [Put(self.keys.prime, me, lease)])
+            return result.revision if result.succeeded else 0
         if kv.value == me and kv.lease == lease:
-            return True
+            return kv.mod_revision
         if kv.value == me:  # ours under an older lease of this node: move it to the current one
-            return self.store.txn([ModIs(self.keys.prime, kv.mod_revision)], [Put(self.keys.prime, me, lease)]).succeeded
-        return False
+            result = self.store.txn([ModIs(self.keys.prime, kv.mod_revision)], [Put(self.keys.prime, me, lease)])
+            return result.revision if result.succeeded else 0
+        return 0
 
     def _run(self) -> None:
         while not self._stopped.is_set():
             try:
-                holds = self._holds_key()
+                revision = self._holds_key()
             except StoreUnavailable as exc:
                 log.debug("prime election: %s", exc)
-                holds = self.is_prime  # keep acting until we know otherwise; guards protect us
+                revision = self.revision if self.is_prime else 0  # keep acting until we know; guards protect us
+            holds = revision > 0
+            if holds and self.is_prime and revision != self.revision:
+                # the key was rewritten (moved to this node's new lease): restart with the new guard
+                self.is_prime = False
+                self._on_deposed()
             if holds and not self.is_prime:
                 log.info("node %s is now the prime", self.name)
                 self.is_prime = True
-                self._on_elected()
+                self.revision = revision
+                self._on_elected(revision)
             elif not holds and self.is_prime:
                 log.info("node %s is no longer the prime", self.name)
                 self.is_prime = False

@@ -5,7 +5,9 @@ requests for jobs it runs). Runtime events (started, finished) go through one wr
 that batches them into guarded transactions; a job whose start and end are both pending is
 written once. If etcd is unreachable the writer keeps the updates and retries, so no result
 is lost. A guard that fails means someone else (a prime that declared the node dead) owns
-the job now: the worker kills its copy and forgets it (fencing).
+the job now: the worker kills its copy and forgets it (fencing). The same happens, before the
+node registers again, to every job whose record has moved on to another attempt or node when
+the node finds its lease expired (`fence`): a job never has two live attempts that report.
 
 Who calls what: the daemon creates the Launcher with `on_event=worker.on_runtime_event`,
 then `start()` (reconcile + watches) and, at shutdown, `stop(kill_running)`.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 from lclusterd.cluster import outcome
@@ -162,8 +165,6 @@ class Worker:
                 continue
             job_id = Keys.last(event.key)
             with self._lock:
-                if job_id in self._local:
-                    continue
                 try:
                     record = JobRecord.from_bytes(event.value)
                 except (ValueError, TypeError, KeyError):
@@ -171,8 +172,22 @@ class Worker:
                     continue
                 if record.state != ASSIGNED or record.node != self.node:
                     continue
+                old = self._local.get(job_id)
+                if old is not None and old.record.attempt >= record.attempt:
+                    continue
+                if old is not None:  # a later attempt came back to us while an earlier one still runs here
+                    log.warning("fencing job %s: attempt %d replaces attempt %d here", job_id, record.attempt, old.record.attempt)
+                    del self._local[job_id]
+                    self._stop_copy(job_id)
                 local = self._local[job_id] = _Local(record, event.mod_revision)
                 self._launch(local)
+
+    def _stop_copy(self, job_id: str, timeout: float = 10) -> None:
+        """Kill our copy of a job and wait (bounded) until the runtime has let it go."""
+        self.launcher.kill(job_id, 0)
+        deadline = time.monotonic() + timeout
+        while job_id in self.launcher.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _resync_assignments(self) -> int:
         kvs, revision = self.store.get_prefix(self.keys.assign_prefix(self.node))
@@ -198,6 +213,33 @@ class Worker:
         kvs, revision = self.store.get_prefix(self.keys.kill_prefix, keys_only=True)
         self._kill_events([Event("put", kv.key, b"", kv.mod_revision) for kv in kvs])
         return revision
+
+    def fence(self) -> None:
+        """Called when this node's lease has expired, before it registers again: kill every
+        job whose record no longer names this node and this attempt (the prime declared the
+        node dead and re-queued or re-assigned it), and wait a little for those to end."""
+        with self._lock:
+            mine = {job_id: local.record for job_id, local in self._local.items()}
+        fenced = []
+        for job_id, ours in mine.items():
+            try:
+                record, _ = self.jobs.get(job_id)
+            except JobNotFound:
+                record = None
+            except StoreUnavailable:
+                continue  # cannot tell yet; a failing guard on our next write fences it then
+            if record is not None and _same_attempt(record, ours) and not record.terminal:
+                continue
+            with self._lock:
+                if self._local.get(job_id) is not None:
+                    del self._local[job_id]
+                    fenced.append(job_id)
+            log.warning("fencing job %s: attempt %d is no longer this node's (now %s); killing our copy", job_id,
+                        ours.attempt, f"{record.state}, attempt {record.attempt}, node {record.node or '-'}" if record else "deleted")
+            self.launcher.kill(job_id, 0)
+        deadline = time.monotonic() + 10
+        while fenced and set(fenced) & self.launcher.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _launch(self, local: _Local) -> None:
         """Hand a newly assigned job to the runtime (or cancel it if a kill came first)."""
@@ -282,8 +324,8 @@ class Worker:
         changes: list[Change] = []
         with self._lock:
             for job_id in list(dirty):
-                local = self._local[job_id]
-                change = self._change_for(local)
+                local = self._local.get(job_id)
+                change = self._change_for(local) if local is not None else None  # None: fenced meanwhile
                 if change is None:
                     del dirty[job_id]
                 else:
@@ -294,9 +336,11 @@ class Worker:
         with self._lock:
             for change in changes:
                 job_id = change.job_id
-                local = self._local[job_id]
+                local = self._local.get(job_id)
                 revision = results.get(job_id)
                 del dirty[job_id]
+                if local is None:  # fenced while we wrote
+                    continue
                 if revision is None:
                     self._fenced(job_id, local)
                     continue
@@ -333,11 +377,18 @@ class Worker:
         except StoreUnavailable:
             self._updates.put(("retry", job_id, None))
             return
-        if record is not None and record.node == self.node and record.state in (ASSIGNED, RUNNING):
+        if record is not None and _same_attempt(record, local.record) and record.state in (ASSIGNED, RUNNING):
             local.record, local.revision = record, revision
             self._updates.put(("retry", job_id, None))
             return
-        log.warning("job %s is no longer this node's (%s); stopping our copy", job_id, record.state if record else "deleted")
+        log.warning("job %s attempt %d is no longer this node's (%s); its result is rejected and our copy stopped",
+                    job_id, local.record.attempt, f"{record.state}, attempt {record.attempt}" if record else "deleted")
         self.launcher.kill(job_id, 0)
-        del self._local[job_id]
+        if self._local.get(job_id) is local:
+            del self._local[job_id]
+
+
+def _same_attempt(record: JobRecord, ours: JobRecord) -> bool:
+    """Whether etcd's `record` is still the attempt this node runs (fencing by attempt number)."""
+    return record.node == ours.node and record.attempt == ours.attempt
 

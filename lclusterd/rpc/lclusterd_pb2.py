@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlclusterd/rpc/lclusterd.proto\x12\x0clclusterd.v1\"\xa9\x02\n\x07JobSpec\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12+\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x1e.lclusterd.v1.JobSpec.EnvEntry\x12\x19\n\x0cmemory_bytes\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\x04\x63pus\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\x04pids\x18\x05 \x01(\x05H\x02\x88\x01\x01\x12\x1c\n\x0ftimeout_seconds\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12\r\n\x05stdin\x18\x07 \x01(\x0c\x12\x0f\n\x07retries\x18\x08 \x01(\x05\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_memory_bytesB\x07\n\x05_cpusB\x07\n\x05_pidsB\x12\n\x10_timeout_seconds\"1\n\nAddRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.lclusterd.v1.JobSpec\"6\n\x08\x41\x64\x64Reply\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1e\n\x03job\x18\x02 \x01(\x0b\x32\x11.lclusterd.v1.Job\"\x14\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\t\"\xa9\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.lclusterd.v1.JobSpec\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x61ssigned_at\x18\x07 \x01(\x01\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\x12\x16\n\texit_code\x18\n \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x0b \x01(\x05H\x01\x88\x01\x01\x12\x12\n\noom_killed\x18\x0c \x01(\x08\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x10\n\x08host_pid\x18\x0e \x01(\x05\x12\x1e\n\x11peak_memory_bytes\x18\x0f \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0b\x63pu_seconds\x18\x10 \x01(\x01H\x03\x88\x01\x01\x12\x16\n\x0ekill_requested\x18\x11 \x01(\x08\x42\x0c\n\n_exit_codeB\t\n\x07_signalB\x14\n\x12_peak_memory_bytesB\x0e\n\x0c_cpu_seconds\",\n\x0bListRequest\x12\x0e\n\x06states\x18\x01 \x03(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\",\n\tListReply\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.lclusterd.v1.Job\"\x0e\n\x0cNodesRequest\"|\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\r\n\x05prime\x18\x05 \x01(\x08\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\"/\n\nNodesReply\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.lclusterd.v1.Node\")\n\x0bLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"i\n\x08LogChunk\x12-\n\x06stream\x18\x01 \x01(\x0e\x32\x1d.lclusterd.v1.LogChunk.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\" \n\x06Stream\x12\n\n\x06STDOUT\x10\x00\x12\n\n\x06STDERR\x10\x01\"2\n\x0bWaitRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x32\x90\x03\n\x04Jobs\x12\x37\n\x03\x41\x64\x64\x12\x18.lclusterd.v1.AddRequest\x1a\x16.lclusterd.v1.AddReply\x12\x30\n\x05\x43heck\x12\x14.lclusterd.v1.JobRef\x1a\x11.lclusterd.v1.Job\x12/\n\x04Kill\x12\x14.lclusterd.v1.JobRef\x1a\x11.lclusterd.v1.Job\x12:\n\x04List\x12\x19.lclusterd.v1.ListRequest\x1a\x17.lclusterd.v1.ListReply\x12=\n\x05Nodes\x12\x1a.lclusterd.v1.NodesRequest\x1a\x18.lclusterd.v1.NodesReply\x12;\n\x04Logs\x12\x19.lclusterd.v1.LogsRequest\x1a\x16.lclusterd.v1.LogChunk0\x01\x12\x34\n\x04Wait\x12\x19.lclusterd.v1.WaitRequest\x1a\x11.lclusterd.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlclusterd/rpc/lclusterd.proto\x12\x0clclusterd.v1\"\xb7\x02\n\x07JobSpec\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12+\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x1e.lclusterd.v1.JobSpec.EnvEntry\x12\x19\n\x0cmemory_bytes\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\x04\x63pus\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\x04pids\x18\x05 \x01(\x05H\x02\x88\x01\x01\x12\x1c\n\x0ftimeout_seconds\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12\r\n\x05stdin\x18\x07 \x01(\x0c\x12\x0f\n\x07retries\x18\x08 \x01(\x05\x12\x0c\n\x04node\x18\t \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_memory_bytesB\x07\n\x05_cpusB\x07\n\x05_pidsB\x12\n\x10_timeout_seconds\"1\n\nAddRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.lclusterd.v1.JobSpec\"6\n\x08\x41\x64\x64Reply\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1e\n\x03job\x18\x02 \x01(\x0b\x32\x11.lclusterd.v1.Job\"\x14\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\t\"\xe3\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.lclusterd.v1.JobSpec\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x61ssigned_at\x18\x07 \x01(\x01\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\x12\x16\n\texit_code\x18\n \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x0b \x01(\x05H\x01\x88\x01\x01\x12\x12\n\noom_killed\x18\x0c \x01(\x08\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x10\n\x08host_pid\x18\x0e \x01(\x05\x12\x1e\n\x11peak_memory_bytes\x18\x0f \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0b\x63pu_seconds\x18\x10 \x01(\x01H\x03\x88\x01\x01\x12\x16\n\x0ekill_requested\x18\x11 \x01(\x08\x12\'\n\x08\x61ttempts\x18\x12 \x03(\x0b\x32\x15.lclusterd.v1.Attempt\x12\x0f\n\x07waiting\x18\x13 \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signalB\x14\n\x12_peak_memory_bytesB\x0e\n\x0c_cpu_seconds\"\x82\x01\n\x07\x41ttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x13\n\x0b\x61ssigned_at\x18\x03 \x01(\x01\x12\x12\n\nstarted_at\x18\x04 \x01(\x01\x12\x10\n\x08\x65nded_at\x18\x05 \x01(\x01\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\",\n\x0bListRequest\x12\x0e\n\x06states\x18\x01 \x03(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\",\n\tListReply\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.lclusterd.v1.Job\"\x0e\n\x0cNodesRequest\"\xbc\x01\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\r\n\x05prime\x18\x05 \x01(\x08\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12\r\n\x05state\x18\x08 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\t \x01(\x03\x12\x19\n\x11memory_used_bytes\x18\n \x01(\x03\"/\n\nNodesReply\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.lclusterd.v1.Node\")\n\x0bLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"i\n\x08LogChunk\x12-\n\x06stream\x18\x01 \x01(\x0e\x32\x1d.lclusterd.v1.LogChunk.Stream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\" \n\x06Stream\x12\n\n\x06STDOUT\x10\x00\x12\n\n\x06STDERR\x10\x01\"+\n\x0c\x44rainRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\"2\n\x0bWaitRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x32\xc9\x03\n\x04Jobs\x12\x37\n\x03\x41\x64\x64\x12\x18.lclusterd.v1.AddRequest\x1a\x16.lclusterd.v1.AddReply\x12\x30\n\x05\x43heck\x12\x14.lclusterd.v1.JobRef\x1a\x11.lclusterd.v1.Job\x12/\n\x04Kill\x12\x14.lclusterd.v1.JobRef\x1a\x11.lclusterd.v1.Job\x12:\n\x04List\x12\x19.lclusterd.v1.ListRequest\x1a\x17.lclusterd.v1.ListReply\x12=\n\x05Nodes\x12\x1a.lclusterd.v1.NodesRequest\x1a\x18.lclusterd.v1.NodesReply\x12;\n\x04Logs\x12\x19.lclusterd.v1.LogsRequest\x1a\x16.lclusterd.v1.LogChunk0\x01\x12\x34\n\x04Wait\x12\x19.lclusterd.v1.WaitRequest\x1a\x11.lclusterd.v1.Job\x12\x37\n\x05\x44rain\x12\x1a.lclusterd.v1.DrainRequest\x1a\x12.lclusterd.v1.Nodeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,35 +34,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSPEC_ENVENTRY']._loaded_options = None
   _globals['_JOBSPEC_ENVENTRY']._serialized_options = b'8\001'
   _globals['_JOBSPEC']._serialized_start=48
-  _globals['_JOBSPEC']._serialized_end=345
-  _globals['_JOBSPEC_ENVENTRY']._serialized_start=248
-  _globals['_JOBSPEC_ENVENTRY']._serialized_end=290
-  _globals['_ADDREQUEST']._serialized_start=347
-  _globals['_ADDREQUEST']._serialized_end=396
-  _globals['_ADDREPLY']._serialized_start=398
-  _globals['_ADDREPLY']._serialized_end=452
-  _globals['_JOBREF']._serialized_start=454
-  _globals['_JOBREF']._serialized_end=474
-  _globals['_JOB']._serialized_start=477
-  _globals['_JOB']._serialized_end=902
-  _globals['_LISTREQUEST']._serialized_start=904
-  _globals['_LISTREQUEST']._serialized_end=948
-  _globals['_LISTREPLY']._serialized_start=950
-  _globals['_LISTREPLY']._serialized_end=994
-  _globals['_NODESREQUEST']._serialized_start=996
-  _globals['_NODESREQUEST']._serialized_end=1010
-  _globals['_NODE']._serialized_start=1012
-  _globals['_NODE']._serialized_end=1136
-  _globals['_NODESREPLY']._serialized_start=1138
-  _globals['_NODESREPLY']._serialized_end=1185
-  _globals['_LOGSREQUEST']._serialized_start=1187
-  _globals['_LOGSREQUEST']._serialized_end=1228
-  _globals['_LOGCHUNK']._serialized_start=1230
-  _globals['_LOGCHUNK']._serialized_end=1335
-  _globals['_LOGCHUNK_STREAM']._serialized_start=1303
-  _globals['_LOGCHUNK_STREAM']._serialized_end=1335
-  _globals['_WAITREQUEST']._serialized_start=1337
-  _globals['_WAITREQUEST']._serialized_end=1387
-  _globals['_JOBS']._serialized_start=1390
-  _globals['_JOBS']._serialized_end=1790
+  _globals['_JOBSPEC']._serialized_end=359
+  _globals['_JOBSPEC_ENVENTRY']._serialized_start=262
+  _globals['_JOBSPEC_ENVENTRY']._serialized_end=304
+  _globals['_ADDREQUEST']._serialized_start=361
+  _globals['_ADDREQUEST']._serialized_end=410
+  _globals['_ADDREPLY']._serialized_start=412
+  _globals['_ADDREPLY']._serialized_end=466
+  _globals['_JOBREF']._serialized_start=468
+  _globals['_JOBREF']._serialized_end=488
+  _globals['_JOB']._serialized_start=491
+  _globals['_JOB']._serialized_end=974
+  _globals['_ATTEMPT']._serialized_start=977
+  _globals['_ATTEMPT']._serialized_end=1107
+  _globals['_LISTREQUEST']._serialized_start=1109
+  _globals['_LISTREQUEST']._serialized_end=1153
+  _globals['_LISTREPLY']._serialized_start=1155
+  _globals['_LISTREPLY']._serialized_end=1199
+  _globals['_NODESREQUEST']._serialized_start=1201
+  _globals['_NODESREQUEST']._serialized_end=1215
+  _globals['_NODE']._serialized_start=1218
+  _globals['_NODE']._serialized_end=1406
+  _globals['_NODESREPLY']._serialized_start=1408
+  _globals['_NODESREPLY']._serialized_end=1455
+  _globals['_LOGSREQUEST']._serialized_start=1457
+  _globals['_LOGSREQUEST']._serialized_end=1498
+  _globals['_LOGCHUNK']._serialized_start=1500
+  _globals['_LOGCHUNK']._serialized_end=1605
+  _globals['_LOGCHUNK_STREAM']._serialized_start=1573
+  _globals['_LOGCHUNK_STREAM']._serialized_end=1605
+  _globals['_DRAINREQUEST']._serialized_start=1607
+  _globals['_DRAINREQUEST']._serialized_end=1650
+  _globals['_WAITREQUEST']._serialized_start=1652
+  _globals['_WAITREQUEST']._serialized_end=1702
+  _globals['_JOBS']._serialized_start=1705
+  _globals['_JOBS']._serialized_end=2162
 # @@protoc_insertion_point(module_scope)

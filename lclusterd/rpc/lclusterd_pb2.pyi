@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("command", "env", "memory_bytes", "cpus", "pids", "timeout_seconds", "stdin", "retries")
+    __slots__ = ("command", "env", "memory_bytes", "cpus", "pids", "timeout_seconds", "stdin", "retries", "node")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class JobSpec(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     command: str
     env: _containers.ScalarMap[str, str]
     memory_bytes: int
@@ -32,7 +33,8 @@ class JobSpec(_message.Message):
     timeout_seconds: float
     stdin: bytes
     retries: int
-    def __init__(self, command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., stdin: _Optional[bytes] = ..., retries: _Optional[int] = ...) -> None: ...
+    node: str
+    def __init__(self, command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., stdin: _Optional[bytes] = ..., retries: _Optional[int] = ..., node: _Optional[str] = ...) -> None: ...
 
 class AddRequest(_message.Message):
     __slots__ = ("spec",)
@@ -55,7 +57,7 @@ class JobRef(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "spec", "node", "attempt", "created_at", "assigned_at", "started_at", "finished_at", "exit_code", "signal", "oom_killed", "error", "host_pid", "peak_memory_bytes", "cpu_seconds", "kill_requested")
+    __slots__ = ("id", "state", "spec", "node", "attempt", "created_at", "assigned_at", "started_at", "finished_at", "exit_code", "signal", "oom_killed", "error", "host_pid", "peak_memory_bytes", "cpu_seconds", "kill_requested", "attempts", "waiting")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +75,8 @@ class Job(_message.Message):
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     KILL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     spec: JobSpec
@@ -90,7 +94,27 @@ class Job(_message.Message):
     peak_memory_bytes: int
     cpu_seconds: float
     kill_requested: bool
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[float] = ..., assigned_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., host_pid: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., kill_requested: _Optional[bool] = ...) -> None: ...
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    waiting: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[float] = ..., assigned_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., host_pid: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., kill_requested: _Optional[bool] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., waiting: _Optional[str] = ...) -> None: ...
+
+class Attempt(_message.Message):
+    __slots__ = ("attempt", "node", "assigned_at", "started_at", "ended_at", "state", "reason")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    node: str
+    assigned_at: float
+    started_at: float
+    ended_at: float
+    state: str
+    reason: str
+    def __init__(self, attempt: _Optional[int] = ..., node: _Optional[str] = ..., assigned_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListRequest(_message.Message):
     __slots__ = ("states", "limit")
@@ -111,7 +135,7 @@ class NodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "address", "capacity", "running", "prime", "version", "started_at")
+    __slots__ = ("name", "address", "capacity", "running", "prime", "version", "started_at", "state", "memory_bytes", "memory_used_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +143,9 @@ class Node(_message.Message):
     PRIME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     capacity: int
@@ -126,7 +153,10 @@ class Node(_message.Message):
     prime: bool
     version: str
     started_at: float
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., capacity: _Optional[int] = ..., running: _Optional[int] = ..., prime: _Optional[bool] = ..., version: _Optional[str] = ..., started_at: _Optional[float] = ...) -> None: ...
+    state: str
+    memory_bytes: int
+    memory_used_bytes: int
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., capacity: _Optional[int] = ..., running: _Optional[int] = ..., prime: _Optional[bool] = ..., version: _Optional[str] = ..., started_at: _Optional[float] = ..., state: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ...) -> None: ...
 
 class NodesReply(_message.Message):
     __slots__ = ("nodes",)
@@ -155,6 +185,14 @@ class LogChunk(_message.Message):
     stream: LogChunk.Stream
     data: bytes
     def __init__(self, stream: _Optional[_Union[LogChunk.Stream, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("node", "drain")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    drain: bool
+    def __init__(self, node: _Optional[str] = ..., drain: _Optional[bool] = ...) -> None: ...
 
 class WaitRequest(_message.Message):
     __slots__ = ("id", "timeout_seconds")

@@ -69,6 +69,11 @@ class JobsStub:
                 request_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.WaitRequest.SerializeToString,
                 response_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.Job.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/lclusterd.v1.Jobs/Drain',
+                request_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.DrainRequest.SerializeToString,
+                response_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class JobsServicer:
@@ -123,6 +128,13 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Stop (drain = true) or resume (false) new assignments to a node; its jobs run on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +172,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.Wait,
                     request_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.WaitRequest.FromString,
                     response_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.Job.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.DrainRequest.FromString,
+                    response_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.Node.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +368,33 @@ class Jobs:
             '/lclusterd.v1.Jobs/Wait',
             lclusterd_dot_rpc_dot_lclusterd__pb2.WaitRequest.SerializeToString,
             lclusterd_dot_rpc_dot_lclusterd__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lclusterd.v1.Jobs/Drain',
+            lclusterd_dot_rpc_dot_lclusterd__pb2.DrainRequest.SerializeToString,
+            lclusterd_dot_rpc_dot_lclusterd__pb2.Node.FromString,
             options,
             channel_credentials,
             insecure,

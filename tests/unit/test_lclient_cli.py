@@ -146,14 +146,14 @@ def test_tables(capsys):
     _, out, _, _ = run(["-list", "-state", "exited", "-limit", "5"], capsys)
     assert out.splitlines()[0].split() == ["ID", "STATE", "NODE", "AGE", "COMMAND"]
     _, out, _, _ = run(["-nodes"], capsys)
-    assert out.splitlines()[1].split() == ["n1", "localhost:64051", "prime", "4", "1"]
+    assert out.splitlines()[1].split() == ["n1", "localhost:64051", "prime", "4", "1", "-"]
     _, out, _, _ = run(["-check", JOB], capsys)
     assert "state:" in out and "EXITED (exit code 0)" in out
 
 
 @pytest.mark.parametrize("argv, line", [
-    ([], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait (given: none); see lclient -help"),
-    (["-check", JOB, "-kill", JOB], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait "
+    ([], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain (given: none); see lclient -help"),
+    (["-check", JOB, "-kill", JOB], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain "
                                     "(given: -check, -kill); see lclient -help"),
     (["-check"], "lclient: Option '-check' requires an argument."),
     (["-add", "x", "-mem", "lots"], "lclient: bad -mem value 'lots': expected a size like 64M or 1G"),

@@ -1,0 +1,68 @@
+"""Peers: calls this node makes to other nodes on a client's behalf (reading the logs of a job
+that ran elsewhere), so a client can ask any node about any job.
+
+A proxied call carries PROXIED_KEY, and a node answers a proxied call from its own files only,
+so a request is forwarded at most once and can never loop between nodes.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+import grpc
+
+from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.store import Store
+from lclusterd.errors import NodeUnreachable
+from lclusterd.model import NodeInfo
+from lclusterd.rpc import lclusterd_pb2 as pb
+from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
+
+PROXIED_KEY = "lclusterd-proxied-by"
+ERROR_METADATA_KEY = "lclusterd-error"
+CALL_TIMEOUT = 15.0
+
+
+class Peers:
+    def __init__(self, store: Store, keys: Keys, me: str):
+        self.store = store
+        self.keys = keys
+        self.me = me
+        self._lock = threading.Lock()
+        self._stubs: dict[str, tuple[grpc.Channel, pb_grpc.JobsStub]] = {}
+
+    def _stub(self, node: str) -> tuple[pb_grpc.JobsStub, str]:
+        live = self.store.get(self.keys.node(node))
+        if live is None:
+            raise NodeUnreachable(f"the job ran on node {node}, which is gone (its lease expired); "
+                                  "its logs stay on that node until it is back")
+        address = NodeInfo.from_bytes(live.value).address
+        with self._lock:
+            if address not in self._stubs:
+                channel = grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)])
+                self._stubs[address] = (channel, pb_grpc.JobsStub(channel))
+            return self._stubs[address][1], address
+
+    def logs(self, node: str, request: pb.LogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogChunk]:
+        """Stream the job's logs from `node`, passing its errors through with their status."""
+        stub, address = self._stub(node)
+        call = stub.Logs(request, metadata=((PROXIED_KEY, self.me),), timeout=None if request.follow else CALL_TIMEOUT)
+        context.add_callback(call.cancel)  # the client went away: stop the upstream call too
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            theirs = any(k == ERROR_METADATA_KEY for k, _ in (exc.trailing_metadata() or ()))
+            if theirs:  # the owning node's own answer (not found, unavailable etcd...): pass it on
+                context.set_trailing_metadata(exc.trailing_metadata())
+                context.abort(exc.code(), exc.details())
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise NodeUnreachable(f"the job ran on node {node} at {address}, which cannot be reached "
+                                  f"({exc.code().name})") from None
+
+    def close(self) -> None:
+        with self._lock:
+            for channel, _ in self._stubs.values():
+                channel.close()
+            self._stubs.clear()

@@ -1,0 +1,69 @@
+"""Where the prime puts a job: the scheduling policies. Pure (the scheduler feeds it its view).
+
+A Room is what a node can still take. `place` answers (node, "") or (None, why): an empty
+`why` means "every node that could run it is busy: wait for a slot" (no need to tell anyone);
+a sentence means the job cannot run anywhere as things stand (too big, pinned to a node that is
+gone or draining), and the prime writes it into the record so `-check` shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from lclusterd.units import format_size
+
+PRIME_FIRST = "prime-first"
+FIRST_FIT = "first-fit"
+BEST_FIT = "best-fit"
+POLICIES = (PRIME_FIRST, FIRST_FIT, BEST_FIT)
+
+
+@dataclass
+class Room:
+    name: str
+    slots: int  # jobs it can still take (capacity - assigned)
+    memory: int  # memory not yet requested by its jobs
+    offered: int  # memory it offers in all
+    draining: bool = False
+
+    def fits(self, memory: int) -> bool:
+        return self.slots > 0 and memory <= self.memory
+
+    def take(self, memory: int) -> None:
+        self.slots -= 1
+        self.memory -= memory
+
+
+def place(policy: str, rooms: dict[str, Room], prime: str, memory: int = 0, pinned: str = "",
+          avoid: Iterable[str] = ()) -> tuple[str | None, str]:
+    """The node for a job that requests `memory` bytes (0: none), or None and why not.
+    `avoid`: nodes where earlier attempts were lost; used only when no other node fits."""
+    if pinned:
+        room = rooms.get(pinned)
+        if room is None:
+            return None, f"pinned to node {pinned}, which is not registered"
+        if room.draining:
+            return None, f"pinned to node {pinned}, which is draining"
+        if memory > room.offered:
+            return None, f"needs {format_size(memory)} of memory; node {pinned} offers {format_size(room.offered)}"
+        return (pinned, "") if room.fits(memory) else (None, "")
+    ready = [r for r in rooms.values() if not r.draining]
+    if not ready:
+        return None, "no ready node: every registered node is draining" if rooms else "no node is registered"
+    if memory and all(memory > r.offered for r in ready):
+        largest = max(r.offered for r in ready)
+        return None, f"needs {format_size(memory)} of memory; the largest ready node offers {format_size(largest)}"
+    fits = [r for r in ready if r.fits(memory)]
+    avoided = set(avoid)
+    candidates = [r for r in fits if r.name not in avoided] or fits
+    if not candidates:
+        return None, ""
+    if policy == FIRST_FIT:
+        return min(candidates, key=lambda r: r.name).name, ""
+    if policy == BEST_FIT:
+        return min(candidates, key=lambda r: (r.memory - memory, r.name)).name, ""
+    # prime-first: the original's "primed node" while it has room, then the most free slots
+    if any(r.name == prime for r in candidates):
+        return prime, ""
+    return max(candidates, key=lambda r: (r.slots, r.memory, r.name)).name, ""

@@ -1,0 +1,186 @@
+"""Three real daemons on one real etcd, under faults: a worker node killed (-9), the prime
+killed during a stream of jobs, a node paused past its lease and resumed (fenced), drain and
+undrain, -nodes, and logs read through any node. Every test reads the final state twice: with
+lclient and with the official etcdctl (an independent reader of the keys).
+
+The daemons run with --lease-ttl 2 (cluster_fixtures), so a dead node is noticed in seconds.
+Nothing here asserts a duration: each wait is for a condition, with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cluster_fixtures import cluster, etcd, requires_root_and_rootfs  # noqa: F401 (fixtures)
+from test_cluster import TERMINAL, add, check, until
+
+from lclient.client import JobsClient
+from lclusterd.rpc import lclusterd_pb2 as pb
+
+pytestmark = requires_root_and_rootfs
+
+
+def etcdctl_prefix(cluster, section: str) -> dict[str, bytes]:
+    """Every key under <prefix>/<section>/ as etcdctl sees it (key -> value)."""
+    result = subprocess.run(["etcdctl", "--endpoints", cluster.etcd.endpoint, "get", "--prefix",
+                             f"{cluster.prefix}/{section}/", "-w", "json"],
+                            capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30, check=True)
+    kvs = json.loads(result.stdout).get("kvs", [])
+    return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")) for kv in kvs}
+
+
+def etcd_records(cluster) -> dict[str, dict]:
+    return {key.rsplit("/", 1)[1]: json.loads(value) for key, value in etcdctl_prefix(cluster, "jobs").items()}
+
+
+def nodes(daemon) -> dict[str, dict]:
+    result = daemon.lclient("-nodes", "-json")
+    assert result.returncode == 0, result.stderr
+    return {n["name"]: n for n in map(json.loads, result.stdout.splitlines())}
+
+
+def ran_on(daemons, job: str) -> set[str]:
+    """The nodes that handed the job to their runtime: each creates <state>/logs/<uuid>.out first."""
+    return {d.name for d in daemons if Path(d.state_dir, "logs", f"{job}.out").exists()}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_killed_worker_jobs_are_lost_and_retried_only_when_allowed(cluster):
+    a = cluster.daemon("a", extra=["--capacity", "1", "--scheduling", "first-fit"])
+    b = cluster.daemon("b", extra=["--capacity", "2", "--scheduling", "first-fit"])
+    c = cluster.daemon("c", extra=["--capacity", "2", "--scheduling", "first-fit"])
+    busy = add(a, "sleep 300")  # first-fit: a (first by name) takes it and is then full
+    until(lambda: check(a, busy)["state"] == "RUNNING", "the first job to run")
+    retried = add(a, "echo try; sleep 300", "-retries", "1")
+    once = add(a, "sleep 300")
+    until(lambda: all(check(a, j)["state"] == "RUNNING" for j in (retried, once)), "both jobs to run")
+    assert {check(a, j)["node"] for j in (retried, once)} == {"b"}
+
+    b.kill_hard()
+    until(lambda: check(a, once)["state"] == "LOST", "the job without retries to be LOST")
+    until(lambda: check(a, retried)["state"] == "RUNNING" and check(a, retried)["attempt"] == 2, "the retry to run")
+
+    lost, again = check(c, once), check(c, retried)
+    assert lost["error"].startswith("node b was lost") and lost["finished_at"] and lost["attempts"] == []
+    assert (again["node"], again["attempt"]) == ("c", 2)
+    (first,) = again["attempts"]
+    assert (first["attempt"], first["node"], first["state"]) == (1, "b", "LOST")
+    assert first["reason"].startswith("node b was lost") and first["started_at"] and first["ended_at"]
+    text = c.lclient("-check", retried).stdout
+    assert "attempts:" in text and "attempt:  2 of at most 2" in text
+    assert c.lclient("-logs", retried).stdout == "try\n"  # attempt 2's output, read through c from c
+
+    in_etcd = etcd_records(cluster)
+    assert (in_etcd[once]["state"], in_etcd[retried]["state"], in_etcd[retried]["node"]) == ("LOST", "RUNNING", "c")
+    assert not [k for k in etcdctl_prefix(cluster, "assign") if "/assign/b/" in k]
+
+    b.start()  # same state dir: sweeps what the crash left, runs nothing again
+    until(lambda: nodes(a)["b"]["state"] == "ready", "b to be back")
+    assert (check(b, once)["state"], check(b, retried)["attempt"]) == ("LOST", 2)
+    assert ran_on(cluster.daemons, once) == {"b"} and ran_on(cluster.daemons, retried) == {"b", "c"}
+
+
+def test_prime_killed_during_a_stream_every_job_ends_once(cluster):
+    a = cluster.daemon("a")
+    b, c = cluster.daemon("b"), cluster.daemon("c")
+    until(lambda: nodes(b)["a"]["prime"], "a to be the prime")
+    ids: list[str] = []
+    with JobsClient(b.server) as client:
+        for i in range(90):
+            if i == 30:
+                a.kill_hard()
+            ids.append(client.add(pb.JobSpec(command=f"echo {i}", retries=1)).id)
+        with ThreadPoolExecutor(8) as pool:
+            finals = list(pool.map(lambda j: client.wait(j, 120), ids))
+    assert all(job.state == "EXITED" and job.exit_code == 0 for job in finals), [j.state for j in finals if j.state != "EXITED"]
+    until(lambda: nodes(b)["a"]["state"] == "gone", "a to be listed as gone")
+    assert any(n["prime"] for name, n in nodes(c).items() if name in ("b", "c"))
+
+    in_etcd = etcd_records(cluster)
+    for job in ids:
+        record = in_etcd[job]
+        assert record["state"] == "EXITED" and record["attempt"] == len(record["history"]) + 1
+        assert all(h["state"] == "LOST" and h["node"] == "a" for h in record["history"])
+        runs = ran_on(cluster.daemons, job)
+        assert record["node"] in runs and runs <= {record["node"], *(h["node"] for h in record["history"])}, (job, runs, record)
+    assert etcdctl_prefix(cluster, "queue") == {}
+    assert not [k for k in etcdctl_prefix(cluster, "assign") if "/assign/a/" in k]
+    a.start()  # clean up after the crash; nothing runs twice
+    until(lambda: nodes(b)["a"]["state"] == "ready", "a to be back")
+    assert all(check(b, j)["state"] == "EXITED" for j in ids[:5])
+
+
+def test_paused_node_is_declared_dead_then_fenced(cluster):
+    a = cluster.daemon("a")
+    b = cluster.daemon("b")
+    job = add(a, "echo started; sleep 300", "-node", "b")
+    until(lambda: check(a, job)["state"] == "RUNNING", "the pinned job to run on b")
+    pid = check(a, job)["host_pid"]
+    assert pid_alive(pid)
+
+    b.process.send_signal(signal.SIGSTOP)  # the daemon only: its job runs on
+    try:
+        until(lambda: check(a, job)["state"] == "LOST", "the paused node's job to be LOST")
+        until(lambda: nodes(a)["b"]["state"] == "gone", "b to be listed as gone")
+        assert pid_alive(pid)
+        gone = a.lclient("-logs", job)
+        assert gone.returncode == 3 and "which is gone" in gone.stderr
+    finally:
+        b.process.send_signal(signal.SIGCONT)
+
+    until(lambda: not pid_alive(pid), "b to kill its fenced copy")
+    until(lambda: nodes(a)["b"]["state"] == "ready", "b to register again")
+    until(lambda: "fencing job" in b.log(), "b to log the fencing")
+    record = check(b, job)
+    assert (record["state"], record["node"], record["attempt"]) == ("LOST", "b", 1)
+    assert record["error"].startswith("node b was lost")
+    assert etcd_records(cluster)[job]["state"] == "LOST"  # b's late result was not written
+    assert a.lclient("-logs", job).stdout == "started\n"  # proxied to b, which is back
+
+
+def test_drain_undrain_pins_and_why_a_job_waits(cluster):
+    a = cluster.daemon("a", extra=["--scheduling", "first-fit", "--memory", "1G"])
+    b = cluster.daemon("b", extra=["--scheduling", "first-fit", "--memory", "2G"])
+    drained = subprocess.run([cluster.daemons[0].argv()[0], "drain", "a", "--server", b.server],
+                             capture_output=True, text=True, timeout=60)
+    assert drained.returncode == 0, drained.stderr
+    assert nodes(b)["a"]["state"] == "draining"
+    elsewhere = add(a, "echo elsewhere")
+    assert a.lclient("-wait", elsewhere).returncode == 0 and check(a, elsewhere)["node"] == "b"
+
+    pinned = add(b, "echo pinned", "-node", "a")
+    until(lambda: check(b, pinned)["waiting"] == "pinned to node a, which is draining", "the pin to be explained")
+    assert "waiting:" in b.lclient("-check", pinned).stdout
+    big = add(b, "true", "-mem", "3G")
+    until(lambda: (check(b, big)["waiting"] or "").startswith("needs 3.0 GiB of memory; the largest ready node offers 2.0 GiB"),
+          "the oversized job to be explained")
+    nowhere = add(b, "true", "-node", "zz")
+    until(lambda: check(b, nowhere)["waiting"] == "pinned to node zz, which is not registered", "the unknown pin")
+
+    undrained = b.lclient("-undrain", "a")
+    assert undrained.returncode == 0 and ("prime" in undrained.stdout or "ready" in undrained.stdout)
+    assert b.lclient("-wait", pinned).returncode == 0 and check(b, pinned)["node"] == "a"
+    assert check(b, big)["state"] == "QUEUED"
+
+    table = a.lclient("-nodes").stdout.splitlines()
+    assert table[0].split()[:6] == ["NAME", "ADDRESS", "STATE", "CAPACITY", "RUNNING", "MEMORY"]
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert rows["a"][1:4] == [f"localhost:{a.port}", "prime", "256"] and rows["b"][2] == "ready"
+    unknown = a.lclient("-drain", "zz")
+    assert (unknown.returncode, unknown.stderr) == (1, "lclient: no node named 'zz' has registered\n")
+    bad = a.lclient("-drain", "a/b")
+    assert (bad.returncode, bad.stderr) == (2, "lclient: invalid node name 'a/b'\n")
+    assert a.lclient("-kill", big).returncode == 0 and a.lclient("-kill", nowhere).returncode == 0
+    assert {k.rsplit("/", 1)[1] for k in etcdctl_prefix(cluster, "drain")} == set()
