@@ -184,3 +184,25 @@ def test_drain_undrain_pins_and_why_a_job_waits(cluster):
     assert (bad.returncode, bad.stderr) == (2, "lclient: invalid node name 'a/b'\n")
     assert a.lclient("-kill", big).returncode == 0 and a.lclient("-kill", nowhere).returncode == 0
     assert {k.rsplit("/", 1)[1] for k in etcdctl_prefix(cluster, "drain")} == set()
+
+
+def test_old_prime_that_comes_back_assigns_nothing(cluster):
+    a = cluster.daemon("a")
+    b = cluster.daemon("b")
+    until(lambda: nodes(b)["a"]["prime"], "a to be the prime")
+    a.process.send_signal(signal.SIGSTOP)
+    try:
+        until(lambda: nodes(b)["b"]["prime"], "b to take the prime key")
+        during = [add(b, f"echo during {i}") for i in range(5)]
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    until(lambda: "is no longer the prime" in a.log(), "a to find out it is no longer the prime")
+    until(lambda: nodes(b)["a"]["state"] == "ready", "a to register again, as a plain node")
+    after = [add(a, f"echo after {i}") for i in range(5)]
+    for job in during + after:
+        assert b.lclient("-wait", job).returncode == 0
+    assert nodes(a)["b"]["prime"] and not nodes(a)["a"]["prime"]
+    in_etcd = etcd_records(cluster)
+    assert all(in_etcd[j]["state"] == "EXITED" and in_etcd[j]["attempt"] == 1 for j in during + after)
+    assert all(in_etcd[j]["node"] == "b" for j in during)  # a was away: b (the new prime) ran them
+    assert a.log().count("is now the prime") == 1
