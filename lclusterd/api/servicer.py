@@ -12,13 +12,12 @@ import grpc
 
 from lclusterd.api.convert import job_to_proto, node_to_proto, spec_from_proto
 from lclusterd.api.errors import maps_errors, maps_stream_errors
+from lclusterd.api.peers import PROXIED_KEY, Peers
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.logs import LogFiles
-from lclusterd.cluster.node import list_nodes
-from lclusterd.api.peers import PROXIED_KEY, Peers
-from lclusterd.cluster.store import Delete
-from lclusterd.errors import InvalidSpec, NodeNotFound, TooBusy, WaitTimedOut
+from lclusterd.cluster.node import list_nodes, set_draining
+from lclusterd.errors import InvalidSpec, TooBusy, WaitTimedOut
 from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, JobSpec, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
@@ -90,14 +89,7 @@ class JobsServicer(pb_grpc.JobsServicer):
         name = request.node.strip()
         if not NODE_NAME.match(name):
             raise InvalidSpec(f"invalid node name {request.node!r}")
-        store, keys = self.jobs.store, self.jobs.keys
-        if store.get(keys.member(name)) is None and store.get(keys.node(name)) is None:
-            raise NodeNotFound(name)
-        if request.drain:
-            store.put(keys.drain(name), b"1")
-        else:
-            store.txn([], [Delete(keys.drain(name))])
-        return next(node_to_proto(v) for v in list_nodes(store, keys) if v.info.name == name)
+        return node_to_proto(set_draining(self.jobs.store, self.jobs.keys, name, request.drain))
 
     @maps_stream_errors
     def Logs(self, request: pb.LogsRequest, context) -> Iterator[pb.LogChunk]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lclusterd.cluster.keys import Keys
-from lclusterd.cluster.store import Put, Store
-from lclusterd.errors import StoreUnavailable
+from lclusterd.cluster.store import Delete, Put, Store
+from lclusterd.errors import NodeNotFound, StoreUnavailable
 from lclusterd.model import NodeInfo
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,15 @@ def list_nodes(store: Store, keys: Keys) -> list[NodeView]:
         is_prime = name in live and prime is not None and prime.value == name.encode()
         result.append(NodeView(info, state, running.get(name, 0), memory.get(name, 0), is_prime))
     return result
+
+
+def set_draining(store: Store, keys: Keys, name: str, draining: bool) -> NodeView:
+    """Write (or remove) drain/<name>: the prime stops (or resumes) assigning to that node,
+    whose running jobs go on. NodeNotFound for a name that never registered."""
+    if store.get(keys.member(name)) is None and store.get(keys.node(name)) is None:
+        raise NodeNotFound(name)
+    store.txn([], [Put(keys.drain(name), b"1")] if draining else [Delete(keys.drain(name))])
+    return next(v for v in list_nodes(store, keys) if v.info.name == name)
 
 
 def requested_memory(raw: bytes) -> int:
