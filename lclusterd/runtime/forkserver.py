@@ -385,6 +385,10 @@ class ForkServer:
             return
         job.kill_at = time.monotonic() + grace
         job.cgroup.signal_all(signal.SIGTERM)
+        if job.cgroup.pids() == [job.host_pid] and not catches(job.host_pid, signal.SIGTERM):
+            # The kernel drops signals a PID-namespace init has no handler for, so a
+            # lone `sleep 600` would sit out the whole grace period for nothing.
+            self._kill_now(job)
 
     def _kill_now(self, job: RunningJob) -> None:
         """SIGKILL the job's PID 1, which takes its whole PID namespace with it (a
@@ -472,6 +476,18 @@ def _open_log(path: str | None, opened: list[int]) -> int:
             raise SetupFailed("log file", f"cannot open {path}: {error.strerror}", error.errno) from error
     opened.append(fd)
     return fd
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for signum (the SigCgt mask of its status)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    except FileNotFoundError:
+        pass
+    return False
 
 
 def _close_quietly(fd: int) -> None:

@@ -263,6 +263,14 @@ def test_timeout_kills_and_reports_timed_out(runtime, rootfs, tmp_path):
     assert "timed out after 0.5 s" in result.error
 
 
+def test_lone_pid_1_without_a_sigterm_handler_is_not_waited_for(runtime, rootfs):
+    # `sleep` exec'd as the job's PID 1 cannot receive SIGTERM; a 600 s grace period
+    # would only delay the end, so the runtime goes straight to SIGKILL.
+    result = runtime.launcher.run(RuntimeSpec(uuid.uuid4().hex, ["/bin/sleep", "600"], rootfs,
+                                              timeout=0.3, grace=600), timeout=60)
+    assert (result.status, result.signal) == ("TIMED_OUT", signal.SIGKILL)
+
+
 def test_kill_right_after_submit_never_misses_the_job(runtime, rootfs):
     # The kill may arrive before the job has joined its cgroup or exec'd.
     for _ in range(20):
