@@ -84,6 +84,7 @@ class ForkServer:
     spares: deque[SpareInit] = field(default_factory=deque)
     own_pid_ns: int = -1  # fd of this process's PID namespace, to return to after each fork
     stopping: bool = False
+    spare_error: str = ""  # the last reason a spare could not be forked, reported once
 
     @property
     def mount_point(self) -> str:
@@ -266,8 +267,11 @@ class ForkServer:
         while len(self.spares) < SPARES and not self.stopping:
             try:
                 self.spares.append(self._fork_spare())
+                self.spare_error = ""
             except OSError as error:  # e.g. out of pids: jobs fork on demand instead
-                print(f"lclusterd forkserver: cannot fork a spare: {child.describe(error)}", file=sys.stderr)
+                if child.describe(error) != self.spare_error:  # say it once, not every loop
+                    self.spare_error = child.describe(error)
+                    print(f"lclusterd forkserver: cannot fork a spare: {self.spare_error}", file=sys.stderr)
                 return
 
     def _discard_spare(self, spare: SpareInit) -> None:
