@@ -56,6 +56,7 @@ class Daemon:
         self.config = config
         self.stop_requested = threading.Event()
         self._signals = 0
+        self.runtime_lost = False  # the fork server died under us: exit non-zero
         self.launcher: Launcher | None = None
         self.etcd: EmbeddedEtcd | None = None
         self.store: Store | None = None
@@ -84,7 +85,8 @@ class Daemon:
         logs.prepare()
 
         # 1. the fork server, before any thread
-        self.launcher = Launcher(state / "runtime", cgroup_parent=c.cgroup_parent, on_event=self._on_runtime_event)
+        self.launcher = Launcher(state / "runtime", cgroup_parent=c.cgroup_parent, on_event=self._on_runtime_event,
+                                 on_helper_exit=self._on_runtime_helper_exit)
         try:
             self.launcher.start()
         except LclusterdError as exc:
@@ -142,6 +144,13 @@ class Daemon:
     def _on_runtime_event(self, event) -> None:
         if self.worker is not None:
             self.worker.on_runtime_event(event)
+
+    def _on_runtime_helper_exit(self) -> None:
+        # Without its fork server this node can only fail jobs: stop (its running jobs
+        # were recorded FAILED) and exit non-zero, so that a supervisor restarts it.
+        log.error("the runtime helper (fork server) exited unexpectedly; stopping this node")
+        self.runtime_lost = True
+        self.stop_requested.set()
 
     def _wait_for_etcd(self) -> None:
         deadline = time.monotonic() + self.config.etcd_wait
@@ -241,4 +250,4 @@ def run(config: Config) -> int:
         return EXIT_STARTUP_FAILURE
     daemon.wait()
     daemon.stop()
-    return EXIT_OK
+    return EXIT_STARTUP_FAILURE if daemon.runtime_lost else EXIT_OK

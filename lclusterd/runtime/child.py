@@ -9,7 +9,7 @@ It is forked *before* its job exists, as a spare: the steps that do not depend o
 job (namespaces, mount propagation, loopback) are done while it waits, off the start
 path of the job it will become. Sequence (DESIGN.md "Starting a container"):
 
-  spare:  close inherited fds -> unshare mount, UTS, IPC, network -> / private ->
+  spare:  close inherited fds -> new session -> unshare mount, UTS, IPC, network -> / private ->
           scratch tmpfs (the overlay's upper and work) -> loopback up ->
           drop the bounding set -> wait for the job on the socket
   job:    join the job cgroup -> unshare the cgroup namespace -> stdio -> mounts ->
@@ -102,6 +102,9 @@ def run_spare(sock: socket.socket, mount_point: str, keep_caps: int, cap_last: i
         # Hold none of the fork server's descriptors (other jobs' files, its sockets).
         kernel.close_range(3, status_fd - 1)
         kernel.close_range(status_fd + 1, 0xFFFFFFFF)
+        # A session of its own: a Ctrl-C or SIGHUP meant for the daemon's terminal or
+        # process group must not reach the job, whose end is the runtime's to decide.
+        os.setsid()
         # The fork server's handlers and wakeup fd are not ours; the job gets defaults.
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):

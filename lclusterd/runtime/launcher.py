@@ -45,10 +45,16 @@ Event = JobStarted | JobFinished
 
 class Launcher:
     def __init__(self, state_dir: str | Path, cgroup_parent: str = "lclusterd",
-                 on_event: Callable[[Event], None] | None = None):
+                 on_event: Callable[[Event], None] | None = None,
+                 on_helper_exit: Callable[[], None] | None = None):
+        """on_event gets every JobStarted/JobFinished on the reader thread and must not
+        block. on_helper_exit is called (on the reader thread) if the fork server dies
+        without close(): its running jobs have then been reported FAILED, and every
+        later submit raises RuntimeUnavailable."""
         self.state_dir = str(state_dir)
         self.cgroup_parent = cgroup_parent
         self.on_event = on_event
+        self.on_helper_exit = on_helper_exit
         self.helper_pid: int | None = None
         self.cgroup_version: int | None = None
         self._sock: socket.socket | None = None
@@ -195,6 +201,8 @@ class Launcher:
         except (channel.ChannelClosed, OSError, ValueError):
             pass
         self._fail_running("the runtime helper exited")
+        if not self._closed and self.on_helper_exit is not None:
+            self.on_helper_exit()
 
     def _on_message(self, kind: str | None, message: dict[str, Any]) -> None:
         event: Event | None = None

@@ -98,6 +98,41 @@ def test_crash_with_running_job_becomes_lost_and_is_not_rerun(cluster):
     assert again.lclient("-list", "-state", "running").stdout.count(job) == 0
 
 
+def test_fork_server_death_fails_its_jobs_and_stops_the_node_for_a_restart(cluster):
+    node = cluster.daemon()
+    job = add(node, "echo started; sleep 300")
+    until(lambda: check(node, job)["state"] == "RUNNING", "the job to run")
+    job_pid = check(node, job)["host_pid"]
+    helper = next(pid for pid in _children(node.process.pid) if _comm(pid) == "lclusterd:fork")
+    os.kill(helper, 9)
+
+    assert node.process.wait(30) == 3  # non-zero, so that a supervisor restarts it
+    assert "the runtime helper (fork server) exited unexpectedly" in node.log()
+    again = cluster.daemon(directory=node.dir)
+    record = check(again, job)
+    assert (record["state"], record["error"]) == ("FAILED", "the runtime helper exited")
+    # The job outlived its helper; the restarted node's sweep ended it.
+    until(lambda: not os.path.exists(f"/proc/{job_pid}") or _state(job_pid) == "Z", "the orphaned job to be swept")
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0]
+    except FileNotFoundError:
+        return "gone"
+
+
 def test_etcd_outage_gives_unavailable_then_recovers_without_restart(cluster):
     node = cluster.daemon()
     before = add(node, "echo before")
