@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
 
 from lclusterd.runtime.cgroups import detect
 from lclusterd.runtime.launcher import Launcher
@@ -50,6 +51,7 @@ class RuntimeUnderTest:
         self.launcher = launcher
         self.state_dir = state_dir
         self.cgroup_parent = cgroup_parent
+        self.host_links = host_links()
 
     def leftovers(self) -> list[str]:
         """Everything a finished job could leave behind, described; empty when clean."""
@@ -61,7 +63,14 @@ class RuntimeUnderTest:
         with open("/proc/self/mountinfo") as f:
             found += [f"mount {line.split()[4]}" for line in f if str(self.state_dir) in line]
         found += [f"running job {j}" for j in self.launcher.running()]
+        found += [f"network interface {name}" for name in host_links() - self.host_links]
         return found
+
+
+def host_links() -> set[str]:
+    """The host's network interfaces (a job must never add one, e.g. a veth)."""
+    with IPRoute() as ipr:
+        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
 
 
 def cgroup_parent_dirs(parent: str) -> list[Path]:
