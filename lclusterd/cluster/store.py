@@ -110,19 +110,37 @@ def parse_endpoints(text: str | Iterable[str]) -> list[tuple[str, int]]:
     return result
 
 
+_CONNECTION_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_CONNECTION_ERRORS = (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.ConnectionTimeoutError,
+                      etcd3.exceptions.NoServerAvailableError)
+
+
 def _mapped(method):
-    """Turn every etcd/gRPC failure of `method` into StoreUnavailable."""
+    """Turn every etcd/gRPC failure of `method` into StoreUnavailable. With several endpoints,
+    a connection failure (member down, or a leader election that outlived the request) is
+    retried on each member not yet tried by this call: python-etcd3 only fails over on the
+    NEXT request, so without this every request in flight when one member of a healthy
+    3-member cluster died failed (issue 4: "a 3-member etcd cluster keeps serving with one
+    member down"). A retried write is safe: every transaction is guarded, and a guard that
+    fails because the first try did land is handled like any lost race (the caller re-reads)."""
 
     @functools.wraps(method)
     def wrapper(self: Store, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except StoreUnavailable:
-            raise
-        except grpc.RpcError as exc:
-            raise self._unavailable(f"{exc.code().name}: {exc.details()}") from None
-        except (etcd3.exceptions.Etcd3Exception, ValueError) as exc:
-            raise self._unavailable(str(exc) or type(exc).__name__) from None
+        self._unfail_if_all_failed()
+        tried: set[str] = set()
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except StoreUnavailable:
+                raise
+            except grpc.RpcError as exc:
+                if exc.code() in _CONNECTION_CODES and self._fail_over(tried):
+                    continue
+                raise self._unavailable(f"{exc.code().name}: {exc.details()}") from None
+            except (etcd3.exceptions.Etcd3Exception, ValueError) as exc:
+                if isinstance(exc, _CONNECTION_ERRORS) and self._fail_over(tried):
+                    continue
+                raise self._unavailable(str(exc) or type(exc).__name__) from None
 
     return wrapper
 
@@ -160,6 +178,31 @@ class Store:
             timeout=timeout,
             failover=multi,
         )
+
+    def _fail_over(self, tried: set[str]) -> bool:
+        """After a connection failure: mark the endpoint in use failed (python-etcd3 does so
+        only for the calls it wraps, not for txn's raw stub call) and switch to a member this
+        call has not tried yet, even one marked failed lately. False when none is left."""
+        if len(self.endpoints) < 2:
+            return False
+        label = self._client._current_endpoint_label
+        tried.add(label)
+        self._client.endpoints[label].fail()
+        untried = [name for name in self._client.endpoints if name not in tried]
+        if not untried:
+            return False
+        self._client.endpoints[untried[0]].last_failed = 0
+        self._client._current_endpoint_label = untried[0]  # (the setter drops the old stubs)
+        return True
+
+    def _unfail_if_all_failed(self) -> None:
+        """With every endpoint marked failed, python-etcd3 refuses requests (NoServerAvailable)
+        for time_retry seconds even once etcd is back; try them all again instead, so the daemon
+        serves as soon as etcd returns (as with one endpoint)."""
+        endpoints = list(self._client.endpoints.values())
+        if all(e.is_failed() for e in endpoints):
+            for e in endpoints:
+                e.last_failed = 0
 
     def describe(self) -> str:
         return ",".join(f"http://{h}:{p}" for h, p in self.endpoints)

@@ -7,6 +7,7 @@ started in its own session and its whole process group is killed at teardown.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ LCLUSTERD = str(VENV_BIN / "lclusterd")
 LCLIENT = str(VENV_BIN / "lclient")
 ROOTFS = os.environ.get("LCLUSTERD_TEST_ROOTFS", "/var/lib/lclusterd/rootfs")
 
-__all__ = ["remove_cgroup_parent", "EtcdProcess", "Daemon", "Cluster", "free_port", "run_lclient", "etcd", "cluster", "ROOTFS", "LCLIENT", "LCLUSTERD",
+__all__ = ["remove_cgroup_parent", "EtcdProcess", "EtcdCluster", "etcd_cluster", "Daemon", "Cluster", "free_port", "run_lclient", "etcd", "cluster", "ROOTFS", "LCLIENT", "LCLUSTERD",
            "requires_root_and_rootfs"]
 
 requires_root_and_rootfs = pytest.mark.skipif(
@@ -65,28 +66,43 @@ def remove_cgroup_parent(node_name: str) -> None:
 
 
 class EtcdProcess:
-    """One etcd member on free loopback ports; stop() and start() keep its data."""
+    """One etcd member on free loopback ports; stop() and start() keep its data. Alone by default;
+    EtcdCluster gives each member its name and the --initial-cluster of all of them."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, name: str = "test"):
         self.dir = directory
+        self.name = name
         self.client_port, self.peer_port = free_port(), free_port()
+        self.initial_cluster = f"{name}=http://127.0.0.1:{self.peer_port}"
         self.process: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
     def start(self) -> None:
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.launch()
+        self.wait_healthy()
+
+    def launch(self) -> None:
+        """Start the process without waiting (a cluster's members must start together)."""
+        peer = self.peer_url
         log = open(self.dir / "etcd.log", "ab")
         self.process = subprocess.Popen(
-            ["etcd", "--name", "test", "--data-dir", str(self.dir / "data"),
+            ["etcd", "--name", self.name, "--data-dir", str(self.dir / "data"),
              "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"test={peer}", "--log-level", "warn"],
+             "--initial-cluster", self.initial_cluster,
+             "--log-level", "warn"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
-        deadline = time.monotonic() + 20
+
+    def wait_healthy(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, (self.dir / "etcd.log").read_text()[-2000:]
             try:
@@ -98,11 +114,62 @@ class EtcdProcess:
             except OSError:
                 pass
             time.sleep(0.05)
-        raise AssertionError("etcd did not become healthy")
+        raise AssertionError(f"etcd {self.name} did not become healthy")
 
     def stop(self) -> None:
         if self.process is not None:
             _kill_group(self.process)
+
+    def kill_hard(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+class EtcdCluster:
+    """`size` etcd members on loopback, one --initial-cluster; `endpoint` lists them all (the
+    daemons' --etcd), so a Cluster can run on it as on one EtcdProcess."""
+
+    def __init__(self, directory: Path, size: int = 3):
+        self.members = []
+        for i in range(size):
+            (directory / f"m{i}").mkdir(parents=True, exist_ok=True)
+            self.members.append(EtcdProcess(directory / f"m{i}", f"m{i}"))
+        initial = ",".join(m.initial_cluster for m in self.members)
+        for m in self.members:
+            m.initial_cluster = initial
+
+    @property
+    def endpoint(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    def live_endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members if m.process is not None and m.process.poll() is None)
+
+    def start(self) -> None:
+        for m in self.members:
+            m.launch()
+        for m in self.members:
+            m.wait_healthy()
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def leader(self, timeout: float = 20) -> EtcdProcess:
+        """The live member that is the raft leader (etcdctl endpoint status); waits for an election."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = subprocess.run(["etcdctl", "--endpoints", self.live_endpoints(), "endpoint", "status", "-w", "json"],
+                                    capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30)
+            if result.returncode == 0:
+                statuses = json.loads(result.stdout)
+                leaders = {s["Status"]["leader"] for s in statuses}
+                found = [s["Endpoint"] for s in statuses if s["Status"]["header"]["member_id"] in leaders]
+                if len(leaders) == 1 and len(found) == 1:
+                    return next(m for m in self.members if m.endpoint == found[0])
+            time.sleep(0.1)
+        raise AssertionError("the etcd members did not agree on a leader")
 
 
 class Daemon:
@@ -189,6 +256,17 @@ def run_lclient(*args: str, server: str | None = None, timeout: float = 60,
         env["LCLUSTER_SERVER"] = server
     return subprocess.run([LCLIENT, *args], capture_output=True, text=True, timeout=timeout, env=env,
                           input=stdin.decode() if stdin is not None else None)
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path):
+    """Three real etcd members on free loopback ports; every member stopped at teardown."""
+    members = EtcdCluster(tmp_path / "etcd3")
+    try:
+        members.start()
+        yield members
+    finally:
+        members.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,207 @@
+"""etcd under faults, with real daemons on a real 3-member etcd cluster (every daemon's --etcd
+lists all three members): one member killed while jobs are added and run, all members stopped
+while daemons run jobs and started again, and the prime killed (-9) with the failover time
+measured. The final state is read with lclient and with etcdctl (against the live members).
+
+Nothing here asserts a duration: each wait is for a condition, with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import pytest
+from cluster_fixtures import Cluster, etcd_cluster, requires_root_and_rootfs, run_lclient  # noqa: F401 (fixtures)
+from test_cluster import TERMINAL, add, check, until
+
+pytestmark = requires_root_and_rootfs
+
+LEASE_TTL = 2  # cluster_fixtures.Daemon runs every daemon with --lease-ttl 2
+
+
+@pytest.fixture
+def cluster3(tmp_path, etcd_cluster):
+    """Daemons on the 3-member etcd cluster; stopped (before etcd) at teardown."""
+    c = Cluster(tmp_path, etcd_cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def etcdctl(endpoints: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["etcdctl", "--endpoints", endpoints, "--command-timeout", "5s", *args],
+                          capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=timeout)
+
+
+def etcd_records(cluster) -> dict[str, dict]:
+    """Every job record, read by etcdctl from the members that are up."""
+    result = etcdctl(cluster.etcd.live_endpoints(), "get", "--prefix", f"{cluster.prefix}/jobs/", "-w", "json")
+    assert result.returncode == 0, result.stderr
+    return {base64.b64decode(kv["key"]).decode().rsplit("/", 1)[1]: json.loads(base64.b64decode(kv["value"]))
+            for kv in json.loads(result.stdout).get("kvs", [])}
+
+
+def etcd_keys(cluster, section: str) -> list[str]:
+    result = etcdctl(cluster.etcd.live_endpoints(), "get", "--prefix", f"{cluster.prefix}/{section}/", "--keys-only")
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if line]
+
+
+def prime_holder(cluster) -> str | None:
+    result = etcdctl(cluster.etcd.live_endpoints(), "get", f"{cluster.prefix}/prime", "--print-value-only")
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def nodes(daemon) -> dict[str, dict]:
+    result = daemon.lclient("-nodes", "-json")
+    assert result.returncode == 0, result.stderr
+    return {n["name"]: n for n in map(json.loads, result.stdout.splitlines())}
+
+
+def ran_on(daemons, job: str) -> set[str]:
+    """The nodes that handed the job to their runtime (each creates <state>/logs/<uuid>.out first)."""
+    return {d.name for d in daemons if Path(d.state_dir, "logs", f"{job}.out").exists()}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_one_etcd_member_killed_while_jobs_are_added_no_request_fails(cluster3):
+    daemons = [cluster3.daemon(name) for name in ("a", "b", "c")]
+    until(lambda: nodes(daemons[1])["a"]["prime"], "a to be the prime")
+    victim = cluster3.etcd.leader()  # the worst member to lose: the others must elect a new leader
+
+    def add_one(i: int) -> tuple[int, subprocess.CompletedProcess]:
+        return i, daemons[i % 3].lclient("-add", f"sleep 0.{i % 5}; echo job {i}")
+
+    results: dict[int, subprocess.CompletedProcess] = {}
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(add_one, i) for i in range(60)]
+        for future in as_completed(futures):
+            i, result = future.result()
+            results[i] = result
+            if len(results) == 20:
+                victim.kill_hard()  # SIGKILL, while the other 40 are being added and the first run
+    failed = {i: r.stderr for i, r in results.items() if r.returncode != 0}
+    assert not failed, failed
+    ids = [results[i].stdout.strip() for i in range(60)]
+    assert len(set(ids)) == 60
+
+    for n, job in enumerate(ids):  # every node answers for every job, with one member down
+        waited = daemons[n % 3].lclient("-wait", job, timeout=120)
+        assert waited.returncode == 0, (job, waited.stderr)
+    checked = [check(daemons[(n + 1) % 3], job) for n, job in enumerate(ids)]
+    assert [(r["state"], r["exit_code"]) for r in checked] == [("EXITED", 0)] * 60
+    assert daemons[2].lclient("-logs", ids[7]).stdout == "job 7\n"
+
+    in_etcd = etcd_records(cluster3)  # etcdctl, against the two surviving members only
+    for job in ids:
+        record = in_etcd[job]
+        assert (record["state"], record["exit_code"], record["attempt"], record["history"]) == ("EXITED", 0, 1, []), record
+        assert ran_on(cluster3.daemons, job) == {record["node"]}, (job, record)
+    assert etcd_keys(cluster3, "queue") == [] and etcd_keys(cluster3, "assign") == []
+    assert {name: n["state"] for name, n in nodes(daemons[0]).items()} == {"a": "prime", "b": "ready", "c": "ready"}
+    assert all(d.process.poll() is None for d in daemons)
+
+
+def test_all_etcd_members_stopped_jobs_go_on_and_results_are_written_back(cluster3):
+    a, b = cluster3.daemon("a"), cluster3.daemon("b")
+    pids_before = (a.process.pid, b.process.pid)
+    before = add(a, "echo before")
+    assert b.lclient("-wait", before).returncode == 0
+    running = [add(a if i % 2 else b, f"sleep 1.5; echo during {i}", "-node", "a" if i % 2 else "b") for i in range(4)]
+    until(lambda: all(check(a, j)["state"] == "RUNNING" for j in running), "the jobs to run")
+    host_pids = [check(b, j)["host_pid"] for j in running]
+
+    cluster3.etcd.stop()  # every member
+    for d in (a, b):
+        for args in (["-add", "true"], ["-check", before], ["-list"], ["-nodes"]):
+            result = d.lclient(*args)
+            assert result.returncode == 3, (args, result)
+            assert result.stderr.startswith(f"lclient: lclusterd at {d.server} cannot serve the request: "
+                                            f"etcd at {cluster3.etcd.endpoint} is unavailable ("), result.stderr
+            assert result.stderr.count("\n") == 1
+    # the daemons ran their jobs to the end without etcd (a condition, not a timing assertion)
+    until(lambda: not any(pid_alive(p) for p in host_pids), "the jobs to end while etcd is down")
+    until(lambda: all("cannot record job states yet" in d.log() for d in (a, b)), "both daemons to buffer results")
+
+    cluster3.etcd.start()
+    # gRPC reconnects within its backoff (at most 1 s), so a request may still fail just after
+    # etcd is back: wait for both daemons to serve again (as the one-member outage test does)
+    until(lambda: all(d.lclient("-check", before).returncode == 0 for d in (a, b)), "the daemons to reach etcd again")
+    for job in running:
+        assert a.lclient("-wait", job, timeout=120).returncode == 0
+    for i, job in enumerate(running):
+        assert b.lclient("-logs", job).stdout == f"during {i}\n"
+    after = until(lambda: (r := a.lclient("-add", "echo after")).returncode == 0 and r.stdout.strip(), "adds to work again")
+    assert b.lclient("-wait", after).returncode == 0
+
+    in_etcd = etcd_records(cluster3)
+    for i, job in enumerate(running):
+        record = in_etcd[job]
+        assert (record["state"], record["exit_code"], record["attempt"], record["history"]) == ("EXITED", 0, 1, []), record
+        assert record["node"] == ("a" if i % 2 else "b")
+    assert all(in_etcd[j]["state"] == "EXITED" for j in (before, after))
+    assert etcd_keys(cluster3, "assign") == [] and etcd_keys(cluster3, "queue") == []
+    assert (a.process.pid, b.process.pid) == pids_before and all(d.process.poll() is None for d in (a, b))
+    assert {name: n["state"] for name, n in nodes(a).items()} in ({"a": "prime", "b": "ready"}, {"a": "ready", "b": "prime"})
+
+
+def test_prime_killed_on_three_member_etcd_failover_time(cluster3, capsys):
+    a = cluster3.daemon("a")
+    b, c = cluster3.daemon("b"), cluster3.daemon("c")
+    until(lambda: prime_holder(cluster3) == "a", "a to hold the prime key")
+    failover: dict[str, float] = {}
+
+    def watch_prime(killed_at: float) -> None:
+        deadline = killed_at + 10 * LEASE_TTL
+        while time.monotonic() < deadline:
+            if prime_holder(cluster3) in ("b", "c"):
+                failover["seconds"] = time.monotonic() - killed_at
+                return
+            time.sleep(0.02)
+
+    def add_one(i: int) -> str:
+        result = (b, c)[i % 2].lclient("-add", f"echo {i}", "-retries", "1")
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    watcher = None
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(add_one, i) for i in range(60)]
+        for n, _ in enumerate(as_completed(futures)):
+            if n == 20:
+                a.kill_hard()
+                watcher = threading.Thread(target=watch_prime, args=(time.monotonic(),))
+                watcher.start()
+        ids = [f.result() for f in futures]
+    watcher.join()
+    assert "seconds" in failover, f"no node took the prime key within {10 * LEASE_TTL}s of the kill"
+    with capsys.disabled():
+        print(f"\nprime failover (kill -9 of the prime until another node held the prime key, read by etcdctl; "
+              f"lease TTL {LEASE_TTL}s, 3-member etcd): {failover['seconds']:.2f}s")
+
+    for n, job in enumerate(ids):
+        assert (b, c)[n % 2].lclient("-wait", job, timeout=120).returncode == 0, job
+    in_etcd = etcd_records(cluster3)
+    for job in ids:
+        record = in_etcd[job]
+        assert record["state"] == "EXITED" and record["attempt"] == len(record["history"]) + 1, record
+        assert all(h["state"] == "LOST" and h["node"] == "a" for h in record["history"])
+        runs = ran_on(cluster3.daemons, job)
+        assert record["node"] in runs and runs <= {record["node"], *(h["node"] for h in record["history"])}, (job, runs, record)
+        assert check(c, job)["state"] in TERMINAL
+    assert etcd_keys(cluster3, "queue") == [] and not [k for k in etcd_keys(cluster3, "assign") if "/assign/a/" in k]
+    until(lambda: nodes(b)["a"]["state"] == "gone", "a to be listed as gone")
