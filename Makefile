@@ -16,12 +16,13 @@ STAMPS := .stamps
 V2VM ?= $(CURDIR)/../shared/v2vm
 PYTEST_ARGS ?=
 
-APT_PACKAGES := etcd-server etcd-client busybox-static python3-venv python3-dev gcc iproute2 debootstrap
+APT_PACKAGES := etcd-server etcd-client busybox-static python3-venv python3-dev gcc libc6-dev iproute2 debootstrap
+JOBINIT := lclusterd/runtime/jobinit/lclusterd-jobinit
 BENCH_PACKAGES := runc bubblewrap slurm-wlm munge
 
 .PHONY: prep run test test-unit test-integration test-v2 rootfs links proto bench bench-deps clean
 
-prep: $(STAMPS)/apt $(STAMPS)/venv rootfs links
+prep: $(STAMPS)/apt $(STAMPS)/venv $(JOBINIT) rootfs links
 
 # Only calls apt-get when a package is missing, so a second run takes no time.
 $(STAMPS)/apt: Makefile
@@ -37,6 +38,10 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@mkdir -p $(STAMPS) && touch $@
 
+# Every job's first process (see its header). Static: no dynamic loader on the start path.
+$(JOBINIT): lclusterd/runtime/jobinit/jobinit.c $(STAMPS)/apt
+	gcc -O2 -Wall -Wextra -Werror -static -o $@ $<
+
 rootfs: $(STAMPS)/apt
 	@sh rootfs/build.sh $(ROOTFS) $(ROOTFS_DIR)
 
@@ -51,7 +56,7 @@ run: prep
 test: prep
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: $(STAMPS)/venv
+test-unit: $(STAMPS)/venv $(JOBINIT)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: prep
@@ -76,4 +81,4 @@ bench-deps: $(STAMPS)/apt
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc bubblewrap
 
 clean:
-	rm -rf $(STAMPS) $(VENV) build *.egg-info
+	rm -rf $(STAMPS) $(VENV) build *.egg-info $(JOBINIT)

@@ -1,8 +1,7 @@
-"""Linux capability names and bits, and dropping to a kept set. Pure except the drops."""
+"""Linux capability names and bits; the job init drops to a kept set (plan.py). Pure apart from
+last_cap, which reads /proc."""
 
 from __future__ import annotations
-
-from lclusterd.runtime import kernel
 
 CAPABILITIES = {
     "CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5,
@@ -33,18 +32,3 @@ def last_cap(path: str = "/proc/sys/kernel/cap_last_cap") -> int:
     """The highest capability number this kernel knows (read before pivot_root)."""
     with open(path) as f:
         return int(f.read())
-
-
-def drop_bounding(keep_mask: int, cap_last: int) -> None:
-    """Drop every capability not in keep_mask from the bounding and ambient sets, so no
-    exec can regain it. The process keeps its own effective capabilities (it still
-    mounts and pivots); set_sets() removes those last. Needs CAP_SETPCAP."""
-    for bit in range(cap_last + 1):
-        if not keep_mask & (1 << bit):
-            kernel.prctl(kernel.PR_CAPBSET_DROP, bit)
-    kernel.prctl(kernel.PR_CAP_AMBIENT, kernel.PR_CAP_AMBIENT_CLEAR_ALL)
-
-
-def set_sets(keep_mask: int) -> None:
-    """Reduce the effective, permitted and inheritable sets to keep_mask."""
-    kernel.capset(keep_mask, keep_mask, keep_mask)

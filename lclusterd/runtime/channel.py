@@ -34,6 +34,14 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = N
         sock.sendall(_HEADER.pack(len(body)) + body, socket.MSG_NOSIGNAL)
 
 
+def send_bytes(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    """Bytes already framed by the caller (a job plan for the job init), with `fds`
+    riding on the first part."""
+    sent = socket.send_fds(sock, [data], fds, socket.MSG_NOSIGNAL)
+    if sent < len(data):
+        sock.sendall(data[sent:], socket.MSG_NOSIGNAL)
+
+
 def receive(sock: socket.socket) -> dict[str, Any]:
     """Block until one whole message has arrived. Raises ChannelClosed at EOF."""
     return receive_with_fds(sock)[0]

@@ -1,13 +1,13 @@
-"""The container's mount table as data (plan_*), and one loop that applies it.
+"""The container's mount table as data. Pure.
 
-Planning is pure and happens in the fork server before the fork, so the child only
-walks a list (bubblewrap's SetupOp idea). Paths in the "before pivot" plan are host
-paths under the job root; the "after pivot" plan uses paths inside the container.
+Planning happens in the fork server; the job init only walks the list (bubblewrap's
+SetupOp idea; plan.py turns these ops into the init's tokens). Paths in the "before
+pivot" plan are host paths under the job root; the "after pivot" plan uses paths inside
+the container.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from lclusterd.runtime import kernel as k
@@ -67,49 +67,3 @@ def plan_after_pivot() -> list[Op]:
     plan = [Op("mask", path, optional=True) for path in MASKED_PATHS]
     plan += [Op("readonly", path, optional=True) for path in READONLY_PATHS]
     return plan
-
-
-def apply(plan: list[Op]) -> None:
-    """Run the plan in order. Runs in the container's first process, in its own mount
-    namespace; an OSError names the call that failed."""
-    for op in plan:
-        try:
-            _apply_one(op)
-        except FileNotFoundError:
-            if not op.optional:
-                raise
-
-
-def _apply_one(op: Op) -> None:
-    if op.kind == "mount":
-        k.mount(op.source, op.target, op.fstype, op.flags, op.data)
-    elif op.kind == "mkdir":
-        try:
-            os.mkdir(op.target, 0o755)
-        except FileExistsError:
-            pass
-    elif op.kind == "mknod":
-        major, minor = (int(n) for n in (op.data or "").split(":"))
-        os.mknod(op.target, 0o20666, os.makedev(major, minor))  # S_IFCHR | rw for all
-    elif op.kind == "symlink":
-        os.symlink(op.source or "", op.target)
-    elif op.kind == "mask":
-        os.stat(op.target)  # FileNotFoundError: nothing to hide on this kernel
-        k.mount("/dev/null", op.target, None, k.MS_BIND)
-    elif op.kind == "readonly":
-        os.stat(op.target)
-        k.mount(op.target, op.target, None, k.MS_BIND | k.MS_REC)
-        k.mount(op.target, op.target, None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | k.MS_REC)
-    else:
-        raise ValueError(f"unknown mount plan op {op.kind!r}")
-
-
-def pivot_into(root: str) -> None:
-    """Make root the new / and detach the old one (runc's pivot_root(".", ".") trick:
-    no put_old directory is needed, and the old root is unmounted lazily)."""
-    os.chdir(root)
-    k.pivot_root(".", ".")
-    # The old root is now stacked on "."; keep its unmount from propagating anywhere.
-    k.mount(None, ".", None, k.MS_SLAVE | k.MS_REC)
-    k.umount2(".", k.MNT_DETACH)
-    os.chdir("/")

@@ -9,12 +9,12 @@ from pathlib import Path
 from lclusterd.errors import SetupFailed
 
 from .base import CgroupDriver, CgroupStats, JobCgroup, Limits
-from .v1 import V1Driver, join, read_file
+from .v1 import V1Driver, read_file
 from .v2 import CONTROLLERS as V2_CONTROLLERS
 from .v2 import V2Driver
 
 __all__ = ["CgroupDriver", "CgroupStats", "JobCgroup", "Limits", "V1Driver", "V2Driver",
-           "cgroup_version", "detect", "find_v1_hierarchies", "join"]
+           "cgroup_version", "detect", "find_v1_hierarchies"]
 
 # cpuacct gives the CPU time; no freezer is needed (see v1.py).
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")

@@ -29,12 +29,13 @@ class JobCgroup(Protocol):
 
     @property
     def procs_files(self) -> list[str]:
-        """Files a process writes "0" into to move itself into this cgroup (see join_self)."""
+        """Files a process writes "0" into to move itself into this cgroup: the job init
+        does so first thing (plan.job_plan)."""
         ...
 
     def join_self(self) -> None:
-        """Move the calling process into the cgroup. Called in the forked child, so it
-        must do no imports and allocate little: it writes b"0" to each procs file."""
+        """Move the calling process into the cgroup (b"0" to each procs file), as the job
+        init does; for a forked child that does not go through the init."""
         ...
 
     def pids(self) -> list[int]:

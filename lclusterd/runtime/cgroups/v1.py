@@ -45,13 +45,6 @@ def write_file(path: str | Path, data: str | bytes) -> None:
         raise OSError(e.errno, f"write {path}: {e.strerror}") from e
 
 
-def join(procs_files: list[str]) -> None:
-    """Move the calling process into a job's cgroup: write "0" to each procs file.
-    Called by the job's own first process, which has the paths as plain strings."""
-    for path in procs_files:
-        write_file(path, b"0")
-
-
 def read_file(path: str | Path) -> str:
     """Read a small kernel file with plain open/read/close (Python's buffered open
     adds four more syscalls per file, on every job's clean-up path)."""
@@ -187,7 +180,7 @@ class V1Cgroup:
         self.name = name
         self.dirs = dirs
         self.unique_dirs = list(dict.fromkeys(dirs.values()))
-        # Built here so that join_self, in the forked child, only opens and writes.
+        # Built once: the job init writes "0" into each (plan.job_plan), as does join_self.
         self._procs_files = [str(d / "cgroup.procs") for d in self.unique_dirs]
 
     @property
@@ -195,7 +188,8 @@ class V1Cgroup:
         return list(self._procs_files)
 
     def join_self(self) -> None:
-        join(self._procs_files)
+        for path in self._procs_files:
+            write_file(path, b"0")
 
     def pids(self) -> list[int]:
         # The union: a process that joined only some hierarchies still belongs to the job.

@@ -38,7 +38,7 @@ class V2Cgroup:
     def __init__(self, name: str, path: Path):
         self.name = name
         self.path = path
-        self._procs_file = str(path / "cgroup.procs")  # ready for join_self in the child
+        self._procs_file = str(path / "cgroup.procs")  # the job init joins through it
 
     @property
     def procs_files(self) -> list[str]:

@@ -1,0 +1,533 @@
+/*
+ * lclusterd-jobinit: a job's first process (PID 1 of its PID namespace).
+ *
+ * The fork server (forkserver.py) spawns this small static binary with vfork+exec
+ * instead of forking itself: forking a Python process copies its page tables and then
+ * pays a copy-on-write fault for every page either side touches, which cost more CPU
+ * per job than everything the kernel does to build the container (runc's nsexec is C
+ * for the same reason). The binary holds no policy: it executes a *plan*, a list of
+ * ops built and unit-tested in Python (lclusterd/runtime/plan.py), in order:
+ *
+ *   argv[1..]       the spare's plan (namespaces, scratch tmpfs, loopback, bounding
+ *                   set), ending with "wait"
+ *   wait            blocks on fd 3 for the job: a 4-byte big-endian length, then that
+ *                   many bytes of NUL-terminated tokens (the job's plan), with the
+ *                   job's stdin, stdout and stderr as SCM_RIGHTS; EOF = no job, exit 0
+ *   the job's plan  cgroup join, mounts, pivot_root, masks, capabilities, ..., exec
+ *
+ * Status on fd 3 (close-on-exec, read to EOF by the fork server): nothing when the
+ * exec succeeded, or one line E{"step":..,"errno":..,"detail":..} and exit 127 when an
+ * op failed. A spare's failure is held back until its job arrives, so the fork server
+ * hears it as that job's failure (and does not respawn a failing spare in a loop).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <net/if.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#define STATUS_FD 3
+#define MAX_MESSAGE (16 << 20)
+#define MAX_TOKENS 65536
+
+static const char *step = "init";
+/* The first failure: reported at once in the job's plan, after "wait" in the spare's. */
+static int failed;
+static int failed_errno;
+static char failed_step[64];
+static char failed_detail[1024];
+
+static int stdio_fds[3] = {-1, -1, -1};
+
+/* Record a failure: detail is printf-formatted; with_reason appends ": strerror(err)". */
+static int failv(int err, int with_reason, const char *fmt, va_list ap) {
+    if (failed)
+        return -1;
+    int n = vsnprintf(failed_detail, sizeof failed_detail, fmt, ap);
+    if (with_reason && err && n >= 0 && (size_t)n < sizeof failed_detail)
+        snprintf(failed_detail + n, sizeof failed_detail - n, ": %s", strerror(err));
+    snprintf(failed_step, sizeof failed_step, "%s", step);
+    failed_errno = err;
+    failed = 1;
+    return -1;
+}
+
+/* A failed call: "call(args): strerror". */
+static int fail(int err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    failv(err, 1, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* A refusal whose sentence says it all (errno kept for the report). */
+static int refuse(int err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    failv(err, 0, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static size_t json_escape(char *out, size_t cap, const char *s) {
+    size_t o = 0;
+    for (; *s && o + 7 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+static void report_and_exit(void) {
+    char s[160], d[2200], line[2600];
+    json_escape(s, sizeof s, failed_step);
+    json_escape(d, sizeof d, failed_detail);
+    int n = snprintf(line, sizeof line, "E{\"step\":\"%s\",\"errno\":%d,\"detail\":\"%s\"}\n", s, failed_errno, d);
+    if (n > 0) {
+        ssize_t ignored = write(STATUS_FD, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+        (void)ignored; /* the fork server is gone: nobody is left to tell */
+    }
+    _exit(127);
+}
+
+static const char *nullable(const char *s) { return *s ? s : NULL; }
+
+static unsigned long long number(const char *s, int base) { return strtoull(s, NULL, base); }
+
+/* ---- the ops ------------------------------------------------------------------- */
+
+static int op_mount(const char *src, const char *target, const char *fstype, const char *flags, const char *data) {
+    unsigned long f = (unsigned long)number(flags, 10);
+    if (mount(nullable(src), target, nullable(fstype), f, nullable(data)) < 0)
+        return fail(errno, "mount(%s -> %s, type %s, flags %#lx)", *src ? src : "none", target,
+                    *fstype ? fstype : "none", f);
+    return 0;
+}
+
+static int op_mkdir(const char *path, const char *mode) {
+    if (mkdir(path, (mode_t)number(mode, 8)) < 0 && errno != EEXIST)
+        return fail(errno, "mkdir(%s)", path);
+    return 0;
+}
+
+static int op_mknod(const char *path, const char *major, const char *minor) {
+    dev_t dev = makedev((unsigned)number(major, 10), (unsigned)number(minor, 10));
+    if (mknod(path, S_IFCHR | 0666, dev) < 0)
+        return fail(errno, "mknod(%s)", path);
+    return 0;
+}
+
+static int op_symlink(const char *target, const char *path) {
+    if (symlink(target, path) < 0)
+        return fail(errno, "symlink(%s -> %s)", path, target);
+    return 0;
+}
+
+/* Bind /dev/null over a /proc file; one this kernel does not have is skipped. */
+static int op_mask(const char *path) {
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return errno == ENOENT ? 0 : fail(errno, "stat(%s)", path);
+    if (mount("/dev/null", path, NULL, MS_BIND, NULL) < 0)
+        return fail(errno, "mount(/dev/null -> %s, bind)", path);
+    return 0;
+}
+
+static int op_readonly(const char *path) {
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return errno == ENOENT ? 0 : fail(errno, "stat(%s)", path);
+    if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) < 0)
+        return fail(errno, "mount(%s, bind)", path);
+    if (mount(path, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC, NULL) < 0)
+        return fail(errno, "mount(%s, read-only remount)", path);
+    return 0;
+}
+
+/* Set IFF_UP on lo in the new network namespace: two ioctls, no netlink round trip. */
+static int op_loopback(void) {
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        return fail(errno, "socket(AF_INET)");
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    int rc = ioctl(sock, SIOCGIFFLAGS, &ifr);
+    if (rc == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        rc = ioctl(sock, SIOCSIFFLAGS, &ifr);
+    }
+    int err = errno;
+    close(sock);
+    return rc < 0 ? fail(err, "ioctl(lo, IFF_UP)") : 0;
+}
+
+/* Drop every capability not in keep from the bounding set and clear the ambient set, so
+ * no exec can regain one. The effective set stays until "capset" (mounts need it). */
+static int op_bounding(const char *keep_hex, const char *last) {
+    unsigned long long keep = number(keep_hex, 16);
+    int cap_last = (int)number(last, 10);
+    for (int bit = 0; bit <= cap_last; bit++)
+        if (!(keep & (1ULL << bit)) && prctl(PR_CAPBSET_DROP, bit, 0, 0, 0) < 0)
+            return fail(errno, "prctl(PR_CAPBSET_DROP, %d)", bit);
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
+        return fail(errno, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)");
+    return 0;
+}
+
+static int op_capset(const char *keep_hex) {
+    unsigned long long keep = number(keep_hex, 16);
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    for (int i = 0; i < 2; i++) {
+        uint32_t word = (uint32_t)(keep >> (32 * i));
+        data[i].effective = data[i].permitted = data[i].inheritable = word;
+    }
+    if (syscall(SYS_capset, &header, data) < 0)
+        return fail(errno, "capset(%#llx)", keep);
+    return 0;
+}
+
+/* Join a cgroup: write "0" (this process) into its cgroup.procs file. */
+static int op_cgroup(const char *procs) {
+    int fd = open(procs, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail(errno, "open(%s)", procs);
+    ssize_t n = write(fd, "0", 1);
+    int err = errno;
+    close(fd);
+    return n == 1 ? 0 : fail(n < 0 ? err : EIO, "write(%s)", procs);
+}
+
+static int op_stdio(void) {
+    for (int target = 0; target < 3; target++) {
+        if (stdio_fds[target] < 0)
+            return refuse(0, "expected 3 stdio descriptors");
+        if (dup2(stdio_fds[target], target) < 0)
+            return fail(errno, "dup2(%d, %d)", stdio_fds[target], target);
+    }
+    for (int i = 0; i < 3; i++)
+        if (stdio_fds[i] > 2)
+            close(stdio_fds[i]);
+    return 0;
+}
+
+/* Make root the new / and detach the old one (runc's pivot_root(".", ".") trick). */
+static int op_pivot(const char *root) {
+    if (chdir(root) < 0)
+        return fail(errno, "chdir(%s)", root);
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        return fail(errno, "pivot_root(%s)", root);
+    /* The old root is now stacked on "."; keep its unmount from propagating anywhere. */
+    if (mount(NULL, ".", NULL, MS_SLAVE | MS_REC, NULL) < 0)
+        return fail(errno, "mount(old root, rslave)");
+    if (umount2(".", MNT_DETACH) < 0)
+        return fail(errno, "umount2(old root)");
+    if (chdir("/") < 0)
+        return fail(errno, "chdir(/)");
+    return 0;
+}
+
+static int executable(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0;
+}
+
+/* Resolve argv[0] inside the new root, so a missing binary is a set-up failure with a
+ * clear reason rather than an exit code 127 that looks like the job ran. */
+static int find_command(const char *name, const char *search_path, char *out, size_t cap) {
+    if (strchr(name, '/')) {
+        if (executable(name)) {
+            snprintf(out, cap, "%s", name);
+            return 0;
+        }
+        return refuse(ENOENT, "command not found in the rootfs: %s", name);
+    }
+    const char *dir = search_path;
+    for (;;) {
+        const char *end = strchrnul(dir, ':');
+        int len = (int)(end - dir);
+        if (len == 0)
+            snprintf(out, cap, "./%s", name);
+        else
+            snprintf(out, cap, "%.*s/%s", len, dir, name);
+        if (executable(out))
+            return 0;
+        if (!*end)
+            break;
+        dir = end + 1;
+    }
+    return refuse(ENOENT, "command not found in the rootfs: %s", name);
+}
+
+/* exec CWD PATH ARGC ARGV... ENVC ENV...: find the command, close every fd but stdio
+ * on exec, enter the working directory, exec. Never returns on success. */
+static int op_exec(char **args, int count) {
+    if (count < 3)
+        return refuse(EINVAL, "exec: malformed op");
+    const char *cwd = args[0], *search_path = args[1];
+    int argc = (int)number(args[2], 10);
+    if (argc < 1 || 3 + argc >= count)
+        return refuse(EINVAL, "exec: malformed argv");
+    char **argv = &args[3];
+    int envc = (int)number(args[3 + argc], 10);
+    if (4 + argc + envc > count)
+        return refuse(EINVAL, "exec: malformed environment");
+    char **envp = &args[4 + argc];
+    /* argv and envp must end in NULL: copy them (they sit back to back in args). */
+    char **argv0 = calloc((size_t)argc + 1, sizeof *argv0), **env0 = calloc((size_t)envc + 1, sizeof *env0);
+    if (!argv0 || !env0)
+        return fail(ENOMEM, "exec");
+    memcpy(argv0, argv, (size_t)argc * sizeof *argv0);
+    memcpy(env0, envp, (size_t)envc * sizeof *env0);
+
+    char path[4096];
+    step = "find command";
+    if (find_command(argv0[0], search_path, path, sizeof path) < 0)
+        return -1;
+    step = "close fds";
+    if (syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) < 0)
+        return fail(errno, "close_range(3, ~0, CLOEXEC)");
+    step = "chdir";
+    if (chdir(cwd) < 0) {
+        if (errno == ENOENT)
+            return refuse(ENOENT, "working directory %s does not exist in the rootfs", cwd);
+        return fail(errno, "chdir(%s)", cwd);
+    }
+    step = "exec";
+    execve(path, argv0, env0);
+    return fail(errno, "execve(%s)", path);
+}
+
+/* ---- the job message ------------------------------------------------------------------- */
+
+static int read_exactly(int fd, char *buf, size_t size) {
+    while (size) {
+        ssize_t n = read(fd, buf, size);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        buf += n;
+        size -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Wait for the job on fd 3. Returns its plan as tokens (count in *count), or exits 0 when
+ * the fork server closed the socket (no job is coming). */
+static char **receive_job(int *count) {
+    unsigned char header[4];
+    char control[CMSG_SPACE(3 * sizeof(int))];
+    struct iovec iov = {header, sizeof header};
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t n;
+    do
+        n = recvmsg(STATUS_FD, &msg, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        _exit(0);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < nfds && i < 3; i++)
+                memcpy(&stdio_fds[i], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        }
+    }
+    if (n < 4 && read_exactly(STATUS_FD, (char *)header + n, 4 - (size_t)n) < 0)
+        _exit(0);
+    uint32_t length = ((uint32_t)header[0] << 24) | ((uint32_t)header[1] << 16) | ((uint32_t)header[2] << 8) | header[3];
+    if (length == 0 || length > MAX_MESSAGE) {
+        refuse(EINVAL, "job message of %u bytes", length);
+        return NULL;
+    }
+    char *body = malloc(length + 1);
+    if (!body) {
+        fail(ENOMEM, "job message");
+        return NULL;
+    }
+    if (read_exactly(STATUS_FD, body, length) < 0)
+        _exit(0);
+    body[length] = '\0';
+    char **tokens = malloc(sizeof *tokens * (length + 1));
+    int t = 0;
+    if (!tokens) {
+        fail(ENOMEM, "job message");
+        return NULL;
+    }
+    for (char *p = body; p < body + length; p += strlen(p) + 1)
+        tokens[t++] = p;
+    *count = t;
+    return tokens;
+}
+
+/* ---- the interpreter ------------------------------------------------------------------- */
+
+struct op {
+    const char *name;
+    int args; /* fixed argument count; -1: all the rest (exec) */
+};
+
+static const struct op OPS[] = {
+    {"step", 1}, {"name", 1}, {"pdeathsig", 1}, {"closefds", 0}, {"setsid", 0}, {"unshare", 1},
+    {"mount", 5}, {"mkdir", 2}, {"mknod", 3}, {"symlink", 2}, {"mask", 1}, {"readonly", 1},
+    {"loopback", 0}, {"bounding", 2}, {"capset", 1}, {"cgroup", 1}, {"stdio", 0}, {"umask", 1},
+    {"pivot", 1}, {"hostname", 1}, {"nnp", 0}, {"wait", 0}, {"exec", -1},
+};
+
+static int arity(const char *name) {
+    for (size_t i = 0; i < sizeof OPS / sizeof OPS[0]; i++)
+        if (strcmp(OPS[i].name, name) == 0)
+            return OPS[i].args;
+    return -2;
+}
+
+/* Run one op; "wait" is handled by the caller. */
+static int run_op(const char *name, char **a, int n) {
+    switch (name[0]) {
+    case 's':
+        if (!strcmp(name, "step")) {
+            step = a[0];
+            return 0;
+        }
+        if (!strcmp(name, "setsid"))
+            return setsid() < 0 ? fail(errno, "setsid()") : 0;
+        if (!strcmp(name, "symlink"))
+            return op_symlink(a[0], a[1]);
+        if (!strcmp(name, "stdio"))
+            return op_stdio();
+        break;
+    case 'n':
+        if (!strcmp(name, "name"))
+            return prctl(PR_SET_NAME, a[0], 0, 0, 0) < 0 ? fail(errno, "prctl(PR_SET_NAME)") : 0;
+        if (!strcmp(name, "nnp"))
+            return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ? fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)") : 0;
+        break;
+    case 'p':
+        if (!strcmp(name, "pdeathsig"))
+            return prctl(PR_SET_PDEATHSIG, (int)number(a[0], 10), 0, 0, 0) < 0 ? fail(errno, "prctl(PR_SET_PDEATHSIG)") : 0;
+        if (!strcmp(name, "pivot"))
+            return op_pivot(a[0]);
+        break;
+    case 'c':
+        if (!strcmp(name, "closefds"))
+            return syscall(SYS_close_range, 4U, ~0U, 0U) < 0 ? fail(errno, "close_range(4, ~0)") : 0;
+        if (!strcmp(name, "capset"))
+            return op_capset(a[0]);
+        if (!strcmp(name, "cgroup"))
+            return op_cgroup(a[0]);
+        break;
+    case 'u':
+        if (!strcmp(name, "unshare")) {
+            int flags = (int)number(a[0], 16);
+            return unshare(flags) < 0 ? fail(errno, "unshare(%#x)", flags) : 0;
+        }
+        if (!strcmp(name, "umask")) {
+            umask((mode_t)number(a[0], 8));
+            return 0;
+        }
+        break;
+    case 'm':
+        if (!strcmp(name, "mount"))
+            return op_mount(a[0], a[1], a[2], a[3], a[4]);
+        if (!strcmp(name, "mkdir"))
+            return op_mkdir(a[0], a[1]);
+        if (!strcmp(name, "mknod"))
+            return op_mknod(a[0], a[1], a[2]);
+        if (!strcmp(name, "mask"))
+            return op_mask(a[0]);
+        break;
+    case 'r':
+        if (!strcmp(name, "readonly"))
+            return op_readonly(a[0]);
+        break;
+    case 'l':
+        if (!strcmp(name, "loopback"))
+            return op_loopback();
+        break;
+    case 'b':
+        if (!strcmp(name, "bounding"))
+            return op_bounding(a[0], a[1]);
+        break;
+    case 'h':
+        if (!strcmp(name, "hostname"))
+            return sethostname(a[0], strlen(a[0])) < 0 ? fail(errno, "sethostname(%s)", a[0]) : 0;
+        break;
+    case 'e':
+        if (!strcmp(name, "exec"))
+            return op_exec(a, n);
+        break;
+    }
+    return refuse(EINVAL, "unknown op %s", name);
+}
+
+/* Run tokens[0..count) as ops. Returns the index after a "wait" op (the spare's plan ends
+ * there), or count. In the spare's plan a failure skips ahead to its "wait". */
+static int run_plan(char **tokens, int count, int spare) {
+    int i = 0;
+    while (i < count) {
+        const char *name = tokens[i];
+        int args = arity(name);
+        if (args == -2) {
+            refuse(EINVAL, "unknown op %s", name);
+        } else if (!strcmp(name, "wait")) {
+            return i + 1;
+        } else {
+            int available = count - i - 1;
+            if (args >= 0 && available < args)
+                refuse(EINVAL, "op %s needs %d arguments", name, args);
+            else
+                run_op(name, &tokens[i + 1], args < 0 ? available : args);
+        }
+        if (failed && !spare)
+            report_and_exit();
+        if (failed) { /* skip to the wait */
+            while (i < count && strcmp(tokens[i], "wait") != 0)
+                i++;
+            continue;
+        }
+        i += 1 + (args < 0 ? count - i - 1 : args);
+    }
+    return count;
+}
+
+int main(int argc, char **argv) {
+    run_plan(argv + 1, argc - 1, 1);
+    int count = 0;
+    char **job = receive_job(&count);
+    if (failed)
+        report_and_exit();
+    step = "start";
+    run_plan(job, count, 0);
+    /* A job's plan ends in exec; reaching here means it did not. */
+    refuse(EINVAL, "the job's plan has no exec");
+    report_and_exit();
+}

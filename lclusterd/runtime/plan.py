@@ -1,0 +1,158 @@
+"""The job's first process as data: the ops `lclusterd-jobinit` (jobinit/jobinit.c)
+executes, in order. Pure: no syscalls here; the order the container's security rests on
+is decided, and unit-tested, in this file.
+
+The fork server spawns the init as a *spare* before its job exists, with the spare's plan
+as its argv: the steps that need no job (namespaces, mount propagation, the scratch tmpfs,
+loopback, the bounding set) run off the start path of the job it will become. The job's
+plan arrives on the init's socket when a job is handed over (DESIGN.md "Starting a
+container"):
+
+  spare:  name -> die with the fork server -> close inherited fds -> new session ->
+          unshare mount, UTS, IPC, network -> / private -> scratch tmpfs (the overlay's
+          upper and work) -> loopback up -> drop the bounding set -> wait for the job
+  job:    join the job cgroup -> unshare the cgroup namespace -> stdio -> mounts ->
+          pivot_root -> masks -> hostname -> no_new_privs -> capabilities ->
+          find the command -> close fds -> chdir -> exec
+
+A plan is a flat list of string tokens: an op name, then its arguments (ARITY). "" stands
+for NULL in a mount's source, type and data. "step NAME" names the steps after it in a
+failure report ({"step", "errno", "detail"} on the status socket).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from lclusterd.runtime import kernel, mounts
+
+JOBINIT = Path(__file__).resolve().parent / "jobinit" / "lclusterd-jobinit"
+
+# Made while waiting as a spare. The PID namespace is made by the fork server (the init is
+# spawned into it), and the cgroup namespace only after the job's cgroup is joined, so
+# that it is its root.
+SPARE_NAMESPACES = kernel.CLONE_NEWNS | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC | kernel.CLONE_NEWNET
+SIGKILL = 9
+
+# Every op jobinit.c knows and how many arguments it takes (-1: all the rest). A unit test
+# holds this table and the C one to the same list.
+ARITY = {
+    "step": 1, "name": 1, "pdeathsig": 1, "closefds": 0, "setsid": 0, "unshare": 1,
+    "mount": 5, "mkdir": 2, "mknod": 3, "symlink": 2, "mask": 1, "readonly": 1,
+    "loopback": 0, "bounding": 2, "capset": 1, "cgroup": 1, "stdio": 0, "umask": 1,
+    "pivot": 1, "hostname": 1, "nnp": 0, "wait": 0, "exec": -1,
+}
+
+
+@dataclass
+class PreparedJob:
+    """What a spare needs to become the job (its stdin, stdout and stderr travel with the
+    plan as file descriptors)."""
+
+    job_id: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    hostname: str
+    rootfs: str
+    cgroup_procs: list[str]  # cgroup.procs files the job joins
+    keep_caps: int  # the spare dropped the rest from its bounding set already
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def spare_plan(mount_point: str, keep_caps: int, cap_last: int) -> list[str]:
+    """The spare's plan, ending with "wait". The job's writable layer lives on a tmpfs at
+    mount_point in the spare's own mount namespace: no disk I/O on the start path, nothing
+    on the host to clean up, and what the job writes is charged to its memory cgroup."""
+    return [
+        "name", "lclusterd:spare",  # until exec names it after the job
+        "pdeathsig", str(SIGKILL),  # die with the fork server while no job is ours
+        "closefds",  # hold none of the fork server's descriptors
+        # A session of its own: a Ctrl-C or SIGHUP meant for the daemon's terminal or
+        # process group must not reach the job, whose end is the runtime's to decide.
+        "setsid",
+        "step", "unshare namespaces", "unshare", f"{SPARE_NAMESPACES:x}",
+        "step", "mount propagation", *_mount_tokens(mounts.Op("mount", "/", None, None, kernel.MS_REC | kernel.MS_PRIVATE)),
+        "step", "scratch tmpfs",
+        *_mount_tokens(mounts.Op("mount", mount_point, "scratch", "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=755")),
+        *[token for sub in ("upper", "work", "root") for token in ("mkdir", f"{mount_point}/{sub}", "755")],
+        "step", "loopback up", "loopback",
+        "step", "capability bounding set", "bounding", f"{keep_caps:x}", str(cap_last),
+        "wait",
+    ]
+
+
+def job_plan(job: PreparedJob, scratch: str) -> list[str]:
+    """The job's plan: from a prepared spare to exec. Ends with exec."""
+    root = f"{scratch}/root"
+    plan = ["step", "start", "pdeathsig", "0"]  # the job may outlive the fork server
+    # Join first, so every later process of the job is born inside its cgroup.
+    plan += ["step", "join cgroup", *[token for procs in job.cgroup_procs for token in ("cgroup", procs)]]
+    # NEWCGROUP after the join makes the job's cgroup the root of its view.
+    plan += ["step", "unshare cgroup namespace", "unshare", f"{kernel.CLONE_NEWCGROUP:x}"]
+    plan += ["step", "stdio", "stdio"]
+    plan += ["umask", "0"]  # device nodes and mount points get exactly the modes planned
+    plan += ["step", "mount rootfs"]
+    for op in mounts.plan_before_pivot(root, job.rootfs, f"{scratch}/upper", f"{scratch}/work"):
+        plan += _op_tokens(op)
+    plan += ["step", "pivot_root", "pivot", root]
+    plan += ["step", "mask /proc"]
+    for op in mounts.plan_after_pivot():
+        plan += _op_tokens(op)
+    plan += ["umask", "22"]
+    plan += ["step", "hostname", "hostname", job.hostname]
+    plan += ["step", "no_new_privs", "nnp"]
+    plan += ["step", "capabilities", "capset", f"{job.keep_caps:x}"]
+    # exec finds the command (PATH from the job's environment), marks every fd but stdio
+    # close-on-exec, enters cwd and execs, naming each of those steps itself.
+    env = [f"{name}={value}" for name, value in job.env.items()]
+    plan += ["exec", job.cwd, job.env.get("PATH", ""), str(len(job.argv)), *job.argv, str(len(env)), *env]
+    return plan
+
+
+def _mount_tokens(op: mounts.Op) -> list[str]:
+    return ["mount", op.source or "", op.target, op.fstype or "", str(op.flags), op.data or ""]
+
+
+def _op_tokens(op: mounts.Op) -> list[str]:
+    if op.kind == "mount":
+        return _mount_tokens(op)
+    if op.kind == "mkdir":
+        return ["mkdir", op.target, "755"]
+    if op.kind == "mknod":
+        major, minor = (op.data or "").split(":")
+        return ["mknod", op.target, major, minor]
+    if op.kind == "symlink":
+        return ["symlink", op.source or "", op.target]
+    if op.kind in ("mask", "readonly"):  # both skip a path this kernel does not have
+        return [op.kind, op.target]
+    raise ValueError(f"unknown mount plan op {op.kind!r}")
+
+
+def ops(tokens: list[str]) -> Iterator[tuple[str, list[str]]]:
+    """Split a plan into (op, arguments), as jobinit.c reads it; ValueError on a plan it
+    would refuse."""
+    i = 0
+    while i < len(tokens):
+        name = tokens[i]
+        if name not in ARITY:
+            raise ValueError(f"unknown op {name!r}")
+        count = ARITY[name] if ARITY[name] >= 0 else len(tokens) - i - 1
+        if i + 1 + count > len(tokens):
+            raise ValueError(f"op {name} needs {count} arguments")
+        yield name, tokens[i + 1:i + 1 + count]
+        i += 1 + count
+
+
+def encode(tokens: list[str]) -> bytes:
+    """A job plan as jobinit.c receives it: a 4-byte big-endian length, then the tokens,
+    each ending in NUL. ValueError on a token that holds a NUL itself."""
+    if any("\0" in token for token in tokens):
+        raise ValueError("a plan token contains a NUL byte")
+    body = b"".join(token.encode() + b"\0" for token in tokens)
+    return struct.pack(">I", len(body)) + body

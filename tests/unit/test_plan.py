@@ -1,0 +1,88 @@
+"""The job init's plans (plan.py), pure: the set-up steps come in the order the container's
+security rests on (youki's "order of the set-up calls" test, on data instead of a recording
+fake), every op is one jobinit.c knows with the arguments it expects, and the wire format."""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from lclusterd.runtime import caps, kernel, plan
+
+
+def job(**changes) -> plan.PreparedJob:
+    fields = dict(job_id="j" * 32, argv=["/bin/sh", "-c", "echo hi"], env={"PATH": "/usr/bin:/bin", "A": "b c"},
+                  cwd="/tmp", hostname="h1", rootfs="/rootfs", cgroup_procs=["/cg/mem/cgroup.procs", "/cg/pids/cgroup.procs"],
+                  keep_caps=caps.mask_of(caps.DEFAULT_KEEP))
+    fields.update(changes)
+    return plan.PreparedJob(**fields)
+
+
+def names(tokens: list[str]) -> list[str]:
+    return [name for name, _ in plan.ops(tokens) if name not in ("step", "umask")]
+
+
+def test_job_steps_run_in_the_order_that_keeps_it_contained():
+    order = names(plan.job_plan(job(), "/scratch"))
+    # cgroup join before any namespace or mount; the cgroup namespace right after the join
+    assert order[:4] == ["pdeathsig", "cgroup", "cgroup", "unshare"]
+    first_mount, pivot = order.index("mount"), order.index("pivot")
+    assert order.index("stdio") < first_mount < pivot < order.index("mask") < order.index("readonly")
+    # pivot_root before no_new_privs before the capability drop before exec, exec last
+    assert pivot < order.index("hostname") < order.index("nnp") < order.index("capset") < order.index("exec")
+    assert order[-1] == "exec"
+
+
+def test_job_plan_arguments():
+    tokens = plan.job_plan(job(), "/scratch")
+    ops = dict((name, args) for name, args in plan.ops(tokens) if name in ("unshare", "capset", "pivot", "hostname", "exec"))
+    assert int(ops["unshare"][0], 16) == kernel.CLONE_NEWCGROUP
+    assert int(ops["capset"][0], 16) == caps.mask_of(caps.DEFAULT_KEEP)
+    assert ops["pivot"] == ["/scratch/root"]
+    assert ops["hostname"] == ["h1"]
+    assert ops["exec"] == ["/tmp", "/usr/bin:/bin", "3", "/bin/sh", "-c", "echo hi", "2", "PATH=/usr/bin:/bin", "A=b c"]
+    overlay = next(args for name, args in plan.ops(tokens) if name == "mount")
+    assert overlay == ["overlay", "/scratch/root", "overlay", "0", "lowerdir=/rootfs,upperdir=/scratch/upper,workdir=/scratch/work"]
+    steps = [args[0] for name, args in plan.ops(tokens) if name == "step"]
+    assert steps[:4] == ["start", "join cgroup", "unshare cgroup namespace", "stdio"]
+
+
+def test_spare_plan_prepares_what_needs_no_job_and_then_waits():
+    tokens = plan.spare_plan("/state/root", 0x5, 40)
+    order = names(tokens)
+    assert order == ["name", "pdeathsig", "closefds", "setsid", "unshare", "mount", "mount", "mkdir", "mkdir", "mkdir",
+                     "loopback", "bounding", "wait"]
+    unshare = next(a for n, a in plan.ops(tokens) if n == "unshare")
+    assert int(unshare[0], 16) == plan.SPARE_NAMESPACES and not int(unshare[0], 16) & kernel.CLONE_NEWPID
+    assert next(a for n, a in plan.ops(tokens) if n == "bounding") == ["5", "40"]
+    propagation, scratch = [a for n, a in plan.ops(tokens) if n == "mount"]
+    assert propagation == ["", "/", "", str(kernel.MS_REC | kernel.MS_PRIVATE), ""]
+    assert scratch[1:3] == ["/state/root", "tmpfs"]
+
+
+def test_every_op_is_one_the_c_init_knows_with_the_same_arity():
+    source = (Path(plan.__file__).parent / "jobinit" / "jobinit.c").read_text()
+    table = source[source.index("static const struct op OPS[]"):]
+    table = table[:table.index("};")]
+    in_c = {name: int(count) for name, count in re.findall(r'\{"(\w+)", (-?\d+)\}', table)}
+    assert in_c == plan.ARITY
+    for tokens in (plan.job_plan(job(), "/s"), plan.spare_plan("/s", 1, 40)):
+        assert all(name in plan.ARITY for name, _ in plan.ops(tokens))
+
+
+def test_plans_that_the_init_would_refuse_are_refused_here_too():
+    with pytest.raises(ValueError, match="unknown op"):
+        list(plan.ops(["frobnicate"]))
+    with pytest.raises(ValueError, match="needs 5 arguments"):
+        list(plan.ops(["mount", "a", "b"]))
+    with pytest.raises(ValueError, match="NUL"):
+        plan.encode(["exec", "/", "", "1", "a\0b", "0"])
+
+
+def test_encoding_is_a_length_then_nul_terminated_tokens():
+    data = plan.encode(["nnp", "hostname", "h"])
+    (length,) = struct.unpack(">I", data[:4])
+    assert data[4:] == b"nnp\0hostname\0h\0" and length == len(data) - 4
