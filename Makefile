@@ -16,7 +16,7 @@ STAMPS := .stamps
 V2VM ?= $(CURDIR)/../shared/v2vm
 PYTEST_ARGS ?=
 
-APT_PACKAGES := etcd-server etcd-client busybox-static python3-venv python3-dev gcc libc6-dev iproute2 debootstrap
+APT_PACKAGES := etcd-server etcd-client busybox-static python3-venv python3-dev gcc libc6-dev musl-tools iproute2 debootstrap
 JOBINIT := lclusterd/runtime/jobinit/lclusterd-jobinit
 BENCH_PACKAGES := runc bubblewrap slurm-wlm munge
 
@@ -40,7 +40,7 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 
 # Every job's first process (see its header). Static: no dynamic loader on the start path.
 $(JOBINIT): lclusterd/runtime/jobinit/jobinit.c $(STAMPS)/apt
-	gcc -O2 -Wall -Wextra -Werror -static -o $@ $<
+	musl-gcc -O2 -Wall -Wextra -Werror -static -o $@ $<
 
 rootfs: $(STAMPS)/apt
 	@sh rootfs/build.sh $(ROOTFS) $(ROOTFS_DIR)

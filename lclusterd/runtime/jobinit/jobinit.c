@@ -23,7 +23,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/capability.h>
 #include <net/if.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -199,10 +198,20 @@ static int op_bounding(const char *keep_hex, const char *last) {
     return 0;
 }
 
+/* The kernel's capset(2) ABI (linux/capability.h, which musl's headers do not carry). */
+#define LINUX_CAPABILITY_VERSION_3 0x20080522
+struct cap_header {
+    uint32_t version;
+    int pid;
+};
+struct cap_data {
+    uint32_t effective, permitted, inheritable;
+};
+
 static int op_capset(const char *keep_hex) {
     unsigned long long keep = number(keep_hex, 16);
-    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
-    struct __user_cap_data_struct data[2];
+    struct cap_header header = {LINUX_CAPABILITY_VERSION_3, 0};
+    struct cap_data data[2];
     for (int i = 0; i < 2; i++) {
         uint32_t word = (uint32_t)(keep >> (32 * i));
         data[i].effective = data[i].permitted = data[i].inheritable = word;
