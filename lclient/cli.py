@@ -1,7 +1,9 @@
 """`lclient`: the original's `-add 'cmd'`, `-check UUID`, `-kill UUID`, plus -list, -nodes,
--logs, -wait. One action per call; each error is one line on stderr and an exit status:
+-logs, -wait, and `-add 'cmd' -all-nodes` pools (whose uuid -check, -wait and -kill take). One
+action per call; each error is one line on stderr and an exit status:
 
-    0   ok (for -wait: the job's own exit code, 128+N when signal N ended it)
+    0   ok (for -wait: the job's own exit code, 128+N when signal N ended it; for a pool, that
+        of its first member, by node, that did not exit 0)
     1   the job failed, was not found, or cannot be changed (kill of a finished job)
     2   usage error or invalid input (malformed uuid, empty command, bad limit value)
     3   lclusterd unreachable, or etcd unavailable behind it
@@ -18,7 +20,7 @@ import click
 
 from lclient import errors
 from lclient.client import SERVER_ENV, JobsClient, default_server
-from lclient.format import dumps, job_json, job_text, jobs_table, node_json, nodes_table, outcome
+from lclient.format import dumps, job_json, job_text, jobs_table, members_table, node_json, nodes_table, outcome
 from lclient.units import parse_count, parse_cpus, parse_duration, parse_size
 from lclusterd.rpc import lclusterd_pb2 as pb
 
@@ -47,8 +49,9 @@ def _opt(*names: str, **kw):
 
 @click.command(context_settings={"help_option_names": ["-h", "-help", "--help"]}, add_help_option=True)
 @_opt("-add", "--add", "add", metavar="CMD", help="Queue CMD (run as /bin/sh -c CMD); prints the job's uuid alone.")
-@_opt("-check", "--check", "check", metavar="UUID", help="Show the job's state and details.")
-@_opt("-kill", "--kill", "kill", metavar="UUID", help="Stop the job (a queued one is cancelled).")
+@_opt("-check", "--check", "check", metavar="UUID",
+      help="Show the job's state and details (for a pool: its state and a row per member).")
+@_opt("-kill", "--kill", "kill", metavar="UUID", help="Stop the job (a queued one is cancelled); for a pool, every member.")
 @_opt("-list", "--list", "list_", is_flag=True, help="List jobs, oldest first.")
 @_opt("-state", "--state", "states", multiple=True, metavar="STATE", help="With -list: only jobs in STATE (repeatable).")
 @_opt("-limit", "--limit", "limit", default="0", metavar="N", help="With -list: only the newest N jobs.")
@@ -58,7 +61,8 @@ def _opt(*names: str, **kw):
 @_opt("-logs", "--logs", "logs", metavar="UUID", help="Print the job's stdout and stderr.")
 @_opt("-follow", "--follow", "follow", is_flag=True, help="With -logs: keep printing until the job ends.")
 @_opt("-wait", "--wait", "wait", is_flag=False, flag_value=_WAIT_FOR_ADDED, default=None, metavar="UUID",
-      help="Block until the job ends and exit with its status; with -add, wait for the new job.")
+      help="Block until the job ends and exit with its status; with -add, wait for the new job. For a pool: until "
+           "every member ends; 0 if all exited 0, else the status of the first member (by node) that did not.")
 @_opt("-mem", "--mem", "mem", metavar="SIZE", help="With -add: memory limit, e.g. 64M, 1G.")
 @_opt("-cpus", "--cpus", "cpus", metavar="N", help="With -add: CPU limit in cores, e.g. 0.5.")
 @_opt("-pids", "--pids", "pids", metavar="N", help="With -add: most processes (default: the node's, 1024).")
@@ -68,6 +72,9 @@ def _opt(*names: str, **kw):
 @_opt("-stdin", "--stdin", "stdin", metavar="FILE", help="With -add: the job's standard input ('-' = this one's).")
 @_opt("-retries", "--retries", "retries", metavar="N", help="With -add: extra attempts if its node is lost (default 0).")
 @_opt("-node", "--node", "node", metavar="NAME", help="With -add: run it on node NAME only (it waits while NAME is full or away).")
+@_opt("-all-nodes", "--all-nodes", "all_nodes", is_flag=True,
+      help="With -add: a pool, one copy on every ready node (not draining); prints the pool's uuid alone, "
+           "which -check, -wait and -kill take.")
 @_opt("-json", "--json", "as_json", is_flag=True, help="Machine-readable output (one JSON document per line).")
 @_opt("-server", "--server", "server", metavar="HOST:PORT",
       help=f"The lclusterd to talk to (also ${SERVER_ENV}; default 127.0.0.1:64051; unix:PATH works).")
@@ -75,7 +82,8 @@ def _opt(*names: str, **kw):
 @click.pass_context
 def cli(ctx: click.Context, **o) -> int:
     """Submit and manage lclusterd jobs. Exactly one of -add, -check, -kill, -list, -nodes,
-    -logs, -wait (or -add with -wait), -drain, -undrain.
+    -logs, -wait (or -add with -wait), -drain, -undrain. -add CMD -all-nodes queues a pool, one
+    copy of CMD on every ready node, under one uuid that -check, -wait and -kill take.
 
     Exit status: 0 ok (-wait: the job's own status, 128+N for signal N); 1 job failed or not
     found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 124 -wait timed out."""
@@ -102,6 +110,8 @@ def cli(ctx: click.Context, **o) -> int:
         if action == "-kill":
             job = client.kill(o["kill"])
             click.echo(dumps(job_json(job)) if o["as_json"] else f"{job.id} {outcome(job)}{' (kill requested)' if job.kill_requested else ''}")
+            if job.is_pool and not o["as_json"]:
+                click.echo(members_table(job))
             return errors.EXIT_OK
         if action == "-list":
             limit = _parse("-limit", o["limit"], lambda t: parse_count(t, 0))
@@ -144,6 +154,10 @@ def _check_applicable(action: str, o: dict) -> None:
         raise click.UsageError("-follow goes with -logs")
     if (o["states"] or o["limit"] != "0") and action != "-list":
         raise click.UsageError("-state and -limit go with -list")
+    if o["all_nodes"] and action != "-add":
+        raise click.UsageError("-all-nodes goes with -add")
+    if o["all_nodes"] and o["node"]:
+        raise click.UsageError("-all-nodes runs a copy on every ready node; leave out -node")
 
 
 def _parse(name: str, text: str, parser):
@@ -185,7 +199,7 @@ def _spec(o: dict) -> pb.JobSpec:
 
 
 def _add(client: JobsClient, o: dict) -> int:
-    reply = client.add(_spec(o))
+    reply = client.add(_spec(o), all_nodes=o["all_nodes"])
     click.echo(dumps(job_json(reply.job)) if o["as_json"] and not o["wait"] else reply.id)
     sys.stdout.flush()
     if o["wait"]:
@@ -198,9 +212,9 @@ def _wait(client: JobsClient, job_id: str, timeout: float | None, as_json: bool)
     status = job_exit_status(job)
     if as_json:
         click.echo(dumps(job_json(job)))
-    if status != 0 and not (job.state == "EXITED"):
+    if status != 0 and not (job.state == "EXITED" and not job.is_pool):
         reason = f": {job.error}" if job.error else ""
-        click.echo(f"lclient: job {job.id} ended {outcome(job)}{reason}", err=True)
+        click.echo(f"lclient: {'pool' if job.is_pool else 'job'} {job.id} ended {outcome(job)}{reason}", err=True)
     return status
 
 

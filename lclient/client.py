@@ -43,10 +43,12 @@ class JobsClient:
         self.close()
 
     # -- calls -----------------------------------------------------------------------------
-    def add(self, spec: pb.JobSpec) -> pb.AddReply:
-        return self._call(self._stub.Add, pb.AddRequest(spec=spec))
+    def add(self, spec: pb.JobSpec, all_nodes: bool = False) -> pb.AddReply:
+        """Queue a job; with all_nodes, a pool (one member per ready node): the reply's id is the pool's."""
+        return self._call(self._stub.Add, pb.AddRequest(spec=spec, all_nodes=all_nodes))
 
     def check(self, job_id: str) -> pb.Job:
+        """The job, or for a pool id the pool (is_pool set, every member in `members`)."""
         return self._call(self._stub.Check, pb.JobRef(id=job_id))
 
     def kill(self, job_id: str) -> pb.Job:

@@ -11,6 +11,7 @@ from lclient.units import format_size
 from lclusterd.rpc import lclusterd_pb2 as pb
 
 SCHEMA_VERSION = 1
+TERMINAL = frozenset({"EXITED", "KILLED", "OOM_KILLED", "TIMED_OUT", "FAILED", "CANCELLED", "LOST"})
 
 
 def signal_name(number: int) -> str:
@@ -35,7 +36,7 @@ def _when(ts: float) -> str:
 
 def job_json(job: pb.Job) -> dict[str, Any]:
     spec = job.spec
-    return {
+    data = {
         "schema_version": SCHEMA_VERSION,
         "id": job.id,
         "state": job.state,
@@ -65,7 +66,12 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "pinned_node": spec.node or None,
         "waiting": job.waiting or None,
         "attempts": [attempt_json(a) for a in job.attempts],  # earlier attempts; the current one is the job itself
+        "pool": job.pool or None,  # a pool member: its pool's id
+        "is_pool": job.is_pool,
     }
+    if job.is_pool:  # an -all-nodes pool: its state sums up its members', each a job document
+        data["members"] = [job_json(m) for m in job.members]
+    return data
 
 
 def attempt_json(a: pb.Attempt) -> dict[str, Any]:
@@ -89,8 +95,7 @@ def dumps(data: Any) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def job_text(job: pb.Job) -> str:
-    spec = job.spec
+def _limits(spec: pb.JobSpec) -> str:
     limits = []
     if spec.HasField("memory_bytes"):
         limits.append(f"memory={format_size(spec.memory_bytes)}")
@@ -100,6 +105,56 @@ def job_text(job: pb.Job) -> str:
         limits.append(f"pids={spec.pids}")
     if spec.HasField("timeout_seconds"):
         limits.append(f"timeout={spec.timeout_seconds:g}s")
+    return " ".join(limits) or "node defaults"
+
+
+def _rows_text(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows) + 1
+    return "\n".join(f"{k + ':':<{width}} {v}" for k, v in rows)
+
+
+def exit_text(job: pb.Job) -> str:
+    """The EXIT column: the exit code, else the signal's name, else '-'."""
+    if job.HasField("exit_code"):
+        return str(job.exit_code)
+    if job.HasField("signal"):
+        return signal_name(job.signal)
+    return "-"
+
+
+def members_table(pool: pb.Job) -> str:
+    rows = [[m.node or m.spec.node or "-", m.id, m.state + (" (kill requested)" if m.kill_requested else ""), exit_text(m)]
+            for m in pool.members]
+    return table(["NODE", "JOB", "STATE", "EXIT"], rows)
+
+
+def pool_text(pool: pb.Job) -> str:
+    """-check of a pool: its summary, then one row per member (in node order)."""
+    ended = sum(1 for m in pool.members if m.state in TERMINAL)
+    state = outcome(pool) + (" (kill requested)" if pool.kill_requested else "")
+    if ended < len(pool.members):
+        state += f" ({ended} of {len(pool.members)} members ended)"
+    rows = [
+        ("id", pool.id),
+        ("pool", f"{len(pool.members)} member(s), one per node ready when it was added"),
+        ("state", state),
+        ("command", pool.spec.command),
+        ("created", _when(pool.created_at)),
+        ("started", _when(pool.started_at)),
+        ("finished", _when(pool.finished_at)),
+        ("limits", _limits(pool.spec)),
+    ]
+    if pool.error:
+        rows.append(("reason", pool.error))
+    if pool.spec.retries:
+        rows.append(("retries", f"{pool.spec.retries} per member"))
+    return _rows_text(rows) + "\nmembers:\n" + "\n".join("  " + line for line in members_table(pool).splitlines())
+
+
+def job_text(job: pb.Job) -> str:
+    if job.is_pool:
+        return pool_text(job)
+    spec = job.spec
     rows = [
         ("id", job.id),
         ("state", outcome(job) + (" (kill requested)" if job.kill_requested else "")),
@@ -111,7 +166,7 @@ def job_text(job: pb.Job) -> str:
     ]
     if job.started_at and job.finished_at:
         rows.append(("runtime", f"{job.finished_at - job.started_at:.3f}s"))
-    rows.append(("limits", " ".join(limits) or "node defaults"))
+    rows.append(("limits", _limits(spec)))
     if job.oom_killed:
         rows.append(("oom", "yes: killed by the kernel OOM killer"))
     if job.HasField("peak_memory_bytes"):
@@ -122,12 +177,13 @@ def job_text(job: pb.Job) -> str:
         rows.append(("reason", job.error))
     if spec.node:
         rows.append(("pinned to", spec.node))
+    if job.pool:
+        rows.append(("pool", f"member of pool {job.pool}"))
     if job.state == "QUEUED":
         rows.append(("waiting", job.waiting or "for a free slot on a node"))
     if spec.retries or job.attempts:
         rows.append(("attempt", f"{job.attempt} of at most {spec.retries + 1}"))
-    width = max(len(k) for k, _ in rows) + 1
-    text = "\n".join(f"{k + ':':<{width}} {v}" for k, v in rows)
+    text = _rows_text(rows)
     if job.attempts:
         history = [attempt_json(a) for a in job.attempts] + [current_attempt_json(job)]
         lines = [[str(a["attempt"]), a["node"] or "-", _when(a["started_at"] or 0), _when(a["ended_at"] or 0),

@@ -24,10 +24,10 @@ class JobNotFound(LclusterdError):
 
 
 class JobFinished(LclusterdError):
-    """The job is already in a terminal state, so it cannot be killed."""
+    """The job (or every member of the pool) is already in a terminal state, so it cannot be killed."""
 
-    def __init__(self, job_id: str, state: str):
-        super().__init__(f"job {job_id} has already finished ({state})")
+    def __init__(self, job_id: str, state: str, kind: str = "job"):
+        super().__init__(f"{kind} {job_id} has already finished ({state})")
         self.job_id = job_id
         self.state = state
 
@@ -77,8 +77,8 @@ class NotOnThisNode(LclusterdError):
 class WaitTimedOut(LclusterdError):
     """A wait for a job ended before the job did."""
 
-    def __init__(self, job_id: str, state: str, seconds: float):
-        super().__init__(f"job {job_id} is still {state} after {seconds:g}s")
+    def __init__(self, job_id: str, state: str, seconds: float, kind: str = "job"):
+        super().__init__(f"{kind} {job_id} is still {state} after {seconds:g}s")
         self.job_id = job_id
         self.state = state
         self.seconds = seconds
@@ -98,3 +98,15 @@ class NodeNotFound(LclusterdError):
 
 class NodeUnreachable(LclusterdError):
     """The request needs another node (the one that ran the job) and it cannot be reached."""
+
+
+class NoReadyNode(LclusterdError):
+    """A pool (-all-nodes) was asked for while no node is ready (registered and not draining)."""
+
+
+class IsAPool(LclusterdError):
+    """The request is for one job, and the id names an -all-nodes pool (e.g. its logs)."""
+
+    def __init__(self, pool_id: str, members: int, what: str):
+        super().__init__(f"{pool_id} is a pool of {members} job(s), one per node; {what}")
+        self.pool_id = pool_id

@@ -1,7 +1,9 @@
 """Jobs and nodes as the control plane sees them: ids, specs, records, the state machine. Pure.
 
 A JobRecord is what etcd holds under jobs/<uuid>; it is the truth about a job. Every state
-change goes through `JobRecord.moved_to`, which refuses what ALLOWED does not list.
+change goes through `JobRecord.moved_to`, which refuses what ALLOWED does not list. A
+PoolRecord (pools/<uuid>) names the member jobs of an -all-nodes pool; `pool_outcome` sums
+their states up into the pool's.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ class JobRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     # why a QUEUED job waits (set by the prime when no node can take it); "" otherwise
     waiting: str = ""
+    # the id of the -all-nodes pool this job is a member of; "" otherwise
+    pool: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -180,6 +184,8 @@ class JobRecord:
         data = asdict(self)
         data["spec"] = self.spec.to_json()
         data["schema_version"] = SCHEMA_VERSION
+        if not self.pool:  # written only for pool members: other records stay readable by older daemons
+            del data["pool"]
         return data
 
     @classmethod
@@ -195,6 +201,58 @@ class JobRecord:
     @classmethod
     def from_bytes(cls, raw: bytes) -> JobRecord:
         return cls.from_json(json.loads(raw))
+
+
+@dataclass
+class PoolRecord:
+    """An -all-nodes pool, stored under pools/<uuid>: the spec every member runs (unpinned),
+    and its members, node -> member job id (each member is an ordinary job pinned to its node)."""
+
+    id: str
+    spec: JobSpec
+    created_at: float = 0.0
+    members: dict[str, str] = field(default_factory=dict)
+
+    def member_ids(self) -> list[str]:
+        """Member job ids in node-name order (the order -check shows and pool_outcome reads)."""
+        return [self.members[node] for node in sorted(self.members)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "spec": self.spec.to_json(), "created_at": self.created_at,
+                "members": dict(sorted(self.members.items())), "schema_version": SCHEMA_VERSION}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PoolRecord:
+        return cls(id=data["id"], spec=JobSpec.from_json(data["spec"]), created_at=data.get("created_at") or 0.0,
+                   members=dict(data.get("members") or {}))
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> PoolRecord:
+        return cls.from_json(json.loads(raw))
+
+
+def pool_outcome(members: list[JobRecord]) -> tuple[str, JobRecord | None]:
+    """A pool's state from its members' (in node order), and the member that decided it.
+
+    While any member has not ended: QUEUED if all are QUEUED, ASSIGNED if none has gone further,
+    else RUNNING (None). Once all have ended: EXITED (None) if every member EXITED with code 0,
+    otherwise the state of the first member that did not, and that member (whose exit code,
+    signal and error are the pool's). A pool with no member record at all is LOST."""
+    if not members:
+        return LOST, None
+    if not all(m.terminal for m in members):
+        if all(m.state == QUEUED for m in members):
+            return QUEUED, None
+        if all(m.state in (QUEUED, ASSIGNED) for m in members):
+            return ASSIGNED, None
+        return RUNNING, None
+    for m in members:
+        if not (m.state == EXITED and m.exit_code == 0):
+            return m.state, m
+    return EXITED, None
 
 
 @dataclass

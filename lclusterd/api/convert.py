@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lclusterd.cluster.node import NodeView
-from lclusterd.model import JobRecord, JobSpec
+from lclusterd.model import EXITED, JobRecord, JobSpec, PoolRecord, pool_outcome
 from lclusterd.rpc import lclusterd_pb2 as pb
 
 
@@ -50,6 +50,7 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         host_pid=record.host_pid or 0,
         kill_requested=record.kill_requested,
         waiting=record.waiting,
+        pool=record.pool,
         attempts=[pb.Attempt(attempt=a.get("attempt") or 0, node=a.get("node") or "", assigned_at=a.get("assigned_at") or 0.0,
                              started_at=a.get("started_at") or 0.0, ended_at=a.get("ended_at") or 0.0,
                              state=a.get("state") or "", reason=a.get("reason") or "") for a in record.history],
@@ -63,6 +64,36 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         msg.peak_memory_bytes = record.peak_memory_bytes
     if record.cpu_seconds is not None:
         msg.cpu_seconds = record.cpu_seconds
+    return msg
+
+
+def pool_to_proto(pool: PoolRecord, members: list[JobRecord]) -> pb.Job:
+    """The pool as a Job: is_pool, its members in node order, and the state, times and outcome
+    summed up from theirs (model.pool_outcome): the exit code, signal and error of a pool that
+    did not succeed are those of the member that decided it."""
+    state, decided = pool_outcome(members)
+    ended = all(m.terminal for m in members)
+    msg = pb.Job(id=pool.id, state=state, spec=spec_to_proto(pool.spec), created_at=pool.created_at or 0.0,
+                 is_pool=True, members=[job_to_proto(m) for m in members],
+                 kill_requested=any(m.kill_requested for m in members if not m.terminal))
+    msg.spec.stdin = b""
+    assigned = [m.assigned_at for m in members if m.assigned_at]
+    started = [m.started_at for m in members if m.started_at]
+    msg.assigned_at = min(assigned) if assigned else 0.0
+    msg.started_at = min(started) if started else 0.0
+    if ended:
+        msg.finished_at = max((m.finished_at or 0.0) for m in members)
+    if state == EXITED and decided is None:
+        msg.exit_code = 0
+    elif decided is not None:
+        if decided.exit_code is not None:
+            msg.exit_code = decided.exit_code
+        if decided.signal is not None:
+            msg.signal = decided.signal
+        msg.oom_killed = decided.oom_killed
+        code = f" with exit code {decided.exit_code}" if decided.state == EXITED and decided.exit_code is not None else ""
+        msg.error = (f"member {decided.id} on node {decided.node or decided.spec.node} ended {decided.state}{code}"
+                     + (f": {decided.error}" if decided.error else ""))
     return msg
 
 

@@ -11,8 +11,8 @@ import logging
 
 import grpc
 
-from lclusterd.errors import (InvalidSpec, InvalidTransition, JobFinished, JobNotFound, LclusterdError, NodeNotFound,
-                              NodeUnreachable, NotOnThisNode,
+from lclusterd.errors import (InvalidSpec, InvalidTransition, IsAPool, JobFinished, JobNotFound, LclusterdError,
+                              NodeNotFound, NodeUnreachable, NoReadyNode, NotOnThisNode,
                               QueueFull, RuntimeUnavailable, StoreUnavailable, TooBusy, WaitTimedOut)
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ STATUS_OF = {
     JobFinished: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
     NotOnThisNode: grpc.StatusCode.FAILED_PRECONDITION,
+    NoReadyNode: grpc.StatusCode.FAILED_PRECONDITION,
+    IsAPool: grpc.StatusCode.FAILED_PRECONDITION,
     WaitTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 ERROR_METADATA_KEY = "lclusterd-error"

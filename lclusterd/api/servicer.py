@@ -10,15 +10,16 @@ from typing import Callable, Iterator
 
 import grpc
 
-from lclusterd.api.convert import job_to_proto, node_to_proto, spec_from_proto
+from lclusterd.api.convert import job_to_proto, node_to_proto, pool_to_proto, spec_from_proto
 from lclusterd.api.errors import maps_errors, maps_stream_errors
 from lclusterd.api.peers import PROXIED_KEY, Peers
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.node import list_nodes, set_draining
-from lclusterd.errors import InvalidSpec, TooBusy, WaitTimedOut
-from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, JobSpec, parse_job_id
+from lclusterd.cluster.pools import Pools
+from lclusterd.errors import InvalidSpec, IsAPool, JobNotFound, TooBusy, WaitTimedOut
+from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, JobSpec, PoolRecord, parse_job_id, pool_outcome
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 
@@ -32,8 +33,9 @@ MAX_BLOCKING = 192
 
 class JobsServicer(pb_grpc.JobsServicer):
     def __init__(self, jobs: Jobs, events: JobEvents, logs: LogFiles, node: str,
-                 check_runnable: Callable[[JobSpec], None], peers: Peers):
+                 check_runnable: Callable[[JobSpec], None], peers: Peers, pools: Pools | None = None):
         self.jobs = jobs
+        self.pools = pools or Pools(jobs)
         self.peers = peers
         self.events = events
         self.logs = logs
@@ -50,24 +52,44 @@ class JobsServicer(pb_grpc.JobsServicer):
         finally:
             self._blocking.release()
 
+    def _pool(self, job_id: str, missing: JobNotFound) -> PoolRecord:
+        """The pool with this id, for a request whose id is no job's; else `missing` is raised."""
+        pool = self.pools.get(job_id)
+        if pool is None:
+            raise missing
+        return pool
+
     @maps_errors
     def Add(self, request: pb.AddRequest, context) -> pb.AddReply:
         spec = spec_from_proto(request.spec)
         self.check_runnable(spec)
+        if request.all_nodes:  # a pool: one member per ready node (Pools.add refuses a pinned spec)
+            pool, members = self.pools.add(spec)
+            return pb.AddReply(id=pool.id, job=pool_to_proto(pool, members))
         record = self.jobs.add(spec)
         return pb.AddReply(id=record.id, job=job_to_proto(record))
 
     @maps_errors
     def Check(self, request: pb.JobRef, context) -> pb.Job:
         job_id = parse_job_id(request.id)
-        record, _ = self.jobs.get(job_id)
+        try:
+            record, _ = self.jobs.get(job_id)
+        except JobNotFound as missing:
+            pool = self._pool(job_id, missing)
+            members = self.pools.with_kill_requests([r for r, _ in self.pools.members(pool)])
+            return pool_to_proto(pool, members)
         if not record.terminal and record.state != QUEUED:
             record.kill_requested = self.jobs.kill_requested(job_id)
         return job_to_proto(record)
 
     @maps_errors
     def Kill(self, request: pb.JobRef, context) -> pb.Job:
-        return job_to_proto(self.jobs.kill(parse_job_id(request.id)))
+        job_id = parse_job_id(request.id)
+        try:
+            return job_to_proto(self.jobs.kill(job_id))
+        except JobNotFound as missing:
+            pool = self._pool(job_id, missing)
+            return pool_to_proto(pool, self.pools.kill(pool))
 
     @maps_errors
     def List(self, request: pb.ListRequest, context) -> pb.ListReply:
@@ -94,7 +116,11 @@ class JobsServicer(pb_grpc.JobsServicer):
     @maps_stream_errors
     def Logs(self, request: pb.LogsRequest, context) -> Iterator[pb.LogChunk]:
         job_id = parse_job_id(request.id)
-        record, _ = self.jobs.get(job_id)
+        try:
+            record, _ = self.jobs.get(job_id)
+        except JobNotFound as missing:
+            pool = self._pool(job_id, missing)
+            raise IsAPool(job_id, len(pool.members), f"read a member's logs (lclient -check {job_id} lists them)") from None
         proxied = any(k == PROXIED_KEY for k, _ in context.invocation_metadata())
         if record.node and record.node != self.node and not proxied:
             yield from self.peers.logs(record.node, request, context)
@@ -137,7 +163,14 @@ class JobsServicer(pb_grpc.JobsServicer):
         if request.timeout_seconds < 0:
             raise InvalidSpec(f"timeout must not be negative, not {request.timeout_seconds:g}")
         deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
-        with self._blocking_slot(), self.events.subscribe(job_id) as changed:
+        with self._blocking_slot():
+            try:
+                return self._wait_job(job_id, deadline, request.timeout_seconds, context)
+            except JobNotFound as missing:
+                return self._wait_pool(self._pool(job_id, missing), deadline, request.timeout_seconds, context)
+
+    def _wait_job(self, job_id: str, deadline: float | None, seconds: float, context) -> pb.Job:
+        with self.events.subscribe(job_id) as changed:
             record, _ = self.jobs.get(job_id)
             while True:
                 if record.terminal:
@@ -146,9 +179,36 @@ class JobsServicer(pb_grpc.JobsServicer):
                     context.abort(grpc.StatusCode.CANCELLED, "the client went away")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise WaitTimedOut(job_id, record.state, request.timeout_seconds)
+                    raise WaitTimedOut(job_id, record.state, seconds)
                 woken = changed.wait(WAIT_TICK if remaining is None else min(WAIT_TICK, remaining))
                 changed.clear()
                 latest = changed.latest
                 # the watch carries the new record; read etcd only without one (or on a plain tick)
                 record = JobRecord.from_bytes(latest) if woken and latest is not None else self.jobs.get(job_id)[0]
+
+    def _wait_pool(self, pool: PoolRecord, deadline: float | None, seconds: float, context) -> pb.Job:
+        """Until every member has ended. The watch carries each member's new record; etcd is read
+        again (all members at once) at least every WAIT_TICK, in case a wake-up was missed."""
+        ids = pool.member_ids()
+        with self.events.subscribe_many(ids) as flags:
+            read = self.pools.members(pool)
+            records, revisions = [r for r, _ in read], [rev for _, rev in read]
+            read_at = time.monotonic()
+            while True:
+                if all(r.terminal for r in records):
+                    return pool_to_proto(pool, records)
+                if not context.is_active():
+                    context.abort(grpc.StatusCode.CANCELLED, "the client went away")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise WaitTimedOut(pool.id, pool_outcome(records)[0], seconds, kind="pool")
+                woken = flags[0].wait(WAIT_TICK if remaining is None else min(WAIT_TICK, remaining))
+                flags[0].clear()
+                if woken and time.monotonic() - read_at < WAIT_TICK:
+                    for i, flag in enumerate(flags):
+                        if flag.latest is not None and flag.revision > revisions[i]:
+                            records[i], revisions[i] = JobRecord.from_bytes(flag.latest), flag.revision
+                else:
+                    read = self.pools.members(pool)
+                    records, revisions = [r for r, _ in read], [rev for _, rev in read]
+                    read_at = time.monotonic()

@@ -1,7 +1,8 @@
 """JobEvents: one watch on jobs/ that wakes whoever waits for a particular job to change.
 
 Used by Wait and Logs(follow): a waiter subscribes before it reads the record, so a change
-between the read and the wait is never missed. Costs a dict lookup per job change.
+between the read and the wait is never missed. A pool's Wait subscribes to all its members at
+once (one flag set by any of them). Costs a dict lookup per job change.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ class Subscription:
     """Set whenever jobs/<id> changes; `latest` holds the newest record bytes seen by the watch
     (None until the first change, or after a resync: then read the store)."""
 
-    def __init__(self) -> None:
-        self.changed = threading.Event()
+    def __init__(self, changed: threading.Event | None = None) -> None:
+        self.changed = changed or threading.Event()
         self.latest: bytes | None = None
         self.revision = 0
 
@@ -51,18 +52,28 @@ class JobEvents:
     @contextmanager
     def subscribe(self, job_id: str) -> Iterator[Subscription]:
         """A Subscription set whenever jobs/<job_id> changes (clear it before each wait)."""
-        flag = Subscription()
-        with self._lock:
-            self._waiters.setdefault(job_id, set()).add(flag)
-        try:
+        with self.subscribe_many([job_id]) as (flag,):
             yield flag
+
+    @contextmanager
+    def subscribe_many(self, job_ids: list[str]) -> Iterator[list[Subscription]]:
+        """One Subscription per job (in the order given), all sharing one `changed` flag: a
+        wait on any of them wakes when any of the jobs changes; each keeps its own `latest`."""
+        shared = threading.Event()
+        flags = [Subscription(shared) for _ in job_ids]
+        with self._lock:
+            for job_id, flag in zip(job_ids, flags):
+                self._waiters.setdefault(job_id, set()).add(flag)
+        try:
+            yield flags
         finally:
             with self._lock:
-                flags = self._waiters.get(job_id)
-                if flags is not None:
-                    flags.discard(flag)
-                    if not flags:
-                        del self._waiters[job_id]
+                for job_id, flag in zip(job_ids, flags):
+                    waiting = self._waiters.get(job_id)
+                    if waiting is not None:
+                        waiting.discard(flag)
+                        if not waiting:
+                            del self._waiters[job_id]
 
     def on_events(self, events: list[Event]) -> None:
         with self._lock:

@@ -8,6 +8,8 @@
     kill/<uuid>             a kill request the owning node acts on
     members/<node>          NodeInfo of every node ever registered (no lease: "gone" nodes stay listed)
     drain/<node>            present while the node is draining (no new assignments)
+    pools/<uuid>            an -all-nodes pool: spec, created_at, members (node -> member job uuid);
+                            each member is an ordinary jobs/<uuid> record pinned to its node
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class Keys:
     def drain(self, name: str) -> str:
         return self._k("drain", name)
 
+    def pool(self, pool_id: str) -> str:
+        return self._k("pools", pool_id)
+
     @property
     def prime(self) -> str:
         return self._k("prime")
@@ -80,6 +85,10 @@ class Keys:
         return self._k("drain", "")
 
     @property
+    def pools_prefix(self) -> str:
+        return self._k("pools", "")
+
+    @property
     def assign_all_prefix(self) -> str:
         return self._k("assign", "")
 
@@ -89,7 +98,7 @@ class Keys:
     # parsing
     @staticmethod
     def last(key: str) -> str:
-        """The last path element: the uuid of jobs/, queue/, kill/ keys, the name of nodes/."""
+        """The last path element: the uuid of jobs/, queue/, kill/, pools/ keys, the name of nodes/."""
         return key.rsplit("/", 1)[-1]
 
     def assign_parts(self, key: str) -> tuple[str, str]:

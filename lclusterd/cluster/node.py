@@ -138,6 +138,18 @@ def list_nodes(store: Store, keys: Keys) -> list[NodeView]:
     return result
 
 
+def ready_nodes(store: Store, keys: Keys) -> tuple[list[tuple[str, int]], str]:
+    """The nodes that take new jobs now: registered (live lease) and not draining, sorted by
+    name, each with the mod revision of its nodes/<name> key (a guard that it is still the same
+    registration). With none, the list is empty and the sentence says why."""
+    live, _ = store.get_prefix(keys.nodes_prefix, keys_only=True)
+    draining = {Keys.last(kv.key) for kv in store.get_prefix(keys.drain_prefix, keys_only=True)[0]}
+    ready = sorted((Keys.last(kv.key), kv.mod_revision) for kv in live if Keys.last(kv.key) not in draining)
+    if ready:
+        return ready, ""
+    return [], "every registered node is draining" if live else "no node is registered"
+
+
 def set_draining(store: Store, keys: Keys, name: str, draining: bool) -> NodeView:
     """Write (or remove) drain/<name>: the prime stops (or resumes) assigning to that node,
     whose running jobs go on. NodeNotFound for a name that never registered."""

@@ -37,10 +37,12 @@ class JobSpec(_message.Message):
     def __init__(self, command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., stdin: _Optional[bytes] = ..., retries: _Optional[int] = ..., node: _Optional[str] = ...) -> None: ...
 
 class AddRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "all_nodes")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    ALL_NODES_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
+    all_nodes: bool
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., all_nodes: _Optional[bool] = ...) -> None: ...
 
 class AddReply(_message.Message):
     __slots__ = ("id", "job")
@@ -57,7 +59,7 @@ class JobRef(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "spec", "node", "attempt", "created_at", "assigned_at", "started_at", "finished_at", "exit_code", "signal", "oom_killed", "error", "host_pid", "peak_memory_bytes", "cpu_seconds", "kill_requested", "attempts", "waiting")
+    __slots__ = ("id", "state", "spec", "node", "attempt", "created_at", "assigned_at", "started_at", "finished_at", "exit_code", "signal", "oom_killed", "error", "host_pid", "peak_memory_bytes", "cpu_seconds", "kill_requested", "attempts", "waiting", "pool", "is_pool", "members")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +79,9 @@ class Job(_message.Message):
     KILL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    IS_POOL_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     spec: JobSpec
@@ -96,7 +101,10 @@ class Job(_message.Message):
     kill_requested: bool
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
     waiting: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[float] = ..., assigned_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., host_pid: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., kill_requested: _Optional[bool] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., waiting: _Optional[str] = ...) -> None: ...
+    pool: str
+    is_pool: bool
+    members: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[float] = ..., assigned_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., host_pid: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., kill_requested: _Optional[bool] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., waiting: _Optional[str] = ..., pool: _Optional[str] = ..., is_pool: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("attempt", "node", "assigned_at", "started_at", "ended_at", "state", "reason")

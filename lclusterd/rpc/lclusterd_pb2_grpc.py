@@ -80,14 +80,15 @@ class JobsServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Add(self, request, context):
-        """Queue a job; returns once the job is durably in etcd.
+        """Queue a job (or, with all_nodes, a pool: one member job per ready node); returns once it
+        is durably in etcd.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Check(self, request, context):
-        """The job's current record.
+        """The job's current record; for a pool id, the pool with every member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +96,7 @@ class JobsServicer:
 
     def Kill(self, request, context):
         """Stop a job: a queued one is cancelled, a running one killed (SIGTERM, then SIGKILL).
+        For a pool id: every member that has not ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,14 +117,16 @@ class JobsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Logs(self, request, context):
-        """The job's output; with follow, streams until the job has ended.
+        """The job's output; with follow, streams until the job has ended. Not for a pool id
+        (FAILED_PRECONDITION): read a member's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Wait(self, request, context):
-        """Blocks until the job has ended (or timeout_seconds passed: DEADLINE_EXCEEDED).
+        """Blocks until the job has ended (or timeout_seconds passed: DEADLINE_EXCEEDED); for a pool
+        id, until every member has.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

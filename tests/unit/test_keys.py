@@ -13,6 +13,8 @@ def test_layout_under_default_prefix():
     assert k.prime == "/lclusterd/prime"
     assert k.assign_prefix("n1") == "/lclusterd/assign/n1/"
     assert k.jobs_prefix == "/lclusterd/jobs/"
+    assert k.pool("u") == "/lclusterd/pools/u"
+    assert k.pools_prefix == "/lclusterd/pools/"
 
 
 def test_prefix_is_normalised():
@@ -28,7 +30,8 @@ def test_parsing_keys():
 
 def test_prefixes_do_not_overlap():
     k = Keys()
-    prefixes = [k.jobs_prefix, k.queue_prefix, k.kill_prefix, k.nodes_prefix, k.assign_all_prefix]
+    prefixes = [k.jobs_prefix, k.queue_prefix, k.kill_prefix, k.nodes_prefix, k.assign_all_prefix, k.pools_prefix,
+                k.members_prefix, k.drain_prefix]
     for a in prefixes:
         for b in prefixes:
             assert a == b or not a.startswith(b)

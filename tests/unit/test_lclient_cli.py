@@ -11,6 +11,7 @@ from lclient.units import format_size, parse_cpus, parse_duration, parse_size
 from lclusterd.rpc import lclusterd_pb2 as pb
 
 JOB = "0123456789abcdef0123456789abcdef"
+POOL = "fedcba9876543210fedcba9876543210"
 
 
 class FakeClient:
@@ -25,8 +26,10 @@ class FakeClient:
         if self.fail:
             raise self.fail
 
-    def add(self, spec):
-        self._record("add", spec)
+    def add(self, spec, all_nodes=False):
+        self._record("add", spec, all_nodes)
+        if all_nodes:
+            return pb.AddReply(id=POOL, job=pb.Job(id=POOL, state="QUEUED", spec=spec, is_pool=True))
         return pb.AddReply(id=JOB, job=pb.Job(id=JOB, state="QUEUED", spec=spec))
 
     def check(self, job_id):
@@ -35,6 +38,8 @@ class FakeClient:
 
     def kill(self, job_id):
         self._record("kill", job_id)
+        if self.job.is_pool:
+            return self.job
         return pb.Job(id=job_id, state="RUNNING", kill_requested=True)
 
     def list(self, states=None, limit=0):
@@ -162,6 +167,9 @@ def test_tables(capsys):
     (["-check", JOB, "-follow"], "lclient: -follow goes with -logs"),
     (["-list", "-timeout", "1s"], "lclient: -timeout goes with -add or -wait"),
     (["-wait"], "lclient: -wait needs a job uuid (or -add CMD)"),
+    (["-check", JOB, "-all-nodes"], "lclient: -all-nodes goes with -add"),
+    (["-list", "-all-nodes"], "lclient: -all-nodes goes with -add"),
+    (["-add", "x", "-all-nodes", "-node", "n1"], "lclient: -all-nodes runs a copy on every ready node; leave out -node"),
 ])
 def test_usage_errors_are_one_line_exit_2(argv, line, capsys):
     code, out, err, _ = run(argv, capsys)
@@ -205,3 +213,71 @@ def test_parse_rejects(parser, text):
 
 def test_format_size():
     assert (format_size(64 << 20), format_size(1 << 30), format_size(100)) == ("64M", "1G", "100B")
+
+
+def member(node, job_id, state, **fields):
+    return pb.Job(id=job_id, state=state, node=node, pool=POOL, spec=pb.JobSpec(command="uname -n", node=node), **fields)
+
+
+def pool_job(state, *members, **fields):
+    return pb.Job(id=POOL, state=state, is_pool=True, spec=pb.JobSpec(command="uname -n"), members=list(members), **fields)
+
+
+A, B, C = "a" * 32, "b" * 32, "c" * 32
+
+
+def test_add_all_nodes_asks_for_a_pool_and_prints_its_uuid_alone(capsys):
+    code, out, err, client = run(["-add", "uname -n", "-all-nodes"], capsys)
+    assert (code, out, err) == (0, POOL + "\n", "")
+    spec, all_nodes = client.calls[0][1]
+    assert (spec.command, spec.node, all_nodes) == ("uname -n", "", True)
+    _, _, _, client = run(["-add", "uname -n"], capsys)
+    assert client.calls[0][1][1] is False
+
+
+def test_check_of_a_pool_shows_the_summary_and_every_member(capsys):
+    pool = pool_job("RUNNING", member("a", A, "EXITED", exit_code=0), member("b", B, "KILLED", signal=9),
+                    member("c", C, "RUNNING", kill_requested=True), kill_requested=True)
+    code, out, _, _ = run(["-check", POOL], capsys, job=pool)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["id:", POOL]
+    assert "state:    RUNNING (kill requested) (2 of 3 members ended)" in lines
+    assert "members:" in lines
+    table = lines[lines.index("members:") + 1:]
+    assert table[0].split() == ["NODE", "JOB", "STATE", "EXIT"]
+    assert [row.split() for row in table[1:]] == [["a", A, "EXITED", "0"], ["b", B, "KILLED", "SIGKILL"],
+                                                   ["c", C, "RUNNING", "(kill", "requested)", "-"]]
+
+
+def test_pool_json_has_its_members_as_job_documents(capsys):
+    pool = pool_job("EXITED", member("a", A, "EXITED", exit_code=0), member("b", B, "EXITED", exit_code=0), exit_code=0)
+    code, out, _, _ = run(["-check", POOL, "-json"], capsys, job=pool)
+    data = json.loads(out)
+    assert (code, data["id"], data["is_pool"], data["pool"], data["state"], data["exit_code"]) == (0, POOL, True, None, "EXITED", 0)
+    assert [(m["node"], m["id"], m["pool"], m["is_pool"], m["pinned_node"]) for m in data["members"]] == \
+        [("a", A, POOL, False, "a"), ("b", B, POOL, False, "b")]
+    assert set(data["members"][0]) == set(data) - {"members"}  # a member is an ordinary job document
+    _, out, _, _ = run(["-check", JOB, "-json"], capsys)
+    assert (json.loads(out)["is_pool"], json.loads(out)["pool"], "members" in json.loads(out)) == (False, None, False)
+
+
+@pytest.mark.parametrize("pool, status, line", [
+    (pool_job("EXITED", member("a", A, "EXITED", exit_code=0), exit_code=0), 0, ""),
+    (pool_job("EXITED", member("a", A, "EXITED", exit_code=0), member("b", B, "EXITED", exit_code=3), exit_code=3,
+              error=f"member {B} on node b ended EXITED with exit code 3"),
+     3, f"lclient: pool {POOL} ended EXITED (exit code 3): member {B} on node b ended EXITED with exit code 3\n"),
+    (pool_job("KILLED", member("a", A, "KILLED", signal=9), signal=9, error=f"member {A} on node a ended KILLED"),
+     137, f"lclient: pool {POOL} ended KILLED (SIGKILL): member {A} on node a ended KILLED\n"),
+])
+def test_wait_on_a_pool_exits_with_the_first_failing_members_status(pool, status, line, capsys):
+    code, _, err, _ = run(["-wait", POOL], capsys, job=pool)
+    assert (code, err) == (status, line)
+
+
+def test_kill_of_a_pool_lists_its_members(capsys):
+    pool = pool_job("RUNNING", member("a", A, "RUNNING", kill_requested=True), member("b", B, "CANCELLED"), kill_requested=True)
+    code, out, _, _ = run(["-kill", POOL], capsys, job=pool)
+    lines = out.splitlines()
+    assert (code, lines[0]) == (0, f"{POOL} RUNNING (kill requested)")
+    assert [row.split()[:3] for row in lines[2:]] == [["a", A, "RUNNING"], ["b", B, "CANCELLED"]]

@@ -1,0 +1,198 @@
+"""Pools (-all-nodes): one copy of a job on every ready node, read, waited on and killed as one.
+
+A pool is a record under pools/<uuid> (model.PoolRecord: the spec, created_at, and its members
+as node -> job uuid) plus one ordinary job per member: a QUEUED record and queue entry like any
+other, pinned to its node (spec.node) and naming the pool (record.pool). The prime places a
+member like any pinned job, and its life (assignment, LOST and retries, kill, logs) is a job's.
+A pool's state is never stored: it is summed up from its members' records on every read
+(model.pool_outcome), so it cannot disagree with them.
+
+"Ready" = registered (nodes/<name> under a live lease) and not draining (no drain/<name>),
+read when the pool is added. Each member's write compares its node's nodes/<name> mod revision
+with the one read, so a node that died or re-registered meanwhile fails the transaction and the
+rest of the pool is written again without it: the members are the nodes ready at the commit. (A
+node that starts draining in that very instant is not compared; its member waits for the
+undrain, like any job pinned there.) Each member's write also requires its jobs/<uuid> to be
+absent, so a transaction that etcd applied but whose answer was lost, and that the store
+retried on another etcd member, can never be applied twice.
+
+One transaction writes the pool record and all its members whenever they fit: etcd allows
+MAX_TXN_OPS (128) operations and as many compares per transaction; a member costs 2 puts
+(jobs/, queue/) and 2 compares, the pool record 1 of each, so up to 63 members go in one
+transaction with their pool. A larger pool is written as chunks of 64 members first and the
+pool record last (plan_chunks): the pool exists, and its id is returned, only once every member
+does, and the chunks are queued in node order as they land (the prime may start the first
+members before the last are written). If etcd fails between chunks, the members already
+written are cancelled (best effort; the caller gets the error, so nobody knows the pool's id);
+one that outlives that (etcd down, daemon crashed) runs as an ordinary job whose `pool` names
+no pool record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+from lclusterd.cluster.jobs import Jobs
+from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.node import ready_nodes
+from lclusterd.cluster.store import MAX_TXN_OPS, Absent, Compare, ModIs, Op, Put, Store
+from lclusterd.errors import InvalidSpec, JobFinished, JobNotFound, LclusterdError, NoReadyNode, StoreUnavailable
+from lclusterd.model import ASSIGNED, LOST, RUNNING, JobRecord, JobSpec, PoolRecord, new_job_id, pool_outcome
+
+log = logging.getLogger(__name__)
+
+MEMBER_OPS = 2  # puts per member: jobs/<uuid> and queue/<uuid> (and as many compares: jobs/ absent, nodes/ unchanged)
+MAX_REPLANS = 5  # the ready nodes changed under a write this often in a row: give up ("try again")
+
+
+def plan_chunks(members: int, max_ops: int = MAX_TXN_OPS) -> list[int]:
+    """How many members each transaction writes, in order; the last one also writes the pool
+    record (1 put + 1 compare), so it holds at most (max_ops - 1) // 2 members, the others
+    max_ops // 2. One transaction for up to 63 members (at the default 128); [64, 0] for 64
+    (the pool record alone last)."""
+    per_chunk, with_pool = max_ops // MEMBER_OPS, (max_ops - 1) // MEMBER_OPS
+    sizes = []
+    left = members
+    while left > with_pool:
+        take = min(per_chunk, left)
+        sizes.append(take)
+        left -= take
+    sizes.append(left)
+    return sizes
+
+
+class Pools:
+    """Adds, reads and kills pools. Thread-safe (holds no state but the store)."""
+
+    def __init__(self, jobs: Jobs):
+        self.jobs = jobs
+        self.store: Store = jobs.store
+        self.keys: Keys = jobs.keys
+
+    # -- add -------------------------------------------------------------------------------
+    def add(self, spec: JobSpec) -> tuple[PoolRecord, list[JobRecord]]:
+        """Write a pool of `spec` with one member per ready node (see the module docstring).
+        InvalidSpec for a bad or pinned spec, NoReadyNode when no node is ready, StoreUnavailable."""
+        spec.validate()
+        if spec.node:
+            raise InvalidSpec(f"a pool runs on every ready node; it cannot be pinned to node {spec.node} as well")
+        pool = PoolRecord(id=new_job_id(), spec=spec, created_at=time.time())
+        ready, why = ready_nodes(self.store, self.keys)
+        if not ready:
+            raise NoReadyNode(f"no node can run the pool: {why}")
+        revisions = dict(ready)
+        members = {node: JobRecord(id=new_job_id(), spec=replace(spec, node=node), created_at=pool.created_at, pool=pool.id)
+                   for node in revisions}
+        left = sorted(revisions)  # nodes whose member is not written yet
+        written: list[str] = []
+        replans = 0
+        try:
+            while True:
+                size = plan_chunks(len(left))[0]
+                chunk, last = left[:size], size == len(left)
+                if last:
+                    pool.members = {node: members[node].id for node in written + chunk}
+                if self._write(pool if last else None, [members[n] for n in chunk], revisions):
+                    written += chunk
+                    left = left[size:]
+                    if last:
+                        break
+                    continue
+                replans += 1
+                if replans > MAX_REPLANS:
+                    raise StoreUnavailable("the ready nodes kept changing while the pool was written; try again")
+                ready, why = ready_nodes(self.store, self.keys)  # a node died or re-registered meanwhile
+                revisions = dict(ready)
+                left = [node for node in left if node in revisions]
+                if not left and not written:
+                    raise NoReadyNode(f"no node can run the pool: {why}")
+        except StoreUnavailable:
+            self._cancel_written([members[n].id for n in written], pool.id)
+            raise
+        log.info("pool %s: %d member(s) on %s", pool.id, len(pool.members), ", ".join(sorted(pool.members)))
+        return pool, [members[node] for node in sorted(pool.members)]
+
+    def _write(self, pool: PoolRecord | None, chunk: list[JobRecord], revisions: dict[str, int]) -> bool:
+        """One transaction: the chunk's members (and the pool record, when given). False when a
+        member's node is no longer the registration read (the caller plans again)."""
+        compares: list[Compare] = []
+        ops: list[Op] = []
+        for member in chunk:
+            raw = member.to_bytes()
+            compares += [Absent(self.keys.job(member.id)), ModIs(self.keys.node(member.spec.node), revisions[member.spec.node])]
+            ops += [Put(self.keys.job(member.id), raw), Put(self.keys.queue(member.id), raw)]
+        if pool is not None:
+            compares.append(Absent(self.keys.pool(pool.id)))
+            ops.append(Put(self.keys.pool(pool.id), pool.to_bytes()))
+        if self.store.txn(compares, ops).succeeded:
+            return True
+        return self._landed(pool, chunk)
+
+    def _landed(self, pool: PoolRecord | None, chunk: list[JobRecord]) -> bool:
+        """Whether a transaction whose guard failed had in fact been applied by an earlier try
+        (its answer lost, the store retried it): its first key is there and is ours."""
+        if chunk:
+            kv = self.store.get(self.keys.job(chunk[0].id))
+            return kv is not None and JobRecord.from_bytes(kv.value).pool == chunk[0].pool
+        kv = self.store.get(self.keys.pool(pool.id))
+        return kv is not None and PoolRecord.from_bytes(kv.value).created_at == pool.created_at
+
+    def _cancel_written(self, job_ids: list[str], pool_id: str) -> None:
+        for job_id in job_ids:
+            try:
+                self.jobs.kill(job_id)
+            except (JobFinished, JobNotFound):
+                pass
+            except LclusterdError as exc:
+                log.warning("pool %s was not written; its member %s may still run as a job on its own: %s", pool_id, job_id, exc)
+
+    # -- reads -----------------------------------------------------------------------------
+    def get(self, pool_id: str) -> PoolRecord | None:
+        kv = self.store.get(self.keys.pool(pool_id))
+        return PoolRecord.from_bytes(kv.value) if kv is not None else None
+
+    def members(self, pool: PoolRecord) -> list[tuple[JobRecord, int]]:
+        """Every member's record and mod revision, in node order. A member whose record is gone
+        (deleted by hand) stands in as LOST with revision 0, so the pool can still end."""
+        ids = pool.member_ids()
+        found = self.store.get_many([self.keys.job(job_id) for job_id in ids])
+        result = []
+        for node, job_id, kv in zip(sorted(pool.members), ids, found):
+            if kv is None:
+                stand_in = JobRecord(id=job_id, spec=replace(pool.spec, node=node), state=LOST, node=node,
+                                     created_at=pool.created_at, pool=pool.id, error="its record is missing from etcd")
+                result.append((stand_in, 0))
+            else:
+                result.append((JobRecord.from_bytes(kv.value), kv.mod_revision))
+        return result
+
+    def with_kill_requests(self, members: list[JobRecord]) -> list[JobRecord]:
+        """The members, with kill_requested set on assigned or running ones that have a kill/ key."""
+        asked = [m for m in members if m.state in (ASSIGNED, RUNNING)]
+        if not asked:
+            return members
+        found = self.store.get_many([self.keys.kill(m.id) for m in asked])
+        pending = {m.id for m, kv in zip(asked, found) if kv is not None}
+        return [replace(m, kill_requested=True) if m.id in pending else m for m in members]
+
+    # -- kill --------------------------------------------------------------------------------
+    def kill(self, pool: PoolRecord) -> list[JobRecord]:
+        """Cancel each queued member, ask each assigned or running one's node to kill it; the
+        members afterwards. JobFinished when every member has already ended."""
+        members = [record for record, _ in self.members(pool)]
+        if all(m.terminal for m in members):
+            raise JobFinished(pool.id, pool_outcome(members)[0], kind="pool")
+        result = []
+        for member in members:
+            if member.terminal:
+                result.append(member)
+                continue
+            try:
+                result.append(self.jobs.kill(member.id))
+            except JobFinished:  # it ended just now
+                result.append(self.jobs.get(member.id)[0])
+            except JobNotFound:
+                result.append(member)
+        return result
