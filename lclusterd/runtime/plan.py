@@ -23,9 +23,9 @@ failure report ({"step", "errno", "detail"} on the status socket).
 from __future__ import annotations
 
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from lclusterd.runtime import kernel, mounts
 
@@ -60,9 +60,6 @@ class PreparedJob:
     rootfs: str
     cgroup_procs: list[str]  # cgroup.procs files the job joins
     keep_caps: int  # the spare dropped the rest from its bounding set already
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def spare_plan(mount_point: str, keep_caps: int, cap_last: int) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from lclusterd.errors import InvalidSpec
@@ -95,7 +95,8 @@ class RuntimeSpec:
         return env
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # A shallow copy: asdict's deep walk cost more than the rest of a submit.
+        data = dict(self.__dict__)
         if self.stdin_data is not None:
             data["stdin_data"] = base64.b64encode(self.stdin_data).decode()
         return data
@@ -128,7 +129,7 @@ class RunResult:
     oom_kills: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self.__dict__)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunResult:
