@@ -13,7 +13,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lclusterd.errors import InvalidSpec, InvalidTransition
@@ -116,7 +116,9 @@ class JobSpec:
             raise InvalidSpec(f"invalid node name {self.node!r}: letters, digits, '.', '_' or '-' (at most 63)")
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Shallow copies here and in JobRecord: dataclasses.asdict walks and copies every
+        # value and was the daemon's costliest step per job (records are encoded ~4 times).
+        data = dict(self.__dict__)
         data["stdin_data"] = base64.b64encode(self.stdin_data).decode()
         return data
 
@@ -165,7 +167,17 @@ class JobRecord:
             raise InvalidTransition(self.state, target)
         if target in TERMINAL and "finished_at" not in changes:
             changes["finished_at"] = time.time()
-        return replace(self, state=target, **changes)
+        return self.with_changes(state=target, **changes)
+
+    def with_changes(self, **changes: Any) -> JobRecord:
+        """A copy with `changes` (field names checked); dataclasses.replace, without its
+        per-field __init__ round trip."""
+        unknown = changes.keys() - self.__dict__.keys()
+        if unknown:
+            raise TypeError(f"JobRecord has no field {sorted(unknown)[0]!r}")
+        new = object.__new__(JobRecord)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
 
     def lost_on(self, reason: str, now: float | None = None) -> JobRecord:
         """The record after this attempt's node was lost: LOST with `reason`, or, while the
@@ -177,11 +189,11 @@ class JobRecord:
             return lost
         ended = {"attempt": self.attempt, "node": self.node, "assigned_at": self.assigned_at,
                  "started_at": self.started_at, "ended_at": now, "state": LOST, "reason": reason}
-        return replace(self, state=QUEUED, attempt=self.attempt + 1, node="", assigned_at=None, started_at=None,
-                       host_pid=None, kill_requested=False, history=[*self.history, ended])
+        return self.with_changes(state=QUEUED, attempt=self.attempt + 1, node="", assigned_at=None, started_at=None,
+                                 host_pid=None, kill_requested=False, history=[*self.history, ended])
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = dict(self.__dict__)
         data["spec"] = self.spec.to_json()
         data["schema_version"] = SCHEMA_VERSION
         if not self.pool:  # written only for pool members: other records stay readable by older daemons

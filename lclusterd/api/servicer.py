@@ -171,7 +171,9 @@ class JobsServicer(pb_grpc.JobsServicer):
 
     def _wait_job(self, job_id: str, deadline: float | None, seconds: float, context) -> pb.Job:
         with self.events.subscribe(job_id) as changed:
-            record, _ = self.jobs.get(job_id)
+            # the watch's newest record when it has one (see JobEvents), else etcd's
+            latest = changed.latest
+            record = JobRecord.from_bytes(latest) if latest is not None else self.jobs.get(job_id)[0]
             while True:
                 if record.terminal:
                     return job_to_proto(record)

@@ -3,11 +3,17 @@
 Used by Wait and Logs(follow): a waiter subscribes before it reads the record, so a change
 between the read and the wait is never missed. A pool's Wait subscribes to all its members at
 once (one flag set by any of them). Costs a dict lookup per job change.
+
+It also remembers the newest record the watch delivered for the RECENT most recently changed
+jobs. A subscription starts from that record when there is one: since the memory and the
+wake-ups are updated under one lock, every later change still wakes the subscriber, so a Wait
+needs no etcd read at all for a job that changed since this node started (the usual case).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -15,9 +21,12 @@ from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.store import Event, Store, Watch
 
 
+RECENT = 10_000  # records remembered (a few MB)
+
+
 class Subscription:
     """Set whenever jobs/<id> changes; `latest` holds the newest record bytes seen by the watch
-    (None until the first change, or after a resync: then read the store)."""
+    (None when the watch has not seen the job, or after a resync: then read the store)."""
 
     def __init__(self, changed: threading.Event | None = None) -> None:
         self.changed = changed or threading.Event()
@@ -40,6 +49,7 @@ class JobEvents:
         self._keys = keys
         self._lock = threading.Lock()
         self._waiters: dict[str, set[Subscription]] = {}
+        self._recent: OrderedDict[str, tuple[bytes, int]] = OrderedDict()  # id -> (record, revision)
         self._watch: Watch | None = None
 
     def start(self) -> None:
@@ -64,6 +74,7 @@ class JobEvents:
         with self._lock:
             for job_id, flag in zip(job_ids, flags):
                 self._waiters.setdefault(job_id, set()).add(flag)
+                flag.latest, flag.revision = self._recent.get(job_id, (None, 0))
         try:
             yield flags
         finally:
@@ -77,16 +88,24 @@ class JobEvents:
 
     def on_events(self, events: list[Event]) -> None:
         with self._lock:
-            if not self._waiters:
-                return
+            recent = self._recent
             for event in events:
-                for flag in self._waiters.get(Keys.last(event.key), ()):
+                job_id = Keys.last(event.key)
+                if event.kind == "put":
+                    recent[job_id] = (event.value, event.mod_revision)
+                    recent.move_to_end(job_id)
+                    if len(recent) > RECENT:
+                        recent.popitem(last=False)
+                else:
+                    recent.pop(job_id, None)
+                for flag in self._waiters.get(job_id, ()):
                     if event.kind == "put" and event.mod_revision > flag.revision:
                         flag.latest, flag.revision = event.value, event.mod_revision
                     flag.changed.set()
 
     def on_resync(self) -> int:
         with self._lock:  # wake everyone: they re-read
+            self._recent.clear()
             for flags in self._waiters.values():
                 for flag in flags:
                     flag.latest = None

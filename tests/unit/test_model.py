@@ -85,3 +85,13 @@ def test_node_info_round_trip():
 def test_spec_validation_messages(spec, message):
     with pytest.raises(InvalidSpec, match=message):
         spec.validate()
+
+
+def test_with_changes_copies_and_checks_field_names():
+    record = JobRecord(id="a" * 32, spec=JobSpec(command="true"), history=[{"attempt": 1}])
+    copy = record.with_changes(state="ASSIGNED", node="n1")
+    assert (copy.state, copy.node, record.state, record.node) == ("ASSIGNED", "n1", "QUEUED", "")
+    assert copy.spec is record.spec and copy == JobRecord(**{**record.__dict__, "state": "ASSIGNED", "node": "n1"})
+    with pytest.raises(TypeError, match="no field 'nope'"):
+        record.with_changes(nope=1)
+    assert JobRecord.from_bytes(copy.to_bytes()) == copy
