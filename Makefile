@@ -77,8 +77,23 @@ bench: prep
 	$(PY) bench/runtime.py
 	$(PY) bench/cluster.py
 
+# Installs only what is missing (a second run does nothing). No systemd here and bench/slurm.py
+# starts its own munged/slurmctld/slurmd, so while apt-get runs a policy-rc.d that exits 101
+# keeps package scripts from starting daemons; whatever policy-rc.d was there before is put
+# back afterwards (or ours removed), also when apt-get fails or is interrupted (a copy left
+# by a killed run is restored first).
 bench-deps: $(STAMPS)/apt
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc bubblewrap
+	@missing=$$(for p in $(BENCH_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "bench-deps: $(BENCH_PACKAGES) installed"; exit 0; fi; \
+	echo "bench-deps: installing" $$missing; \
+	rc=/usr/sbin/policy-rc.d; saved=$$rc.bench-deps-saved; \
+	if [ -e $$saved ]; then mv -f $$saved $$rc; fi; \
+	if [ -e $$rc ]; then mv -f $$rc $$saved; fi; \
+	trap 'if [ -e "$$saved" ]; then mv -f "$$saved" "$$rc"; else rm -f "$$rc"; fi' EXIT; \
+	trap 'exit 130' INT TERM HUP; \
+	printf '#!/bin/sh\nexit 101\n' > $$rc && chmod 755 $$rc && \
+	{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; }; }
 
 clean:
 	rm -rf $(STAMPS) $(VENV) build *.egg-info $(JOBINIT)

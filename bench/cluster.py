@@ -8,7 +8,10 @@
 (c) end-to-end throughput of N `true` jobs on one node (jobs/s, makespan), and etcd write
     transactions per job (from etcd's revision counter: each write txn adds one)
 (d) daemon RSS with N concurrently running `sleep` jobs (plus the runtime helper's)
-Slurm (c) is measured in the same run when `sbatch` is installed (make bench-deps); else skipped.
+Slurm (c) is measured in the same run when `make bench-deps` has installed it: N x
+`sbatch --oversubscribe --wrap true` on a throwaway one-node Slurm (bench/slurm.py, its best
+queue setting batch_sched_delay=0), first submit -> queue empty; else skipped.
+`--only-slurm` measures just that (no etcd, no lclusterd).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from cluster_fixtures import Daemon, EtcdProcess, remove_cgroup_parent  # noqa: E402
 
+from bench.slurm import SlurmError, one_node_slurm  # noqa: E402
 from lclient.client import JobsClient  # noqa: E402
 from lclusterd.cluster.store import Store  # noqa: E402
 from lclusterd.rpc import lclusterd_pb2 as pb  # noqa: E402
@@ -105,21 +109,47 @@ def rss_with_running(client: JobsClient, daemon: Daemon, n: int) -> tuple[float,
     return daemon_rss, helper_rss, running
 
 
-def slurm_throughput(n: int) -> tuple[float, float] | None:
-    if shutil.which("sbatch") is None:
-        return None
-    start = time.perf_counter()
-    ids = []
-    for _ in range(n):
-        out = subprocess.run(["sbatch", "--parsable", "--oversubscribe", "--wrap", "true", "-o", "/dev/null"],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
+def slurm_throughput(n: int, timeout: float = 300) -> tuple[float, float, str, float] | None:
+    """n x `sbatch --oversubscribe --wrap true` on a one-node Slurm started for this (bench/slurm.py),
+    first submit -> queue empty: (jobs/s, makespan, its scheduler setting, seconds spent in the n
+    sbatch calls); None if Slurm is not installed. Raises SlurmError unless every job completed."""
+    with one_node_slurm() as slurm:
+        if slurm is None:
             return None
-        ids.append(out.stdout.strip().split(";")[0])
-    while subprocess.run(["squeue", "-h", "-j", ",".join(ids[-50:])], capture_output=True, text=True).stdout.strip():
-        time.sleep(0.2)
-    makespan = time.perf_counter() - start
-    return n / makespan, makespan
+        start = time.perf_counter()
+        for _ in range(n):
+            slurm.run("sbatch", "--parsable", "--oversubscribe", "--wrap", "true", "-o", "/dev/null")
+        submitted = time.perf_counter() - start
+        deadline = time.monotonic() + timeout
+        while left := slurm.queued():
+            if time.monotonic() > deadline:
+                raise SlurmError(f"{len(left)} of {n} Slurm jobs still queued after {timeout:.0f}s\n"
+                                 f"{slurm.run('sinfo', '-R', check=False)}{slurm.log_tails()}")
+            time.sleep(0.2)
+        makespan = time.perf_counter() - start
+        deadline = time.monotonic() + 10  # slurmctld writes the job completion log a little later
+        while sum(slurm.completed().values()) < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        states, errors = slurm.completed(), slurm.step_errors()
+        if states.get("COMPLETED", 0) != n or errors:
+            raise SlurmError(f"Slurm jobs: {states} of {n}; {len(errors)} step errors\n" + "\n".join(errors[:10]))
+        return n / makespan, makespan, slurm.setting, submitted
+
+
+def slurm_row(n: int, slurm: tuple[float, float, str, float] | None | str) -> tuple[str, str, str]:
+    if isinstance(slurm, tuple):
+        return (f"Slurm throughput, {n} x sbatch, {slurm[2]} (jobs/s)",
+                f"{slurm[0]:.0f} (makespan {slurm[1]:.2f}s, sbatch calls {slurm[3]:.2f}s)", "-")
+    return ("Slurm throughput (jobs/s)", slurm or "skipped (not installed)", "-")
+
+
+def measure_slurm(n: int) -> tuple[float, float, str, float] | None | str:
+    """slurm_throughput, or a short failure note for the table (details on stderr)."""
+    try:
+        return slurm_throughput(n)
+    except (SlurmError, OSError) as e:
+        print(f"bench/cluster.py: Slurm: {e}", file=sys.stderr)
+        return "failed (see stderr)"
 
 
 def main() -> int:
@@ -127,10 +157,17 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--rss-jobs", type=int, default=500)
     parser.add_argument("--latency-runs", type=int, default=200)
+    parser.add_argument("--only-slurm", action="store_true", help="measure only Slurm's throughput (--jobs)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/cluster.py: run as root", file=sys.stderr)
         return 2
+    if args.only_slurm:
+        slurm = measure_slurm(args.jobs)
+        name, value, _ = slurm_row(args.jobs, slurm)
+        print(f"Slurm, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, {args.jobs} x sbatch --wrap true")
+        print(f"{name}  {value}")
+        return 0 if isinstance(slurm, tuple) else 1
     work = Path(tempfile.mkdtemp(prefix="lclusterd-bench-"))
     etcd = EtcdProcess(work)
     etcd.start()
@@ -146,7 +183,7 @@ def main() -> int:
             idle_submit, running = add_to_running(client, args.latency_runs)
             rate, makespan, txns = throughput(client, store, args.jobs)
             daemon_rss, helper_rss, n_running = rss_with_running(client, daemon, args.rss_jobs)
-        slurm = slurm_throughput(args.jobs)
+        slurm = measure_slurm(args.jobs)
         rows = [
             ("submit latency p50 / p99 (ms)", f"{pct(idle_submit, 50):.2f} / {pct(idle_submit, 99):.2f}", "<= 5 (p50)"),
             ("  back to back, jobs running (ms)", f"{pct(submit, 50):.2f} / {pct(submit, 99):.2f}", "-"),
@@ -154,8 +191,10 @@ def main() -> int:
             (f"throughput, {args.jobs} x true (jobs/s)", f"{rate:.0f} (makespan {makespan:.2f}s)", ">= 300"),
             ("etcd write txns per job", f"{txns:.2f}", "<= 4"),
             (f"daemon RSS, {n_running} running sleep (MB)", f"{daemon_rss:.0f} (+ runtime helper {helper_rss:.0f})", "<= 150"),
-            ("Slurm throughput (jobs/s)", f"{slurm[0]:.0f} (makespan {slurm[1]:.2f}s)" if slurm else "skipped (no sbatch)", "-"),
+            slurm_row(args.jobs, slurm),
         ]
+        if isinstance(slurm, tuple):
+            rows.append(("lclusterd / Slurm throughput", f"{rate / slurm[0]:.1f}x", "-"))
     finally:
         store.close()
         daemon.stop()
