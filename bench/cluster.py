@@ -40,6 +40,9 @@ from lclusterd.cluster.store import Store  # noqa: E402
 from lclusterd.rpc import lclusterd_pb2 as pb  # noqa: E402
 
 
+STATE_PARENT = Path("/var/lib/lclusterd")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -168,7 +171,12 @@ def main() -> int:
         print(f"Slurm, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, {args.jobs} x sbatch --wrap true")
         print(f"{name}  {value}")
         return 0 if isinstance(slurm, tuple) else 1
-    work = Path(tempfile.mkdtemp(prefix="lclusterd-bench-"))
+    # The node's state (its job logs) lives where a real node keeps it, under /var/lib/lclusterd,
+    # not in /tmp: this VM's root ext4 has no journal, and then ext4 skips inodes deleted in the
+    # last ~35 s when it allocates one, scanning inode tables; in a /tmp that test runs have just
+    # churned, creating a job's two log files cost 0.34 ms each instead of 0.01 ms.
+    STATE_PARENT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=STATE_PARENT))
     etcd = EtcdProcess(work)
     etcd.start()
     daemon = Daemon(work / "node", etcd.endpoint, "/bench", "bench", ["--capacity", str(max(args.rss_jobs + 50, 256)), "--log-level", "warning"])

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 
+from lclusterd.cluster.groupcommit import GroupCommit
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.store import MAX_TXN_OPS, Absent, Compare, Delete, ModIs, Op, Put, Store
 from lclusterd.errors import JobFinished, JobNotFound, StoreUnavailable
@@ -36,6 +37,7 @@ class Jobs:
     def __init__(self, store: Store, keys: Keys):
         self.store = store
         self.keys = keys
+        self._adds = GroupCommit(store)  # concurrent adds share transactions
 
     # -- transitions as Changes (pure apart from the key layout) ---------------------------
     def assign(self, record: JobRecord, revision: int, node: str) -> Change:
@@ -101,12 +103,13 @@ class Jobs:
 
     # -- user requests -----------------------------------------------------------------------
     def add(self, spec: JobSpec) -> JobRecord:
-        """Write the record (QUEUED) and its queue entry in one transaction."""
+        """Write the record (QUEUED) and its queue entry in one transaction (shared with the
+        adds of other clients arriving meanwhile: groupcommit.py)."""
         spec.validate()
         record = JobRecord(id=new_job_id(), spec=spec, created_at=time.time())
         raw = record.to_bytes()
         key = self.keys.job(record.id)
-        outcome = self.store.txn([Absent(key)], [Put(key, raw), Put(self.keys.queue(record.id), raw)])
+        outcome = self._adds.txn([Absent(key)], [Put(key, raw), Put(self.keys.queue(record.id), raw)])
         if not outcome.succeeded:  # a uuid4 collision: astronomically unlikely
             raise StoreUnavailable(f"job id {record.id} already exists; try again")
         return record
