@@ -24,7 +24,7 @@ class ChannelClosed(Exception):
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
     body = json.dumps(message, separators=(",", ":")).encode()
     # MSG_NOSIGNAL: a closed peer is an EPIPE error here, never a SIGPIPE (the fork
-    # server keeps SIGPIPE at its default so that the jobs it forks inherit that).
+    # server keeps SIGPIPE at its default, as the jobs it starts get it).
     if fds:
         header = _HEADER.pack(len(body))
         if socket.send_fds(sock, [header], fds, socket.MSG_NOSIGNAL) != len(header):

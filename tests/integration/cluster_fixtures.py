@@ -249,6 +249,40 @@ class Daemon:
         return run_lclient(*args, server=self.server, timeout=timeout, stdin=stdin)
 
 
+# -- reading the outcome of a multi-node test --------------------------------------------------
+def nodes(daemon: Daemon) -> dict[str, dict]:
+    """`lclient -nodes -json` through `daemon`, by node name."""
+    result = daemon.lclient("-nodes", "-json")
+    assert result.returncode == 0, result.stderr
+    return {n["name"]: n for n in map(json.loads, result.stdout.splitlines())}
+
+
+def ran_on(daemons: list[Daemon], job: str) -> set[str]:
+    """The nodes that handed the job to their runtime: each creates <state>/logs/<uuid>.out first."""
+    return {d.name for d in daemons if Path(d.state_dir, "logs", f"{job}.out").exists()}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def assert_stream_ended_once(daemons: list[Daemon], ids: list[str], records: dict[str, dict], lost_node: str) -> None:
+    """Job i of a stream of `echo i` jobs ended EXITED exactly once: earlier attempts are recorded
+    LOST with `lost_node`, it ran only on the nodes its record names, and the log on the node that
+    finished it holds its output once (logs are appended to: a second start there would show)."""
+    daemon_of = {d.name: d for d in daemons}
+    for i, job in enumerate(ids):
+        record = records[job]
+        assert record["state"] == "EXITED" and record["attempt"] == len(record["history"]) + 1, record
+        assert all(h["state"] == "LOST" and h["node"] == lost_node for h in record["history"])
+        runs = ran_on(daemons, job)
+        assert record["node"] in runs and runs <= {record["node"], *(h["node"] for h in record["history"])}, (job, runs, record)
+        assert Path(daemon_of[record["node"]].state_dir, "logs", f"{job}.out").read_text() == f"{i}\n", (job, record)
+
+
 def run_lclient(*args: str, server: str | None = None, timeout: float = 60,
                 stdin: bytes | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "LCLUSTER_SERVER"}

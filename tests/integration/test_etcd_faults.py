@@ -16,10 +16,10 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path
 
 import pytest
-from cluster_fixtures import Cluster, etcd_cluster, requires_root_and_rootfs, run_lclient  # noqa: F401 (fixtures)
+from cluster_fixtures import (Cluster, assert_stream_ended_once, etcd_cluster, nodes, pid_alive,  # noqa: F401 (fixtures)
+                              ran_on, requires_root_and_rootfs)
 from test_cluster import add, check, until
 
 from lclient.client import JobsClient
@@ -64,22 +64,10 @@ def prime_holder(cluster) -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def nodes(daemon) -> dict[str, dict]:
-    result = daemon.lclient("-nodes", "-json")
-    assert result.returncode == 0, result.stderr
-    return {n["name"]: n for n in map(json.loads, result.stdout.splitlines())}
 
 
-def ran_on(daemons, job: str) -> set[str]:
-    """The nodes that handed the job to their runtime (each creates <state>/logs/<uuid>.out first)."""
-    return {d.name for d in daemons if Path(d.state_dir, "logs", f"{job}.out").exists()}
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_one_etcd_member_killed_while_jobs_are_added_no_request_fails(cluster3):
@@ -227,15 +215,7 @@ def test_prime_killed_on_three_member_etcd_failover_time(cluster3, capsys):
               f"3-member etcd): another node held the prime key (read by etcdctl) after {failover['seconds']:.2f}s, "
               f"first assignment by it after {min(after) - killed_wall:.2f}s; {retried} job(s) lost with a and retried")
     assert retried, "no job was running on the prime when it was killed: the test proved nothing"
-    daemon_of = {d.name: d for d in cluster3.daemons}
-    for i, job in enumerate(ids):
-        record = in_etcd[job]
-        assert record["state"] == "EXITED" and record["attempt"] == len(record["history"]) + 1, record
-        assert all(h["state"] == "LOST" and h["node"] == "a" for h in record["history"])
-        runs = ran_on(cluster3.daemons, job)
-        assert record["node"] in runs and runs <= {record["node"], *(h["node"] for h in record["history"])}, (job, runs, record)
-        # logs are appended to: a second start on the same node would show twice
-        assert Path(daemon_of[record["node"]].state_dir, "logs", f"{job}.out").read_text() == f"{i}\n", (job, record)
+    assert_stream_ended_once(cluster3.daemons, ids, in_etcd, lost_node="a")
     listed = c.lclient("-list", "-json")  # and once more through the lclient executable
     assert listed.returncode == 0, listed.stderr
     by_id = {j["id"]: j for j in map(json.loads, listed.stdout.splitlines())}

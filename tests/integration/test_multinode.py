@@ -17,11 +17,11 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from cluster_fixtures import cluster, etcd, requires_root_and_rootfs  # noqa: F401 (fixtures)
-from test_cluster import TERMINAL, add, check, until
+from cluster_fixtures import (assert_stream_ended_once, cluster, etcd, nodes, pid_alive,  # noqa: F401 (fixtures)
+                              ran_on, requires_root_and_rootfs)
+from test_cluster import add, check, until
 
 from lclient import errors
 from lclient.client import JobsClient
@@ -44,22 +44,10 @@ def etcd_records(cluster) -> dict[str, dict]:
     return {key.rsplit("/", 1)[1]: json.loads(value) for key, value in etcdctl_prefix(cluster, "jobs").items()}
 
 
-def nodes(daemon) -> dict[str, dict]:
-    result = daemon.lclient("-nodes", "-json")
-    assert result.returncode == 0, result.stderr
-    return {n["name"]: n for n in map(json.loads, result.stdout.splitlines())}
 
 
-def ran_on(daemons, job: str) -> set[str]:
-    """The nodes that handed the job to their runtime: each creates <state>/logs/<uuid>.out first."""
-    return {d.name for d in daemons if Path(d.state_dir, "logs", f"{job}.out").exists()}
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_killed_worker_jobs_are_lost_and_retried_only_when_allowed(cluster):
@@ -158,15 +146,7 @@ def test_prime_killed_during_a_stream_every_job_ends_once(cluster, capsys):
               f"new prime key ({failover['holder']}) after {failover['prime key']:.2f}s, first assignment by it after "
               f"{first_assignment:.2f}s; {retried} job(s) lost with a and retried")
     assert retried, "no job was running on the prime when it was killed: the test proved nothing"
-    daemon_of = {d.name: d for d in cluster.daemons}
-    for i, job in enumerate(ids):
-        record = in_etcd[job]
-        assert record["state"] == "EXITED" and record["attempt"] == len(record["history"]) + 1
-        assert all(h["state"] == "LOST" and h["node"] == "a" for h in record["history"])
-        runs = ran_on(cluster.daemons, job)
-        assert record["node"] in runs and runs <= {record["node"], *(h["node"] for h in record["history"])}, (job, runs, record)
-        # logs are appended to: a second start on the same node would show twice
-        assert Path(daemon_of[record["node"]].state_dir, "logs", f"{job}.out").read_text() == f"{i}\n", (job, record)
+    assert_stream_ended_once(cluster.daemons, ids, in_etcd, lost_node="a")
     assert etcdctl_prefix(cluster, "queue") == {}
     assert not [k for k in etcdctl_prefix(cluster, "assign") if "/assign/a/" in k]
     a.start()  # clean up after the crash; nothing runs twice
