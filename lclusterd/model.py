@@ -85,6 +85,9 @@ class JobSpec:
     stdin_data: bytes = b""
     retries: int = 0
     node: str = ""  # pinned: only this node may run it
+    # fields a newer lclusterd wrote that this one does not know: kept and written back as they
+    # were, so nodes of two versions can share one etcd during an upgrade
+    unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def validate(self) -> None:
         """Raise InvalidSpec with a sentence for the first problem found (ranges the runtime
@@ -120,13 +123,13 @@ class JobSpec:
         # value and was the daemon's costliest step per job (records are encoded ~4 times).
         data = dict(self.__dict__)
         data["stdin_data"] = base64.b64encode(self.stdin_data).decode()
-        return data
+        return _with_unknown(data)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobSpec:
-        data = dict(data)
-        data["stdin_data"] = base64.b64decode(data.get("stdin_data") or "")
-        return cls(**data)
+        known, unknown = _split_known(cls, data)
+        known["stdin_data"] = base64.b64decode(known.get("stdin_data") or "")
+        return cls(**known, unknown=unknown)
 
 
 @dataclass
@@ -156,6 +159,8 @@ class JobRecord:
     waiting: str = ""
     # the id of the -all-nodes pool this job is a member of; "" otherwise
     pool: str = ""
+    # fields this lclusterd does not know (see JobSpec.unknown)
+    unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def terminal(self) -> bool:
@@ -198,14 +203,14 @@ class JobRecord:
         data["schema_version"] = SCHEMA_VERSION
         if not self.pool:  # written only for pool members: other records stay readable by older daemons
             del data["pool"]
-        return data
+        return _with_unknown(data)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobRecord:
-        data = dict(data)
-        data.pop("schema_version", None)
-        data["spec"] = JobSpec.from_json(data["spec"])
-        return cls(**data)
+        known, unknown = _split_known(cls, data)
+        unknown.pop("schema_version", None)
+        known["spec"] = JobSpec.from_json(known["spec"])
+        return cls(**known, unknown=unknown)
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), separators=(",", ":")).encode()
@@ -213,6 +218,24 @@ class JobRecord:
     @classmethod
     def from_bytes(cls, raw: bytes) -> JobRecord:
         return cls.from_json(json.loads(raw))
+
+
+_KNOWN: dict[type, frozenset[str]] = {}
+
+
+def _split_known(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields `cls` has, and the rest (a newer version's, kept to be written back)."""
+    known = _KNOWN.get(cls)
+    if known is None:
+        known = _KNOWN[cls] = frozenset(f.name for f in fields(cls)) - {"unknown"}
+    mine = {k: v for k, v in data.items() if k in known}
+    return mine, {k: v for k, v in data.items() if k not in known}
+
+
+def _with_unknown(data: dict[str, Any]) -> dict[str, Any]:
+    """A to_json dict with the unknown fields back at the top level (ours win a clash)."""
+    unknown = data.pop("unknown")
+    return {**unknown, **data} if unknown else data
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """Job ids, specs, records and the state machine (pure)."""
 
+import json
+
 import pytest
 
 from lclusterd.errors import InvalidSpec, InvalidTransition
@@ -95,3 +97,16 @@ def test_with_changes_copies_and_checks_field_names():
     with pytest.raises(TypeError, match="no field 'nope'"):
         record.with_changes(nope=1)
     assert JobRecord.from_bytes(copy.to_bytes()) == copy
+
+
+def test_fields_a_newer_version_wrote_are_kept_and_written_back():
+    record = JobRecord(id="b" * 32, spec=JobSpec(command="true"))
+    newer = record.to_json()
+    newer["priority"] = 7  # say, a field a later lclusterd adds
+    newer["spec"]["gpus"] = 1
+    read = JobRecord.from_json(newer)
+    assert read == record  # what this version knows is the same ...
+    moved = read.moved_to(ASSIGNED, node="n1")  # ... and a transition keeps the rest
+    again = json.loads(moved.to_bytes())
+    assert (again["priority"], again["spec"]["gpus"], again["state"]) == (7, 1, ASSIGNED)
+    assert "unknown" not in again and "unknown" not in again["spec"]
