@@ -12,7 +12,7 @@ container"):
           unshare mount, UTS, IPC, network -> / private -> scratch tmpfs (the overlay's
           upper and work) -> loopback up -> drop the bounding set -> wait for the job
   job:    join the job cgroup -> unshare the cgroup namespace -> stdio -> mounts ->
-          pivot_root -> masks -> hostname -> no_new_privs -> capabilities ->
+          pivot_root -> masks -> hostname -> no_new_privs -> capabilities -> seccomp ->
           find the command -> close fds -> chdir -> exec
 
 A plan is a flat list of string tokens: an op name, then its arguments (ARITY). "" stands
@@ -22,6 +22,7 @@ failure report ({"step", "errno", "detail"} on the status socket).
 
 from __future__ import annotations
 
+import platform
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,23 @@ ARITY = {
     "step": 1, "name": 1, "pdeathsig": 1, "closefds": 0, "setsid": 0, "unshare": 1,
     "mount": 5, "mkdir": 2, "mknod": 3, "symlink": 2, "mask": 1, "readonly": 1,
     "loopback": 0, "bounding": 2, "capset": 1, "cgroup": 1, "stdio": 0, "umask": 1,
-    "pivot": 1, "hostname": 1, "nnp": 0, "wait": 0, "exec": -1,
+    "pivot": 1, "hostname": 1, "nnp": 0, "seccomp": 2, "wait": 0, "exec": -1,
 }
+
+# Syscalls a job gets EPERM for (seccomp, after the capability drop: defence in depth, as
+# Docker's default profile). Most already fail without the dropped capabilities; these are
+# the kernel's module, key, mount, namespace, clock, swap, reboot and BPF interfaces. ptrace
+# stays (a job may debug its own processes). Plus: clone() with a namespace flag is refused
+# and clone3() reports ENOSYS (libc then uses clone()), so a job makes no new namespaces,
+# user namespaces included.
+SECCOMP_DENY = (
+    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "delete_module", "finit_module",
+    "fsconfig", "fsmount", "fsopen", "fspick", "init_module", "kcmp", "kexec_file_load", "kexec_load",
+    "keyctl", "lookup_dcookie", "mount", "mount_setattr", "move_mount", "name_to_handle_at",
+    "open_by_handle_at", "open_tree", "perf_event_open", "pivot_root", "quotactl", "reboot",
+    "request_key", "setns", "settimeofday", "swapoff", "swapon", "umount2", "unshare", "userfaultfd",
+) + (("create_module", "get_kernel_syms", "ioperm", "iopl", "query_module", "sysfs", "_sysctl", "uselib", "ustat")
+     if platform.machine() == "x86_64" else ())
 
 
 @dataclass
@@ -105,6 +121,7 @@ def job_plan(job: PreparedJob, scratch: str) -> list[str]:
     plan += ["step", "hostname", "hostname", job.hostname]
     plan += ["step", "no_new_privs", "nnp"]
     plan += ["step", "capabilities", "capset", f"{job.keep_caps:x}"]
+    plan += ["step", "seccomp", "seccomp", ",".join(SECCOMP_DENY), "1"]
     # exec finds the command (PATH from the job's environment), marks every fd but stdio
     # close-on-exec, enters cwd and execs, naming each of those steps itself.
     env = [f"{name}={value}" for name, value in job.env.items()]

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +107,42 @@ def test_missing_command_and_working_directory_are_named(stdio):
         init.send_job(["stdio", *tokens], stdio[0])
         data, code = init.finish()
         assert code == 127 and (report(data)["step"], report(data)["detail"]) == detail
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> str:
+    """A static probe (data/seccomp_probe.c, built with the musl-gcc make prep installs) that
+    makes each guarded call in a child of its own and prints `name ok` or `name <strerror>`."""
+    binary = tmp_path_factory.mktemp("probe") / "seccomp_probe"
+    subprocess.run(["musl-gcc", "-static", "-O2", "-o", str(binary), str(Path(__file__).parent / "data" / "seccomp_probe.c")],
+                   check=True)
+    return str(binary)
+
+
+def run_probe(probe: str, stdio, filtered: bool) -> dict[str, str]:
+    fds, out = stdio
+    seccomp = ["nnp", "seccomp", ",".join(plan.SECCOMP_DENY), "1"] if filtered else []
+    init = Init(["wait"])
+    init.send_job(["stdio", *seccomp, *exec_tokens([probe])], fds)
+    assert init.finish() == (b"", 0)
+    out.seek(0)
+    return dict(line.split(" ", 1) for line in out.read().decode().splitlines())
+
+
+def test_seccomp_denies_what_the_plan_lists_and_new_namespaces(probe, stdio):
+    # without the filter each call works here (as root, outside any container) ...
+    assert run_probe(probe, stdio, filtered=False) == {
+        "keyctl": "ok", "unshare-user": "ok", "clone-newuser": "ok", "clone3": "Invalid argument", "getpid": "ok"}
+    stdio[1].seek(0)
+    stdio[1].truncate()
+    # ... with it: EPERM for listed calls and namespace flags, ENOSYS for clone3, fork still works
+    assert run_probe(probe, stdio, filtered=True) == {
+        "keyctl": "Operation not permitted", "unshare-user": "Operation not permitted",
+        "clone-newuser": "Operation not permitted", "clone3": "Function not implemented", "getpid": "ok"}
+
+
+def test_a_syscall_name_the_init_does_not_know_is_refused(stdio):
+    init = Init(["wait"])
+    init.send_job(["stdio", "nnp", "step", "seccomp", "seccomp", "keyctl,frobnicate", "1", *exec_tokens(["true"])], stdio[0])
+    data, code = init.finish()
+    assert code == 127 and report(data) == {"step": "seccomp", "errno": 22, "detail": "seccomp: unknown syscall frobnicate"}

@@ -107,14 +107,15 @@ def test_sys_is_read_only_and_proc_paths_are_masked(runtime, rootfs, tmp_path):
     assert out.split() == ["sys-ro", "procsys-ro", "0", "0"]
 
 
-def test_capabilities_are_reduced_and_no_new_privs_is_set(runtime, rootfs, tmp_path):
-    result, out, _ = run_capturing(runtime, tmp_path, rootfs, "grep -E '^(Cap|NoNewPrivs)' /proc/self/status")
+def test_capabilities_are_reduced_no_new_privs_and_seccomp_are_set(runtime, rootfs, tmp_path):
+    result, out, _ = run_capturing(runtime, tmp_path, rootfs, "grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status")
     status = dict(line.split(":\t") for line in out.splitlines())
     keep = caps.mask_of(caps.DEFAULT_KEEP)
     for name in ("CapInh", "CapPrm", "CapEff", "CapBnd"):
         assert int(status[name], 16) == keep, name
     assert int(status["CapAmb"], 16) == 0
     assert status["NoNewPrivs"].strip() == "1"
+    assert (status["Seccomp"].strip(), status["Seccomp_filters"].strip()) == ("2", "1")  # one filter (test_jobinit)
     assert not keep & (1 << caps.CAPABILITIES["SYS_ADMIN"])
 
 

@@ -32,7 +32,7 @@ def test_job_steps_run_in_the_order_that_keeps_it_contained():
     first_mount, pivot = order.index("mount"), order.index("pivot")
     assert order.index("stdio") < first_mount < pivot < order.index("mask") < order.index("readonly")
     # pivot_root before no_new_privs before the capability drop before exec, exec last
-    assert pivot < order.index("hostname") < order.index("nnp") < order.index("capset") < order.index("exec")
+    assert pivot < order.index("hostname") < order.index("nnp") < order.index("capset") < order.index("seccomp") < order.index("exec")
     assert order[-1] == "exec"
 
 
@@ -71,6 +71,14 @@ def test_every_op_is_one_the_c_init_knows_with_the_same_arity():
     assert in_c == plan.ARITY
     for tokens in (plan.job_plan(job(), "/s"), plan.spare_plan("/s", 1, 40)):
         assert all(name in plan.ARITY for name, _ in plan.ops(tokens))
+
+
+def test_every_denied_syscall_is_one_the_c_init_can_name():
+    source = (Path(plan.__file__).parent / "jobinit" / "jobinit.c").read_text()
+    in_c = set(re.findall(r"SC\((\w+)\)", source))
+    assert set(plan.SECCOMP_DENY) <= in_c and "ptrace" not in plan.SECCOMP_DENY
+    args = next(a for n, a in plan.ops(plan.job_plan(job(), "/s")) if n == "seccomp")
+    assert args == [",".join(plan.SECCOMP_DENY), "1"]
 
 
 def test_plans_that_the_init_would_refuse_are_refused_here_too():
