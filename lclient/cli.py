@@ -212,7 +212,8 @@ def _wait(client: JobsClient, job_id: str, timeout: float | None, as_json: bool)
     status = job_exit_status(job)
     if as_json:
         click.echo(dumps(job_json(job)))
-    if status != 0 and not (job.state == "EXITED" and not job.is_pool):
+    # one line for an end a script would want explained; a job's plain non-zero exit speaks for itself
+    if status != 0 and (job.state != "EXITED" or job.is_pool or job.error):
         reason = f": {job.error}" if job.error else ""
         click.echo(f"lclient: {'pool' if job.is_pool else 'job'} {job.id} ended {outcome(job)}{reason}", err=True)
     return status

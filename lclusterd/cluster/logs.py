@@ -25,5 +25,16 @@ class LogFiles:
         for path in (self.stdout(job_id), self.stderr(job_id)):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
+    def last_stderr_line(self, job_id: str, limit: int = 200) -> str:
+        """The job's last non-empty line on stderr (at most `limit` characters), or ""."""
+        try:
+            with open(self.stderr(job_id), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 4096))
+                lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return ""
+        return lines[-1].strip()[:limit] if lines else ""
+
     def exist(self, job_id: str) -> bool:
         return self.stdout(job_id).exists()

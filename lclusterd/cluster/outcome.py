@@ -16,10 +16,16 @@ def started(record: JobRecord, host_pid: int | None, started_at: float | None) -
     return record.moved_to(RUNNING, host_pid=host_pid, started_at=started_at or time.time())
 
 
-def ended(record: JobRecord, result: RunResult, kill_requested: bool = False, shutdown_note: str = "") -> JobRecord:
+# What the job's /bin/sh -c exits with when it cannot run a command (POSIX).
+_SHELL_COULD_NOT_RUN = {126: "found a command it cannot execute", 127: "could not find a command in the rootfs"}
+
+
+def ended(record: JobRecord, result: RunResult, kill_requested: bool = False, shutdown_note: str = "",
+          stderr_tail: str = "") -> JobRecord:
     """The terminal record for a run's result. A job that ends without having been recorded
     RUNNING passes through RUNNING first (a short job whose start and end are written together)
-    unless it never started at all (FAILED before exec)."""
+    unless it never started at all (FAILED before exec). `stderr_tail`: the last line the job
+    wrote to stderr, quoted in the reason when its shell could not run a command (exit 126/127)."""
     state = _STATE_OF_STATUS.get(result.status, FAILED)
     if record.state == ASSIGNED:
         if state == FAILED and result.host_pid is None:
@@ -37,6 +43,10 @@ def ended(record: JobRecord, result: RunResult, kill_requested: bool = False, sh
         error = f"timed out after {record.spec.timeout:g}s"
     elif state == OOM_KILLED and not error:
         error = "killed by the kernel OOM killer"
+    elif state == EXITED and not error and result.exit_code in _SHELL_COULD_NOT_RUN:
+        error = f"the job's shell {_SHELL_COULD_NOT_RUN[result.exit_code]}"
+        if stderr_tail:
+            error += f" ({stderr_tail})"
     return record.moved_to(
         state,
         exit_code=result.exit_code,

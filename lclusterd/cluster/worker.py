@@ -272,7 +272,8 @@ class Worker:
         if kind == "started":
             return outcome.started(record, payload.host_pid, payload.started_at)
         if kind == "finished":
-            return outcome.ended(record, payload, local.kill_requested, self._shutdown_note)
+            tail = self.logs.last_stderr_line(record.id) if payload.exit_code in (126, 127) else ""
+            return outcome.ended(record, payload, local.kill_requested, self._shutdown_note, tail)
         if kind == "cancel":
             return outcome.cancelled(record, payload)
         if kind == "refused":

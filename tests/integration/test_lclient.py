@@ -118,14 +118,17 @@ def test_wait_timeout_exits_124(node):
     node.lclient("-kill", job)
 
 
-def test_failed_before_exec_is_failed_with_reason(node):
-    job = add(node, "exec /no/such/binary")
-    waited = node.lclient("-wait", job)
-    assert waited.returncode != 0
-    check = json.loads(node.lclient("-check", job, "-json").stdout)
-    assert check["state"] in ("EXITED", "FAILED")  # sh reports exec failure as exit 127
-    if check["state"] == "EXITED":
-        assert check["exit_code"] == 127
+def test_a_command_not_found_in_the_rootfs_is_explained(node):
+    # the command runs as /bin/sh -c CMD, so it is the job's shell that finds out (exit 127)
+    for command, said in (("nosuchcmd --flag", "sh: nosuchcmd: not found"), ("exec /no/such/binary", "/no/such/binary: not found")):
+        waited = node.lclient("-add", command, "-wait")
+        job = waited.stdout.strip()
+        assert waited.returncode == 127, waited
+        assert waited.stderr.count("\n") == 1 and waited.stderr.startswith(
+            f"lclient: job {job} ended EXITED (exit code 127): the job's shell could not find a command in the rootfs (")
+        assert said in waited.stderr
+        check = json.loads(node.lclient("-check", job, "-json").stdout)
+        assert (check["state"], check["exit_code"]) == ("EXITED", 127) and said in check["error"]
 
 
 def test_list_and_nodes(node):

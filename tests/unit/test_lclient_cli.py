@@ -281,3 +281,13 @@ def test_kill_of_a_pool_lists_its_members(capsys):
     lines = out.splitlines()
     assert (code, lines[0]) == (0, f"{POOL} RUNNING (kill requested)")
     assert [row.split()[:3] for row in lines[2:]] == [["a", A, "RUNNING"], ["b", B, "CANCELLED"]]
+
+
+def test_wait_explains_an_exit_the_daemon_gave_a_reason_for(capsys):
+    job = pb.Job(id=JOB, state="EXITED", exit_code=127,
+                 error="the job's shell could not find a command in the rootfs (sh: x: not found)")
+    code, out, err, _ = run(["-wait", JOB], capsys, job=job)
+    assert code == 127 and err == (f"lclient: job {JOB} ended EXITED (exit code 127): the job's shell "
+                                   "could not find a command in the rootfs (sh: x: not found)\n")
+    code, out, err, _ = run(["-wait", JOB], capsys, job=pb.Job(id=JOB, state="EXITED", exit_code=3))
+    assert (code, err) == (3, "")  # a plain non-zero exit speaks for itself

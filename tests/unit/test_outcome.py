@@ -47,3 +47,12 @@ def test_lost_and_cancelled():
     assert outcome.cancelled(record(ASSIGNED), "by request").state == "CANCELLED"
     with pytest.raises(InvalidTransition):
         outcome.cancelled(record(RUNNING), "too late")
+
+
+def test_a_shell_that_could_not_run_a_command_is_explained():
+    missing = outcome.ended(record(), RunResult("c" * 32, "EXITED", exit_code=127), stderr_tail="sh: nosuchcmd: not found")
+    assert (missing.state, missing.exit_code) == ("EXITED", 127)
+    assert missing.error == "the job's shell could not find a command in the rootfs (sh: nosuchcmd: not found)"
+    denied = outcome.ended(record(), RunResult("c" * 32, "EXITED", exit_code=126))
+    assert denied.error == "the job's shell found a command it cannot execute"
+    assert outcome.ended(record(), RunResult("c" * 32, "EXITED", exit_code=1), stderr_tail="boom").error == ""
