@@ -54,6 +54,13 @@ def _kill_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: f
         pass
 
 
+def job_cgroups_left(node_name: str) -> list[Path]:
+    """Job cgroups under the node's parent, in any hierarchy (v1) or the v2 tree."""
+    root = Path("/sys/fs/cgroup")
+    parents = [*root.glob(f"*/lclusterd/{node_name}"), root / "lclusterd" / node_name]
+    return sorted(p for parent in parents if parent.is_dir() for p in parent.iterdir() if p.is_dir())
+
+
 def remove_cgroup_parent(node_name: str) -> None:
     """A daemon that was killed (-9) cannot remove its node's parent cgroup; do it."""
     root = Path("/sys/fs/cgroup")
@@ -338,8 +345,14 @@ class Cluster:
                     pass
             if d.process is not None:
                 _kill_group(d.process, signal.SIGKILL)
+        # Nothing of a job may outlive its node's clean stop (a node killed -9 in a test is
+        # started again, and its start-up sweep is what removes what the crash left).
+        left = [path for d in self.daemons for path in job_cgroups_left(d.name)]
+        for path in left:
+            path.rmdir()  # so that later tests start clean; fails loudly if a process is still in it
         for d in self.daemons:
             remove_cgroup_parent(d.name)
+        assert not left, f"job cgroups left after the daemons stopped: {[str(p) for p in left]}"
 
 
 @pytest.fixture

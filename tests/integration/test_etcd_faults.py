@@ -222,3 +222,6 @@ def test_prime_killed_on_three_member_etcd_failover_time(cluster3, capsys):
     assert all(by_id[job]["state"] == "EXITED" and by_id[job]["attempt"] == in_etcd[job]["attempt"] for job in ids)
     assert etcd_keys(cluster3, "queue") == [] and not [k for k in etcd_keys(cluster3, "assign") if "/assign/a/" in k]
     until(lambda: nodes(b)["a"]["state"] == "gone", "a to be listed as gone")
+    a.start()  # same state dir: its start-up sweep removes what the crash left; nothing runs twice
+    until(lambda: nodes(b)["a"]["state"] == "ready", "a to be back")
+    assert all(check(a, job)["state"] == "EXITED" for job in ids[:5])

@@ -474,3 +474,28 @@ def test_v2_fake_kill_all_writes_cgroup_kill(tmp_path, monkeypatch):
     monkeypatch.setattr(v2, "wait_until", wait_until)
     job.kill_all()
     assert calls == ["1"]
+
+
+def test_v1_fake_a_job_left_in_some_hierarchies_is_still_found_and_removed(tmp_path, monkeypatch):
+    # A helper killed between two rmdirs leaves the job in pids and cpuacct only.
+    root = make_v1_tree(tmp_path / "cgroup")
+    FakeCgroupFs(root, monkeypatch, 1)
+    driver = detect(root)
+    driver.create("half", Limits())
+    os.rmdir(root / "memory" / "lclusterd" / "half")
+    assert driver.job_names() == ["half"]
+    driver.open("half").remove()
+    assert driver.job_names() == []
+    assert not any((root / c / "lclusterd" / "half").exists() for c in ("memory", "pids", "cpuacct"))
+
+
+def test_v1_fake_remove_tries_every_hierarchy_before_failing(tmp_path, monkeypatch):
+    root = make_v1_tree(tmp_path / "cgroup")
+    FakeCgroupFs(root, monkeypatch, 1)
+    driver = detect(root)
+    job = driver.create("stuck", Limits())
+    write(root / "memory" / "lclusterd" / "stuck" / "cgroup.procs", "4242")  # a task the kernel still counts
+    monkeypatch.setattr(v1, "REMOVE_TIMEOUT_S", 0.01)
+    with pytest.raises(OSError, match="rmdir .*memory/lclusterd/stuck: Device or resource busy"):
+        job.remove()
+    assert [c for c in ("memory", "pids", "cpuacct") if (root / c / "lclusterd" / "stuck").exists()] == ["memory"]

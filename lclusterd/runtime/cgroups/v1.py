@@ -107,10 +107,10 @@ def signal_pids(pids: Iterable[int], sig: int) -> None:
             pass
 
 
-def remove_dir(path: Path, timeout: float = REMOVE_TIMEOUT_S) -> None:
-    """rmdir, retrying on EBUSY: the kernel keeps a cgroup busy for a moment after its
-    last task has exited. A missing directory is fine."""
-    deadline = time.monotonic() + timeout
+def remove_dir(path: Path, timeout: float | None = None) -> None:
+    """rmdir, retrying on EBUSY for `timeout` (default REMOVE_TIMEOUT_S): the kernel keeps a
+    cgroup busy for a moment after its last task has exited. A missing directory is fine."""
+    deadline = time.monotonic() + (REMOVE_TIMEOUT_S if timeout is None else timeout)
     delay = 0.001
     while True:
         try:
@@ -221,8 +221,17 @@ class V1Cgroup:
         )
 
     def remove(self) -> None:
+        """rmdir the job's directory in every hierarchy, each tried even when an earlier one
+        fails (then the first error is raised): a directory left in one hierarchy must not
+        leave the others behind too."""
+        first: OSError | None = None
         for d in self.unique_dirs:
-            remove_dir(d)
+            try:
+                remove_dir(d)
+            except OSError as error:
+                first = first or error
+        if first is not None:
+            raise first
 
 
 class V1Driver:
@@ -273,11 +282,16 @@ class V1Driver:
         self.prepared = False
 
     def job_names(self) -> list[str]:
-        parent = self.hierarchies["memory"] / self.parent
-        try:
-            return sorted(e.name for e in os.scandir(parent) if e.is_dir(follow_symlinks=False))
-        except FileNotFoundError:
-            return []
+        """Every job with a directory in any hierarchy: a removal cut short (the helper killed
+        between two rmdirs) can leave a job in some hierarchies only, and the sweep must
+        still find it."""
+        names: set[str] = set()
+        for hierarchy in dict.fromkeys(self.hierarchies.values()):
+            try:
+                names.update(e.name for e in os.scandir(hierarchy / self.parent) if e.is_dir(follow_symlinks=False))
+            except FileNotFoundError:
+                continue
+        return sorted(names)
 
 
 def write_limits(cgroup: V1Cgroup, limits: Limits) -> None:
