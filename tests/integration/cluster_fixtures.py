@@ -7,6 +7,7 @@ started in its own session and its whole process group is killed at teardown.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -90,6 +91,9 @@ class EtcdProcess:
     @property
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
+
+    def live_endpoints(self) -> str:
+        return self.endpoint  # as EtcdCluster's, for readers that take either
 
     def start(self) -> None:
         self.launch()
@@ -254,6 +258,30 @@ class Daemon:
 
     def lclient(self, *args: str, timeout: float = 60, stdin: bytes | None = None) -> subprocess.CompletedProcess:
         return run_lclient(*args, server=self.server, timeout=timeout, stdin=stdin)
+
+
+# -- reading etcd with the official etcdctl (an independent reader) -------------------------------
+def etcdctl(endpoints: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["etcdctl", "--endpoints", endpoints, "--command-timeout", "5s", *args],
+                          capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=timeout)
+
+
+def etcd_prefix(cluster, section: str) -> dict[str, bytes]:
+    """Every key under <prefix>/<section>/ (key -> value), read from the members that are up."""
+    result = etcdctl(cluster.etcd.live_endpoints(), "get", "--prefix", f"{cluster.prefix}/{section}/", "-w", "json")
+    assert result.returncode == 0, result.stderr
+    return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", ""))
+            for kv in json.loads(result.stdout).get("kvs", [])}
+
+
+def etcd_records(cluster) -> dict[str, dict]:
+    """Every job record, by job id."""
+    return {key.rsplit("/", 1)[1]: json.loads(value) for key, value in etcd_prefix(cluster, "jobs").items()}
+
+
+def prime_holder(cluster) -> str | None:
+    result = etcdctl(cluster.etcd.live_endpoints(), "get", f"{cluster.prefix}/prime", "--print-value-only")
+    return result.stdout.strip() or None if result.returncode == 0 else None
 
 
 # -- reading the outcome of a multi-node test --------------------------------------------------

@@ -9,45 +9,21 @@ Nothing here asserts a duration: each wait is for a condition, with a generous d
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import signal
 import subprocess
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from cluster_fixtures import (assert_stream_ended_once, cluster, etcd, nodes, pid_alive,  # noqa: F401 (fixtures)
+from cluster_fixtures import (cluster, etcd, etcd_prefix, etcd_records, nodes, pid_alive,  # noqa: F401 (fixtures)
                               ran_on, requires_root_and_rootfs)
+from prime_stream import stream_with_prime_killed
 from test_cluster import add, check, until
 
 from lclient import errors
 from lclient.client import JobsClient
-from lclusterd.cluster.store import Store
 from lclusterd.rpc import lclusterd_pb2 as pb
 
 pytestmark = requires_root_and_rootfs
-
-
-def etcdctl_prefix(cluster, section: str) -> dict[str, bytes]:
-    """Every key under <prefix>/<section>/ as etcdctl sees it (key -> value)."""
-    result = subprocess.run(["etcdctl", "--endpoints", cluster.etcd.endpoint, "get", "--prefix",
-                             f"{cluster.prefix}/{section}/", "-w", "json"],
-                            capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30, check=True)
-    kvs = json.loads(result.stdout).get("kvs", [])
-    return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")) for kv in kvs}
-
-
-def etcd_records(cluster) -> dict[str, dict]:
-    return {key.rsplit("/", 1)[1]: json.loads(value) for key, value in etcdctl_prefix(cluster, "jobs").items()}
-
-
-
-
-
-
 
 
 def test_killed_worker_jobs_are_lost_and_retried_only_when_allowed(cluster):
@@ -77,7 +53,7 @@ def test_killed_worker_jobs_are_lost_and_retried_only_when_allowed(cluster):
 
     in_etcd = etcd_records(cluster)
     assert (in_etcd[once]["state"], in_etcd[retried]["state"], in_etcd[retried]["node"]) == ("LOST", "RUNNING", "c")
-    assert not [k for k in etcdctl_prefix(cluster, "assign") if "/assign/b/" in k]
+    assert not [k for k in etcd_prefix(cluster, "assign") if "/assign/b/" in k]
 
     b.start()  # same state dir: sweeps what the crash left, runs nothing again
     until(lambda: nodes(a)["b"]["state"] == "ready", "b to be back")
@@ -85,73 +61,10 @@ def test_killed_worker_jobs_are_lost_and_retried_only_when_allowed(cluster):
     assert ran_on(cluster.daemons, once) == {"b"} and ran_on(cluster.daemons, retried) == {"b", "c"}
 
 
-def failover_time(records: dict[str, dict], killed_wall: float) -> float | None:
-    """Seconds from the kill to the first assignment made after it (necessarily by the new prime),
-    from the records' assigned_at (wall clock, written by the prime that assigned)."""
-    after = [r["assigned_at"] for r in records.values() if r.get("assigned_at") and r["assigned_at"] > killed_wall]
-    return min(after) - killed_wall if after else None
-
-
-def watch_prime_key(cluster, old: str, killed_at: float, found: dict[str, float], timeout: float = 30) -> None:
-    """Poll the prime key (in-process etcd client) until a node other than `old` holds it."""
-    store = Store(cluster.etcd.endpoint)
-    try:
-        deadline = killed_at + timeout
-        while time.monotonic() < deadline:
-            kv = store.get(f"{cluster.prefix}/prime")
-            if kv is not None and kv.value.decode() != old:
-                found["prime key"] = time.monotonic() - killed_at
-                found["holder"] = kv.value.decode()
-                return
-            time.sleep(0.01)
-    finally:
-        store.close()
-
-
-STREAM = 300  # issue 4: "kill -9 the prime in the middle of a stream of 300 jobs"
-KILL_AT = 100
-PACE = 0.02  # seconds between two adds of the stream
-
-
 def test_prime_killed_during_a_stream_every_job_ends_once(cluster, capsys):
-    a = cluster.daemon("a")
-    b, c = cluster.daemon("b"), cluster.daemon("c")
-    until(lambda: nodes(b)["a"]["prime"], "a to be the prime")
-    ids: list[str] = []
-    failover: dict[str, float] = {}
-    watcher = None
-    with JobsClient(b.server) as client:
-        for i in range(STREAM):
-            if i == KILL_AT:
-                a.kill_hard()
-                killed_wall, killed_at = time.time(), time.monotonic()
-                watcher = threading.Thread(target=watch_prime_key, args=(cluster, "a", killed_at, failover))
-                watcher.start()
-            ids.append(client.add(pb.JobSpec(command=f"sleep 0.{i % 10}; echo {i}", retries=1)).id)
-            time.sleep(PACE)  # about 50 adds a second, so the stream goes on through the failover
-        with ThreadPoolExecutor(8) as pool:
-            finals = list(pool.map(lambda j: client.wait(j, 120), ids))
-    watcher.join()
-    assert all(job.state == "EXITED" and job.exit_code == 0 for job in finals), [j.state for j in finals if j.state != "EXITED"]
-    until(lambda: nodes(b)["a"]["state"] == "gone", "a to be listed as gone")
-    assert any(n["prime"] for name, n in nodes(c).items() if name in ("b", "c"))
-
-    in_etcd = etcd_records(cluster)
-    assert set(ids) <= set(in_etcd)
-    assert "prime key" in failover, "no other node took the prime key within 30s of the kill"
-    first_assignment = failover_time(in_etcd, killed_wall)
-    retried = sum(1 for job in ids if in_etcd[job]["attempt"] > 1)
+    line = stream_with_prime_killed(cluster, "one etcd")
     with capsys.disabled():
-        print(f"\nprime failover, {STREAM} jobs, kill -9 of the prime after {KILL_AT} adds (lease TTL 2s, one etcd): "
-              f"new prime key ({failover['holder']}) after {failover['prime key']:.2f}s, first assignment by it after "
-              f"{first_assignment:.2f}s; {retried} job(s) lost with a and retried")
-    assert retried, "no job was running on the prime when it was killed: the test proved nothing"
-    assert_stream_ended_once(cluster.daemons, ids, in_etcd, lost_node="a")
-    assert etcdctl_prefix(cluster, "queue") == {}
-    assert not [k for k in etcdctl_prefix(cluster, "assign") if "/assign/a/" in k]
-    a.start()  # clean up after the crash; nothing runs twice
-    until(lambda: nodes(b)["a"]["state"] == "ready", "a to be back")
-    assert all(check(b, j)["state"] == "EXITED" for j in ids[:5])
+        print("\n" + line)
 
 
 def test_paused_node_is_declared_dead_then_fenced(cluster):
@@ -215,7 +128,7 @@ def test_drain_undrain_pins_and_why_a_job_waits(cluster):
     bad = a.lclient("-drain", "a/b")
     assert (bad.returncode, bad.stderr) == (2, "lclient: invalid node name 'a/b'\n")
     assert a.lclient("-kill", big).returncode == 0 and a.lclient("-kill", nowhere).returncode == 0
-    assert {k.rsplit("/", 1)[1] for k in etcdctl_prefix(cluster, "drain")} == set()
+    assert {k.rsplit("/", 1)[1] for k in etcd_prefix(cluster, "drain")} == set()
 
 
 def test_old_prime_that_comes_back_assigns_nothing(cluster):
@@ -263,7 +176,7 @@ def test_all_nodes_pool_one_member_per_ready_node_check_wait_kill(cluster):
     assert (logs.returncode, logs.stderr) == (1, f"lclient: {pool} is a pool of 2 job(s), one per node; read a member's "
                                                  f"logs (lclient -check {pool} lists them)\n")
 
-    stored = json.loads(etcdctl_prefix(cluster, "pools")[f"{cluster.prefix}/pools/{pool}"])  # the independent reader
+    stored = json.loads(etcd_prefix(cluster, "pools")[f"{cluster.prefix}/pools/{pool}"])  # the independent reader
     assert stored["members"] == {n: members[n]["id"] for n in ("a", "b")} and stored["spec"]["command"].startswith("echo member")
     in_etcd = etcd_records(cluster)
     assert {n: (in_etcd[m["id"]]["pool"], in_etcd[m["id"]]["spec"]["node"], in_etcd[m["id"]]["state"]) for n, m in members.items()} \
@@ -296,8 +209,8 @@ def test_all_nodes_pool_one_member_per_ready_node_check_wait_kill(cluster):
     assert [in_etcd[m["id"]]["state"] for m in after["members"]] == ["KILLED"] * 3
     again = a.lclient("-kill", sleepers)
     assert (again.returncode, again.stderr) == (1, f"lclient: pool {sleepers} has already finished (KILLED)\n")
-    assert etcdctl_prefix(cluster, "queue") == {} and etcdctl_prefix(cluster, "assign") == {}
-    assert set(etcdctl_prefix(cluster, "pools")) == {f"{cluster.prefix}/pools/{p}" for p in (pool, failing, sleepers)}
+    assert etcd_prefix(cluster, "queue") == {} and etcd_prefix(cluster, "assign") == {}
+    assert set(etcd_prefix(cluster, "pools")) == {f"{cluster.prefix}/pools/{p}" for p in (pool, failing, sleepers)}
 
 
 def test_all_nodes_with_no_ready_node_is_refused(cluster):
@@ -310,7 +223,7 @@ def test_all_nodes_with_no_ready_node_is_refused(cluster):
     assert (pinned.returncode, pinned.stderr) == (2, "lclient: -all-nodes runs a copy on every ready node; leave out -node\n")
     with JobsClient(a.server) as client, pytest.raises(errors.InvalidRequest, match="it cannot be pinned to node a as well"):
         client.add(pb.JobSpec(command="true", node="a"), all_nodes=True)  # the daemon refuses it too
-    assert etcdctl_prefix(cluster, "pools") == {} and etcdctl_prefix(cluster, "jobs") == {}
+    assert etcd_prefix(cluster, "pools") == {} and etcd_prefix(cluster, "jobs") == {}
     assert a.lclient("-undrain", "a").returncode == 0
     pool = add(a, "true", "-all-nodes")
     assert a.lclient("-wait", pool).returncode == 0 and [m["node"] for m in check(a, pool)["members"]] == ["a"]
