@@ -33,9 +33,9 @@ MAX_BLOCKING = 192
 
 class JobsServicer(pb_grpc.JobsServicer):
     def __init__(self, jobs: Jobs, events: JobEvents, logs: LogFiles, node: str,
-                 check_runnable: Callable[[JobSpec], None], peers: Peers, pools: Pools | None = None):
+                 check_runnable: Callable[[JobSpec], None], peers: Peers):
         self.jobs = jobs
-        self.pools = pools or Pools(jobs)
+        self.pools = Pools(jobs)
         self.peers = peers
         self.events = events
         self.logs = logs
@@ -165,52 +165,42 @@ class JobsServicer(pb_grpc.JobsServicer):
         deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
         with self._blocking_slot():
             try:
-                return self._wait_job(job_id, deadline, request.timeout_seconds, context)
+                return self._wait_ended(job_id, [job_id], lambda: [self.jobs.get(job_id)], lambda rs: job_to_proto(rs[0]),
+                                        lambda rs: rs[0].state, "job", deadline, request.timeout_seconds, context)
             except JobNotFound as missing:
-                return self._wait_pool(self._pool(job_id, missing), deadline, request.timeout_seconds, context)
+                pool = self._pool(job_id, missing)
+            return self._wait_ended(pool.id, pool.member_ids(), lambda: self.pools.members(pool),
+                                    lambda rs: pool_to_proto(pool, rs), lambda rs: pool_outcome(rs)[0], "pool",
+                                    deadline, request.timeout_seconds, context)
 
-    def _wait_job(self, job_id: str, deadline: float | None, seconds: float, context) -> pb.Job:
-        with self.events.subscribe(job_id) as changed:
-            # the watch's newest record when it has one (see JobEvents), else etcd's
-            latest = changed.latest
-            record = JobRecord.from_bytes(latest) if latest is not None else self.jobs.get(job_id)[0]
-            while True:
-                if record.terminal:
-                    return job_to_proto(record)
-                if not context.is_active():
-                    context.abort(grpc.StatusCode.CANCELLED, "the client went away")
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise WaitTimedOut(job_id, record.state, seconds)
-                woken = changed.wait(WAIT_TICK if remaining is None else min(WAIT_TICK, remaining))
-                changed.clear()
-                latest = changed.latest
-                # the watch carries the new record; read etcd only without one (or on a plain tick)
-                record = JobRecord.from_bytes(latest) if woken and latest is not None else self.jobs.get(job_id)[0]
-
-    def _wait_pool(self, pool: PoolRecord, deadline: float | None, seconds: float, context) -> pb.Job:
-        """Until every member has ended. The watch carries each member's new record; etcd is read
-        again (all members at once) at least every WAIT_TICK, in case a wake-up was missed."""
-        ids = pool.member_ids()
+    def _wait_ended(self, wait_id: str, ids: list[str], read: Callable[[], list[tuple[JobRecord, int]]],
+                    answer: Callable[[list[JobRecord]], pb.Job], state: Callable[[list[JobRecord]], str], kind: str,
+                    deadline: float | None, seconds: float, context) -> pb.Job:
+        """Until every job of `ids` (job `wait_id` itself, or the members of pool `wait_id`) has
+        ended. The jobs/ watch carries each new record (and JobEvents the newest it saw, so a job
+        that changed since this node started needs no etcd read at all); `read` (records and mod
+        revisions, from etcd) runs when the watch has not seen one of them, and at least every
+        WAIT_TICK, in case a wake-up was missed."""
         with self.events.subscribe_many(ids) as flags:
-            read = self.pools.members(pool)
-            records, revisions = [r for r, _ in read], [rev for _, rev in read]
-            read_at = time.monotonic()
+            if all(flag.latest is not None for flag in flags):
+                records, revisions = [JobRecord.from_bytes(f.latest) for f in flags], [f.revision for f in flags]
+                read_at = time.monotonic()
+            else:
+                read_at = None
             while True:
+                if read_at is None or time.monotonic() - read_at >= WAIT_TICK:
+                    found = read()
+                    records, revisions = [r for r, _ in found], [rev for _, rev in found]
+                    read_at = time.monotonic()
                 if all(r.terminal for r in records):
-                    return pool_to_proto(pool, records)
+                    return answer(records)
                 if not context.is_active():
                     context.abort(grpc.StatusCode.CANCELLED, "the client went away")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise WaitTimedOut(pool.id, pool_outcome(records)[0], seconds, kind="pool")
-                woken = flags[0].wait(WAIT_TICK if remaining is None else min(WAIT_TICK, remaining))
+                    raise WaitTimedOut(wait_id, state(records), seconds, kind=kind)
+                flags[0].wait(WAIT_TICK if remaining is None else min(WAIT_TICK, remaining))
                 flags[0].clear()
-                if woken and time.monotonic() - read_at < WAIT_TICK:
-                    for i, flag in enumerate(flags):
-                        if flag.latest is not None and flag.revision > revisions[i]:
-                            records[i], revisions[i] = JobRecord.from_bytes(flag.latest), flag.revision
-                else:
-                    read = self.pools.members(pool)
-                    records, revisions = [r for r, _ in read], [rev for _, rev in read]
-                    read_at = time.monotonic()
+                for i, flag in enumerate(flags):  # what the watch brought since
+                    if flag.latest is not None and flag.revision > revisions[i]:
+                        records[i], revisions[i] = JobRecord.from_bytes(flag.latest), flag.revision
