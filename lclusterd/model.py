@@ -306,6 +306,4 @@ class NodeInfo:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> NodeInfo:
-        data = json.loads(raw)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**_split_known(cls, json.loads(raw))[0])  # a newer node's extra fields are not ours to keep

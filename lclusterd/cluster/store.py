@@ -94,8 +94,9 @@ class TxnResult:
     revision: int  # the store revision after the transaction (= mod revision of what it wrote)
 
 
-# Transactions are built as etcd protobuf messages directly: python-etcd3's builders (and
-# its lease_to_id) cost more per job than the rest of a transaction's Python work.
+# Transactions are built as etcd protobuf messages directly (here and in get_many):
+# python-etcd3's builders (and its lease_to_id) cost more per job than the rest of a
+# transaction's Python work.
 def _compare_message(c: Compare) -> etcdrpc.Compare:
     if isinstance(c, ModIs):
         return etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.MOD, key=c.key.encode(),
@@ -247,11 +248,11 @@ class Store:
     def get_many(self, keys: list[str]) -> list[KeyValue | None]:
         """Each key's current value (None where there is none), in the order given: one read
         transaction per MAX_TXN_OPS keys instead of a round trip per key."""
-        tx = self._client.transactions
         found: list[KeyValue | None] = []
         for start in range(0, len(keys), MAX_TXN_OPS):
-            gets = [tx.get(key) for key in keys[start:start + MAX_TXN_OPS]]
-            request = etcdrpc.TxnRequest(success=self._client._ops_to_requests(gets))
+            gets = [etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key.encode()))
+                    for key in keys[start:start + MAX_TXN_OPS]]
+            request = etcdrpc.TxnRequest(success=gets)
             response = self._client.kvstub.Txn(request, self.timeout)
             found.extend(_kv(r.response_range.kvs[0]) if r.response_range.kvs else None for r in response.responses)
         return found
