@@ -65,9 +65,9 @@ def test_spare_plan_prepares_what_needs_no_job_and_then_waits():
 
 def test_every_op_is_one_the_c_init_knows_with_the_same_arity():
     source = (Path(plan.__file__).parent / "jobinit" / "jobinit.c").read_text()
-    table = source[source.index("static const struct op OPS[]"):]
+    table = source[source.index("OPS[] = {"):]
     table = table[:table.index("};")]
-    in_c = {name: int(count) for name, count in re.findall(r'\{"(\w+)", (-?\d+)\}', table)}
+    in_c = {name: int(count) for name, count in re.findall(r'\{"(\w+)", (-?\d+), \w+\}', table)}
     assert in_c == plan.ARITY
     for tokens in (plan.job_plan(job(), "/s"), plan.spare_plan("/s", 1, 40)):
         assert all(name in plan.ARITY for name, _ in plan.ops(tokens))

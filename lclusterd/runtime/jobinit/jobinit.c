@@ -42,7 +42,6 @@
 
 #define STATUS_FD 3
 #define MAX_MESSAGE (16 << 20)
-#define MAX_TOKENS 65536
 
 static const char *step = "init";
 /* The first failure: reported at once in the job's plan, after "wait" in the spare's. */
@@ -119,7 +118,9 @@ static unsigned long long number(const char *s, int base) { return strtoull(s, N
 
 /* ---- the ops ------------------------------------------------------------------- */
 
-static int op_mount(const char *src, const char *target, const char *fstype, const char *flags, const char *data) {
+static int op_mount(char **a, int n) {
+    const char *src = a[0], *target = a[1], *fstype = a[2], *flags = a[3], *data = a[4];
+    (void)n;
     unsigned long f = (unsigned long)number(flags, 10);
     if (mount(nullable(src), target, nullable(fstype), f, nullable(data)) < 0)
         return fail(errno, "mount(%s -> %s, type %s, flags %#lx)", *src ? src : "none", target,
@@ -127,27 +128,35 @@ static int op_mount(const char *src, const char *target, const char *fstype, con
     return 0;
 }
 
-static int op_mkdir(const char *path, const char *mode) {
+static int op_mkdir(char **a, int n) {
+    const char *path = a[0], *mode = a[1];
+    (void)n;
     if (mkdir(path, (mode_t)number(mode, 8)) < 0 && errno != EEXIST)
         return fail(errno, "mkdir(%s)", path);
     return 0;
 }
 
-static int op_mknod(const char *path, const char *major, const char *minor) {
+static int op_mknod(char **a, int n) {
+    const char *path = a[0], *major = a[1], *minor = a[2];
+    (void)n;
     dev_t dev = makedev((unsigned)number(major, 10), (unsigned)number(minor, 10));
     if (mknod(path, S_IFCHR | 0666, dev) < 0)
         return fail(errno, "mknod(%s)", path);
     return 0;
 }
 
-static int op_symlink(const char *target, const char *path) {
+static int op_symlink(char **a, int n) {
+    const char *target = a[0], *path = a[1];
+    (void)n;
     if (symlink(target, path) < 0)
         return fail(errno, "symlink(%s -> %s)", path, target);
     return 0;
 }
 
 /* Bind /dev/null over a /proc file; one this kernel does not have is skipped. */
-static int op_mask(const char *path) {
+static int op_mask(char **a, int n) {
+    const char *path = a[0];
+    (void)n;
     struct stat st;
     if (stat(path, &st) < 0)
         return errno == ENOENT ? 0 : fail(errno, "stat(%s)", path);
@@ -156,7 +165,9 @@ static int op_mask(const char *path) {
     return 0;
 }
 
-static int op_readonly(const char *path) {
+static int op_readonly(char **a, int n) {
+    const char *path = a[0];
+    (void)n;
     struct stat st;
     if (stat(path, &st) < 0)
         return errno == ENOENT ? 0 : fail(errno, "stat(%s)", path);
@@ -168,7 +179,8 @@ static int op_readonly(const char *path) {
 }
 
 /* Set IFF_UP on lo in the new network namespace: two ioctls, no netlink round trip. */
-static int op_loopback(void) {
+static int op_loopback(char **a, int n) {
+    (void)a, (void)n;
     int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (sock < 0)
         return fail(errno, "socket(AF_INET)");
@@ -187,7 +199,9 @@ static int op_loopback(void) {
 
 /* Drop every capability not in keep from the bounding set and clear the ambient set, so
  * no exec can regain one. The effective set stays until "capset" (mounts need it). */
-static int op_bounding(const char *keep_hex, const char *last) {
+static int op_bounding(char **a, int n) {
+    const char *keep_hex = a[0], *last = a[1];
+    (void)n;
     unsigned long long keep = number(keep_hex, 16);
     int cap_last = (int)number(last, 10);
     for (int bit = 0; bit <= cap_last; bit++)
@@ -208,7 +222,9 @@ struct cap_data {
     uint32_t effective, permitted, inheritable;
 };
 
-static int op_capset(const char *keep_hex) {
+static int op_capset(char **a, int n) {
+    const char *keep_hex = a[0];
+    (void)n;
     unsigned long long keep = number(keep_hex, 16);
     struct cap_header header = {LINUX_CAPABILITY_VERSION_3, 0};
     struct cap_data data[2];
@@ -285,7 +301,9 @@ static long syscall_number(const char *name, size_t len) {
  * (comma-separated) fail with EPERM; with NO_NEW_NAMESPACES "1", clone() with a namespace
  * flag fails with EPERM too and clone3() (whose flags a filter cannot read) with ENOSYS, so
  * libc falls back to clone(). Another architecture's or the x32 ABI's calls are refused. */
-static int op_seccomp(const char *deny, const char *no_new_namespaces) {
+static int op_seccomp(char **a, int n_args) {
+    const char *deny = a[0], *no_new_namespaces = a[1];
+    (void)n_args;
     struct bpf_insn prog[128];
     int n = 0, denied = 0;
     const int ns = strcmp(no_new_namespaces, "1") == 0;
@@ -327,7 +345,9 @@ static int op_seccomp(const char *deny, const char *no_new_namespaces) {
 }
 
 /* Join a cgroup: write "0" (this process) into its cgroup.procs file. */
-static int op_cgroup(const char *procs) {
+static int op_cgroup(char **a, int n_args) {
+    const char *procs = a[0];
+    (void)n_args;
     int fd = open(procs, O_WRONLY | O_CLOEXEC);
     if (fd < 0)
         return fail(errno, "open(%s)", procs);
@@ -337,7 +357,8 @@ static int op_cgroup(const char *procs) {
     return n == 1 ? 0 : fail(n < 0 ? err : EIO, "write(%s)", procs);
 }
 
-static int op_stdio(void) {
+static int op_stdio(char **a, int n) {
+    (void)a, (void)n;
     for (int target = 0; target < 3; target++) {
         if (stdio_fds[target] < 0)
             return refuse(0, "expected 3 stdio descriptors");
@@ -351,7 +372,9 @@ static int op_stdio(void) {
 }
 
 /* Make root the new / and detach the old one (runc's pivot_root(".", ".") trick). */
-static int op_pivot(const char *root) {
+static int op_pivot(char **a, int n) {
+    const char *root = a[0];
+    (void)n;
     if (chdir(root) < 0)
         return fail(errno, "chdir(%s)", root);
     if (syscall(SYS_pivot_root, ".", ".") < 0)
@@ -505,134 +528,99 @@ static char **receive_job(int *count) {
 
 /* ---- the interpreter ------------------------------------------------------------------- */
 
-struct op {
+static int op_step(char **a, int n) {
+    (void)n;
+    step = a[0];
+    return 0;
+}
+
+static int op_name(char **a, int n) {
+    (void)n;
+    return prctl(PR_SET_NAME, a[0], 0, 0, 0) < 0 ? fail(errno, "prctl(PR_SET_NAME)") : 0;
+}
+
+static int op_pdeathsig(char **a, int n) {
+    (void)n;
+    return prctl(PR_SET_PDEATHSIG, (int)number(a[0], 10), 0, 0, 0) < 0 ? fail(errno, "prctl(PR_SET_PDEATHSIG)") : 0;
+}
+
+static int op_closefds(char **a, int n) { /* all but stdio and the status socket */
+    (void)a, (void)n;
+    return syscall(SYS_close_range, 4U, ~0U, 0U) < 0 ? fail(errno, "close_range(4, ~0)") : 0;
+}
+
+static int op_setsid(char **a, int n) {
+    (void)a, (void)n;
+    return setsid() < 0 ? fail(errno, "setsid()") : 0;
+}
+
+static int op_unshare(char **a, int n) {
+    (void)n;
+    int flags = (int)number(a[0], 16);
+    return unshare(flags) < 0 ? fail(errno, "unshare(%#x)", flags) : 0;
+}
+
+static int op_umask(char **a, int n) {
+    (void)n;
+    umask((mode_t)number(a[0], 8));
+    return 0;
+}
+
+static int op_hostname(char **a, int n) {
+    (void)n;
+    return sethostname(a[0], strlen(a[0])) < 0 ? fail(errno, "sethostname(%s)", a[0]) : 0;
+}
+
+static int op_nnp(char **a, int n) {
+    (void)a, (void)n;
+    return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ? fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)") : 0;
+}
+
+/* Every op: its name, its argument count (-1: all the rest) and what runs it. "wait" ends
+ * the spare's plan (run_plan returns there). plan.ARITY in Python is held to this table. */
+static const struct op {
     const char *name;
-    int args; /* fixed argument count; -1: all the rest (exec) */
+    int args;
+    int (*run)(char **a, int n);
+} OPS[] = {
+    {"step", 1, op_step}, {"name", 1, op_name}, {"pdeathsig", 1, op_pdeathsig}, {"closefds", 0, op_closefds},
+    {"setsid", 0, op_setsid}, {"unshare", 1, op_unshare}, {"mount", 5, op_mount}, {"mkdir", 2, op_mkdir},
+    {"mknod", 3, op_mknod}, {"symlink", 2, op_symlink}, {"mask", 1, op_mask}, {"readonly", 1, op_readonly},
+    {"loopback", 0, op_loopback}, {"bounding", 2, op_bounding}, {"capset", 1, op_capset}, {"cgroup", 1, op_cgroup},
+    {"stdio", 0, op_stdio}, {"umask", 1, op_umask}, {"pivot", 1, op_pivot}, {"hostname", 1, op_hostname},
+    {"nnp", 0, op_nnp}, {"seccomp", 2, op_seccomp}, {"wait", 0, NULL}, {"exec", -1, op_exec},
 };
 
-static const struct op OPS[] = {
-    {"step", 1}, {"name", 1}, {"pdeathsig", 1}, {"closefds", 0}, {"setsid", 0}, {"unshare", 1},
-    {"mount", 5}, {"mkdir", 2}, {"mknod", 3}, {"symlink", 2}, {"mask", 1}, {"readonly", 1},
-    {"loopback", 0}, {"bounding", 2}, {"capset", 1}, {"cgroup", 1}, {"stdio", 0}, {"umask", 1},
-    {"pivot", 1}, {"hostname", 1}, {"nnp", 0}, {"seccomp", 2}, {"wait", 0}, {"exec", -1},
-};
-
-static int arity(const char *name) {
+static const struct op *find_op(const char *name) {
     for (size_t i = 0; i < sizeof OPS / sizeof OPS[0]; i++)
         if (strcmp(OPS[i].name, name) == 0)
-            return OPS[i].args;
-    return -2;
+            return &OPS[i];
+    return NULL;
 }
 
-/* Run one op; "wait" is handled by the caller. */
-static int run_op(const char *name, char **a, int n) {
-    switch (name[0]) {
-    case 's':
-        if (!strcmp(name, "step")) {
-            step = a[0];
-            return 0;
-        }
-        if (!strcmp(name, "seccomp"))
-            return op_seccomp(a[0], a[1]);
-        if (!strcmp(name, "setsid"))
-            return setsid() < 0 ? fail(errno, "setsid()") : 0;
-        if (!strcmp(name, "symlink"))
-            return op_symlink(a[0], a[1]);
-        if (!strcmp(name, "stdio"))
-            return op_stdio();
-        break;
-    case 'n':
-        if (!strcmp(name, "name"))
-            return prctl(PR_SET_NAME, a[0], 0, 0, 0) < 0 ? fail(errno, "prctl(PR_SET_NAME)") : 0;
-        if (!strcmp(name, "nnp"))
-            return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ? fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)") : 0;
-        break;
-    case 'p':
-        if (!strcmp(name, "pdeathsig"))
-            return prctl(PR_SET_PDEATHSIG, (int)number(a[0], 10), 0, 0, 0) < 0 ? fail(errno, "prctl(PR_SET_PDEATHSIG)") : 0;
-        if (!strcmp(name, "pivot"))
-            return op_pivot(a[0]);
-        break;
-    case 'c':
-        if (!strcmp(name, "closefds"))
-            return syscall(SYS_close_range, 4U, ~0U, 0U) < 0 ? fail(errno, "close_range(4, ~0)") : 0;
-        if (!strcmp(name, "capset"))
-            return op_capset(a[0]);
-        if (!strcmp(name, "cgroup"))
-            return op_cgroup(a[0]);
-        break;
-    case 'u':
-        if (!strcmp(name, "unshare")) {
-            int flags = (int)number(a[0], 16);
-            return unshare(flags) < 0 ? fail(errno, "unshare(%#x)", flags) : 0;
-        }
-        if (!strcmp(name, "umask")) {
-            umask((mode_t)number(a[0], 8));
-            return 0;
-        }
-        break;
-    case 'm':
-        if (!strcmp(name, "mount"))
-            return op_mount(a[0], a[1], a[2], a[3], a[4]);
-        if (!strcmp(name, "mkdir"))
-            return op_mkdir(a[0], a[1]);
-        if (!strcmp(name, "mknod"))
-            return op_mknod(a[0], a[1], a[2]);
-        if (!strcmp(name, "mask"))
-            return op_mask(a[0]);
-        break;
-    case 'r':
-        if (!strcmp(name, "readonly"))
-            return op_readonly(a[0]);
-        break;
-    case 'l':
-        if (!strcmp(name, "loopback"))
-            return op_loopback();
-        break;
-    case 'b':
-        if (!strcmp(name, "bounding"))
-            return op_bounding(a[0], a[1]);
-        break;
-    case 'h':
-        if (!strcmp(name, "hostname"))
-            return sethostname(a[0], strlen(a[0])) < 0 ? fail(errno, "sethostname(%s)", a[0]) : 0;
-        break;
-    case 'e':
-        if (!strcmp(name, "exec"))
-            return op_exec(a, n);
-        break;
-    }
-    return refuse(EINVAL, "unknown op %s", name);
-}
-
-/* Run tokens[0..count) as ops. Returns the index after a "wait" op (the spare's plan ends
- * there), or count. In the spare's plan a failure skips ahead to its "wait". */
-static int run_plan(char **tokens, int count, int spare) {
-    int i = 0;
-    while (i < count) {
-        const char *name = tokens[i];
-        int args = arity(name);
-        if (args == -2) {
-            refuse(EINVAL, "unknown op %s", name);
-        } else if (!strcmp(name, "wait")) {
-            return i + 1;
-        } else {
-            int available = count - i - 1;
-            if (args >= 0 && available < args)
-                refuse(EINVAL, "op %s needs %d arguments", name, args);
-            else
-                run_op(name, &tokens[i + 1], args < 0 ? available : args);
-        }
+/* Run tokens[0..count) as ops, up to a "wait" or the end. A failure in the job's plan is
+ * reported at once; in the spare's plan it skips ahead to the "wait" (reported with the job). */
+static void run_plan(char **tokens, int count, int spare) {
+    for (int i = 0; i < count;) {
+        const struct op *op = find_op(tokens[i]);
+        int available = count - i - 1, args = op && op->args >= 0 ? op->args : available;
+        if (op && !op->run)
+            return; /* wait */
+        if (!op)
+            refuse(EINVAL, "unknown op %s", tokens[i]);
+        else if (available < args)
+            refuse(EINVAL, "op %s needs %d arguments", op->name, args);
+        else
+            op->run(&tokens[i + 1], args);
         if (failed && !spare)
             report_and_exit();
-        if (failed) { /* skip to the wait */
+        if (failed) {
             while (i < count && strcmp(tokens[i], "wait") != 0)
                 i++;
             continue;
         }
-        i += 1 + (args < 0 ? count - i - 1 : args);
+        i += 1 + args;
     }
-    return count;
 }
 
 int main(int argc, char **argv) {
