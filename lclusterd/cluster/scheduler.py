@@ -30,6 +30,22 @@ log = logging.getLogger(__name__)
 BATCH = 32  # assignments per transaction (4 etcd ops each; etcd allows 128 per txn)
 
 
+class _Queued:
+    """A queue entry: the QUEUED record's bytes and mod revision, parsed once when first looked
+    at (a job that cannot be placed yet, pinned to a full node or a pool member, is looked at
+    again on every pass while other jobs are assigned)."""
+
+    __slots__ = ("raw", "revision", "_record")
+
+    def __init__(self, raw: bytes, revision: int):
+        self.raw, self.revision, self._record = raw, revision, None
+
+    def record(self) -> JobRecord:
+        if self._record is None:
+            self._record = JobRecord.from_bytes(self.raw)  # never mutated: transitions make copies
+        return self._record
+
+
 def pick_node(capacity: dict[str, int], load: dict[str, int], prime: str) -> str | None:
     """Prime-first by slots only (kept for callers that know no memory): the prime while it has
     room, then the node with the most free slots; None when every node is full."""
@@ -55,7 +71,7 @@ class Scheduler:
         self._reset_view()
 
     def _reset_view(self) -> None:
-        self._queue: OrderedDict[str, tuple[bytes, int]] = OrderedDict()  # id -> (record, revision)
+        self._queue: OrderedDict[str, _Queued] = OrderedDict()
         self._stale: dict[str, int] = {}  # id -> revision whose guard failed; skipped until it changes
         self._nodes: dict[str, NodeInfo] = {}  # live (registered) nodes
         self._draining: set[str] = set()
@@ -104,7 +120,8 @@ class Scheduler:
     def _read_queue(self) -> int:
         kvs, revision = self.store.get_prefix(self.keys.queue_prefix)
         with self._lock:
-            self._queue = OrderedDict((Keys.last(kv.key), (kv.value, kv.mod_revision)) for kv in sorted(kvs, key=lambda kv: kv.create_revision))
+            self._queue = OrderedDict((Keys.last(kv.key), _Queued(kv.value, kv.mod_revision))
+                                      for kv in sorted(kvs, key=lambda kv: kv.create_revision))
         self._kick.set()
         return revision
 
@@ -153,7 +170,7 @@ class Scheduler:
             for event in events:
                 job_id = Keys.last(event.key)
                 if event.kind == "put":
-                    self._queue[job_id] = (event.value, event.mod_revision)
+                    self._queue[job_id] = _Queued(event.value, event.mod_revision)
                 else:
                     self._queue.pop(job_id, None)
                     self._stale.pop(job_id, None)
@@ -246,13 +263,14 @@ class Scheduler:
             # while every ready node is full nothing can be placed (and scanning a long queue
             # would only re-parse it); jobs no node could ever take get their note later
             free = sum(max(r.slots, 0) for r in rooms.values() if not r.draining)
-            for job_id, (raw, revision) in self._queue.items():
+            for job_id, entry in self._queue.items():
                 if free <= 0:
                     break
+                revision = entry.revision
                 if self._stale.get(job_id) == revision:
                     continue
                 try:
-                    record = JobRecord.from_bytes(raw)
+                    record = entry.record()
                 except Exception as exc:  # a malformed entry: never assign it
                     log.warning("skipping queue entry %s: %s", job_id, exc)
                     self._stale[job_id] = revision
@@ -284,7 +302,8 @@ class Scheduler:
                     continue
                 if change.record.state != "ASSIGNED":  # a note: the entry stays queued
                     continue
-                if self._queue.get(change.job_id, (b"", -1))[1] == change.expect_revision:
+                entry = self._queue.get(change.job_id)
+                if entry is not None and entry.revision == change.expect_revision:
                     del self._queue[change.job_id]
                 if new_revision > self._assign_rev:
                     self._pending[change.job_id] = (change.record.node, new_revision, change.record.spec.memory_bytes or 0)

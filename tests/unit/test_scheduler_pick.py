@@ -1,5 +1,7 @@
 """pick_node: the prime first while it has room, then the node with the most free slots."""
 
+import pytest
+
 from lclusterd.cluster.scheduler import pick_node
 
 
@@ -18,3 +20,15 @@ def test_none_when_all_full():
 
 def test_prime_not_registered_yet():
     assert pick_node({"a": 1}, {}, "p") == "a"
+
+
+def test_a_queue_entry_is_parsed_once_however_often_it_is_looked_at():
+    from lclusterd.cluster.scheduler import _Queued
+    from lclusterd.model import JobRecord, JobSpec
+
+    record = JobRecord(id="d" * 32, spec=JobSpec(command="true", node="busy"))
+    entry = _Queued(record.to_bytes(), 7)
+    first = entry.record()
+    assert first == record and entry.record() is first and entry.revision == 7
+    with pytest.raises(ValueError):
+        _Queued(b"not json", 8).record()
