@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from lclusterd.cluster.groupcommit import GroupCommit
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.store import MAX_TXN_OPS, Absent, Compare, Delete, ModIs, Op, Put, Store
-from lclusterd.errors import JobFinished, JobNotFound, StoreUnavailable
+from lclusterd.errors import JobFinished, JobNotFound
 from lclusterd.model import ASSIGNED, CANCELLED, QUEUED, JobRecord, JobSpec, new_job_id
 
 log = logging.getLogger(__name__)
@@ -109,9 +109,9 @@ class Jobs:
         record = JobRecord(id=new_job_id(), spec=spec, created_at=time.time())
         raw = record.to_bytes()
         key = self.keys.job(record.id)
-        outcome = self._adds.txn([Absent(key)], [Put(key, raw), Put(self.keys.queue(record.id), raw)])
-        if not outcome.succeeded:  # a uuid4 collision: astronomically unlikely
-            raise StoreUnavailable(f"job id {record.id} already exists; try again")
+        # The guard fails only if jobs/<uuid> exists: with a fresh uuid4 that is our own write,
+        # applied by an earlier try whose answer was lost (the store retried on another member).
+        self._adds.txn([Absent(key)], [Put(key, raw), Put(self.keys.queue(record.id), raw)])
         return record
 
     def get(self, job_id: str) -> tuple[JobRecord, int]:

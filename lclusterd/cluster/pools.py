@@ -132,12 +132,9 @@ class Pools:
 
     def _landed(self, pool: PoolRecord | None, chunk: list[JobRecord]) -> bool:
         """Whether a transaction whose guard failed had in fact been applied by an earlier try
-        (its answer lost, the store retried it): its first key is there and is ours."""
-        if chunk:
-            kv = self.store.get(self.keys.job(chunk[0].id))
-            return kv is not None and JobRecord.from_bytes(kv.value).pool == chunk[0].pool
-        kv = self.store.get(self.keys.pool(pool.id))
-        return kv is not None and PoolRecord.from_bytes(kv.value).created_at == pool.created_at
+        (its answer lost, the store retried it): its first key exists, and under a fresh uuid4
+        that can only be our own write (as in Jobs.add)."""
+        return self.store.get(self.keys.job(chunk[0].id) if chunk else self.keys.pool(pool.id)) is not None
 
     def _cancel_written(self, job_ids: list[str], pool_id: str) -> None:
         for job_id in job_ids:
