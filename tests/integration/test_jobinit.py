@@ -16,8 +16,6 @@ import pytest
 
 from lclusterd.runtime import channel, plan
 
-pytestmark = pytest.mark.skipif(not os.access(plan.JOBINIT, os.X_OK), reason="the job init is built by make prep")
-
 
 class Init:
     """The init spawned with `spare` as its argv plan and a socket on its fd 3."""

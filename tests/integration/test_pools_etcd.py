@@ -5,7 +5,6 @@ between two chunks, and no ready node."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 
 import pytest
@@ -19,8 +18,6 @@ from lclusterd.cluster.pools import Pools, plan_chunks
 from lclusterd.cluster.store import Put, Store
 from lclusterd.errors import NoReadyNode, StoreUnavailable
 from lclusterd.model import CANCELLED, QUEUED, JobRecord, JobSpec, NodeInfo, PoolRecord
-
-pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd (make prep)")
 
 
 @pytest.fixture

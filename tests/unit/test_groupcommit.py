@@ -16,18 +16,24 @@ from lclusterd.errors import StoreUnavailable
 
 
 class FakeStore:
-    """Keys that exist; a transaction succeeds when no Absent compare names one of them."""
+    """Keys that exist; a transaction succeeds when no Absent compare names one of them. With
+    `hold` set, the first transaction waits until `hold` more callers are queued behind it, so
+    the batching the tests look at does not depend on thread timing."""
 
-    def __init__(self, existing=(), fail_with: Exception | None = None, delay: float = 0.02):
+    def __init__(self, existing=(), fail_with: Exception | None = None, hold: int = 0):
         self.existing = set(existing)
         self.fail_with = fail_with
-        self.delay = delay
+        self.hold = hold
+        self.group: GroupCommit | None = None
         self.txns: list[tuple[int, int]] = []  # (compares, ops) per transaction
         self.revision = 0
         self.lock = threading.Lock()
 
     def txn(self, compares, ops):
-        time.sleep(self.delay)  # a round trip, so that other callers queue up meanwhile
+        if self.hold and not self.txns:
+            deadline = time.monotonic() + 10
+            while len(self.group._queue) < self.hold and time.monotonic() < deadline:
+                time.sleep(0.001)
         with self.lock:
             self.txns.append((len(compares), len(ops)))
             if self.fail_with is not None:
@@ -39,49 +45,58 @@ class FakeStore:
             return TxnResult(True, self.revision)
 
 
+def grouped(store: FakeStore, **kw) -> GroupCommit:
+    store.group = GroupCommit(store, **kw)
+    return store.group
+
+
 def add(group: GroupCommit, name: str) -> TxnResult:
     return group.txn([Absent(f"jobs/{name}")], [Put(f"jobs/{name}", b"x"), Put(f"queue/{name}", b"x")])
 
 
 def test_concurrent_writes_share_transactions_and_each_caller_gets_its_outcome():
-    store = FakeStore()
-    group = GroupCommit(store)
+    store = FakeStore(hold=15)  # the first write waits until the 15 other callers are queued
+    group = grouped(store)
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda i: add(group, f"j{i}"), range(64)))
+        results = list(pool.map(lambda i: add(group, f"j{i}"), range(16)))
     assert all(r.succeeded for r in results)
-    assert len(store.txns) < 64 and sum(ops for _, ops in store.txns) == 128
-    assert {f"jobs/j{i}" for i in range(64)} <= store.existing
+    assert store.txns == [(1, 2), (15, 30)]  # the first alone, the 15 that queued behind it in one
+    assert {f"jobs/j{i}" for i in range(16)} <= store.existing
 
 
 def test_alone_a_write_goes_out_at_once_as_its_own_transaction():
-    store = FakeStore(delay=0)
-    result = add(GroupCommit(store), "a")
+    store = FakeStore()
+    result = add(grouped(store), "a")
     assert result.succeeded and store.txns == [(1, 2)]
 
 
 def test_a_failing_guard_fails_only_its_own_request():
-    store = FakeStore(existing={"jobs/taken"})
-    group = GroupCommit(store)
-    names = ["taken"] + [f"j{i}" for i in range(15)]
-    with ThreadPoolExecutor(16) as pool:
+    store = FakeStore(existing={"jobs/taken"}, hold=7)
+    group = grouped(store)
+    names = [f"j{i}" for i in range(4)] + ["taken"] + [f"j{i}" for i in range(4, 7)]
+    with ThreadPoolExecutor(8) as pool:
         results = dict(zip(names, pool.map(lambda n: add(group, n), names)))
     assert not results["taken"].succeeded
-    assert all(results[n].succeeded for n in names[1:])
+    assert all(results[n].succeeded for n in names if n != "taken")
+    assert (7, 14) in store.txns  # the batch with the taken key was tried whole, then one by one
 
 
 def test_an_etcd_failure_reaches_every_caller_of_its_batch():
-    group = GroupCommit(FakeStore(fail_with=StoreUnavailable("etcd at x is unavailable")))
+    store = FakeStore(fail_with=StoreUnavailable("etcd at x is unavailable"), hold=7)
+    group = grouped(store)
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(add, group, f"j{i}") for i in range(8)]
     for future in futures:
         with pytest.raises(StoreUnavailable):
             future.result()
-    assert add(GroupCommit(FakeStore(delay=0)), "after").succeeded  # nothing stuck
+    assert store.txns == [(1, 2), (7, 14)]
+    store.fail_with = None
+    assert add(group, "after").succeeded  # nothing stuck: the next caller leads again
 
 
 def test_a_transaction_never_exceeds_the_op_limit():
-    store = FakeStore()
-    group = GroupCommit(store, max_ops=10)
+    store = FakeStore(hold=15)
+    group = grouped(store, max_ops=10)
     with ThreadPoolExecutor(16) as pool:
-        assert all(r.succeeded for r in pool.map(lambda i: add(group, f"j{i}"), range(40)))
-    assert all(compares <= 10 and ops <= 10 for compares, ops in store.txns)
+        assert all(r.succeeded for r in pool.map(lambda i: add(group, f"j{i}"), range(16)))
+    assert store.txns == [(1, 2), (5, 10), (5, 10), (5, 10)]  # 15 queued: three batches of 5 (10 ops)
