@@ -16,8 +16,9 @@ STAMPS := .stamps
 V2VM ?= $(CURDIR)/../shared/v2vm
 PYTEST_ARGS ?=
 
-APT_PACKAGES := etcd-server etcd-client busybox-static python3-venv python3-dev gcc libc6-dev musl-tools iproute2 debootstrap
+APT_PACKAGES := etcd-server etcd-client busybox-static python3-venv python3-dev gcc libc6-dev musl-tools dpkg-dev bzip2 iproute2 debootstrap
 JOBINIT := lclusterd/runtime/jobinit/lclusterd-jobinit
+BUSYBOX := build/busybox
 BENCH_PACKAGES := runc bubblewrap slurm-wlm munge
 
 .PHONY: prep run test test-unit test-integration test-v2 rootfs links proto bench bench-deps clean
@@ -42,8 +43,12 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 $(JOBINIT): lclusterd/runtime/jobinit/jobinit.c $(STAMPS)/apt
 	musl-gcc -O2 -Wall -Wextra -Werror -static -o $@ $<
 
-rootfs: $(STAMPS)/apt
-	@sh rootfs/build.sh $(ROOTFS) $(ROOTFS_DIR)
+# The default rootfs's busybox: Debian's, linked with musl (see the script for why; ~30 s).
+$(BUSYBOX): rootfs/busybox-musl.sh $(STAMPS)/apt
+	sh rootfs/busybox-musl.sh $@
+
+rootfs: $(STAMPS)/apt $(BUSYBOX)
+	@BUSYBOX=$(BUSYBOX) sh rootfs/build.sh $(ROOTFS) $(ROOTFS_DIR)
 
 links: $(STAMPS)/venv
 	@for tool in lclusterd lclient; do \
@@ -63,11 +68,11 @@ test-integration: prep
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 # The venv is made on the host with Debian's python3, which the guest also has, so it
-# works there unchanged; the rootfs is built inside the guest from the copied busybox.
+# works there unchanged; the rootfs is built inside the guest from the copied build/busybox.
 test-v2: prep
 	@[ -x $(V2VM)/run-v2.sh ] || { echo "test-v2: $(V2VM)/run-v2.sh not found"; exit 1; }
 	$(V2VM)/run-v2.sh -t 1200 -x ./.stamps -x ./.pytest_cache $(CURDIR) \
-		'set -e; sh rootfs/build.sh busybox /var/lib/lclusterd/rootfs; \
+		'set -e; BUSYBOX=$(BUSYBOX) sh rootfs/build.sh busybox /var/lib/lclusterd/rootfs; \
 		 $(PY) -m pytest -p no:cacheprovider tests/integration/test_runtime.py tests/integration/test_cgroups_real.py tests/unit/test_cgroups.py tests/unit/test_runtime_units.py $(PYTEST_ARGS)'
 
 proto: $(STAMPS)/venv

@@ -8,7 +8,10 @@ set -eu
 kind=${1:?usage: build.sh busybox|debian DIR}
 dir=${2:?usage: build.sh busybox|debian DIR}
 here=$(cd "$(dirname "$0")" && pwd)
-stamp="$kind-$(cat "$here/build.sh" "$here/$kind.sh" | cksum | cut -d' ' -f1)"
+# The stamp names what built the tree: the scripts and, for busybox, the binary copied in.
+binary=
+[ "$kind" = busybox ] && binary=${BUSYBOX:-$(command -v busybox || true)}
+stamp="$kind-$(cat "$here/build.sh" "$here/$kind.sh" $binary | cksum | cut -d' ' -f1)"
 
 if [ -f "$dir/.lclusterd-rootfs" ] && [ "$(cat "$dir/.lclusterd-rootfs")" = "$stamp" ]; then
     exit 0

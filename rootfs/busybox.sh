@@ -1,9 +1,10 @@
 #!/bin/sh
-# A busybox root filesystem: /bin/sh and the usual applets, from busybox-static.
+# A busybox root filesystem: /bin/sh and the usual applets, from the static busybox named by
+# $BUSYBOX (make prep passes its musl build, see busybox-musl.sh), else the host's busybox-static.
 set -eu
 root=${1:?usage: busybox.sh DIR}
-bb=$(command -v busybox || true)
-[ -n "$bb" ] || { echo "busybox.sh: busybox not found (apt-get install busybox-static)" >&2; exit 1; }
+bb=${BUSYBOX:-$(command -v busybox || true)}
+[ -n "$bb" ] && [ -x "$bb" ] || { echo "busybox.sh: busybox not found (${BUSYBOX:-apt-get install busybox-static})" >&2; exit 1; }
 # A dynamically linked busybox would need the host's libc inside the tree.
 if ldd "$bb" >/dev/null 2>&1; then
     echo "busybox.sh: $bb is dynamically linked; install busybox-static" >&2; exit 1
