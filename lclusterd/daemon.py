@@ -117,6 +117,7 @@ class Daemon:
                         memory_bytes=c.memory_bytes)
         defaults = NodeDefaults(rootfs=c.rootfs, pids=c.default_pids, kill_grace=c.kill_grace)
         try:
+            self.store.share_watches(keys.prefix + "/")  # one etcd watch stream for all of them
             self.session = NodeSession(self.store, keys, info, ttl=c.lease_ttl)
             self.worker = Worker(self.store, keys, jobs, c.node_name, self.launcher, defaults, logs)
             self.session.on_lease_lost(self.worker.fence)

@@ -1,4 +1,5 @@
-"""etcd access for the rest of lclusterd: get, transactions, leases, resumable watches.
+"""etcd access for the rest of lclusterd: get, transactions, leases, resumable watches (one
+shared stream for everything under the daemon's prefix: WatchHub).
 
 The ONLY module that imports etcd3. Every etcd or gRPC failure leaves this module as
 StoreUnavailable (one sentence naming the endpoints), so callers handle one error type.
@@ -197,6 +198,7 @@ class Store:
             timeout=timeout,
             failover=multi,
         )
+        self._hub: WatchHub | None = None
 
     def _fail_over(self, tried: set[str]) -> bool:
         """After a connection failure: mark the endpoint in use failed (python-etcd3 does so
@@ -230,6 +232,8 @@ class Store:
         return StoreUnavailable(f"etcd at {self.describe()} is unavailable ({detail})")
 
     def close(self) -> None:
+        if self._hub is not None:
+            self._hub.stop()
         self._client.close()
 
     # -- reads -----------------------------------------------------------------------------
@@ -298,11 +302,22 @@ class Store:
                 raise
 
     # -- watches ---------------------------------------------------------------------------
-    def watch(self, prefix: str, start_revision: int, handler: WatchHandler, name: str = "") -> Watch:
-        """Deliver every change under `prefix` from `start_revision` on, surviving disconnects."""
+    def watch(self, prefix: str, start_revision: int, handler: WatchHandler, name: str = "") -> Watch | SharedWatch:
+        """Deliver every change under `prefix` from `start_revision` on, surviving disconnects.
+        Under a prefix given to share_watches, this is a share of that one stream."""
+        hub = self._hub
+        if hub is not None and prefix.startswith(hub.prefix):
+            return hub.add(prefix, start_revision, handler)
         watch = Watch(self, prefix, start_revision, handler, name or prefix)
         watch.start()
         return watch
+
+    def share_watches(self, prefix: str) -> None:
+        """From now on, watches under `prefix` share one etcd watch stream (see WatchHub)."""
+        if self._hub is None:
+            self._hub = WatchHub(self, prefix)
+            self._hub.start()
+
 
     def _watch_stub(self):
         return etcdrpc.WatchStub(self._client.channel)
@@ -381,6 +396,83 @@ class Watch:
                 self.connected.clear()
             self._stopped.wait(backoff)
             backoff = min(backoff * 2, 1.0)
+
+
+class SharedWatch:
+    """One handler's share of a WatchHub: the changes under `prefix` from `start` on."""
+
+    def __init__(self, hub: WatchHub, prefix: str, start: int, handler: WatchHandler):
+        self.prefix, self.start, self.handler = prefix, start, handler
+        self._hub = hub
+
+    def stop(self) -> None:
+        self._hub.remove(self)
+
+
+class WatchHub:
+    """One etcd watch on a whole key prefix, dispatched to the handlers of its sub-prefixes.
+
+    A daemon follows eight prefixes (jobs/, queue/, assign/, kill/, nodes/, ...); with a watch
+    each, one job's transaction came back as up to four watch responses, each received by the
+    channel's thread and handed to that watch's own thread. Shared, a transaction is one
+    response, read and dispatched by one thread (etcd also encodes it once per daemon).
+
+    Handlers are called on the hub's thread, in revision order, and must not block for long.
+    A handler added with a start revision the stream has already passed (events it should
+    have seen were delivered before it joined) is re-read first: its on_resync runs at once
+    under the hub's lock, and it gets the events after the revision that read saw.
+    """
+
+    def __init__(self, store: Store, prefix: str):
+        self.prefix = prefix
+        self._store = store
+        self._lock = threading.RLock()  # handlers may add or stop shares from the hub's thread
+        self._shares: list[SharedWatch] = []
+        self._delivered = 0  # the revision of the last event delivered
+        self._watch: Watch | None = None
+
+    def start(self) -> None:
+        self._delivered = self._store.revision()
+        self._watch = Watch(self._store, self.prefix, self._delivered + 1, self, "shared")
+        self._watch.start()
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+
+    def add(self, prefix: str, start_revision: int, handler: WatchHandler) -> SharedWatch:
+        with self._lock:
+            if start_revision <= self._delivered:
+                start_revision = handler.on_resync() + 1
+            share = SharedWatch(self, prefix, start_revision, handler)
+            self._shares = [*self._shares, share]
+            return share
+
+    def remove(self, share: SharedWatch) -> None:
+        with self._lock:
+            self._shares = [s for s in self._shares if s is not share]
+
+    def on_events(self, events: list[Event]) -> None:
+        with self._lock:
+            for share in self._shares:
+                mine = [e for e in events if e.mod_revision >= share.start and e.key.startswith(share.prefix)]
+                if mine:
+                    try:
+                        share.handler.on_events(mine)
+                    except Exception:  # one handler's bug must not cost the others their events
+                        log.exception("watch %s: handler failed", share.prefix)
+            self._delivered = events[-1].mod_revision
+
+    def on_resync(self) -> int:
+        """The stream's history was compacted: every share re-reads; the stream resumes after
+        the oldest of their reads and each share skips what its own read already covered."""
+        with self._lock:
+            oldest = self._store.revision()
+            for share in self._shares:
+                share.start = share.handler.on_resync() + 1
+                oldest = min(oldest, share.start - 1)
+            self._delivered = oldest
+            return oldest
 
 
 def _kv(kv) -> KeyValue:
