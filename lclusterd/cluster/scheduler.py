@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 from lclusterd.cluster.jobs import Change, Jobs
 from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.linger import Linger
 from lclusterd.cluster.node import requested_memory
 from lclusterd.cluster.placement import PRIME_FIRST, Room, place
 from lclusterd.cluster.store import Callbacks, Delete, Event, ModIs, Store, Watch
@@ -68,6 +69,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._watches: list[Watch] = []
         self._prime_revision = 0
+        self._linger = Linger()  # under load, more assignments per transaction
         self._reset_view()
 
     def _reset_view(self) -> None:
@@ -335,11 +337,13 @@ class Scheduler:
                 self._kick.set()
                 continue
             while not self._stopped.is_set():
+                self._linger.before_batch(self._stopped)
                 batch, notes = self._next_batch()
                 if not batch and not notes:
                     break
                 try:
                     self._assign(batch, notes)
+                    self._linger.sent()
                 except StoreUnavailable as exc:
                     log.warning("scheduler: %s", exc)
                     self._stopped.wait(0.5)

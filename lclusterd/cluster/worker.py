@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from lclusterd.cluster import outcome
 from lclusterd.cluster.jobs import Change, Jobs
 from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.linger import Linger
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.runspec import NodeDefaults, to_runtime_spec
 from lclusterd.cluster.store import Callbacks, Delete, Event, Store, Watch
@@ -65,6 +66,7 @@ class Worker:
         self._updates: queue.SimpleQueue = queue.SimpleQueue()
         self._watches: list[Watch] = []
         self._writer = threading.Thread(target=self._write_loop, name="worker writer", daemon=True)
+        self._linger = Linger()  # under load, more updates per transaction
         self._shutdown_note = ""
         self.accepting = False
 
@@ -314,6 +316,7 @@ class Worker:
             items.append(self._updates.get_nowait() if wait == 0 else self._updates.get(timeout=wait))
         except queue.Empty:
             return items
+        self._linger.before_batch()
         while len(items) < WRITE_BATCH:
             try:
                 items.append(self._updates.get_nowait())
@@ -334,6 +337,7 @@ class Worker:
         if not changes:
             return
         results = self.jobs.commit(changes)  # StoreUnavailable: everything stays dirty
+        self._linger.sent()
         with self._lock:
             for change in changes:
                 job_id = change.job_id

@@ -1,0 +1,40 @@
+"""Adaptive batching for the writers that batch etcd transactions (scheduler, worker).
+
+Every etcd write transaction costs an fsync of etcd's log, and on the VMs this runs on that
+costs CPU as well as time (measured: with etcd's fsync off, a `true` job took ~0.9 ms less CPU
+in all). A writer that takes whatever is queued the moment it wakes sends many small
+transactions under load. Linger makes it wait a moment first, but only while it is busy (its
+last transaction went out a moment ago), so a lone job on an idle node is not delayed at all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+LINGER_SECONDS = 0.002  # about one etcd round trip with its fsync here
+BUSY_WINDOW_SECONDS = 0.05  # a writer that sent within this window is busy
+
+
+class Linger:
+    def __init__(self, linger: float = LINGER_SECONDS, busy_window: float = BUSY_WINDOW_SECONDS,
+                 clock=time.monotonic):
+        self.linger = linger
+        self.busy_window = busy_window
+        self._clock = clock
+        self._last_sent = float("-inf")
+
+    def busy(self) -> bool:
+        return self._clock() - self._last_sent < self.busy_window
+
+    def before_batch(self, stopped: threading.Event | None = None) -> None:
+        """Call before taking a batch: waits `linger` seconds if busy (less if `stopped` is set)."""
+        if self.busy():
+            if stopped is not None:
+                stopped.wait(self.linger)
+            else:
+                time.sleep(self.linger)
+
+    def sent(self) -> None:
+        """Call after each transaction."""
+        self._last_sent = self._clock()
