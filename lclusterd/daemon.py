@@ -124,6 +124,7 @@ class Daemon:
             self.session.register()
             self.worker.start()
             scheduler = Scheduler(self.store, keys, jobs, c.node_name, c.scheduling)
+            jobs.placer = scheduler  # adds on the prime are placed at once when nothing is queued
             self.election = PrimeElection(self.store, keys, self.session, scheduler.start, scheduler.stop)
             self.election.start()
             self.events = JobEvents(self.store, keys)

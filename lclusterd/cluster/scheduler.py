@@ -1,6 +1,13 @@
 """The prime's scheduler: assigns queued jobs to nodes, in batches, from a view kept by watches,
 and buries dead nodes (their unfinished jobs become LOST, or the next attempt when retries allow).
 
+It also places jobs added on the prime itself at add time (`reserve`, called by Jobs.add): when
+nothing is queued and a node has room, the add's own transaction writes the job ASSIGNED, with
+the same prime guard, and it never enters the queue. That saves the queue entry, its two watch
+events and a share of an assignment transaction per job; a job added while others wait, on a
+full cluster, or on another node goes through the queue as before (so no queued job is
+overtaken by a later add on the same prime).
+
 The view (queue order, live nodes and their capacity, draining nodes, assignments per node) is
 read once when the node becomes prime and then fed by four watches, so assigning never polls
 or re-reads: the queue entry holds the QUEUED record, and its mod revision is the record's
@@ -13,6 +20,7 @@ a prime that was paused or cut off and has been replaced cannot assign or bury a
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -22,13 +30,14 @@ from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.linger import Linger
 from lclusterd.cluster.node import requested_memory
 from lclusterd.cluster.placement import PRIME_FIRST, Room, place
-from lclusterd.cluster.store import Callbacks, Delete, Event, ModIs, Store, Watch
+from lclusterd.cluster.store import Callbacks, Compare, Delete, Event, ModIs, Store, Watch
 from lclusterd.errors import JobNotFound, StoreUnavailable
-from lclusterd.model import JobRecord, NodeInfo
+from lclusterd.model import JobRecord, JobSpec, NodeInfo
 
 log = logging.getLogger(__name__)
 
 BATCH = 32  # assignments per transaction (4 etcd ops each; etcd allows 128 per txn)
+_IN_FLIGHT = sys.maxsize  # the revision of a reservation whose add transaction has not returned
 
 
 class _Queued:
@@ -81,6 +90,7 @@ class Scheduler:
         self._pending: dict[str, tuple[str, int, int]] = {}  # id -> (node, revision, memory), event not seen yet
         self._assign_rev = 0  # last revision the assign watch delivered
         self._dead: dict[str, int] = {}  # node -> revision at which it was seen gone; to bury
+        self._ready = False  # the view is loaded and followed: add-time placement may use it
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self, prime_revision: int) -> None:
@@ -103,6 +113,33 @@ class Scheduler:
     def _guard(self) -> list[ModIs]:
         return [ModIs(self.keys.prime, self._prime_revision)]
 
+    # -- add-time placement (called by Jobs.add on gRPC threads) ----------------------------
+    def reserve(self, job_id: str, spec: JobSpec) -> tuple[str, list[Compare]] | None:
+        """Place a job being added on this node, if it is the prime, nothing is queued and a
+        node has room: (node, compares the add's transaction must hold), with the room held
+        until `settle`. None: let the job go through the queue."""
+        with self._lock:
+            if not self._ready or self._stopped.is_set() or self._queue or self._dead:
+                return None
+            memory = spec.memory_bytes or 0
+            node, _why = place(self.policy, self._rooms(), self.me, memory, spec.node, [])
+            if node is None:
+                return None
+            self._pending[job_id] = (node, _IN_FLIGHT, memory)
+            return node, self._guard()
+
+    def settle(self, job_id: str, revision: int | None) -> None:
+        """The add's transaction for a reserved job returned: written at `revision`, or not
+        written (None: the room is given back)."""
+        with self._lock:
+            entry = self._pending.get(job_id)
+            if entry is None:  # the assign watch delivered it already, or the view was reset
+                return
+            if revision is not None and revision > self._assign_rev:
+                self._pending[job_id] = (entry[0], revision, entry[2])
+            else:
+                del self._pending[job_id]
+
     def _load_view(self) -> None:
         queue_rev = self._read_queue()
         nodes_rev = self._read_nodes()
@@ -118,6 +155,8 @@ class Scheduler:
             self.store.watch(self.keys.drain_prefix, drain_rev + 1, Callbacks(self._drain_events, self._read_drains), "drain"),
             self.store.watch(self.keys.assign_all_prefix, assign_rev + 1, Callbacks(self._assign_events, self._read_assignments), "assign"),
         ]
+        with self._lock:
+            self._ready = True
 
     def _read_queue(self) -> int:
         kvs, revision = self.store.get_prefix(self.keys.queue_prefix)

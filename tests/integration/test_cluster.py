@@ -190,7 +190,9 @@ def test_200_jobs_at_once_each_end_exactly_once(cluster):
     finally:
         store.close()
     for job, states in seen.items():
-        assert states[0] == "QUEUED" and states.count("EXITED") == 1 and states.count("RUNNING") <= 1, (job, states)
+        # QUEUED first, or ASSIGNED when the prime placed it in the add's own transaction
+        assert states[0] in ("QUEUED", "ASSIGNED") and states.count("ASSIGNED") == 1, (job, states)
+        assert states.count("EXITED") == 1 and states.count("RUNNING") <= 1, (job, states)
         assert states[-1] == "EXITED"
     for i, job in enumerate(ids[:5]):
         assert node.lclient("-logs", job).stdout == f"{i}\n"
@@ -281,3 +283,42 @@ def test_bad_options_are_one_line_and_exit_2():
                        (["--bogus"], "lclusterd: No such option '--bogus'.")]:
         result = subprocess.run([LCLUSTERD, *args], capture_output=True, text=True, timeout=60)
         assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")
+
+
+def etcd_history(cluster, section: str, until_key: str) -> list[tuple[str, str]]:
+    """Every change under <prefix>/<section>/ since revision 1, as (job id, state or "deleted"),
+    read until one for `until_key` has been seen."""
+    store = Store(cluster.etcd.endpoint)
+    seen: list[tuple[str, str]] = []
+    try:
+        class Collect:
+            def on_events(self, events):
+                for e in events:
+                    state = json.loads(e.value)["state"] if e.kind == "put" else "deleted"
+                    seen.append((e.key.rsplit("/", 1)[-1], state))
+
+            def on_resync(self):
+                raise AssertionError("history compacted")
+
+        watch = store.watch(f"{cluster.prefix}/{section}/", 1, Collect())
+        until(lambda: any(job == until_key for job, _ in seen), f"{section}/ history")
+        watch.stop()
+    finally:
+        store.close()
+    return seen
+
+
+def test_an_add_on_the_idle_prime_is_assigned_in_its_own_transaction_a_later_one_queues(cluster):
+    node = cluster.daemon(extra=["--capacity", "1"])
+    first = add(node, "sleep 300")
+    until(lambda: check(node, first)["state"] == "RUNNING", "the first job to run")
+    second = add(node, "echo second")  # the one slot is taken: it waits in the queue
+    assert check(node, second)["state"] == "QUEUED"
+    assert node.lclient("-kill", first).returncode == 0
+    assert node.lclient("-wait", second).returncode == 0
+
+    jobs = etcd_history(cluster, "jobs", second)
+    assert [state for job, state in jobs if job == first][:2] == ["ASSIGNED", "RUNNING"]  # never QUEUED
+    assert [state for job, state in jobs if job == second][:2] == ["QUEUED", "ASSIGNED"]
+    queue = etcd_history(cluster, "queue", second)
+    assert {job for job, _ in queue} == {second}  # the first job never had a queue entry
