@@ -318,7 +318,6 @@ class Store:
             self._hub = WatchHub(self, prefix)
             self._hub.start()
 
-
     def _watch_stub(self):
         return etcdrpc.WatchStub(self._client.channel)
 
