@@ -376,7 +376,8 @@ class Scheduler:
                 self._kick.set()
                 continue
             while not self._stopped.is_set():
-                self._linger.before_batch(self._stopped)
+                if len(self._queue) < BATCH:  # a full batch waiting goes out at once
+                    self._linger.before_batch(self._stopped)
                 batch, notes = self._next_batch()
                 if not batch and not notes:
                     break

@@ -316,7 +316,8 @@ class Worker:
             items.append(self._updates.get_nowait() if wait == 0 else self._updates.get(timeout=wait))
         except queue.Empty:
             return items
-        self._linger.before_batch()
+        if self._updates.qsize() < WRITE_BATCH:  # a full batch waiting goes out at once
+            self._linger.before_batch()
         while len(items) < WRITE_BATCH:
             try:
                 items.append(self._updates.get_nowait())
