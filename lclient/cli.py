@@ -1,6 +1,6 @@
 """`lclient`: the original's `-add 'cmd'`, `-check UUID`, `-kill UUID`, plus -list, -nodes,
--logs, -wait, and `-add 'cmd' -all-nodes` pools (whose uuid -check, -wait and -kill take). One
-action per call; each error is one line on stderr and an exit status:
+-logs, -wait, `-add 'cmd' -follow` (run it: its output as it comes, then its exit status),
+and `-add 'cmd' -all-nodes` pools (whose uuid -check, -wait and -kill take). One action per call; each error is one line on stderr and an exit status:
 
     0   ok (for -wait: the job's own exit code, 128+N when signal N ended it; for a pool, that
         of its first member, by node, that did not exit 0)
@@ -59,7 +59,10 @@ def _opt(*names: str, **kw):
 @_opt("-drain", "--drain", "drain", metavar="NODE", help="Stop assigning new jobs to NODE; its jobs run to the end.")
 @_opt("-undrain", "--undrain", "undrain", metavar="NODE", help="Let NODE take new jobs again.")
 @_opt("-logs", "--logs", "logs", metavar="UUID", help="Print the job's stdout and stderr.")
-@_opt("-follow", "--follow", "follow", is_flag=True, help="With -logs: keep printing until the job ends.")
+@_opt("-follow", "--follow", "follow", is_flag=True,
+      help="With -logs: keep printing until the job ends. With -add or -wait UUID: print the job's output as it "
+           "comes (stdout to stdout, stderr to stderr), then exit with its status like -wait; -add prints the "
+           "uuid on stderr then.")
 @_opt("-wait", "--wait", "wait", is_flag=False, flag_value=_WAIT_FOR_ADDED, default=None, metavar="UUID",
       help="Block until the job ends and exit with its status; with -add, wait for the new job. For a pool: until "
            "every member ends; 0 if all exited 0, else the status of the first member (by node) that did not.")
@@ -92,6 +95,8 @@ def cli(ctx: click.Context, **o) -> int:
               if o[key] not in (None, False)]
     if chosen == ["-add", "-wait"] and o["wait"] == _WAIT_FOR_ADDED:
         chosen = ["-add"]
+    if o["follow"] and chosen == ["-add"]:
+        o["wait"] = _WAIT_FOR_ADDED  # following an added job waits for it
     if len(chosen) != 1:
         given = ", ".join(chosen) if chosen else "none"
         raise click.UsageError(f"give exactly one of {', '.join(ACTIONS)} (given: {given}); see lclient -help")
@@ -136,6 +141,8 @@ def cli(ctx: click.Context, **o) -> int:
             node = client.drain(o["drain"] or o["undrain"], action == "-drain")
             click.echo(dumps(node_json(node)) if o["as_json"] else nodes_table([node]))
             return errors.EXIT_OK
+        if o["follow"]:
+            return _follow_then_wait(client, o["wait"])
         timeout = _parse("-timeout", o["timeout"], parse_duration) if o["timeout"] else None
         return _wait(client, o["wait"], timeout, o["as_json"])
     finally:
@@ -150,8 +157,15 @@ def _check_applicable(action: str, o: dict) -> None:
             raise click.UsageError(f"{name} goes with -add")
     if o["timeout"] and action not in ("-add", "-wait"):
         raise click.UsageError("-timeout goes with -add or -wait")
+    if o["follow"] and action not in ("-logs", "-add", "-wait"):
+        raise click.UsageError("-follow goes with -logs, -add or -wait")
     if o["follow"] and action != "-logs":
-        raise click.UsageError("-follow goes with -logs")
+        if o["all_nodes"]:
+            raise click.UsageError("-follow prints one job's output; leave out -all-nodes (or -logs -follow a member)")
+        if o["as_json"]:
+            raise click.UsageError("-follow prints the job's output; leave out -json")
+        if action == "-wait" and o["timeout"]:
+            raise click.UsageError("-follow waits until the job ends; leave out -timeout")
     if (o["states"] or o["limit"] != "0") and action != "-list":
         raise click.UsageError("-state and -limit go with -list")
     if o["all_nodes"] and action != "-add":
@@ -200,11 +214,20 @@ def _spec(o: dict) -> pb.JobSpec:
 
 def _add(client: JobsClient, o: dict) -> int:
     reply = client.add(_spec(o), all_nodes=o["all_nodes"])
+    if o["follow"]:  # stdout is the job's now
+        click.echo(f"lclient: job {reply.id}", err=True)
+        return _follow_then_wait(client, reply.id)
     click.echo(dumps(job_json(reply.job)) if o["as_json"] and not o["wait"] else reply.id)
     sys.stdout.flush()
     if o["wait"]:
         return _wait(client, reply.id, None, o["as_json"])
     return errors.EXIT_OK
+
+
+def _follow_then_wait(client: JobsClient, job_id: str) -> int:
+    """The job's output as it comes, then its end like -wait (the stream ends when the job does)."""
+    _logs(client, job_id, True)
+    return _wait(client, job_id, None, False)
 
 
 def _wait(client: JobsClient, job_id: str, timeout: float | None, as_json: bool) -> int:

@@ -103,6 +103,17 @@ def test_logs_follow_streams_until_the_job_ends(node):
     assert (result.returncode, result.stdout) == (0, "line 1\nline 2\nline 3\n")
 
 
+def test_add_follow_runs_the_job_with_its_output_streamed_and_its_status(node):
+    result = node.lclient("-add", "echo out; echo err >&2; sleep 0.3; echo late; exit 3", "-follow")
+    assert (result.returncode, result.stdout) == (3, "out\nlate\n")
+    first, *rest = result.stderr.splitlines()
+    job = first.removeprefix("lclient: job ")
+    assert len(job) == 32 and rest == ["err"]
+    assert node.lclient("-check", job, "-json").stdout.count('"exit_code": 3') == 1
+    followed = node.lclient("-wait", job, "-follow")  # an ended job: its output, then its status
+    assert (followed.returncode, followed.stdout, followed.stderr) == (3, "out\nlate\n", "err\n")
+
+
 def test_timeout_gives_timed_out_and_124(node):
     job = add(node, "sleep 30", "-timeout", "0.3s")
     waited = node.lclient("-wait", job)

@@ -137,6 +137,15 @@ def test_logs_go_to_their_streams(capsys):
     assert client.calls == [("logs", (JOB, True))]
 
 
+def test_add_follow_streams_the_output_then_exits_with_the_jobs_status(capsys):
+    failed = pb.Job(id=JOB, state="EXITED", exit_code=3)
+    code, out, err, client = run(["-add", "x", "-follow"], capsys, job=failed)
+    assert (code, out, err) == (3, "out\n", f"lclient: job {JOB}\nerr\n")
+    assert [c[0] for c in client.calls] == ["add", "logs", "wait"] and client.calls[1] == ("logs", (JOB, True))
+    code, out, err, client = run(["-wait", JOB, "-follow"], capsys, job=pb.Job(id=JOB, state="KILLED", signal=9))
+    assert (code, out) == (137, "out\n") and err.endswith(f"lclient: job {JOB} ended KILLED (SIGKILL)\n")
+
+
 def test_json_outputs(capsys):
     code, out, _, _ = run(["-check", JOB, "-json"], capsys)
     data = json.loads(out)
@@ -164,7 +173,11 @@ def test_tables(capsys):
     (["-add", "x", "-mem", "lots"], "lclient: bad -mem value 'lots': expected a size like 64M or 1G"),
     (["-add", "x", "-env", "A"], "lclient: bad -env value 'A': expected NAME=VALUE"),
     (["-add", "x", "-stdin", "/no/such/file"], "lclient: cannot read -stdin file /no/such/file: No such file or directory"),
-    (["-check", JOB, "-follow"], "lclient: -follow goes with -logs"),
+    (["-check", JOB, "-follow"], "lclient: -follow goes with -logs, -add or -wait"),
+    (["-add", "x", "-follow", "-all-nodes"], "lclient: -follow prints one job's output; leave out -all-nodes "
+                                             "(or -logs -follow a member)"),
+    (["-add", "x", "-follow", "-json"], "lclient: -follow prints the job's output; leave out -json"),
+    (["-wait", JOB, "-follow", "-timeout", "5s"], "lclient: -follow waits until the job ends; leave out -timeout"),
     (["-list", "-timeout", "1s"], "lclient: -timeout goes with -add or -wait"),
     (["-wait"], "lclient: -wait needs a job uuid (or -add CMD)"),
     (["-check", JOB, "-all-nodes"], "lclient: -all-nodes goes with -add"),
