@@ -4,7 +4,8 @@ Every etcd write transaction costs an fsync of etcd's log, and on the VMs this r
 costs CPU as well as time (measured: with etcd's fsync off, a `true` job took ~0.9 ms less CPU
 in all). A writer that takes whatever is queued the moment it wakes sends many small
 transactions under load. Linger makes it wait a moment first, but only while it is busy (its
-last transaction went out a moment ago), so a lone job on an idle node is not delayed at all.
+last transaction went out a moment ago) and has less than a full batch waiting, so a lone job
+on an idle node is not delayed at all, nor is a full batch.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ BUSY_WINDOW_SECONDS = 0.05  # a writer that sent within this window is busy
 
 
 class Linger:
-    def __init__(self, linger: float = LINGER_SECONDS, busy_window: float = BUSY_WINDOW_SECONDS,
+    def __init__(self, batch: int, linger: float = LINGER_SECONDS, busy_window: float = BUSY_WINDOW_SECONDS,
                  clock=time.monotonic):
+        self.batch = batch  # the most the writer takes at once
         self.linger = linger
         self.busy_window = busy_window
         self._clock = clock
@@ -27,9 +29,10 @@ class Linger:
     def busy(self) -> bool:
         return self._clock() - self._last_sent < self.busy_window
 
-    def before_batch(self, stopped: threading.Event | None = None) -> None:
-        """Call before taking a batch: waits `linger` seconds if busy (less if `stopped` is set)."""
-        if self.busy():
+    def before_batch(self, waiting: int, stopped: threading.Event | None = None) -> None:
+        """Call before taking a batch, with how many items are waiting: waits `linger` seconds
+        if busy and that is less than a batch (less if `stopped` is set)."""
+        if waiting < self.batch and self.busy():
             if stopped is not None:
                 stopped.wait(self.linger)
             else:

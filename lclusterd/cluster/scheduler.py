@@ -78,7 +78,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._watches: list[Watch] = []
         self._prime_revision = 0
-        self._linger = Linger()  # under load, more assignments per transaction
+        self._linger = Linger(BATCH)  # under load, more assignments per transaction
         self._reset_view()
 
     def _reset_view(self) -> None:
@@ -376,8 +376,7 @@ class Scheduler:
                 self._kick.set()
                 continue
             while not self._stopped.is_set():
-                if len(self._queue) < BATCH:  # a full batch waiting goes out at once
-                    self._linger.before_batch(self._stopped)
+                self._linger.before_batch(len(self._queue), self._stopped)
                 batch, notes = self._next_batch()
                 if not batch and not notes:
                     break

@@ -66,7 +66,7 @@ class Worker:
         self._updates: queue.SimpleQueue = queue.SimpleQueue()
         self._watches: list[Watch] = []
         self._writer = threading.Thread(target=self._write_loop, name="worker writer", daemon=True)
-        self._linger = Linger()  # under load, more updates per transaction
+        self._linger = Linger(WRITE_BATCH)  # under load, more updates per transaction
         self._shutdown_note = ""
         self.accepting = False
 
@@ -316,8 +316,7 @@ class Worker:
             items.append(self._updates.get_nowait() if wait == 0 else self._updates.get(timeout=wait))
         except queue.Empty:
             return items
-        if self._updates.qsize() < WRITE_BATCH:  # a full batch waiting goes out at once
-            self._linger.before_batch()
+        self._linger.before_batch(1 + self._updates.qsize())
         while len(items) < WRITE_BATCH:
             try:
                 items.append(self._updates.get_nowait())

@@ -1,5 +1,5 @@
-"""Linger: a writer waits before taking a batch only while busy (it sent a moment ago), so a
-lone job on an idle node is never delayed."""
+"""Linger: a writer waits before taking a batch only while busy (it sent a moment ago) and
+short of a full batch, so a lone job on an idle node is never delayed, nor is a full batch."""
 
 from __future__ import annotations
 
@@ -28,13 +28,23 @@ class RecordingEvent(threading.Event):
 
 def test_an_idle_writer_does_not_wait_a_busy_one_does_until_the_window_passes():
     clock, stopped = Clock(), RecordingEvent()
-    linger = Linger(linger=0.002, busy_window=0.05, clock=clock)
-    linger.before_batch(stopped)
+    linger = Linger(batch=32, linger=0.002, busy_window=0.05, clock=clock)
+    linger.before_batch(1, stopped)
     assert stopped.waits == []  # never sent: idle
     linger.sent()
     clock.now += 0.01
-    linger.before_batch(stopped)
+    linger.before_batch(1, stopped)
     assert stopped.waits == [0.002]
     clock.now += 0.05
-    linger.before_batch(stopped)
+    linger.before_batch(1, stopped)
     assert stopped.waits == [0.002]  # nothing sent for a while: idle again
+
+
+def test_a_busy_writer_with_a_full_batch_waiting_does_not_wait():
+    clock, stopped = Clock(), RecordingEvent()
+    linger = Linger(batch=32, linger=0.002, busy_window=0.05, clock=clock)
+    linger.sent()
+    linger.before_batch(32, stopped)
+    assert stopped.waits == []
+    linger.before_batch(31, stopped)
+    assert stopped.waits == [0.002]
