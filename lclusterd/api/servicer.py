@@ -19,7 +19,7 @@ from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.node import list_nodes, set_draining
 from lclusterd.cluster.pools import Pools
 from lclusterd.errors import InvalidSpec, IsAPool, JobNotFound, TooBusy, WaitTimedOut
-from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, JobSpec, PoolRecord, parse_job_id, pool_outcome
+from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, JobSpec, PoolRecord, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 
@@ -165,20 +165,19 @@ class JobsServicer(pb_grpc.JobsServicer):
         deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
         with self._blocking_slot():
             try:
-                return self._wait_ended(job_id, [job_id], lambda: [self.jobs.get(job_id)], lambda rs: job_to_proto(rs[0]),
-                                        lambda rs: rs[0].state, "job", deadline, request.timeout_seconds, context)
+                return self._wait_ended([job_id], lambda: [self.jobs.get(job_id)], lambda rs: job_to_proto(rs[0]),
+                                        deadline, request.timeout_seconds, context)
             except JobNotFound as missing:
                 pool = self._pool(job_id, missing)
-            return self._wait_ended(pool.id, pool.member_ids(), lambda: self.pools.members(pool),
-                                    lambda rs: pool_to_proto(pool, rs), lambda rs: pool_outcome(rs)[0], "pool",
+            return self._wait_ended(pool.member_ids(), lambda: self.pools.members(pool), lambda rs: pool_to_proto(pool, rs),
                                     deadline, request.timeout_seconds, context)
 
-    def _wait_ended(self, wait_id: str, ids: list[str], read: Callable[[], list[tuple[JobRecord, int]]],
-                    answer: Callable[[list[JobRecord]], pb.Job], state: Callable[[list[JobRecord]], str], kind: str,
-                    deadline: float | None, seconds: float, context) -> pb.Job:
-        """Until every job of `ids` (job `wait_id` itself, or the members of pool `wait_id`) has
-        ended. The jobs/ watch carries each new record (and JobEvents the newest it saw, so a job
-        that changed since this node started needs no etcd read at all); `read` (records and mod
+    def _wait_ended(self, ids: list[str], read: Callable[[], list[tuple[JobRecord, int]]],
+                    answer: Callable[[list[JobRecord]], pb.Job], deadline: float | None, seconds: float, context) -> pb.Job:
+        """Until every job of `ids` (the job waited for, or the members of the pool) has ended;
+        `answer` turns their records into the reply (and names the job or pool on a timeout).
+        The jobs/ watch carries each new record (and JobEvents the newest it saw, so a job that
+        changed since this node started needs no etcd read at all); `read` (records and mod
         revisions, from etcd) runs when the watch has not seen one of them, and at least every
         WAIT_TICK, in case a wake-up was missed."""
         with self.events.subscribe_many(ids) as flags:
@@ -198,7 +197,8 @@ class JobsServicer(pb_grpc.JobsServicer):
                     context.abort(grpc.StatusCode.CANCELLED, "the client went away")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise WaitTimedOut(wait_id, state(records), seconds, kind=kind)
+                    now = answer(records)
+                    raise WaitTimedOut(now.id, now.state, seconds, kind="pool" if now.is_pool else "job")
                 flags[0].wait(WAIT_TICK if remaining is None else min(WAIT_TICK, remaining))
                 flags[0].clear()
                 for i, flag in enumerate(flags):  # what the watch brought since

@@ -198,6 +198,8 @@ def test_all_nodes_pool_one_member_per_ready_node_check_wait_kill(cluster):
     until(lambda: [m["state"] for m in check(a, sleepers)["members"]] == ["RUNNING"] * 3, "every member to run")
     pids = [m["host_pid"] for m in check(a, sleepers)["members"]]
     assert all(pid_alive(p) for p in pids)
+    waited = b.lclient("-wait", sleepers, "-timeout", "0.2s")
+    assert (waited.returncode, waited.stderr) == (124, f"lclient: pool {sleepers} is still RUNNING after 0.2s\n")
     killed = a.lclient("-kill", sleepers)
     assert killed.returncode == 0 and killed.stdout.startswith(f"{sleepers} RUNNING (kill requested)")
     assert b.lclient("-wait", sleepers).returncode in (137, 143)
