@@ -32,6 +32,35 @@ def add(daemon, command, *args) -> str:
     return result.stdout.strip()
 
 
+def etcd_history(cluster, section: str, done) -> list[tuple[str, str]]:
+    """An independent look at etcd: every change under <prefix>/<section>/ since revision 1, as
+    (job id, its state or "deleted"), read until `done(history so far)`."""
+    store = Store(cluster.etcd.endpoint)
+    seen: list[tuple[str, str]] = []
+    try:
+        class Collect:
+            def on_events(self, events):
+                for e in events:
+                    seen.append((e.key.rsplit("/", 1)[-1], json.loads(e.value)["state"] if e.kind == "put" else "deleted"))
+
+            def on_resync(self):
+                raise AssertionError("history compacted")
+
+        watch = store.watch(f"{cluster.prefix}/{section}/", 1, Collect())
+        until(lambda: done(list(seen)), f"the {section}/ history to be read")
+        watch.stop()
+    finally:
+        store.close()
+    return seen
+
+
+def by_job(history: list[tuple[str, str]]) -> dict[str, list[str]]:
+    states: dict[str, list[str]] = {}
+    for job, state in history:
+        states.setdefault(job, []).append(state)
+    return states
+
+
 def until(predicate, what: str, timeout: float = 20):
     """Poll for a state the test cannot be told about (no timing assertion: the bound is generous)."""
     deadline = time.monotonic() + timeout
@@ -169,26 +198,13 @@ def test_200_jobs_at_once_each_end_exactly_once(cluster):
     with JobsClient(node.server) as client:
         assert sorted(j.id for j in client.list()) == sorted(ids)
 
-    # An independent look at etcd's history: every job went RUNNING at most once and ended once.
-    store = Store(cluster.etcd.endpoint)
-    try:
-        seen: dict[str, list[str]] = {job: [] for job in ids}
+    # etcd's own history: every job was assigned once, went RUNNING at most once and ended once
+    def all_ended(history):
+        states = by_job(history)
+        return len(states) == len(ids) and all(s[-1] in TERMINAL for s in states.values())
 
-        class Collect:
-            def on_events(self, events):
-                for event in events:
-                    if event.kind == "put":
-                        record = json.loads(event.value)
-                        seen[record["id"]].append(record["state"])
-
-            def on_resync(self):
-                raise AssertionError("history compacted")
-
-        watch = store.watch(f"{cluster.prefix}/jobs/", 1, Collect())
-        until(lambda: all(states and states[-1] in TERMINAL for states in seen.values()), "the history to be read")
-        watch.stop()
-    finally:
-        store.close()
+    seen = by_job(etcd_history(cluster, "jobs", all_ended))
+    assert set(seen) == set(ids)
     for job, states in seen.items():
         # QUEUED first, or ASSIGNED when the prime placed it in the add's own transaction
         assert states[0] in ("QUEUED", "ASSIGNED") and states.count("ASSIGNED") == 1, (job, states)
@@ -285,29 +301,6 @@ def test_bad_options_are_one_line_and_exit_2():
         assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")
 
 
-def etcd_history(cluster, section: str, until_key: str) -> list[tuple[str, str]]:
-    """Every change under <prefix>/<section>/ since revision 1, as (job id, state or "deleted"),
-    read until one for `until_key` has been seen."""
-    store = Store(cluster.etcd.endpoint)
-    seen: list[tuple[str, str]] = []
-    try:
-        class Collect:
-            def on_events(self, events):
-                for e in events:
-                    state = json.loads(e.value)["state"] if e.kind == "put" else "deleted"
-                    seen.append((e.key.rsplit("/", 1)[-1], state))
-
-            def on_resync(self):
-                raise AssertionError("history compacted")
-
-        watch = store.watch(f"{cluster.prefix}/{section}/", 1, Collect())
-        until(lambda: any(job == until_key for job, _ in seen), f"{section}/ history")
-        watch.stop()
-    finally:
-        store.close()
-    return seen
-
-
 def test_an_add_on_the_idle_prime_is_assigned_in_its_own_transaction_a_later_one_queues(cluster):
     node = cluster.daemon(extra=["--capacity", "1"])
     first = add(node, "sleep 300")
@@ -317,8 +310,8 @@ def test_an_add_on_the_idle_prime_is_assigned_in_its_own_transaction_a_later_one
     assert node.lclient("-kill", first).returncode == 0
     assert node.lclient("-wait", second).returncode == 0
 
-    jobs = etcd_history(cluster, "jobs", second)
-    assert [state for job, state in jobs if job == first][:2] == ["ASSIGNED", "RUNNING"]  # never QUEUED
-    assert [state for job, state in jobs if job == second][:2] == ["QUEUED", "ASSIGNED"]
-    queue = etcd_history(cluster, "queue", second)
-    assert {job for job, _ in queue} == {second}  # the first job never had a queue entry
+    jobs = by_job(etcd_history(cluster, "jobs", lambda h: by_job(h).get(second, [""])[-1] == "EXITED"))
+    assert jobs[first][:2] == ["ASSIGNED", "RUNNING"]  # never QUEUED
+    assert jobs[second][:2] == ["QUEUED", "ASSIGNED"]
+    queue = etcd_history(cluster, "queue", lambda h: ("deleted" in by_job(h).get(second, [])))
+    assert set(by_job(queue)) == {second}  # the first job never had a queue entry
