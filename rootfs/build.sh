@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # The stamp names what built the tree: the scripts and, for busybox, the binary copied in.
 binary=
 [ "$kind" = busybox ] && binary=${BUSYBOX:-$(command -v busybox || true)}
-stamp="$kind-$(cat "$here/build.sh" "$here/$kind.sh" $binary | cksum | cut -d' ' -f1)"
+stamp="$kind-$(cat "$here/build.sh" "$here/$kind.sh" ${binary:+"$binary"} | cksum | cut -d' ' -f1)"
 
 if [ -f "$dir/.lclusterd-rootfs" ] && [ "$(cat "$dir/.lclusterd-rootfs")" = "$stamp" ]; then
     exit 0

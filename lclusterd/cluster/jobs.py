@@ -119,9 +119,10 @@ class Jobs:
         spec.validate()
         record = JobRecord(id=new_job_id(), spec=spec, created_at=time.time())
         key = self.keys.job(record.id)
-        placed = self.placer.reserve(record.id, spec) if self.placer is not None else None
+        placer = self.placer
+        placed = placer.reserve(record.id, spec) if placer is not None else None
         if placed is not None:
-            assigned = self._add_assigned(record, *placed)
+            assigned = self._add_assigned(placer, record, *placed)
             if assigned is not None:
                 return assigned
         raw = record.to_bytes()
@@ -130,10 +131,9 @@ class Jobs:
         self._adds.txn([Absent(key)], [Put(key, raw), Put(self.keys.queue(record.id), raw)])
         return record
 
-    def _add_assigned(self, record: JobRecord, node: str, guard: list[Compare]) -> JobRecord | None:
+    def _add_assigned(self, placer: Placer, record: JobRecord, node: str, guard: list[Compare]) -> JobRecord | None:
         """Write a new job straight to ASSIGNED on `node` under the prime's `guard`; None if the
         guard failed (this node stopped being the prime meanwhile): then it goes to the queue."""
-        assert self.placer is not None
         assigned = record.moved_to(ASSIGNED, node=node, assigned_at=time.time())
         raw = assigned.to_bytes()
         key = self.keys.job(record.id)
@@ -146,7 +146,7 @@ class Jobs:
                 kv = self.store.get(key)
                 revision = kv.mod_revision if kv is not None else None
         finally:
-            self.placer.settle(record.id, revision)
+            placer.settle(record.id, revision)
         return assigned if revision is not None else None
 
     def get(self, job_id: str) -> tuple[JobRecord, int]:
