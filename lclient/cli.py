@@ -95,8 +95,6 @@ def cli(ctx: click.Context, **o) -> int:
               if o[key] not in (None, False)]
     if chosen == ["-add", "-wait"] and o["wait"] == _WAIT_FOR_ADDED:
         chosen = ["-add"]
-    if o["follow"] and chosen == ["-add"]:
-        o["wait"] = _WAIT_FOR_ADDED  # following an added job waits for it
     if len(chosen) != 1:
         given = ", ".join(chosen) if chosen else "none"
         raise click.UsageError(f"give exactly one of {', '.join(ACTIONS)} (given: {given}); see lclient -help")
