@@ -21,9 +21,9 @@ JOBINIT := lclusterd/runtime/jobinit/lclusterd-jobinit
 BUSYBOX := build/busybox
 BENCH_PACKAGES := runc bubblewrap slurm-wlm munge
 
-.PHONY: prep run test test-unit test-integration test-v2 rootfs links proto bench bench-deps clean
+.PHONY: prep run test test-unit test-integration test-v2 rootfs links users proto bench bench-deps clean
 
-prep: $(STAMPS)/apt $(STAMPS)/venv $(JOBINIT) rootfs links
+prep: $(STAMPS)/apt $(STAMPS)/venv $(JOBINIT) rootfs links users
 
 # Only calls apt-get when a package is missing, so a second run takes no time.
 $(STAMPS)/apt: Makefile
@@ -49,6 +49,16 @@ $(BUSYBOX): rootfs/busybox-musl.sh $(STAMPS)/apt
 
 rootfs: $(STAMPS)/apt $(BUSYBOX)
 	@BUSYBOX=$(BUSYBOX) sh rootfs/build.sh $(ROOTFS) $(ROOTFS_DIR)
+
+# The system user and group lclusterd, and its subordinate id range (/etc/subuid, /etc/subgid):
+# every job's user namespace takes 65536 ids of it (lclusterd/runtime/userns.py). Above
+# the range useradd hands out (login.defs SUB_UID_MAX 600100000) and below 2^31.
+SUBID_RANGE := lclusterd:1000000000:1073741824
+users:
+	@getent group lclusterd >/dev/null || groupadd --system lclusterd
+	@getent passwd lclusterd >/dev/null || useradd --system --gid lclusterd --no-create-home \
+		--home-dir /nonexistent --shell /usr/sbin/nologin lclusterd
+	@for f in /etc/subuid /etc/subgid; do grep -q '^lclusterd:' $$f 2>/dev/null || echo '$(SUBID_RANGE)' >> $$f; done
 
 links: $(STAMPS)/venv
 	@for tool in lclusterd lclient; do \

@@ -18,8 +18,9 @@ from typing import Any, Callable
 
 import click
 
-from lclusterd.errors import LclusterdError
-from lclusterd.runtime.launcher import Launcher
+from lclusterd.errors import LclusterdError, SetupFailed
+from lclusterd.runtime import userns
+from lclusterd.runtime.launcher import Launcher, UserNamespaces
 from lclusterd.runtime.spec import FAILED, TIMED_OUT, RunResult, RuntimeSpec
 from lclusterd.units import format_size, parse_duration, parse_size
 
@@ -50,12 +51,14 @@ def cli() -> None:
 @click.option("--stdout", "stdout_path", help="Host file for the job's stdout (default: this command's stdout).")
 @click.option("--stderr", "stderr_path", help="Host file for the job's stderr (default: this command's stderr).")
 @click.option("--sh", "shell", help="Run this command line with /bin/sh -c instead of CMD.")
+@click.option("--userns", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="Run the job in a user namespace of its own (its root is an unprivileged host uid).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.argument("command", nargs=-1)
 def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpus: float | None,
         pids: int | None, timeout: str | None, grace: str, env: tuple[str, ...], cwd: str,
         hostname: str | None, stdin_file: object, stdout_path: str, stderr_path: str,
-        shell: str | None, as_json: bool, command: tuple[str, ...]) -> None:
+        shell: str | None, userns: str, as_json: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND (after --) isolated in its own namespaces, cgroup and rootfs."""
     try:
         if bool(shell) == bool(command):
@@ -83,7 +86,8 @@ def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpu
     elif stdout_path is None or stderr_path is None:
         raise click.UsageError("give both --stdout and --stderr, or neither")
     try:
-        with Launcher(state_dir, cgroup_parent=cgroup_parent) as launcher:
+        ids = user_namespaces() if userns == "on" else None
+        with Launcher(state_dir, cgroup_parent=cgroup_parent, userns=ids) as launcher:
             # Ctrl-C kills the job (and the run ends as KILLED) instead of leaving it.
             signal.signal(signal.SIGINT, lambda *_: launcher.kill(spec.job_id))
             result = launcher.run(spec, stdio=stdio)
@@ -95,6 +99,15 @@ def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpu
     else:
         click.echo(f"lclusterd.runtime: {describe(result)}", err=True)
     sys.exit(exit_status(result))
+
+
+def user_namespaces() -> UserNamespaces:
+    """The host ids jobs' user namespaces take (`make prep` adds them); SetupFailed if none."""
+    uids, gids = userns.subordinate_range(path="/etc/subuid"), userns.subordinate_range(path="/etc/subgid")
+    if uids is None or gids is None:
+        raise SetupFailed("user namespaces", f"no subordinate id range for user {userns.USER} in /etc/subuid and "
+                                             "/etc/subgid (make prep adds one); or run with --userns off")
+    return UserNamespaces(uids, gids)
 
 
 def _parse(option: str, text: str | None, parse: Callable[[str], Any]) -> Any:

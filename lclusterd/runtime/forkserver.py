@@ -1,98 +1,59 @@
 """The single-threaded helper that starts every job: `python -m lclusterd.runtime.forkserver`.
 
 The daemon runs gRPC and etcd threads, and a threaded Python process must not fork a
-child that goes on running Python. So the launcher starts this helper as a fresh
-process (fork + exec, safe from any thread) and sends it job specs over a socket. It
-runs one select loop over: requests, SIGCHLD, each job's status socket, and timers
-(timeouts and kill grace periods). Nothing in here blocks on a job.
+child that goes on running Python. So the launcher starts this helper as a fresh process
+(fork + exec, safe from any thread) and talks to it over a socket (protocol.py). It runs
+one select loop over: requests, signals, each job's status socket and output pipes, and
+timers (timeouts and kill grace periods). Nothing in here blocks on a job.
 
 A job's first process is `lclusterd-jobinit`, a small static C binary (jobinit/jobinit.c)
-that executes a plan built in plan.py. The helper unshares CLONE_NEWPID (which applies
-to its next child only), spawns the init with posix_spawn (vfork + exec: no copy of this
-process's page tables) and returns to its own PID namespace with setns. Forking this
-Python process instead cost about 2.5 ms of CPU per job in page-table copies and
-copy-on-write faults on both sides, and the child's Python run of the set-up another
-1 ms. And the spawn happens ahead of time: SPARES inits wait with their namespaces,
-scratch tmpfs, loopback and bounding set ready, so a job start hands one its plan and
-spawns the next spare after, off the start path.
+that executes a plan built in plan.py; spares.py keeps some spawned ahead of their jobs.
+Starting a job makes its cgroup, opens its stdio (its output through log relays when it
+has a log cap) and hands a spare the job's plan.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import selectors
 import signal
 import socket
 import sys
 import time
-import traceback
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Callable
 
 from lclusterd.errors import LclusterdError, SetupFailed
-from lclusterd.runtime import caps, channel, kernel, plan
+from lclusterd.runtime import caps, channel, kernel, plan, protocol
 from lclusterd.runtime.cgroups import Limits, detect
 from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
-from lclusterd.runtime.spec import (EXITED, FAILED, KILLED, OOM_KILLED, TIMED_OUT, RunResult,
-                                    RuntimeSpec)
+from lclusterd.runtime.mounts import Scratch
+from lclusterd.runtime.job import RunningJob, begin_kill, kill_now, remove_empty_cgroup
+from lclusterd.runtime.relay import LogRelay
+from lclusterd.runtime.result import RunFacts, result_of
+from lclusterd.runtime.spares import SpareInit, SparePool, SpareSetup
+from lclusterd.runtime.spec import FAILED, KILLED, TIMED_OUT, RunResult, RuntimeSpec
+from lclusterd.runtime.stdio import open_stdio
+from lclusterd.runtime.userns import IdRange, Slots
+
+log = logging.getLogger("lclusterd.forkserver")
 
 
-SPARES = 2  # one per core keeps two parallel streams off the spawn
-# Reset in the init: an ignored signal survives exec, and the job gets a shell's defaults.
-_DEFAULT_SIGNALS = [s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP)]
-
-
-@dataclass
-class SpareInit:
-    """A spawned job init waiting for its job's plan on `sock` (see plan.spare_plan)."""
-
-    pid: int
-    sock: socket.socket
-
-
-@dataclass
-class RunningJob:
-    spec: RuntimeSpec
-    cgroup: JobCgroup
-    status: socket.socket  # the spare's socket: an E line on failure, EOF at exec
-    host_pid: int
-    started_at: float  # unix time
-    deadline: float | None  # monotonic time of TIMED_OUT
-    status_buf: bytes = b""
-    status_closed: bool = False
-    wait_status: int | None = None
-    failure: dict[str, Any] | None = None
-    end_reason: str | None = None  # KILLED or TIMED_OUT once the runtime started ending it
-    kill_at: float | None = None  # monotonic time to escalate SIGTERM to SIGKILL
-
-    @property
-    def is_done(self) -> bool:
-        return self.status_closed and self.wait_status is not None
-
-
-@dataclass
 class ForkServer:
-    sock: socket.socket
-    state_dir: str
-    driver: CgroupDriver
-    keep_caps: int = caps.mask_of(caps.DEFAULT_KEEP)
-    cap_last: int = field(default_factory=caps.last_cap)
-    jobs: dict[str, RunningJob] = field(default_factory=dict)
-    by_pid: dict[int, RunningJob] = field(default_factory=dict)
-    spares: deque[SpareInit] = field(default_factory=deque)
-    own_pid_ns: int = -1  # fd of this process's PID namespace, to return to after each spawn
-    stopping: bool = False
-    spare_error: str = ""  # the last reason a spare could not be spawned, reported once
-    jobinit: str = str(plan.JOBINIT)
-
-    @property
-    def mount_point(self) -> str:
-        """Where every job mounts its scratch tmpfs and overlay. One directory serves all
-        jobs: each mounts in its own mount namespace, so none sees another's mounts."""
-        return os.path.join(self.state_dir, "root")
+    def __init__(self, sock: socket.socket, driver: CgroupDriver, pool: SparePool, keep_caps: int, cap_last: int):
+        self.sock = sock
+        self.driver = driver
+        self.pool = pool
+        self.scratch: Scratch = pool.setup.scratch
+        self.keep_caps = keep_caps
+        self.cap_last = cap_last
+        self.jobs: dict[str, RunningJob] = {}
+        self.by_pid: dict[int, RunningJob] = {}
+        self.stopping = False
+        self.selector = selectors.DefaultSelector()
+        self.devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)  # where capped output goes
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -102,31 +63,26 @@ class ForkServer:
         signal.set_wakeup_fd(wake_w)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: None)  # the wakeup fd carries the news
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.sock, selectors.EVENT_READ, "control")
-        self.selector.register(wake_r, selectors.EVENT_READ, "signal")
-        self._send({"event": "ready", "pid": os.getpid(), "cgroup_version": self.driver.version})
+        self.selector.register(self.sock, selectors.EVENT_READ, self._on_request)
+        self.selector.register(wake_r, selectors.EVENT_READ, lambda: self._on_signals(os.read(wake_r, 512)))
+        self._send(protocol.Ready(os.getpid(), self.driver.version))
         while not (self.stopping and not self.jobs):
             for key, _ in self.selector.select(self._next_timer()):
                 # One failing event (a kernel file gone, a job's socket in a state we
                 # did not foresee) must not take every other job's helper down.
                 try:
-                    if key.data == "control":
-                        self._on_request()
-                    elif key.data == "signal":
-                        self._on_signals(os.read(wake_r, 512))
-                    else:
-                        self._on_status(key.data)
+                    key.data()
                 except Exception:  # noqa: BLE001
-                    traceback.print_exc()
+                    log.exception("handling an event failed")
             self._fire_timers()
-            self._refill_spares()
-        self._end_spares()
+            if not self.stopping:
+                self.pool.refill()
+        self.pool.end_all()
         try:
             self.driver.remove_parent()
         except OSError as error:
-            print(f"lclusterd forkserver: {describe(error)}", file=sys.stderr)
-        self._send({"event": "bye"})
+            log.warning("%s", describe(error))
+        self._send(protocol.Bye())
 
     def _on_signals(self, signums: bytes) -> None:
         if signal.SIGTERM in signums or signal.SIGINT in signums:
@@ -135,41 +91,47 @@ class ForkServer:
 
     def _on_request(self) -> None:
         try:
-            request, fds = channel.receive_with_fds(self.sock)
+            data, fds = channel.receive_with_fds(self.sock)
         except (channel.ChannelClosed, ConnectionError):
             # The launcher is gone: nobody will collect results, so end every job.
             self.selector.unregister(self.sock)
             self._stop(kill=True)
             return
         try:
-            self._handle(request, fds)
-        except Exception as error:  # noqa: BLE001 - one bad request must not stop every job
-            print(f"lclusterd forkserver: request {request.get('op')!r} failed: {error!r}", file=sys.stderr)
-            if request.get("op") == "start":
-                job_id = str(request.get("spec", {}).get("job_id", ""))
-                self._send_result(RunResult(job_id=job_id, status=FAILED, error=f"bad start request: {error}"))
-
-    def _handle(self, request: dict[str, Any], fds: list[int]) -> None:
-        op = request.get("op")
-        if op == "start":
-            self._start(RuntimeSpec.from_json(request["spec"]), fds)
-        elif op == "kill":
-            job = self.jobs.get(request["job_id"])
+            request = protocol.decode_request(data)
+        except protocol.ProtocolError as error:
+            _close_all(fds)
+            self._refuse(data, str(error))
+            return
+        if isinstance(request, protocol.Start):
+            self._start(request.spec, fds)
+            return
+        _close_all(fds)
+        if isinstance(request, protocol.Kill):
+            job = self.jobs.get(request.job_id)
             if job is not None:
-                grace = request.get("grace")
-                self._begin_kill(job, KILLED, job.spec.grace if grace is None else grace)
-        elif op == "sweep":
-            self._send({"event": "swept", "job_ids": self._sweep()})
-        elif op == "shutdown":
-            self._stop(kill=bool(request.get("kill", True)))
+                begin_kill(job, KILLED, job.spec.grace if request.grace is None else request.grace)
+        elif isinstance(request, protocol.Sweep):
+            self._send(protocol.Swept(tuple(self._sweep())))
         else:
-            print(f"lclusterd forkserver: unknown request {op!r}", file=sys.stderr)
+            self._stop(kill=request.kill)
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _refuse(self, data: object, reason: str) -> None:
+        """A request we cannot decode; a start is answered FAILED so its caller never waits."""
+        log.warning("refusing a malformed request: %s", reason)
+        spec = data.get("spec") if isinstance(data, dict) else None
+        job_id = spec.get("job_id") if isinstance(spec, dict) else None
+        if isinstance(data, dict) and data.get("type") == "Start" and isinstance(job_id, str):
+            self._send_result(RunResult(job_id=job_id, status=FAILED, error=f"bad start request: {reason}"))
+
+    def _send(self, message: protocol.Event) -> None:
         try:
-            channel.send(self.sock, message)
+            channel.send(self.sock, protocol.encode(message))
         except OSError:
             pass  # launcher gone; _on_request notices the EOF and stops
+
+    def _send_result(self, result: RunResult) -> None:
+        self._send(protocol.JobFinished(result))
 
     # -- starting -----------------------------------------------------------------------
 
@@ -185,126 +147,85 @@ class ForkServer:
                 raise SetupFailed("start", f"expected 3 stdio descriptors, got {len(stdio)}")
             self._start_job(spec, started_at, stdio)
         except (LclusterdError, OSError) as error:
-            for fd in stdio:
-                _close_quietly(fd)
+            _close_all(stdio)
             self._send_result(RunResult(job_id=spec.job_id, status=FAILED, error=_reason(error),
                                         started_at=started_at, finished_at=time.time()))
 
     def _start_job(self, spec: RuntimeSpec, started_at: float, stdio: list[int]) -> None:
-        """Make the job's cgroup and open its files, then hand it to a spare init.
-        Everything that can fail on bad input fails here, before the job has a process.
-        The job has no directory on the host: its overlay's upper and work directories
-        live on a tmpfs in its own mount namespace (plan.spare_plan), gone with it."""
+        """Make the job's cgroup and open its stdio, then hand it to a spare init.
+        Everything that can fail on bad input fails here, before the job has a process."""
         if not os.path.isdir(spec.rootfs):
             raise SetupFailed("rootfs", f"rootfs {spec.rootfs} does not exist (build it with `make rootfs`)")
-        opened: list[int] = list(stdio)
+        opened = stdio  # one list: whatever is opened here is closed with the caller's fds
+        relays: list[LogRelay] = []
         cgroup: JobCgroup | None = None
         try:
             cgroup = self.driver.create(spec.job_id, Limits(spec.memory_bytes, spec.cpus, spec.pids))
-            if stdio:
-                stdin_fd, stdout_fd, stderr_fd = stdio
-            else:
-                stdin_fd = _open_stdin(spec, opened)
-                stdout_fd = _open_log(spec.stdout_path, opened)
-                stderr_fd = _open_log(spec.stderr_path, opened)
-            prepared = plan.PreparedJob(
-                job_id=spec.job_id, argv=spec.argv, env=spec.job_environment(), cwd=spec.cwd,
-                hostname=spec.effective_hostname, rootfs=spec.rootfs,
-                cgroup_procs=cgroup.procs_files, keep_caps=self.keep_caps)
-            spare = self._hand_over(prepared, [stdin_fd, stdout_fd, stderr_fd])
+            fds = stdio or open_stdio(spec, opened, relays, self.devnull)
+            spare = self._hand_over(spec, cgroup, fds)
         except BaseException as error:
-            for fd in opened:
-                _close_quietly(fd)
-            del opened[:]
+            _close_all(opened)
+            for relay in relays:
+                relay.close()
             _note_cleanup(error, lambda: cgroup.remove() if cgroup else None)
             raise
-        for fd in opened:
-            os.close(fd)
+        _close_all(opened)  # the job holds its own copies now
         deadline = time.monotonic() + spec.timeout if spec.timeout else None
-        job = RunningJob(spec=spec, cgroup=cgroup, status=spare.sock,
-                         host_pid=spare.pid, started_at=started_at, deadline=deadline)
+        facts = RunFacts(spec.job_id, spare.pid, started_at, spec.timeout)
+        job = RunningJob(spec, cgroup, spare, facts, deadline, relays)
         self.jobs[spec.job_id] = job
         self.by_pid[spare.pid] = job
-        self.selector.register(spare.sock, selectors.EVENT_READ, job)
+        self.selector.register(spare.sock, selectors.EVENT_READ, lambda: self._on_status(job))
+        for relay in relays:
+            self.selector.register(relay.fileno(), selectors.EVENT_READ, _bind(self._on_output, job, relay))
+
+    def _hand_over(self, spec: RuntimeSpec, cgroup: JobCgroup, stdio: list[int]) -> SpareInit:
+        """Give the job's plan to a waiting spare (or a new one). A spare that died while
+        waiting is dropped and a fresh one spawned (with its own ids: the plan is rebuilt)."""
+        for attempt in (1, 2):
+            spare = self.pool.take()
+            prepared = plan.PreparedJob(
+                job_id=spec.job_id, argv=spec.argv, env=spec.job_environment(), cwd=spec.cwd,
+                hostname=spec.effective_hostname, rootfs=spec.rootfs, cgroup_procs=cgroup.procs_files,
+                keep_caps=self.keep_caps, cap_last=self.cap_last, ids=spare.slot.ids if spare.slot else None,
+                writable_bytes=spec.memory_bytes // 2 if spec.memory_bytes else None)
+            try:
+                channel.send_bytes(spare.sock, plan.encode(plan.job_plan(prepared, self.scratch)), stdio)
+                return spare
+            except OSError:
+                self.pool.discard(spare)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- following a job ------------------------------------------------------------------
 
-    def _hand_over(self, prepared: plan.PreparedJob, stdio: list[int]) -> SpareInit:
-        """Give the job's plan to a waiting spare (or a new one). A spare that died while
-        waiting is dropped and a fresh one spawned."""
-        message = plan.encode(plan.job_plan(prepared, self.mount_point))
-        spare = self.spares.popleft() if self.spares else self._spawn_spare()
-        try:
-            channel.send_bytes(spare.sock, message, stdio)
-        except OSError:
-            self._discard_spare(spare)
-            spare = self._spawn_spare()
-            channel.send_bytes(spare.sock, message, stdio)
-        return spare
-
-    def _spawn_spare(self) -> SpareInit:
-        """A new job init, PID 1 of a new PID namespace, running the spare's plan; its
-        socket is its fd 3."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [self.jobinit, *plan.spare_plan(self.mount_point, self.keep_caps, self.cap_last)]
-        try:
-            kernel.unshare(kernel.CLONE_NEWPID)
-            try:
-                pid = os.posix_spawn(self.jobinit, argv, {}, file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
-                                     setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
-            finally:  # later children go back to our own namespace
-                kernel.setns(self.own_pid_ns, kernel.CLONE_NEWPID)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        return SpareInit(pid, ours)
-
-    def _refill_spares(self) -> None:
-        while len(self.spares) < SPARES and not self.stopping:
-            try:
-                self.spares.append(self._spawn_spare())
-                self.spare_error = ""
-            except OSError as error:  # e.g. out of pids: jobs spawn on demand instead
-                if describe(error) != self.spare_error:  # say it once, not every loop
-                    self.spare_error = describe(error)
-                    print(f"lclusterd forkserver: cannot spawn a spare: {self.spare_error}", file=sys.stderr)
-                return
-
-    def _discard_spare(self, spare: SpareInit) -> None:
-        spare.sock.close()  # an idle spare exits when its socket closes
-        try:
-            os.kill(spare.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def _end_spares(self) -> None:
-        while self.spares:
-            spare = self.spares.popleft()
-            self._discard_spare(spare)
-            try:
-                os.waitpid(spare.pid, 0)
-            except ChildProcessError:
-                pass
-
     def _on_status(self, job: RunningJob) -> None:
         try:
-            data = job.status.recv(4096)
+            data = job.spare.sock.recv(4096)
         except ConnectionResetError:
             # Killed before it read its job: a socket closed with unread data resets.
             data = b""
         if data:
             job.status_buf += data
             return
-        self.selector.unregister(job.status)
-        job.status.close()
+        self.selector.unregister(job.spare.sock)
+        job.spare.sock.close()
         job.status_closed = True
         if job.status_buf.startswith(b"E"):
-            job.failure = json.loads(job.status_buf[1:])
+            job.facts.failure = _failure_report(job.status_buf[1:])
         else:
-            self._send({"event": "started", "job_id": job.spec.job_id, "host_pid": job.host_pid,
-                        "started_at": job.started_at})
+            self._send(protocol.JobStarted(job.spec.job_id, job.host_pid, job.facts.started_at))
+        self._finish_if_done(job)
+
+    def _on_output(self, job: RunningJob, relay: LogRelay) -> None:
+        if not relay.pump():
+            return
+        self.selector.unregister(relay.fileno())
+        relay.close()
+        job.relays.remove(relay)
+        if relay.dropped:
+            job.facts.dropped[relay.stream] = relay.dropped
         self._finish_if_done(job)
 
     def _reap(self) -> None:
@@ -316,12 +237,10 @@ class ForkServer:
             if pid == 0:
                 return
             job = self.by_pid.pop(pid, None)
-            if job is None:  # a spare that died waiting (it is never in by_pid)
-                for spare in [sp for sp in self.spares if sp.pid == pid]:
-                    self.spares.remove(spare)
-                    spare.sock.close()
+            if job is None:
+                self.pool.reaped(pid)  # a spare that died waiting
             else:
-                job.wait_status = status
+                job.facts.wait_status = status
                 self._finish_if_done(job)
 
     def _finish_if_done(self, job: RunningJob) -> None:
@@ -329,79 +248,22 @@ class ForkServer:
             self._finish(job)
 
     def _finish(self, job: RunningJob) -> None:
-        """Read the job's accounting, then remove everything it had: the cgroup (after
-        killing anything left in it) and its directory. Its mounts went with its mount
-        namespace when its last process exited."""
+        """Read the job's accounting, then remove its cgroup and free its ids. Its mounts
+        went with its mount namespace when its last process exited."""
         del self.jobs[job.spec.job_id]
-        result = RunResult(job_id=job.spec.job_id, status=EXITED, host_pid=job.host_pid,
-                           started_at=job.started_at)
-        notes: list[str] = []
         try:
-            stats = job.cgroup.stats()
-            result.oom_kills = stats.oom_kills
-            result.peak_memory_bytes = stats.peak_memory_bytes
-            result.cpu_seconds = stats.cpu_seconds
+            job.facts.stats = job.cgroup.stats()
         except OSError as error:
-            notes.append(f"reading cgroup statistics failed: {describe(error)}")
+            job.facts.notes.append(f"reading cgroup statistics failed: {describe(error)}")
         try:
-            _remove_empty_cgroup(job.cgroup)
+            remove_empty_cgroup(job.cgroup)
         except OSError as error:
-            notes.append(f"removing the cgroup failed: {describe(error)}")
-            print(f"lclusterd forkserver: job {job.spec.job_id}: {notes[-1]}", file=sys.stderr)
-        if job.wait_status is not None:
-            if os.WIFSIGNALED(job.wait_status):
-                result.signal = os.WTERMSIG(job.wait_status)
-            else:
-                result.exit_code = os.waitstatus_to_exitcode(job.wait_status)
-        if job.failure is not None:
-            result.status, result.exit_code, result.signal = FAILED, None, None
-            result.error = f"{job.failure['step']}: {job.failure['detail']}"
-        elif job.end_reason == TIMED_OUT:
-            result.status = TIMED_OUT
-            result.error = f"timed out after {job.spec.timeout:g} s"
-        elif job.end_reason == KILLED:
-            result.status = KILLED
-        elif result.oom_kills:
-            result.status = OOM_KILLED
-            result.error = f"{result.oom_kills} process(es) killed by the kernel OOM killer"
-        elif result.signal is not None:
-            result.status = KILLED
-        if notes:
-            result.error = "; ".join([result.error, *notes] if result.error else notes)
-        result.finished_at = time.time()
-        self._send_result(result)
-
-    def _send_result(self, result: RunResult) -> None:
-        self._send({"event": "finished", "result": result.to_json()})
+            job.facts.notes.append(f"removing the cgroup failed: {describe(error)}")
+            log.warning("job %s: %s", job.spec.job_id, job.facts.notes[-1])
+        SparePool.release(job.spare)
+        self._send_result(result_of(job.facts, time.time()))
 
     # -- ending jobs ----------------------------------------------------------------------
-
-    def _begin_kill(self, job: RunningJob, reason: str, grace: float) -> None:
-        """SIGTERM to every process of the job now, SIGKILL to what is left after grace."""
-        if job.end_reason is None:
-            job.end_reason = reason
-        if job.kill_at is not None:
-            return  # already ending; keep the earlier escalation time
-        if grace <= 0:
-            self._kill_now(job)
-            return
-        job.kill_at = time.monotonic() + grace
-        job.cgroup.signal_all(signal.SIGTERM)
-        if job.cgroup.pids() == [job.host_pid] and not catches(job.host_pid, signal.SIGTERM):
-            # The kernel drops signals a PID-namespace init has no handler for, so a
-            # lone `sleep 600` would sit out the whole grace period for nothing.
-            self._kill_now(job)
-
-    def _kill_now(self, job: RunningJob) -> None:
-        """SIGKILL the job's PID 1, which takes its whole PID namespace with it (a
-        process forked a moment ago included, and even before the job has joined its
-        cgroup), then whatever else its cgroup holds. The pid cannot have been reused:
-        it is our child and not reaped yet."""
-        try:
-            os.kill(job.host_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        job.cgroup.kill_all()
 
     def _next_timer(self) -> float | None:
         times = [t for job in self.jobs.values() for t in (job.deadline, job.kill_at) if t is not None]
@@ -415,16 +277,16 @@ class ForkServer:
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
                 job.deadline = None
-                self._kill_now(job)
+                kill_now(job)
             elif job.deadline is not None and now >= job.deadline:
                 job.deadline = None
-                self._begin_kill(job, TIMED_OUT, job.spec.grace)
+                begin_kill(job, TIMED_OUT, job.spec.grace)
 
     def _stop(self, kill: bool) -> None:
         self.stopping = True
         if kill:
             for job in list(self.jobs.values()):
-                self._begin_kill(job, KILLED, job.spec.grace)
+                begin_kill(job, KILLED, job.spec.grace)
 
     def _sweep(self) -> list[str]:
         """Kill and remove the job cgroups a previous helper left under our cgroup
@@ -441,55 +303,18 @@ class ForkServer:
         return found
 
 
-def _remove_empty_cgroup(cgroup: JobCgroup) -> None:
-    """Remove a finished job's cgroup. Once the job's PID 1 has been reaped its PID
-    namespace is empty, so the cgroup is too; kill_all is only the fallback for a
-    cgroup the kernel still counts as busy."""
+def _bind(method: Callable[..., None], *args: object) -> Callable[[], None]:
+    return lambda: method(*args)
+
+
+def _failure_report(raw: bytes) -> dict[str, object]:
     try:
-        cgroup.remove()
-    except OSError:
-        cgroup.kill_all()
-        cgroup.remove()
-
-
-def _open_stdin(spec: RuntimeSpec, opened: list[int]) -> int:
-    """/dev/null, or the spec's stdin data in a memory file (no disk, nothing to remove)."""
-    if spec.stdin_data is None:
-        fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-    else:
-        fd = os.memfd_create(f"lclusterd-stdin-{spec.job_id}", os.MFD_CLOEXEC)
-        opened.append(fd)
-        view = memoryview(spec.stdin_data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.lseek(fd, 0, os.SEEK_SET)
-        return fd
-    opened.append(fd)
-    return fd
-
-
-def _open_log(path: str | None, opened: list[int]) -> int:
-    if path is None:
-        fd = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
-    else:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-        except OSError as error:
-            raise SetupFailed("log file", f"cannot open {path}: {error.strerror}", error.errno) from error
-    opened.append(fd)
-    return fd
-
-
-def catches(pid: int, signum: int) -> bool:
-    """Whether the process has a handler for signum (the SigCgt mask of its status)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("SigCgt:"):
-                    return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
-    except FileNotFoundError:
+        report = json.loads(raw)
+        if isinstance(report, dict):
+            return report
+    except ValueError:
         pass
-    return False
+    return {"step": "start", "detail": "the job init sent an unreadable failure report"}
 
 
 def describe(error: BaseException) -> str:
@@ -499,18 +324,20 @@ def describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    del fds[:]
 
 
 def _reason(error: BaseException) -> str:
     return str(error) if isinstance(error, LclusterdError) else describe(error)
 
 
-def _note_cleanup(error: BaseException, cleanup: Any) -> None:
+def _note_cleanup(error: BaseException, cleanup: Callable[[], object]) -> None:
     """Run a cleanup step; its failure is added to the error as a note, never replaces it."""
     try:
         cleanup()
@@ -518,12 +345,36 @@ def _note_cleanup(error: BaseException, cleanup: Any) -> None:
         error.add_note(f"cleanup also failed: {describe(cleanup_error)}")
 
 
+def _id_range(text: str) -> IdRange:
+    start, _, count = text.partition(":")
+    return IdRange(int(start), int(count))
+
+
+def _setup(args: argparse.Namespace) -> tuple[CgroupDriver, SparePool]:
+    """The cgroup driver (its parent made now, so a host without the controllers fails at
+    start) and the spare pool. Raises LclusterdError or OSError with the reason."""
+    if not os.access(plan.JOBINIT, os.X_OK):
+        raise SetupFailed("job init", f"{plan.JOBINIT} is missing or not executable (build it with `make prep`)")
+    driver = detect(parent=args.cgroup_parent)
+    driver.prepare()
+    scratch = Scratch(os.path.join(args.state_dir, "root"))
+    os.makedirs(scratch.path, 0o700, exist_ok=True)
+    slots = Slots(args.userns_uids, args.userns_gids) if args.userns_uids else None
+    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    keep = caps.mask_of(caps.DEFAULT_KEEP)
+    setup = SpareSetup(str(plan.JOBINIT), scratch, keep, caps.last_cap(), own_pid_ns, slots)
+    return driver, SparePool(setup)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lclusterd.runtime.forkserver")
     parser.add_argument("--fd", type=int, required=True, help="the launcher's socket")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--cgroup-parent", default="lclusterd")
+    parser.add_argument("--userns-uids", type=_id_range, help="START:COUNT host uids for jobs' user namespaces")
+    parser.add_argument("--userns-gids", type=_id_range, help="START:COUNT host gids for jobs' user namespaces")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="lclusterd: forkserver: %(levelname)s %(message)s")
     sock = socket.socket(fileno=args.fd)
     kernel.set_process_name("lclusterd:fork")
     # Python ignores these at start-up, and an ignored signal survives exec: keep the
@@ -533,15 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     # If the daemon dies without telling us, end the jobs rather than orphan them.
     kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGTERM)
     try:
-        if not os.access(plan.JOBINIT, os.X_OK):
-            raise SetupFailed("job init", f"{plan.JOBINIT} is missing or not executable (build it with `make prep`)")
-        driver = detect(parent=args.cgroup_parent)
-        os.makedirs(os.path.join(args.state_dir, "root"), 0o700, exist_ok=True)
-    except (LclusterdError, OSError) as error:
-        channel.send(sock, {"event": "error", "message": _reason(error)})
+        driver, pool = _setup(args)
+    except (LclusterdError, OSError, ValueError) as error:
+        channel.send(sock, protocol.encode(protocol.NotReady(_reason(error))))
         return 1
-    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    ForkServer(sock=sock, state_dir=args.state_dir, driver=driver, own_pid_ns=own_pid_ns).serve()
+    server = ForkServer(sock, driver, pool, pool.setup.keep_caps, pool.setup.cap_last)
+    server.serve()
     return 0
 
 

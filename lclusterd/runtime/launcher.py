@@ -19,40 +19,42 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from lclusterd.errors import InvalidSpec, RuntimeUnavailable
-from lclusterd.runtime import channel
+from lclusterd.runtime import channel, protocol
+from lclusterd.runtime.protocol import JobFinished, JobStarted
 from lclusterd.runtime.spec import FAILED, RunResult, RuntimeSpec
+from lclusterd.runtime.userns import IdRange
+
+__all__ = ["Event", "JobFinished", "JobStarted", "Launcher", "UserNamespaces"]
 
 KEEP_RESULTS = 10_000  # finished results kept for wait(); the oldest go first
 
-
-@dataclass(frozen=True)
-class JobStarted:
-    job_id: str
-    host_pid: int
-    started_at: float
-
-
-@dataclass(frozen=True)
-class JobFinished:
-    result: RunResult
-
-
 Event = JobStarted | JobFinished
+
+
+@dataclass(frozen=True)
+class UserNamespaces:
+    """The host id ranges jobs' user namespaces are cut from (userns.subordinate_range)."""
+
+    uids: IdRange
+    gids: IdRange
 
 
 class Launcher:
     def __init__(self, state_dir: str | Path, cgroup_parent: str = "lclusterd",
                  on_event: Callable[[Event], None] | None = None,
-                 on_helper_exit: Callable[[], None] | None = None):
+                 on_helper_exit: Callable[[], None] | None = None,
+                 userns: UserNamespaces | None = None):
         """on_event gets every JobStarted/JobFinished on the reader thread and must not
         block. on_helper_exit is called (on the reader thread) if the fork server dies
         without close(): its running jobs have then been reported FAILED, and every
-        later submit raises RuntimeUnavailable."""
+        later submit raises RuntimeUnavailable. userns: run every job in a user namespace
+        of its own with ids from these ranges (None: jobs' root is the host's root)."""
         self.state_dir = str(state_dir)
         self.cgroup_parent = cgroup_parent
+        self.userns = userns
         self.on_event = on_event
         self.on_helper_exit = on_helper_exit
         self.helper_pid: int | None = None
@@ -74,26 +76,33 @@ class Launcher:
         with its reason (e.g. no usable cgroup controllers) if it cannot start."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         os.makedirs(self.state_dir, 0o700, exist_ok=True)
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "lclusterd.runtime.forkserver", "--fd", str(theirs.fileno()),
-             "--state-dir", self.state_dir, "--cgroup-parent", self.cgroup_parent],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+        self._process = subprocess.Popen(self._helper_argv(theirs.fileno()), pass_fds=[theirs.fileno()],
+                                         stdin=subprocess.DEVNULL, close_fds=True)
         theirs.close()
         self._sock = ours
         ours.settimeout(timeout)
         try:
-            ready = channel.receive(ours)
-        except (channel.ChannelClosed, OSError) as error:
+            ready = protocol.decode_event(channel.receive(ours))
+        except (channel.ChannelClosed, OSError, ValueError) as error:
             self._process.wait()
             raise RuntimeUnavailable(f"the runtime helper did not start: {error or 'it exited'}") from None
         ours.settimeout(None)
-        if ready.get("event") != "ready":
+        if not isinstance(ready, protocol.Ready):
             self._process.wait()
-            raise RuntimeUnavailable(f"the runtime helper could not start: {ready.get('message', ready)}")
-        self.helper_pid = ready["pid"]
-        self.cgroup_version = ready["cgroup_version"]
+            reason = ready.reason if isinstance(ready, protocol.NotReady) else ready
+            raise RuntimeUnavailable(f"the runtime helper could not start: {reason}")
+        self.helper_pid = ready.pid
+        self.cgroup_version = ready.cgroup_version
         self._reader = threading.Thread(target=self._read_events, name="lclusterd-launcher", daemon=True)
         self._reader.start()
+
+    def _helper_argv(self, fd: int) -> list[str]:
+        argv = [sys.executable, "-m", "lclusterd.runtime.forkserver", "--fd", str(fd),
+                "--state-dir", self.state_dir, "--cgroup-parent", self.cgroup_parent]
+        if self.userns is not None:
+            for flag, ids in (("--userns-uids", self.userns.uids), ("--userns-gids", self.userns.gids)):
+                argv += [flag, f"{ids.start}:{ids.count}"]
+        return argv
 
     def close(self, kill_running: bool = True, timeout: float | None = 60.0) -> None:
         """Stop the helper: kill (or wait for) running jobs, which are cleaned up and
@@ -102,7 +111,7 @@ class Launcher:
             return
         self._closed = True
         try:
-            self._send({"op": "shutdown", "kill": kill_running})
+            self._send(protocol.Shutdown(kill_running))
         except RuntimeUnavailable:
             pass
         if self._reader is not None:
@@ -137,7 +146,7 @@ class Launcher:
             self._running.add(spec.job_id)
             self._results.pop(spec.job_id, None)
         try:
-            self._send({"op": "start", "spec": spec.to_json()}, list(stdio) if stdio else None)
+            self._send(protocol.Start(spec), list(stdio) if stdio else None)
         except RuntimeUnavailable:
             with self._changed:
                 self._running.discard(spec.job_id)
@@ -147,7 +156,7 @@ class Launcher:
         """SIGTERM to every process of the job, SIGKILL after grace (default: the job's).
         A job that is not running is left alone."""
         if job_id in self._running:
-            self._send({"op": "kill", "job_id": job_id, "grace": grace})
+            self._send(protocol.Kill(job_id, grace))
 
     def wait(self, job_id: str, timeout: float | None = None) -> RunResult:
         """Block until the job has finished. Raises TimeoutError, or InvalidSpec for a
@@ -172,7 +181,7 @@ class Launcher:
         """Kill and remove jobs a previous helper left behind; returns their ids."""
         with self._changed:
             self._swept = None
-        self._send({"op": "sweep"})
+        self._send(protocol.Sweep())
         with self._changed:
             if not self._changed.wait_for(lambda: self._swept is not None, timeout):
                 raise RuntimeUnavailable("the runtime helper did not finish the sweep")
@@ -180,12 +189,12 @@ class Launcher:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    def _send(self, message: protocol.Request, fds: list[int] | None = None) -> None:
         if self._sock is None:
             raise RuntimeUnavailable("the runtime helper is not started")
         try:
             with self._send_lock:
-                channel.send(self._sock, message, fds)
+                channel.send(self._sock, protocol.encode(message), fds)
         except OSError as error:
             raise RuntimeUnavailable(f"the runtime helper is gone: {error.strerror or error}") from None
 
@@ -193,30 +202,25 @@ class Launcher:
         assert self._sock is not None
         try:
             while True:
-                message = channel.receive(self._sock)
-                kind = message.get("event")
-                if kind == "bye":
+                event = protocol.decode_event(channel.receive(self._sock))
+                if isinstance(event, protocol.Bye):
                     break
-                self._on_message(kind, message)
+                self._on_message(event)
         except (channel.ChannelClosed, OSError, ValueError):
             pass
         self._fail_running("the runtime helper exited")
         if not self._closed and self.on_helper_exit is not None:
             self.on_helper_exit()
 
-    def _on_message(self, kind: str | None, message: dict[str, Any]) -> None:
-        event: Event | None = None
-        if kind == "started":
-            event = JobStarted(message["job_id"], message["host_pid"], message["started_at"])
-        elif kind == "finished":
-            result = RunResult.from_json(message["result"])
-            self._record(result)
-            event = JobFinished(result)
-        elif kind == "swept":
+    def _on_message(self, event: protocol.Event) -> None:
+        if isinstance(event, protocol.Swept):
             with self._changed:
-                self._swept = message["job_ids"]
+                self._swept = list(event.job_ids)
                 self._changed.notify_all()
-        if event is not None and self.on_event is not None:
+            return
+        if isinstance(event, JobFinished):
+            self._record(event.result)
+        if isinstance(event, (JobStarted, JobFinished)) and self.on_event is not None:
             self.on_event(event)
 
     def _record(self, result: RunResult) -> None:

@@ -9,11 +9,21 @@ plan arrives on the init's socket when a job is handed over (DESIGN.md "Starting
 container"):
 
   spare:  name -> die with the fork server -> close inherited fds -> new session ->
-          unshare mount, UTS, IPC, network -> / private -> scratch tmpfs (the overlay's
-          upper and work) -> loopback up -> drop the bounding set -> wait for the job
-  job:    join the job cgroup -> unshare the cgroup namespace -> stdio -> mounts ->
-          pivot_root -> masks -> hostname -> no_new_privs -> capabilities -> seccomp ->
-          find the command -> close fds -> chdir -> exec
+          join the node's device cgroup (v1) -> unshare mount, UTS, IPC, network ->
+          / private -> scratch tmpfs (the overlay's upper and work, /tmp) -> [make the
+          job's user namespace, with the network namespace inside it] -> loopback up ->
+          [drop the bounding set] -> wait for the job
+  job:    join the job cgroup -> unshare the cgroup namespace -> stdio -> size the
+          scratch tmpfs [and give it to the job's root] -> [idmapped rootfs] -> mounts ->
+          pivot_root -> masks -> hostname -> [enter the user namespace -> drop the
+          bounding set] -> no_new_privs -> capabilities -> seccomp -> find the command ->
+          close fds -> chdir -> exec
+  ([...]: with a user namespace; without one the spare drops the bounding set.)
+
+Everything that needs root on the host (mounts, pivot_root, hostname) happens before the
+job enters its user namespace, in mount, UTS and IPC namespaces the host's root owns; the
+job then is root only inside its user namespace. Its network namespace is made inside that
+user namespace, so its root keeps NET_RAW and NET_BIND_SERVICE over its own network.
 
 A plan is a flat list of string tokens: an op name, then its arguments (ARITY). "" stands
 for NULL in a mount's source, type and data. "step NAME" names the steps after it in a
@@ -29,6 +39,8 @@ from pathlib import Path
 from typing import Iterator
 
 from lclusterd.runtime import kernel, mounts
+from lclusterd.runtime.mounts import Scratch
+from lclusterd.runtime.userns import IdMap
 
 JOBINIT = Path(__file__).resolve().parent / "jobinit" / "lclusterd-jobinit"
 
@@ -41,8 +53,9 @@ SIGKILL = 9
 # Every op jobinit.c knows and how many arguments it takes (-1: all the rest). A unit test
 # holds this table and the C one to the same list.
 ARITY = {
+    "userns": 3, "idmap": 2, "setuser": 0, "chown": 3,
     "step": 1, "name": 1, "pdeathsig": 1, "closefds": 0, "setsid": 0, "unshare": 1,
-    "mount": 5, "mkdir": 2, "mknod": 3, "symlink": 2, "mask": 1, "readonly": 1,
+    "mount": 5, "mkdir": 2, "file": 1, "symlink": 2, "mask": 1, "readonly": 1,
     "loopback": 0, "bounding": 2, "capset": 1, "cgroup": 1, "stdio": 0, "umask": 1,
     "pivot": 1, "hostname": 1, "nnp": 0, "seccomp": 2, "wait": 0, "exec": -1,
 }
@@ -75,50 +88,73 @@ class PreparedJob:
     hostname: str
     rootfs: str
     cgroup_procs: list[str]  # cgroup.procs files the job joins
-    keep_caps: int  # the spare dropped the rest from its bounding set already
+    keep_caps: int  # capabilities the job keeps (all its sets); the bounding set drops the rest
+    cap_last: int = 40  # the kernel's highest capability number
+    ids: IdMap | None = None  # the job's user namespace (made by its spare); None: none
+    writable_bytes: int | None = None  # size of the scratch tmpfs (its writable layer and /tmp)
 
 
-def spare_plan(mount_point: str, keep_caps: int, cap_last: int) -> list[str]:
-    """The spare's plan, ending with "wait". The job's writable layer lives on a tmpfs at
-    mount_point in the spare's own mount namespace: no disk I/O on the start path, nothing
-    on the host to clean up, and what the job writes is charged to its memory cgroup."""
-    return [
+def spare_plan(scratch: Scratch, keep_caps: int, cap_last: int, ids: IdMap | None = None,
+               device_procs: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The spare's plan, ending with "wait". The job's writable layer and /tmp live on a
+    tmpfs at scratch.path in the spare's own mount namespace: no disk I/O on the start path,
+    nothing on the host to clean up, and what the job writes is charged to its memory cgroup.
+    `device_procs`: cgroups whose device list applies to every job (cgroup v1), joined here."""
+    plan = [
         "name", "lclusterd:spare",  # until exec names it after the job
         "pdeathsig", str(SIGKILL),  # die with the fork server while no job is ours
         "closefds",  # hold none of the fork server's descriptors
         # A session of its own: a Ctrl-C or SIGHUP meant for the daemon's terminal or
         # process group must not reach the job, whose end is the runtime's to decide.
         "setsid",
-        "step", "unshare namespaces", "unshare", f"{SPARE_NAMESPACES:x}",
+    ]
+    if device_procs:
+        plan += ["step", "join device cgroup", *[t for procs in device_procs for t in ("cgroup", procs)]]
+    # With a user namespace, the network namespace comes with it (the userns op).
+    namespaces = SPARE_NAMESPACES & ~kernel.CLONE_NEWNET if ids is not None else SPARE_NAMESPACES
+    plan += [
+        "step", "unshare namespaces", "unshare", f"{namespaces:x}",
         "step", "mount propagation", *_mount_tokens(mounts.Op("mount", "/", None, None, kernel.MS_REC | kernel.MS_PRIVATE)),
         "step", "scratch tmpfs",
-        *_mount_tokens(mounts.Op("mount", mount_point, "scratch", "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=755")),
-        *[token for sub in ("upper", "work", "root") for token in ("mkdir", f"{mount_point}/{sub}", "755")],
-        "step", "loopback up", "loopback",
-        "step", "capability bounding set", "bounding", f"{keep_caps:x}", str(cap_last),
-        "wait",
+        *_mount_tokens(mounts.Op("mount", scratch.path, "scratch", "tmpfs", mounts.NOSUID_NODEV, "mode=755")),
+        "umask", "0",
+        *[token for path in (scratch.upper, scratch.work, scratch.root, scratch.lower) for token in ("mkdir", path, "755")],
+        "mkdir", scratch.tmp, "1777",
     ]
+    if ids is not None:
+        plan += ["step", "user namespace", "userns", str(ids.uid), str(ids.gid), str(ids.count)]
+    plan += ["step", "loopback up", "loopback"]
+    if ids is None:  # with a user namespace, entering it resets the bounding set: the job drops it then
+        plan += ["step", "capability bounding set", "bounding", f"{keep_caps:x}", str(cap_last)]
+    return plan + ["wait"]
 
 
-def job_plan(job: PreparedJob, scratch: str) -> list[str]:
+def job_plan(job: PreparedJob, scratch: Scratch) -> list[str]:
     """The job's plan: from a prepared spare to exec. Ends with exec."""
-    root = f"{scratch}/root"
     plan = ["step", "start", "pdeathsig", "0"]  # the job may outlive the fork server
     # Join first, so every later process of the job is born inside its cgroup.
     plan += ["step", "join cgroup", *[token for procs in job.cgroup_procs for token in ("cgroup", procs)]]
     # NEWCGROUP after the join makes the job's cgroup the root of its view.
     plan += ["step", "unshare cgroup namespace", "unshare", f"{kernel.CLONE_NEWCGROUP:x}"]
     plan += ["step", "stdio", "stdio"]
-    plan += ["umask", "0"]  # device nodes and mount points get exactly the modes planned
+    plan += ["umask", "0"]  # mount points and files get exactly the modes planned
+    plan += _writable_layer(job, scratch)
+    lowerdir = job.rootfs
+    if job.ids is not None:
+        plan += ["step", "idmapped rootfs", "idmap", job.rootfs, scratch.lower]
+        lowerdir = scratch.lower
     plan += ["step", "mount rootfs"]
-    for op in mounts.plan_before_pivot(root, job.rootfs, f"{scratch}/upper", f"{scratch}/work"):
+    for op in mounts.plan_before_pivot(scratch, lowerdir):
         plan += _op_tokens(op)
-    plan += ["step", "pivot_root", "pivot", root]
+    plan += ["step", "pivot_root", "pivot", scratch.root]
     plan += ["step", "mask /proc"]
     for op in mounts.plan_after_pivot():
         plan += _op_tokens(op)
     plan += ["umask", "22"]
     plan += ["step", "hostname", "hostname", job.hostname]
+    if job.ids is not None:
+        plan += ["step", "user namespace", "setuser"]
+        plan += ["step", "capability bounding set", "bounding", f"{job.keep_caps:x}", str(job.cap_last)]
     plan += ["step", "no_new_privs", "nnp"]
     plan += ["step", "capabilities", "capset", f"{job.keep_caps:x}"]
     plan += ["step", "seccomp", "seccomp", ",".join(SECCOMP_DENY), "1"]
@@ -126,6 +162,20 @@ def job_plan(job: PreparedJob, scratch: str) -> list[str]:
     # close-on-exec, enters cwd and execs, naming each of those steps itself.
     env = [f"{name}={value}" for name, value in job.env.items()]
     plan += ["exec", job.cwd, job.env.get("PATH", ""), str(len(job.argv)), *job.argv, str(len(env)), *env]
+    return plan
+
+
+def _writable_layer(job: PreparedJob, scratch: Scratch) -> list[str]:
+    """Cap the scratch tmpfs (the job's writable layer and /tmp together) at the job's size,
+    and hand its directories to the job's root."""
+    plan = ["step", "writable layer"]
+    if job.writable_bytes is not None:
+        remount = mounts.Op("mount", scratch.path, None, None, kernel.MS_REMOUNT | mounts.NOSUID_NODEV,
+                            f"size={job.writable_bytes}")
+        plan += _mount_tokens(remount)
+    if job.ids is not None:
+        for path in (scratch.upper, scratch.tmp):
+            plan += ["chown", path, str(job.ids.uid), str(job.ids.gid)]
     return plan
 
 
@@ -138,9 +188,8 @@ def _op_tokens(op: mounts.Op) -> list[str]:
         return _mount_tokens(op)
     if op.kind == "mkdir":
         return ["mkdir", op.target, "755"]
-    if op.kind == "mknod":
-        major, minor = (op.data or "").split(":")
-        return ["mknod", op.target, major, minor]
+    if op.kind == "file":
+        return ["file", op.target]
     if op.kind == "symlink":
         return ["symlink", op.source or "", op.target]
     if op.kind in ("mask", "readonly"):  # both skip a path this kernel does not have

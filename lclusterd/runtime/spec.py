@@ -1,21 +1,26 @@
-"""What the runtime is asked to run (RuntimeSpec) and what it reports (RunResult). Pure."""
+"""What the runtime is asked to run (RuntimeSpec) and what it reports (RunResult). Pure.
+
+A spec reaches the fork server as JSON from the daemon, which built it from a job record
+that anyone with access to etcd could have written: from_json takes nothing on trust
+(every field has its type, no field is unknown) and validate() bounds every number, so
+no spec can make the fork server fail.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lclusterd import limits
 from lclusterd.errors import InvalidSpec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-MIN_MEMORY_BYTES = 1 << 20  # below 1 MiB not even /bin/sh can start
-MAX_PIDS = 4 * 1024 * 1024
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Terminal statuses of one run. The control plane maps them onto job states.
 EXITED = "EXITED"
@@ -44,6 +49,9 @@ class RuntimeSpec:
     stdin_data: bytes | None = None  # None: /dev/null
     stdout_path: str | None = None  # host paths; None: /dev/null
     stderr_path: str | None = None
+    # Most bytes kept of stdout and of stderr each; the rest is dropped after a marker line.
+    # None: no cap (the job writes straight into the files).
+    max_log_bytes: int | None = None
 
     @staticmethod
     def shell(job_id: str, command: str, rootfs: str, **kw: Any) -> RuntimeSpec:
@@ -62,27 +70,25 @@ class RuntimeSpec:
             raise InvalidSpec(f"rootfs must be an absolute path, not {self.rootfs!r}")
         if any(c in self.rootfs for c in ",:\0"):
             raise InvalidSpec(f"rootfs path {self.rootfs!r} must not contain ',' or ':' (overlay options)")
-        for name, value in self.env.items():
-            if not _ENV_NAME.match(name):
-                raise InvalidSpec(f"invalid environment variable name {name!r}")
-            if "\0" in value:
-                raise InvalidSpec(f"environment variable {name} contains a NUL byte")
-        if not os.path.isabs(self.cwd):
-            raise InvalidSpec(f"working directory must be absolute, not {self.cwd!r}")
+        limits.check_env(self.env)
+        if not os.path.isabs(self.cwd) or "\0" in self.cwd:
+            raise InvalidSpec(f"working directory must be an absolute path, not {self.cwd!r}")
         if self.hostname is not None and not _HOSTNAME.match(self.hostname):
             raise InvalidSpec(f"invalid hostname {self.hostname!r}")
-        if self.memory_bytes is not None and self.memory_bytes < MIN_MEMORY_BYTES:
-            raise InvalidSpec(f"memory limit {self.memory_bytes} bytes is below the minimum of 1 MiB")
+        limits.check_memory(self.memory_bytes)
         if self.cpus is not None:
             cores = os.cpu_count() or 1
-            if not 0.01 <= self.cpus <= cores:
+            limits.check_cpus(self.cpus)
+            if self.cpus > cores:
                 raise InvalidSpec(f"cpus must be between 0.01 and {cores} (this machine's cores), not {self.cpus:g}")
-        if self.pids is not None and not 1 <= self.pids <= MAX_PIDS:
-            raise InvalidSpec(f"pids limit must be between 1 and {MAX_PIDS}, not {self.pids}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise InvalidSpec(f"timeout must be positive, not {self.timeout:g}")
-        if not self.grace >= 0:
-            raise InvalidSpec(f"grace period must not be negative, not {self.grace:g}")
+        limits.check_pids(self.pids)
+        limits.check_timeout(self.timeout)
+        limits.check_grace(self.grace)
+        for path in (self.stdout_path, self.stderr_path):
+            if path is not None and (not os.path.isabs(path) or "\0" in path):
+                raise InvalidSpec(f"log paths must be absolute, not {path!r}")
+        if self.max_log_bytes is not None and self.max_log_bytes < limits.MIN_LOG_BYTES:
+            raise InvalidSpec(f"the log cap must be at least {limits.MIN_LOG_BYTES} bytes, not {self.max_log_bytes}")
 
     @property
     def effective_hostname(self) -> str:
@@ -102,11 +108,46 @@ class RuntimeSpec:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RuntimeSpec:
-        data = dict(data)
-        if data.get("stdin_data") is not None:
-            data["stdin_data"] = base64.b64decode(data["stdin_data"])
-        return cls(**data)
+    def from_json(cls, data: Any) -> RuntimeSpec:
+        """The spec in `data`, every field checked for its type; InvalidSpec otherwise."""
+        known = _typed(data, _SPEC_TYPES, "spec")
+        stdin = known.get("stdin_data")
+        if stdin is not None:
+            try:
+                known["stdin_data"] = base64.b64decode(stdin, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidSpec("spec field stdin_data is not base64") from None
+        return cls(**known)
+
+
+_STR, _INT, _NUM, _NONE = (str,), (int,), (int, float), (type(None),)
+_SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    "job_id": _STR, "argv": (list,), "rootfs": _STR, "env": (dict,), "cwd": _STR, "hostname": _STR + _NONE,
+    "memory_bytes": _INT + _NONE, "cpus": _NUM + _NONE, "pids": _INT + _NONE, "timeout": _NUM + _NONE,
+    "grace": _NUM, "stdin_data": _STR + _NONE, "stdout_path": _STR + _NONE, "stderr_path": _STR + _NONE,
+    "max_log_bytes": _INT + _NONE,
+}
+_REQUIRED = ("job_id", "argv", "rootfs")
+
+
+def _typed(data: Any, types: dict[str, tuple[type, ...]], what: str) -> dict[str, Any]:
+    """`data`'s fields, each of one of its allowed types (bool is no number here)."""
+    if not isinstance(data, dict):
+        raise InvalidSpec(f"{what} is not an object")
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        raise InvalidSpec(f"{what} has an unknown field {unknown[0]!r}")
+    missing = [name for name in _REQUIRED if name not in data]
+    if missing:
+        raise InvalidSpec(f"{what} lacks the field {missing[0]!r}")
+    for name, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, types[name]):
+            raise InvalidSpec(f"{what} field {name} has the wrong type ({type(value).__name__})")
+    if not all(isinstance(a, str) for a in data["argv"]):
+        raise InvalidSpec(f"{what} field argv must hold strings only")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.get("env", {}).items()):
+        raise InvalidSpec(f"{what} field env must map strings to strings")
+    return dict(data)
 
 
 @dataclass
@@ -127,6 +168,8 @@ class RunResult:
     peak_memory_bytes: int | None = None
     cpu_seconds: float | None = None
     oom_kills: int = 0
+    stdout_dropped_bytes: int = 0  # what the log cap (RuntimeSpec.max_log_bytes) dropped
+    stderr_dropped_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

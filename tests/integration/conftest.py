@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
+from lclusterd.runtime import userns
 from lclusterd.runtime.cgroups import detect
-from lclusterd.runtime.launcher import Launcher
+from lclusterd.runtime.launcher import Launcher, UserNamespaces
 
 ROOTFS = os.environ.get("LCLUSTERD_TEST_ROOTFS", "/var/lib/lclusterd/rootfs")
 CGROUP_VERSION = detect().version
@@ -32,25 +33,36 @@ def rootfs() -> str:
     return ROOTFS
 
 
-@pytest.fixture(scope="session", params=[DRIVER_ID])
+def user_namespaces() -> UserNamespaces:
+    """The ranges `make prep` gives the user lclusterd (the tests fail without them)."""
+    uids, gids = userns.subordinate_range(path="/etc/subuid"), userns.subordinate_range(path="/etc/subgid")
+    assert uids and gids, "no subordinate id range for lclusterd: run `make prep`"
+    return UserNamespaces(uids, gids)
+
+
+@pytest.fixture(scope="session", params=["userns", "no-userns"], ids=lambda mode: f"{DRIVER_ID}-{mode}")
 def runtime(request: pytest.FixtureRequest) -> Iterator[RuntimeUnderTest]:
-    """One fork server for the whole session (as the daemon has), under its own
-    cgroup parent and state directory."""
+    """One fork server per user-namespace mode for the whole session (as the daemon has),
+    under its own cgroup parent and state directory. Ids say the driver and the mode:
+    `cgroup-v1-real-userns` (jobs' root is an unprivileged host uid, the default) or
+    `...-no-userns` (`--userns off`)."""
     state_dir = tempfile.mkdtemp(prefix="lclusterd-test-", dir="/var/tmp")
-    parent = f"lclusterd-test-{os.getpid()}"
-    launcher = Launcher(state_dir, cgroup_parent=parent)
+    parent = f"lclusterd-test-{os.getpid()}-{request.param}"
+    launcher = Launcher(state_dir, cgroup_parent=parent,
+                        userns=user_namespaces() if request.param == "userns" else None)
     launcher.start()
-    yield RuntimeUnderTest(launcher, Path(state_dir), parent)
+    yield RuntimeUnderTest(launcher, Path(state_dir), parent, request.param == "userns")
     launcher.close()
     shutil.rmtree(state_dir, ignore_errors=True)
     assert cgroup_parent_dirs(parent) == [], "the runtime left its parent cgroup behind"
 
 
 class RuntimeUnderTest:
-    def __init__(self, launcher: Launcher, state_dir: Path, cgroup_parent: str):
+    def __init__(self, launcher: Launcher, state_dir: Path, cgroup_parent: str, userns: bool):
         self.launcher = launcher
         self.state_dir = state_dir
         self.cgroup_parent = cgroup_parent
+        self.userns = userns
         self.host_links = host_links()
 
     def leftovers(self) -> list[str]:

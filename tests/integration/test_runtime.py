@@ -181,11 +181,17 @@ def test_memory_hog_is_oom_killed_and_reported(runtime, rootfs, tmp_path):
     assert "OOM" in result.error
 
 
-def test_files_a_job_writes_count_against_its_memory(runtime, rootfs, tmp_path):
-    # The writable layer is a tmpfs in the job's own mount namespace, charged to it.
-    result, out, _ = run_capturing(runtime, tmp_path, rootfs,
-                                   "head -c 100000000 /dev/zero > /root/big", memory_bytes=32 << 20)
-    assert result.status == "OOM_KILLED" and result.oom_kills >= 1
+def test_files_a_job_writes_fill_a_disk_of_half_its_memory_limit(runtime, rootfs, tmp_path):
+    # The writable layer and /tmp share one tmpfs in the job's own mount namespace, charged
+    # to its memory and capped at half its limit: a job that fills it gets ENOSPC, as from a
+    # full disk, with the other half of its memory left for its processes.
+    command = ("dd if=/dev/zero of=/root/big bs=1M count=100; echo $?; dd if=/dev/zero of=/tmp/big bs=1M count=100; "
+               "du -sk /root/big /tmp/big")
+    result, out, err = run_capturing(runtime, tmp_path, rootfs, command, memory_bytes=32 << 20)
+    assert (result.status, result.oom_kills) == ("EXITED", 0) and "No space left on device" in err
+    first, *sizes = out.strip().split("\n")
+    used = sum(int(line.split()[0]) for line in sizes)
+    assert first == "1" and 15 << 10 <= used <= 16 << 10  # KiB: the two files share the 16 MiB
     result, out, _ = run_capturing(runtime, tmp_path, rootfs,
                                    "head -c 10000000 /dev/zero > /root/big; wc -c < /root/big", memory_bytes=64 << 20)
     assert (result.status, out.strip()) == ("EXITED", "10000000")
@@ -315,10 +321,11 @@ def test_unwritable_log_path_is_failed_with_reason(runtime, rootfs):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("memory_bytes", 1000, "memory limit 1000 bytes is below the minimum of 1 MiB"),
+    ("memory_bytes", 1000, "memory limit must be between 1 MiB and 1 PiB, not 1000 bytes"),
     ("pids", 0, "pids limit must be between 1"),
     ("cpus", 1000.0, "cpus must be between 0.01 and"),
-    ("timeout", -1.0, "timeout must be positive"),
+    ("timeout", -1.0, "timeout must be more than 0 and at most 365 days"),
+    ("timeout", 600 * 3600 * 24.0, "at most 365 days"),
     ("argv", [], "empty command"),
 ])
 def test_bad_limits_are_refused_before_anything_starts(runtime, rootfs, field, value, message):

@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 
 from lclusterd.runtime import caps, kernel, plan
+from lclusterd.runtime.mounts import Scratch
+from lclusterd.runtime.userns import IdMap
+
+SCRATCH = Scratch("/scratch")
+IDS = IdMap(1_000_065_536, 1_000_065_536)
 
 
 def job(**changes) -> plan.PreparedJob:
@@ -21,12 +26,17 @@ def job(**changes) -> plan.PreparedJob:
     return plan.PreparedJob(**fields)
 
 
+def args_of(tokens: list[str], op: str) -> list[list[str]]:
+    return [args for name, args in plan.ops(tokens) if name == op]
+
+
 def names(tokens: list[str]) -> list[str]:
     return [name for name, _ in plan.ops(tokens) if name not in ("step", "umask")]
 
 
-def test_job_steps_run_in_the_order_that_keeps_it_contained():
-    order = names(plan.job_plan(job(), "/scratch"))
+@pytest.mark.parametrize("ids", [None, IDS], ids=["no-userns", "userns"])
+def test_job_steps_run_in_the_order_that_keeps_it_contained(ids):
+    order = names(plan.job_plan(job(ids=ids, writable_bytes=1 << 20), SCRATCH))
     # cgroup join before any namespace or mount; the cgroup namespace right after the join
     assert order[:4] == ["pdeathsig", "cgroup", "cgroup", "unshare"]
     first_mount, pivot = order.index("mount"), order.index("pivot")
@@ -34,33 +44,62 @@ def test_job_steps_run_in_the_order_that_keeps_it_contained():
     # pivot_root before no_new_privs before the capability drop before exec, exec last
     assert pivot < order.index("hostname") < order.index("nnp") < order.index("capset") < order.index("seccomp") < order.index("exec")
     assert order[-1] == "exec"
+    if ids is not None:
+        # every mount (and the hostname) as the host's root, then into the user namespace,
+        # whose entry resets the bounding set: dropped again before no_new_privs and capset
+        assert order.index("idmap") < order.index("pivot") and order.index("hostname") < order.index("setuser")
+        assert order.index("setuser") < order.index("bounding") < order.index("nnp")
+    else:
+        assert "setuser" not in order and "bounding" not in order and "idmap" not in order
 
 
 def test_job_plan_arguments():
-    tokens = plan.job_plan(job(), "/scratch")
+    tokens = plan.job_plan(job(), SCRATCH)
     ops = dict((name, args) for name, args in plan.ops(tokens) if name in ("unshare", "capset", "pivot", "hostname", "exec"))
     assert int(ops["unshare"][0], 16) == kernel.CLONE_NEWCGROUP
     assert int(ops["capset"][0], 16) == caps.mask_of(caps.DEFAULT_KEEP)
     assert ops["pivot"] == ["/scratch/root"]
     assert ops["hostname"] == ["h1"]
     assert ops["exec"] == ["/tmp", "/usr/bin:/bin", "3", "/bin/sh", "-c", "echo hi", "2", "PATH=/usr/bin:/bin", "A=b c"]
-    overlay = next(args for name, args in plan.ops(tokens) if name == "mount")
-    assert overlay == ["overlay", "/scratch/root", "overlay", "0", "lowerdir=/rootfs,upperdir=/scratch/upper,workdir=/scratch/work"]
-    steps = [args[0] for name, args in plan.ops(tokens) if name == "step"]
+    overlay = next(args for args in args_of(tokens, "mount") if args[2] == "overlay")
+    assert overlay == ["overlay", "/scratch/root", "overlay", str(kernel.MS_NOSUID | kernel.MS_NODEV),
+                       "lowerdir=/rootfs,upperdir=/scratch/upper,workdir=/scratch/work"]
+    steps = [args[0] for args in args_of(tokens, "step")]
     assert steps[:4] == ["start", "join cgroup", "unshare cgroup namespace", "stdio"]
 
 
-def test_spare_plan_prepares_what_needs_no_job_and_then_waits():
-    tokens = plan.spare_plan("/state/root", 0x5, 40)
+def test_with_user_namespace_the_rootfs_is_idmapped_and_the_writable_layer_given_to_the_jobs_root():
+    tokens = plan.job_plan(job(ids=IDS, writable_bytes=32 << 20), SCRATCH)
+    assert args_of(tokens, "idmap") == [["/rootfs", "/scratch/lower"]]
+    overlay = next(args for args in args_of(tokens, "mount") if args[2] == "overlay")
+    assert overlay[4].startswith("lowerdir=/scratch/lower,")
+    assert args_of(tokens, "chown") == [["/scratch/upper", str(IDS.uid), str(IDS.gid)],
+                                        ["/scratch/tmp", str(IDS.uid), str(IDS.gid)]]
+    remount = args_of(tokens, "mount")[0]
+    assert remount == ["", "/scratch", "", str(kernel.MS_REMOUNT | kernel.MS_NOSUID | kernel.MS_NODEV), f"size={32 << 20}"]
+    assert args_of(tokens, "bounding") == [[f"{caps.mask_of(caps.DEFAULT_KEEP):x}", "40"]]
+
+
+@pytest.mark.parametrize("ids", [None, IDS], ids=["no-userns", "userns"])
+def test_spare_plan_prepares_what_needs_no_job_and_then_waits(ids):
+    tokens = plan.spare_plan(Scratch("/state/root"), 0x5, 40, ids, ["/cg/devices/lclusterd/n1/cgroup.procs"])
     order = names(tokens)
-    assert order == ["name", "pdeathsig", "closefds", "setsid", "unshare", "mount", "mount", "mkdir", "mkdir", "mkdir",
-                     "loopback", "bounding", "wait"]
-    unshare = next(a for n, a in plan.ops(tokens) if n == "unshare")
-    assert int(unshare[0], 16) == plan.SPARE_NAMESPACES and not int(unshare[0], 16) & kernel.CLONE_NEWPID
-    assert next(a for n, a in plan.ops(tokens) if n == "bounding") == ["5", "40"]
-    propagation, scratch = [a for n, a in plan.ops(tokens) if n == "mount"]
+    expected = ["name", "pdeathsig", "closefds", "setsid", "cgroup", "unshare", "mount", "mount",
+                "mkdir", "mkdir", "mkdir", "mkdir", "mkdir"]
+    expected += ["userns", "loopback", "wait"] if ids else ["loopback", "bounding", "wait"]
+    assert order == expected
+    unshare = int(args_of(tokens, "unshare")[0][0], 16)
+    assert not unshare & kernel.CLONE_NEWPID
+    # with a user namespace the network namespace is made inside it (the userns op)
+    assert unshare == (plan.SPARE_NAMESPACES & ~kernel.CLONE_NEWNET if ids else plan.SPARE_NAMESPACES)
+    if ids:
+        assert args_of(tokens, "userns") == [[str(IDS.uid), str(IDS.gid), "65536"]]
+    else:
+        assert args_of(tokens, "bounding") == [["5", "40"]]
+    propagation, scratch = args_of(tokens, "mount")
     assert propagation == ["", "/", "", str(kernel.MS_REC | kernel.MS_PRIVATE), ""]
-    assert scratch[1:3] == ["/state/root", "tmpfs"]
+    assert scratch[1:3] == ["/state/root", "tmpfs"] and int(scratch[3]) & kernel.MS_NODEV
+    assert ["/state/root/tmp", "1777"] in args_of(tokens, "mkdir")
 
 
 def test_every_op_is_one_the_c_init_knows_with_the_same_arity():
@@ -69,7 +108,7 @@ def test_every_op_is_one_the_c_init_knows_with_the_same_arity():
     table = table[:table.index("};")]
     in_c = {name: int(count) for name, count in re.findall(r'\{"(\w+)", (-?\d+), \w+\}', table)}
     assert in_c == plan.ARITY
-    for tokens in (plan.job_plan(job(), "/s"), plan.spare_plan("/s", 1, 40)):
+    for tokens in (plan.job_plan(job(ids=IDS, writable_bytes=1 << 20), Scratch("/s")), plan.spare_plan(Scratch("/s"), 1, 40, IDS)):
         assert all(name in plan.ARITY for name, _ in plan.ops(tokens))
 
 
@@ -77,7 +116,7 @@ def test_every_denied_syscall_is_one_the_c_init_can_name():
     source = (Path(plan.__file__).parent / "jobinit" / "jobinit.c").read_text()
     in_c = set(re.findall(r"SC\((\w+)\)", source))
     assert set(plan.SECCOMP_DENY) <= in_c and "ptrace" not in plan.SECCOMP_DENY
-    args = next(a for n, a in plan.ops(plan.job_plan(job(), "/s")) if n == "seccomp")
+    args = next(a for n, a in plan.ops(plan.job_plan(job(), Scratch("/s"))) if n == "seccomp")
     assert args == [",".join(plan.SECCOMP_DENY), "1"]
 
 

@@ -27,14 +27,24 @@ def good_spec(**kw) -> RuntimeSpec:
     ({"rootfs": "/a,b"}, "must not contain"),
     ({"job_id": "../x"}, "invalid job id"),
     ({"env": {"A=B": "x"}}, "invalid environment variable name"),
-    ({"cwd": "tmp"}, "working directory must be absolute"),
+    ({"cwd": "tmp"}, "working directory must be an absolute path"),
     ({"hostname": "-bad-"}, "invalid hostname"),
-    ({"memory_bytes": 100}, "below the minimum"),
+    ({"memory_bytes": 100}, "memory limit must be between 1 MiB and 1 PiB"),
+    ({"memory_bytes": 1 << 60}, "memory limit must be between 1 MiB and 1 PiB"),
     ({"cpus": 0.0}, "cpus must be between"),
     ({"cpus": float(os.cpu_count() or 1) + 1}, "cpus must be between"),
+    ({"cpus": float("nan")}, "cpus must be between"),
     ({"pids": 0}, "pids limit"),
-    ({"timeout": 0.0}, "timeout must be positive"),
+    ({"pids": 10**12}, "pids limit"),
+    ({"timeout": 0.0}, "timeout must be more than 0 and at most 365 days"),
+    ({"timeout": 600 * 3600 * 24.0}, "at most 365 days"),
+    ({"timeout": float("inf")}, "at most 365 days"),
+    ({"timeout": float("nan")}, "at most 365 days"),
+    ({"timeout": 10**400}, "at most 365 days"),
     ({"grace": -1.0}, "grace period"),
+    ({"grace": float("inf")}, "grace period"),
+    ({"stdout_path": "relative/out"}, "log paths must be absolute"),
+    ({"max_log_bytes": 10}, "log cap must be at least"),
 ])
 def test_spec_validation_names_the_problem(changes, message):
     job = good_spec()
@@ -85,18 +95,33 @@ def test_format_size():
 
 
 def test_mount_plan_puts_overlay_first_and_pseudo_filesystems_under_the_root():
-    plan = mounts.plan_before_pivot("/j/root", "/rootfs", "/j/upper", "/j/work")
-    assert plan[0] == mounts.Op("mount", "/j/root", "overlay", "overlay", 0,
-                                "lowerdir=/rootfs,upperdir=/j/upper,workdir=/j/work")
-    mounted = [(op.target, op.fstype) for op in plan if op.kind == "mount"]
+    scratch = mounts.Scratch("/j")
+    plan = mounts.plan_before_pivot(scratch, "/j/lower")
+    assert plan[0] == mounts.Op("mount", "/j/root", "overlay", "overlay", mounts.NOSUID_NODEV,
+                                "lowerdir=/j/lower,upperdir=/j/upper,workdir=/j/work")
+    mounted = [(op.target, op.fstype) for op in plan if op.kind == "mount" and op.fstype]
     assert mounted[1:] == [("/j/root/proc", "proc"), ("/j/root/dev", "tmpfs"), ("/j/root/dev/pts", "devpts"),
-                           ("/j/root/dev/shm", "tmpfs"), ("/j/root/dev/mqueue", "mqueue"),
-                           ("/j/root/sys", "sysfs"), ("/j/root/tmp", "tmpfs")]
+                           ("/j/root/dev/shm", "tmpfs"), ("/j/root/dev/mqueue", "mqueue"), ("/j/root/sys", "sysfs")]
     sysfs = next(op for op in plan if op.fstype == "sysfs")
     assert sysfs.flags & mounts.k.MS_RDONLY
     # Every mount point is made before it is mounted on.
-    made = {op.target for op in plan if op.kind == "mkdir"}
-    assert all(target in made for target, _ in mounted[1:])
+    made = {op.target for op in plan if op.kind in ("mkdir", "file")}
+    assert all(op.target in made for op in plan[1:] if op.kind == "mount" and not op.flags & mounts.k.MS_REMOUNT)
+
+
+def test_everything_a_job_can_write_is_nodev_and_its_devices_are_host_binds():
+    plan = mounts.plan_before_pivot(mounts.Scratch("/j"), "/rootfs")
+    flags = {(op.target, op.fstype): op.flags for op in plan if op.kind == "mount"}
+    for target in ("/j/root", "/j/root/dev", "/j/root/dev/shm", "/j/root/dev/mqueue", "/j/root/proc", "/j/root/sys"):
+        assert next(f for (t, _), f in flags.items() if t == target) & mounts.k.MS_NODEV, target
+    # /tmp is the scratch tmpfs's tmp directory, bound with nosuid and nodev
+    tmp = [op for op in plan if op.target == "/j/root/tmp" and op.kind == "mount"]
+    assert tmp[0].source == "/j/tmp" and tmp[0].flags == mounts.k.MS_BIND
+    assert tmp[1].flags == mounts.k.MS_BIND | mounts.k.MS_REMOUNT | mounts.NOSUID_NODEV
+    binds = {op.target: op.source for op in plan if op.kind == "mount" and op.flags == mounts.k.MS_BIND}
+    for name, _major, _minor in mounts.DEVICES:
+        assert binds[f"/j/root/dev/{name}"] == f"/dev/{name}"
+    assert not any(op.kind == "mknod" for op in plan)
 
 
 def test_after_pivot_plan_masks_and_protects_proc():
@@ -106,10 +131,11 @@ def test_after_pivot_plan_masks_and_protects_proc():
     assert all(op.optional for op in plan)
 
 
-def test_default_capabilities_are_the_original_fourteen():
+def test_default_capabilities_are_dockers_without_mknod():
     keep = caps.mask_of(caps.DEFAULT_KEEP)
-    assert bin(keep).count("1") == 14
-    assert keep == 0xA80425FB  # what `grep CapEff /proc/self/status` shows in Docker too
+    assert bin(keep).count("1") == 13
+    # Docker's CapEff (0xa80425fb) less CAP_MKNOD (bit 27)
+    assert keep == 0xA80425FB & ~(1 << caps.CAPABILITIES["MKNOD"]) == 0xA00425FB
     assert not keep & (1 << caps.CAPABILITIES["SYS_ADMIN"])
 
 

@@ -23,6 +23,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <net/if.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -38,6 +39,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define STATUS_FD 3
@@ -136,12 +138,14 @@ static int op_mkdir(char **a, int n) {
     return 0;
 }
 
-static int op_mknod(char **a, int n) {
-    const char *path = a[0], *major = a[1], *minor = a[2];
+/* An empty regular file: the mount point a device node is bind-mounted onto. */
+static int op_file(char **a, int n) {
+    const char *path = a[0];
     (void)n;
-    dev_t dev = makedev((unsigned)number(major, 10), (unsigned)number(minor, 10));
-    if (mknod(path, S_IFCHR | 0666, dev) < 0)
-        return fail(errno, "mknod(%s)", path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0)
+        return fail(errno, "open(%s, O_CREAT)", path);
+    close(fd);
     return 0;
 }
 
@@ -460,6 +464,147 @@ static int op_exec(char **args, int count) {
     return fail(errno, "execve(%s)", path);
 }
 
+/* ---- user namespaces ------------------------------------------------------------------- */
+/* The kernel's new mount API (linux/mount.h, which musl's headers do not carry). */
+#define OPEN_TREE_CLONE 1
+#define AT_RECURSIVE_ 0x8000
+#define MOVE_MOUNT_F_EMPTY_PATH 0x4
+#define MOUNT_ATTR_RDONLY_ 0x1
+#define MOUNT_ATTR_NOSUID_ 0x2
+#define MOUNT_ATTR_NODEV_ 0x4
+#define MOUNT_ATTR_IDMAP_ 0x100000
+struct mount_attr_ {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+/* The job's user namespace, made while a spare ("userns") and entered last ("setuser"). */
+static int userns_fd = -1;
+
+/* The holder: a child made in a new user namespace that makes the job's network namespace
+ * there (so the job's root, root only in its user namespace, still holds NET_RAW and
+ * NET_BIND_SERVICE over its own network) and lives until its parent has written the maps
+ * and opened both namespaces. It shares our descriptor table (CLONE_FILES, not our memory)
+ * and sends the number of its open /proc directory down a pipe: we could not name its host
+ * pid from inside our own PID namespace (-1: it failed). It leaves when `done` closes. */
+struct holder {
+    int ready[2], done[2];
+};
+
+static int holder_main(void *arg) {
+    struct holder *h = arg;
+    int proc_dir = unshare(CLONE_NEWNET) < 0 ? -1 : open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    char ignored;
+    if (write(h->ready[1], &proc_dir, sizeof proc_dir) != sizeof proc_dir || read(h->done[0], &ignored, 1) < 0)
+        return 1;
+    return 0;
+}
+
+static int write_map(int proc_dir, const char *file, const char *base, const char *count) {
+    char line[64];
+    int len = snprintf(line, sizeof line, "0 %s %s\n", base, count);
+    int fd = openat(proc_dir, file, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail(errno, "open(%s of the user namespace)", file);
+    ssize_t n = write(fd, line, (size_t)len);
+    int err = errno;
+    close(fd);
+    return n == len ? 0 : fail(n < 0 ? err : EIO, "write(%s: 0 %s %s)", file, base, count);
+}
+
+/* Join the holder's namespaces: keep its user namespace for the job to enter last, enter its
+ * network namespace now (we are root in an ancestor user namespace: allowed). */
+static int join_holder(int proc_dir) {
+    userns_fd = openat(proc_dir, "ns/user", O_RDONLY | O_CLOEXEC);
+    if (userns_fd < 0)
+        return fail(errno, "open(ns/user of the holder)");
+    int net = openat(proc_dir, "ns/net", O_RDONLY | O_CLOEXEC);
+    if (net < 0)
+        return fail(errno, "open(ns/net of the holder)");
+    int rc = setns(net, CLONE_NEWNET) < 0 ? fail(errno, "setns(network namespace)") : 0;
+    close(net);
+    return rc;
+}
+
+/* userns UID_BASE GID_BASE COUNT: make the user namespace the job will enter, mapping its
+ * uids and gids 0..COUNT-1 to the host's UID_BASE.. and GID_BASE.. (written by us, root
+ * in the parent namespace, so no setgroups restriction applies), and the job's network
+ * namespace inside it, which this process enters. */
+static int op_userns(char **a, int n) {
+    (void)n;
+    static char stack[16384] __attribute__((aligned(16)));
+    struct holder h = {{-1, -1}, {-1, -1}};
+    if (pipe2(h.ready, O_CLOEXEC) < 0 || pipe2(h.done, O_CLOEXEC) < 0)
+        return fail(errno, "pipe2()");
+    int rc = -1, proc_dir = -1;
+    pid_t pid = clone(holder_main, stack + sizeof stack, CLONE_NEWUSER | CLONE_FILES | SIGCHLD, &h);
+    if (pid < 0) {
+        fail(errno, "clone(CLONE_NEWUSER)");
+    } else {
+        if (read(h.ready[0], &proc_dir, sizeof proc_dir) != sizeof proc_dir || proc_dir < 0)
+            fail(ECHILD, "the user namespace holder could not make its network namespace");
+        else if (write_map(proc_dir, "uid_map", a[0], a[2]) == 0 && write_map(proc_dir, "gid_map", a[1], a[2]) == 0)
+            rc = join_holder(proc_dir);
+        close(h.done[1]);
+        h.done[1] = -1;
+        waitpid(pid, NULL, 0);
+    }
+    int fds[] = {proc_dir, h.ready[0], h.ready[1], h.done[0], h.done[1]};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    return rc;
+}
+
+/* idmap SOURCE TARGET: bind SOURCE at TARGET read-only, nosuid and nodev, with the job's
+ * ids: a file owned by host root shows as the job's root. The overlay then takes TARGET
+ * as its lower layer (idmapped lower layers: Linux 5.19). */
+static int op_idmap(char **a, int n) {
+    const char *source = a[0], *target = a[1];
+    (void)n;
+    if (userns_fd < 0)
+        return refuse(EINVAL, "idmap: no user namespace (the spare's plan has no userns op)");
+    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, source, OPEN_TREE_CLONE | O_CLOEXEC | AT_RECURSIVE_);
+    if (tree < 0)
+        return fail(errno, "open_tree(%s)", source);
+    struct mount_attr_ attr = {MOUNT_ATTR_IDMAP_ | MOUNT_ATTR_RDONLY_ | MOUNT_ATTR_NOSUID_ | MOUNT_ATTR_NODEV_, 0, 0,
+                               (uint64_t)userns_fd};
+    int rc = 0;
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+        rc = fail(errno, "mount_setattr(%s, idmap)", source);
+    else if (syscall(SYS_move_mount, tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+        rc = fail(errno, "move_mount(%s -> %s)", source, target);
+    close(tree);
+    return rc;
+}
+
+/* setuser: enter the job's user namespace and become its root (host uid UID_BASE). The
+ * kernel gives a process entering a user namespace a full bounding set there, so the
+ * plan drops it again after this op. */
+static int op_setuser(char **a, int n) {
+    (void)a, (void)n;
+    if (userns_fd < 0)
+        return refuse(EINVAL, "setuser: no user namespace (the spare's plan has no userns op)");
+    if (setns(userns_fd, CLONE_NEWUSER) < 0)
+        return fail(errno, "setns(user namespace)");
+    close(userns_fd);
+    userns_fd = -1;
+    if (setgroups(0, NULL) < 0)
+        return fail(errno, "setgroups(0)");
+    if (setresgid(0, 0, 0) < 0)
+        return fail(errno, "setresgid(0)");
+    if (setresuid(0, 0, 0) < 0)
+        return fail(errno, "setresuid(0)");
+    return 0;
+}
+
+static int op_chown(char **a, int n) {
+    const char *path = a[0];
+    (void)n;
+    uid_t uid = (uid_t)number(a[1], 10);
+    gid_t gid = (gid_t)number(a[2], 10);
+    return lchown(path, uid, gid) < 0 ? fail(errno, "chown(%s, %u, %u)", path, uid, gid) : 0;
+}
+
 /* ---- the job message ------------------------------------------------------------------- */
 
 static int read_exactly(int fd, char *buf, size_t size) {
@@ -583,9 +728,10 @@ static const struct op {
     int args;
     int (*run)(char **a, int n);
 } OPS[] = {
+    {"userns", 3, op_userns}, {"idmap", 2, op_idmap}, {"setuser", 0, op_setuser}, {"chown", 3, op_chown},
     {"step", 1, op_step}, {"name", 1, op_name}, {"pdeathsig", 1, op_pdeathsig}, {"closefds", 0, op_closefds},
     {"setsid", 0, op_setsid}, {"unshare", 1, op_unshare}, {"mount", 5, op_mount}, {"mkdir", 2, op_mkdir},
-    {"mknod", 3, op_mknod}, {"symlink", 2, op_symlink}, {"mask", 1, op_mask}, {"readonly", 1, op_readonly},
+    {"file", 1, op_file}, {"symlink", 2, op_symlink}, {"mask", 1, op_mask}, {"readonly", 1, op_readonly},
     {"loopback", 0, op_loopback}, {"bounding", 2, op_bounding}, {"capset", 1, op_capset}, {"cgroup", 1, op_cgroup},
     {"stdio", 0, op_stdio}, {"umask", 1, op_umask}, {"pivot", 1, op_pivot}, {"hostname", 1, op_hostname},
     {"nnp", 0, op_nnp}, {"seccomp", 2, op_seccomp}, {"wait", 0, NULL}, {"exec", -1, op_exec},

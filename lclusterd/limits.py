@@ -1,0 +1,72 @@
+"""The bounds a job spec must stay within, and the checks every layer shares. Pure.
+
+The control plane checks a spec when it is added (so a bad value is refused with one line
+and never queued), and the runtime checks it again when it starts it (its spec may come
+from a record someone else wrote). Both use these functions, so they never disagree.
+Each check raises InvalidSpec with a sentence a user can act on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Mapping
+
+from lclusterd.errors import InvalidSpec
+
+MIN_MEMORY_BYTES = 1 << 20  # below 1 MiB not even /bin/sh can start
+MAX_MEMORY_BYTES = 1 << 50  # 1 PiB: far above any machine, far below what overflows a cgroup file
+MAX_PIDS = 4 * 1024 * 1024  # the kernel's own PID_MAX_LIMIT
+MAX_CPUS = 4096.0
+MAX_TIMEOUT_SECONDS = 365 * 86400  # a year; no timeout at all is allowed too
+MAX_GRACE_SECONDS = 3600.0
+MIN_LOG_BYTES = 4096
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _finite(number: float) -> bool:
+    """A finite number; a huge int is not (float() of it would overflow)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
+
+
+def _show(number: float) -> str:
+    """A number for a message, also one too large to format as a float."""
+    text = f"{number:g}" if _finite(number) or isinstance(number, float) else str(number)
+    return text if len(text) <= 24 else text[:20] + "..."
+
+
+def check_env(env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        if not ENV_NAME.match(name):
+            raise InvalidSpec(f"invalid environment variable name {name!r}")
+        if "\0" in value:
+            raise InvalidSpec(f"environment variable {name} contains a NUL byte")
+
+
+def check_memory(memory_bytes: int | None) -> None:
+    if memory_bytes is not None and not MIN_MEMORY_BYTES <= memory_bytes <= MAX_MEMORY_BYTES:
+        raise InvalidSpec(f"memory limit must be between 1 MiB and 1 PiB, not {memory_bytes} bytes")
+
+
+def check_pids(pids: int | None) -> None:
+    if pids is not None and not 1 <= pids <= MAX_PIDS:
+        raise InvalidSpec(f"pids limit must be between 1 and {MAX_PIDS}, not {pids}")
+
+
+def check_cpus(cpus: float | None) -> None:
+    if cpus is not None and not (_finite(cpus) and 0.01 <= cpus <= MAX_CPUS):
+        raise InvalidSpec(f"cpus must be between 0.01 and {MAX_CPUS:g}, not {_show(cpus)}")
+
+
+def check_timeout(timeout: float | None) -> None:
+    """A timeout is a positive, finite number of seconds up to a year (None: no timeout)."""
+    if timeout is not None and not (_finite(timeout) and 0 < timeout <= MAX_TIMEOUT_SECONDS):
+        raise InvalidSpec(f"timeout must be more than 0 and at most 365 days ({MAX_TIMEOUT_SECONDS} s), not {_show(timeout)} s")
+
+
+def check_grace(grace: float) -> None:
+    if not (_finite(grace) and 0 <= grace <= MAX_GRACE_SECONDS):
+        raise InvalidSpec(f"grace period must be between 0 and {MAX_GRACE_SECONDS:g} s, not {_show(grace)}")

@@ -1,0 +1,88 @@
+"""A job the fork server is running, and how the runtime ends one: SIGTERM to every
+process, SIGKILL after a grace period (at once for a lone PID 1 that cannot catch it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from lclusterd.runtime.cgroups.base import JobCgroup
+from lclusterd.runtime.relay import LogRelay
+from lclusterd.runtime.result import RunFacts
+from lclusterd.runtime.spares import SpareInit
+from lclusterd.runtime.spec import RuntimeSpec
+
+
+@dataclass
+class RunningJob:
+    spec: RuntimeSpec
+    cgroup: JobCgroup
+    spare: SpareInit  # its socket is the job's status: an E line on failure, EOF at exec
+    facts: RunFacts
+    deadline: float | None  # monotonic time of TIMED_OUT
+    relays: list[LogRelay] = field(default_factory=list)  # the output pipes still open
+    status_buf: bytes = b""
+    status_closed: bool = False
+    kill_at: float | None = None  # monotonic time to escalate SIGTERM to SIGKILL
+
+    @property
+    def host_pid(self) -> int:
+        return self.spare.pid
+
+    @property
+    def is_done(self) -> bool:
+        return self.status_closed and self.facts.wait_status is not None and not self.relays
+
+
+def begin_kill(job: RunningJob, reason: str, grace: float) -> None:
+    """SIGTERM to every process of the job now, SIGKILL to what is left after grace."""
+    if job.facts.end_reason is None:
+        job.facts.end_reason = reason
+    if job.kill_at is not None:
+        return  # already ending; keep the earlier escalation time
+    if grace <= 0:
+        kill_now(job)
+        return
+    job.kill_at = time.monotonic() + grace
+    job.cgroup.signal_all(signal.SIGTERM)
+    if job.cgroup.pids() == [job.host_pid] and not catches(job.host_pid, signal.SIGTERM):
+        # The kernel drops signals a PID-namespace init has no handler for, so a
+        # lone `sleep 600` would sit out the whole grace period for nothing.
+        kill_now(job)
+
+
+def kill_now(job: RunningJob) -> None:
+    """SIGKILL the job's PID 1, which takes its whole PID namespace with it (a process
+    forked a moment ago included, and even before the job has joined its cgroup), then
+    whatever else its cgroup holds. The pid cannot have been reused: it is the fork
+    server's child and not reaped yet."""
+    try:
+        os.kill(job.host_pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    job.cgroup.kill_all()
+
+
+def remove_empty_cgroup(cgroup: JobCgroup) -> None:
+    """Remove a finished job's cgroup. Once the job's PID 1 has been reaped its PID
+    namespace is empty, so the cgroup is too; kill_all is only the fallback for a
+    cgroup the kernel still counts as busy."""
+    try:
+        cgroup.remove()
+    except OSError:
+        cgroup.kill_all()
+        cgroup.remove()
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for signum (the SigCgt mask of its status)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    except FileNotFoundError:
+        pass
+    return False

@@ -1,0 +1,65 @@
+"""A job's stdin, stdout and stderr, opened by the fork server before the job has a process.
+
+stdin: /dev/null, or the spec's stdin data in a memory file (no disk, nothing to remove).
+stdout and stderr: the spec's log files; with a log cap (spec.max_log_bytes) each is a pipe
+whose read end a LogRelay moves into the file, up to the cap.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lclusterd.errors import SetupFailed
+from lclusterd.runtime.relay import LogRelay
+from lclusterd.runtime.spec import RuntimeSpec
+
+
+def open_stdio(spec: RuntimeSpec, opened: list[int], relays: list[LogRelay], devnull: int) -> list[int]:
+    """The job's three descriptors. Every descriptor made is added to `opened` (the caller
+    closes them once the job holds its copies) or owned by a relay added to `relays`."""
+    fds = [_open_stdin(spec, opened)]
+    for stream, path in (("stdout", spec.stdout_path), ("stderr", spec.stderr_path)):
+        if path is None:
+            fds.append(_track(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC), opened))
+        elif spec.max_log_bytes is None:
+            fds.append(_track(_open_log(path, os.O_WRONLY | os.O_APPEND), opened))
+        else:
+            fds.append(_relayed(stream, path, spec.max_log_bytes, opened, relays, devnull))
+    return fds
+
+
+def _relayed(stream: str, path: str, limit: int, opened: list[int], relays: list[LogRelay], devnull: int) -> int:
+    log_fd = _open_log(path, os.O_RDWR)
+    try:
+        os.lseek(log_fd, 0, os.SEEK_END)  # after what an earlier attempt on this node wrote
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        os.close(log_fd)
+        raise
+    os.set_blocking(read_fd, False)  # the job's end stays blocking
+    relays.append(LogRelay(stream, read_fd, log_fd, limit, devnull))
+    return _track(write_fd, opened)
+
+
+def _open_stdin(spec: RuntimeSpec, opened: list[int]) -> int:
+    if spec.stdin_data is None:
+        return _track(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), opened)
+    fd = _track(os.memfd_create(f"lclusterd-stdin-{spec.job_id}", os.MFD_CLOEXEC), opened)
+    view = memoryview(spec.stdin_data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _open_log(path: str, flags: int) -> int:
+    # Never through a symlink: the directory is root's, but the name comes from a job id.
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    except OSError as error:
+        raise SetupFailed("log file", f"cannot open {path}: {error.strerror}", error.errno) from error
+
+
+def _track(fd: int, opened: list[int]) -> int:
+    opened.append(fd)
+    return fd
