@@ -21,7 +21,7 @@ import click
 from lclient import errors
 from lclient.client import SERVER_ENV, JobsClient, default_server
 from lclient.format import dumps, job_json, job_text, jobs_table, members_table, node_json, nodes_table, outcome
-from lclient.units import parse_count, parse_cpus, parse_duration, parse_size
+from lclient.units import parse_count, parse_cpus, parse_duration, parse_memory
 from lclusterd.rpc import lclusterd_pb2 as pb
 
 ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain")
@@ -182,7 +182,7 @@ def _parse(name: str, text: str, parser):
 def _spec(o: dict) -> pb.JobSpec:
     spec = pb.JobSpec(command=o["add"])
     if o["mem"]:
-        spec.memory_bytes = _parse("-mem", o["mem"], parse_size)
+        spec.memory_bytes = _parse("-mem", o["mem"], parse_memory)
     if o["cpus"]:
         spec.cpus = _parse("-cpus", o["cpus"], parse_cpus)
     if o["pids"]:

@@ -63,6 +63,7 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "peak_memory_bytes": job.peak_memory_bytes if job.HasField("peak_memory_bytes") else None,
         "cpu_seconds": job.cpu_seconds if job.HasField("cpu_seconds") else None,
         "kill_requested": job.kill_requested,
+        "output_dropped_bytes": {"stdout": job.stdout_dropped_bytes, "stderr": job.stderr_dropped_bytes},
         "pinned_node": spec.node or None,
         "waiting": job.waiting or None,
         "attempts": [attempt_json(a) for a in job.attempts],  # earlier attempts; the current one is the job itself
@@ -175,6 +176,10 @@ def job_text(job: pb.Job) -> str:
         rows.append(("cpu time", f"{job.cpu_seconds:.3f}s"))
     if job.error:
         rows.append(("reason", job.error))
+    for stream, dropped in (("stdout", job.stdout_dropped_bytes), ("stderr", job.stderr_dropped_bytes)):
+        if dropped:
+            rows.append(("output cut", f"{stream} reached the node's log limit (--max-log-size); "
+                                       f"{format_size(dropped)} more was dropped"))
     if spec.node:
         rows.append(("pinned to", spec.node))
     if job.pool:

@@ -7,7 +7,7 @@ import math
 
 from lclusterd.units import parse_duration, parse_size
 
-__all__ = ["format_size", "parse_count", "parse_cpus", "parse_duration", "parse_size"]
+__all__ = ["format_size", "parse_count", "parse_cpus", "parse_duration", "parse_memory", "parse_size"]
 
 def parse_cpus(text: str) -> float:
     try:
@@ -19,6 +19,10 @@ def parse_cpus(text: str) -> float:
     return value
 
 
+INT32_MAX = 2**31 - 1  # the API's counts are 32-bit
+INT64_MAX = 2**63 - 1
+
+
 def parse_count(text: str, minimum: int = 1) -> int:
     try:
         value = int(text)
@@ -26,6 +30,16 @@ def parse_count(text: str, minimum: int = 1) -> int:
         raise ValueError("expected a whole number") from None
     if value < minimum:
         raise ValueError(f"must be at least {minimum}")
+    if value > INT32_MAX:
+        raise ValueError(f"must be at most {INT32_MAX}")
+    return value
+
+
+def parse_memory(text: str) -> int:
+    """A -mem size; the API carries it as a 64-bit count of bytes."""
+    value = parse_size(text)
+    if value > INT64_MAX:
+        raise ValueError("that is more bytes than the API can carry")
     return value
 
 

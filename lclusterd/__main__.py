@@ -46,14 +46,28 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
                    "A second signal kills them anyway.")
 @click.option("--default-pids", default=1024, type=click.IntRange(min=1),
               help="pids limit for jobs that set none (contains fork bombs).")
+@click.option("--max-pids", default=0, type=click.IntRange(min=0),
+              help="Processes all of this node's jobs may have together (their parent cgroup's pids.max); a job "
+                   "asking for more is refused.  [default: half the kernel's pid_max]")
+@click.option("--default-mem", default="", help="Memory limit of a job that sets no -mem; a job may ask for more, up "
+                                                "to what a node offers.  [default: 1G, or --memory if less]")
+@click.option("--max-log-size", default="100M",
+              help="Most bytes kept of each job's stdout and of its stderr; the rest is dropped after a marker line "
+                   "and -check says so.")
+@click.option("--userns", type=click.Choice(["on", "off"]), default="on",
+              help="Run every job in a user namespace of its own, its root an unprivileged host uid from the "
+                   "subordinate range of the user lclusterd (/etc/subuid, set up by make prep). off: a job's root "
+                   "is the host's root (held in by capabilities, seccomp and namespaces), for kernels without "
+                   "idmapped mounts under overlay (Linux < 5.19).")
 @click.option("--etcd-wait", default=30.0, type=click.FloatRange(min=0), help="Seconds start-up waits for etcd to answer.")
 @click.option("--lease-ttl", default=5, type=click.IntRange(min=1), help="Seconds etcd keeps this node (and its prime key) without a keep-alive.")
 @click.option("--scheduling", type=click.Choice(["prime-first", "first-fit", "best-fit"]), default="prime-first",
               help="How the prime places jobs: itself first while it has room, then the node with most free slots "
                    "(prime-first); or by requested memory (-mem) against each node's free memory: the first node "
                    "by name that fits (first-fit) or the one it fits most tightly (best-fit).")
-@click.option("--memory", default="", help="Memory this node offers to jobs (e.g. 4G), fitted against their -mem.  "
-                                           "[default: the host's MemTotal]")
+@click.option("--memory", default="", help="Memory this node offers to jobs (e.g. 4G), fitted against their -mem, and "
+                                           "the limit of all of them together (their parent cgroup).  [default: the "
+                                           "host's MemTotal less 10 %, at least 512M less]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.version_option(__version__, "--version")
 def cli(**options) -> None:

@@ -1,5 +1,6 @@
 """The daemon's configuration: one Config, built once in __main__ and passed down. Pure
-apart from name resolution in `check_listen_address`."""
+apart from name resolution in `check_listen_address` and the host facts (memory, pid_max)
+that some defaults are derived from."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lclusterd import limits
 from lclusterd.model import DEFAULT_PIDS, NODE_NAME
-from lclusterd.units import parse_size
+from lclusterd.runtime.host import pid_max, total_memory
+from lclusterd.units import format_size, parse_size
 
 DEFAULT_PORT = 64051
 DEFAULT_STATE_DIR = "/var/lib/lclusterd"
 DEFAULT_ROOTFS = "/var/lib/lclusterd/rootfs"
 DEFAULT_CONFIG_FILE = "/etc/lclusterd/lclusterd.toml"
 SHUTDOWN_MODES = ("kill", "finish")
+USERNS_MODES = ("on", "off")
+DEFAULT_JOB_MEMORY = 1 << 30  # a job that sets no -mem; less where the node offers less
+HOST_RESERVE = 512 << 20  # memory a node keeps back for its host by default (or 10 %, if more)
+DEFAULT_MAX_LOG_SIZE = "100M"
 SCHEDULING_POLICIES = ("prime-first", "first-fit", "best-fit")
 
 
@@ -44,7 +51,11 @@ class Config:
     etcd_wait: float = 30.0  # how long start-up waits for etcd to answer
     log_level: str = "info"
     scheduling: str = "prime-first"  # how the prime (when this node is prime) places jobs
-    memory: str = ""  # memory offered to jobs, e.g. 4G; empty: the host's MemTotal
+    memory: str = ""  # memory offered to jobs, e.g. 4G; empty: the host's MemTotal less a reserve
+    default_mem: str = ""  # memory limit of a job that sets none; empty: 1 GiB (or --memory, if less)
+    max_pids: int = 0  # processes all of this node's jobs may have together; 0: half the kernel's pid_max
+    max_log_size: str = DEFAULT_MAX_LOG_SIZE  # most bytes kept of each job's stdout and of its stderr
+    userns: str = "on"  # every job in a user namespace of its own ("off": a job's root is the host's root)
 
     def __post_init__(self) -> None:
         if isinstance(self.etcd, str):
@@ -76,20 +87,34 @@ class Config:
 
     @property
     def memory_bytes(self) -> int:
-        """Memory this node offers to jobs: --memory, else the host's MemTotal."""
+        """Memory this node offers to jobs, and the ceiling of its jobs' parent cgroup: --memory,
+        else the host's MemTotal less 10 % (at least HOST_RESERVE) for the host itself."""
         if self.memory:
-            try:
-                value = parse_size(str(self.memory))
-            except ValueError as exc:
-                raise ConfigError(f"bad --memory value {self.memory!r}: {exc}") from None
-            if value <= 0:
-                raise ConfigError(f"--memory must be positive, not {self.memory!r}")
-            return value
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+            return self._size("--memory", self.memory)
+        total = total_memory()
+        return max(total - max(HOST_RESERVE, total // 10), total // 2)
+
+    @property
+    def default_memory_bytes(self) -> int:
+        if self.default_mem:
+            return self._size("--default-mem", self.default_mem)
+        return min(DEFAULT_JOB_MEMORY, self.memory_bytes)
+
+    @property
+    def max_pids_value(self) -> int:
+        """Processes all of this node's jobs may have together (its parent cgroup's pids.max)."""
+        return self.max_pids or max(pid_max() // 2, 1)
+
+    @property
+    def max_log_bytes(self) -> int:
+        return self._size("--max-log-size", self.max_log_size)
+
+    @staticmethod
+    def _size(option: str, text: str) -> int:
+        try:
+            return parse_size(str(text))
+        except ValueError as exc:
+            raise ConfigError(f"bad {option} value {text!r}: {exc}") from None
 
     def _split_listen(self) -> tuple[str, int]:
         text = str(self.listen).strip()
@@ -120,9 +145,26 @@ class Config:
             raise ConfigError(f"--state-dir must be an absolute path, not {self.state_dir!r}")
         if self.scheduling not in SCHEDULING_POLICIES:
             raise ConfigError(f"--scheduling must be one of {', '.join(SCHEDULING_POLICIES)}, not {self.scheduling!r}")
-        self.memory_bytes  # raises ConfigError on a bad --memory
         if self.lease_ttl < 1:
             raise ConfigError(f"lease TTL must be at least 1 second, not {self.lease_ttl}")
+        if self.userns not in USERNS_MODES:
+            raise ConfigError(f"--userns must be on or off, not {self.userns!r}")
+        self._validate_ceilings()
+
+    def _validate_ceilings(self) -> None:
+        offered, default = self.memory_bytes, self.default_memory_bytes
+        if not limits.MIN_MEMORY_BYTES <= offered <= limits.MAX_MEMORY_BYTES:
+            raise ConfigError(f"--memory must be between 1 MiB and 1 PiB, not {format_size(offered)}")
+        if not limits.MIN_MEMORY_BYTES <= default <= offered:
+            raise ConfigError(f"--default-mem must be between 1 MiB and --memory ({format_size(offered)}), "
+                              f"not {format_size(default)}")
+        if not 1 <= self.max_pids_value <= limits.MAX_PIDS:
+            raise ConfigError(f"--max-pids must be between 1 and {limits.MAX_PIDS}, not {self.max_pids}")
+        if not 1 <= self.default_pids <= self.max_pids_value:
+            raise ConfigError(f"--default-pids must be between 1 and --max-pids ({self.max_pids_value}), "
+                              f"not {self.default_pids}")
+        if self.max_log_bytes < limits.MIN_LOG_BYTES:
+            raise ConfigError(f"--max-log-size must be at least {limits.MIN_LOG_BYTES} bytes, not {self.max_log_size!r}")
 
     def check_listen_address(self) -> None:
         """Refuse a non-loopback bind address unless insecure (there is no TLS yet)."""

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.node import NodeSession
 from lclusterd.cluster.prime import PrimeElection
-from lclusterd.cluster.runspec import NodeDefaults, check_runnable
+from lclusterd.cluster.admission import Admission
+from lclusterd.cluster.runspec import NodeDefaults
 from lclusterd.cluster.scheduler import Scheduler
 from lclusterd.cluster.store import Store
 from lclusterd.cluster.worker import Worker
@@ -38,7 +40,9 @@ from lclusterd.etcd_embedded import EmbeddedEtcd, EtcdStartError
 from lclusterd.model import NodeInfo
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
-from lclusterd.runtime.launcher import Launcher
+from lclusterd.runtime import host, userns
+from lclusterd.runtime.launcher import IdRanges, Launcher
+from lclusterd.runtime.spec import RuntimeSpec
 
 log = logging.getLogger("lclusterd")
 
@@ -84,13 +88,14 @@ class Daemon:
         logs = LogFiles(state / "logs")
         logs.prepare()
 
-        # 1. the fork server, before any thread
+        # 1. the fork server, before any thread; then one job to prove jobs can run here
         self.launcher = Launcher(state / "runtime", cgroup_parent=c.cgroup_parent, on_event=self._on_runtime_event,
-                                 on_helper_exit=self._on_runtime_helper_exit)
+                                 on_helper_exit=self._on_runtime_helper_exit, userns=self._user_namespaces())
         try:
             self.launcher.start()
         except LclusterdError as exc:
             raise StartupError(str(exc)) from None
+        self._probe_runtime()
 
         # 2. the listening sockets, so a port in use fails before this node touches etcd
         self._bind_server()
@@ -114,8 +119,9 @@ class Daemon:
         keys = Keys(c.prefix)
         jobs = Jobs(self.store, keys)
         info = NodeInfo(name=c.node_name, address=c.address, capacity=c.capacity, version=__version__, started_at=time.time(),
-                        memory_bytes=c.memory_bytes)
-        defaults = NodeDefaults(rootfs=c.rootfs, pids=c.default_pids, kill_grace=c.kill_grace)
+                        memory_bytes=c.memory_bytes, max_pids=c.max_pids_value, cores=host.cores())
+        defaults = NodeDefaults(rootfs=c.rootfs, pids=c.default_pids, memory_bytes=c.default_memory_bytes,
+                                kill_grace=c.kill_grace, max_log_bytes=c.max_log_bytes)
         try:
             self.store.share_watches(keys.prefix + "/")  # one etcd watch stream for all of them
             self.session = NodeSession(self.store, keys, info, ttl=c.lease_ttl)
@@ -134,7 +140,7 @@ class Daemon:
 
         # 5. the API
         self.peers = Peers(self.store, keys, c.node_name)
-        servicer = JobsServicer(jobs, self.events, logs, c.node_name, lambda spec: check_runnable(spec, defaults), self.peers)
+        servicer = JobsServicer(jobs, self.events, logs, c.node_name, Admission(self.store, keys, info), self.peers)
         pb_grpc.add_JobsServicer_to_server(servicer, self.server)
         self.server.start()
         os.chmod(c.socket_path, 0o600)
@@ -142,6 +148,31 @@ class Daemon:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("node %s serving on %s:%d and unix:%s; etcd at %s; rootfs %s",
                  c.node_name, c.bind_host, c.port, c.socket_path, self.store.describe(), c.rootfs)
+
+    def _user_namespaces(self) -> IdRanges | None:
+        if self.config.userns == "off":
+            return None
+        ranges = userns.subordinate_ranges()
+        if ranges is None:
+            raise StartupError(f"{userns.MISSING_RANGES}; or start with --userns off")
+        return ranges
+
+    def _probe_runtime(self) -> None:
+        """Run one empty job, so that a host that cannot run jobs (no idmapped mounts under
+        overlay for user namespaces, say) fails at start with its reason, not at every job."""
+        c = self.config
+        probe = RuntimeSpec.shell(f"probe-{uuid.uuid4().hex[:12]}", ":", c.rootfs, memory_bytes=c.default_memory_bytes)
+        try:
+            result = self.launcher.run(probe, timeout=60)
+        except (LclusterdError, TimeoutError) as exc:
+            raise StartupError(f"the runtime cannot run a job: {exc}") from None
+        if result.status == "EXITED" and result.exit_code == 0:
+            return
+        hint = ""
+        if c.userns == "on" and result.error.startswith(("idmapped rootfs", "user namespace")):
+            hint = (f" (user namespaces need Linux 5.19 or later, this is {os.uname().release}, and a rootfs on a "
+                    "filesystem with idmapped mounts: ext4, xfs, btrfs; or start with --userns off)")
+        raise StartupError(f"the runtime cannot run a job: {result.error or result.status}{hint}")
 
     def _on_runtime_event(self, event) -> None:
         if self.worker is not None:

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from lclusterd import limits
 from lclusterd.errors import InvalidSpec, InvalidTransition
 
 SCHEMA_VERSION = 1
@@ -50,7 +51,6 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 _HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 _DASHED_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -98,19 +98,11 @@ class JobSpec:
             raise InvalidSpec("command contains a NUL byte")
         if len(self.command.encode()) > MAX_COMMAND_BYTES:
             raise InvalidSpec(f"command is longer than {MAX_COMMAND_BYTES} bytes")
-        for name, value in self.env.items():
-            if not _ENV_NAME.match(name):
-                raise InvalidSpec(f"invalid environment variable name {name!r}")
-            if "\0" in value:
-                raise InvalidSpec(f"environment variable {name} contains a NUL byte")
-        if self.memory_bytes is not None and self.memory_bytes <= 0:
-            raise InvalidSpec(f"memory limit must be positive, not {self.memory_bytes}")
-        if self.cpus is not None and not self.cpus > 0:
-            raise InvalidSpec(f"cpus must be positive, not {self.cpus:g}")
-        if self.pids is not None and self.pids <= 0:
-            raise InvalidSpec(f"pids limit must be positive, not {self.pids}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise InvalidSpec(f"timeout must be positive, not {self.timeout:g}")
+        limits.check_env(self.env)
+        limits.check_memory(self.memory_bytes)
+        limits.check_cpus(self.cpus)
+        limits.check_pids(self.pids)
+        limits.check_timeout(self.timeout)
         if len(self.stdin_data) > MAX_STDIN_BYTES:
             raise InvalidSpec(f"stdin is larger than {MAX_STDIN_BYTES // 1024} KiB")
         if not 0 <= self.retries <= MAX_RETRIES:
@@ -159,6 +151,8 @@ class JobRecord:
     waiting: str = ""
     # the id of the -all-nodes pool this job is a member of; "" otherwise
     pool: str = ""
+    # bytes of output the node's log cap dropped, by stream ("stdout", "stderr"); only the cut ones
+    output_dropped: dict[str, int] = field(default_factory=dict)
     # fields this lclusterd does not know (see JobSpec.unknown)
     unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -203,6 +197,8 @@ class JobRecord:
         data["schema_version"] = SCHEMA_VERSION
         if not self.pool:  # written only for pool members: other records stay readable by older daemons
             del data["pool"]
+        if not self.output_dropped:  # likewise only when output was cut
+            del data["output_dropped"]
         return _with_unknown(data)
 
     @classmethod
@@ -300,6 +296,8 @@ class NodeInfo:
     version: str = ""
     started_at: float = 0.0
     memory_bytes: int = 0  # memory offered to jobs (what -mem requests are fitted against)
+    max_pids: int = 0  # processes all its jobs may have together (0: a node that does not say)
+    cores: int = 0  # CPU cores (0: a node that does not say)
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

@@ -51,6 +51,8 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         kill_requested=record.kill_requested,
         waiting=record.waiting,
         pool=record.pool,
+        stdout_dropped_bytes=record.output_dropped.get("stdout", 0),
+        stderr_dropped_bytes=record.output_dropped.get("stderr", 0),
         attempts=[pb.Attempt(attempt=a.get("attempt") or 0, node=a.get("node") or "", assigned_at=a.get("assigned_at") or 0.0,
                              started_at=a.get("started_at") or 0.0, ended_at=a.get("ended_at") or 0.0,
                              state=a.get("state") or "", reason=a.get("reason") or "") for a in record.history],

@@ -13,13 +13,14 @@ import grpc
 from lclusterd.api.convert import job_to_proto, node_to_proto, pool_to_proto, spec_from_proto
 from lclusterd.api.errors import maps_errors, maps_stream_errors
 from lclusterd.api.peers import PROXIED_KEY, Peers
+from lclusterd.cluster.admission import Admission
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.node import list_nodes, set_draining
 from lclusterd.cluster.pools import Pools
 from lclusterd.errors import InvalidSpec, IsAPool, JobNotFound, TooBusy, WaitTimedOut
-from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, JobSpec, PoolRecord, parse_job_id
+from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, PoolRecord, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 
@@ -32,15 +33,14 @@ MAX_BLOCKING = 192
 
 
 class JobsServicer(pb_grpc.JobsServicer):
-    def __init__(self, jobs: Jobs, events: JobEvents, logs: LogFiles, node: str,
-                 check_runnable: Callable[[JobSpec], None], peers: Peers):
+    def __init__(self, jobs: Jobs, events: JobEvents, logs: LogFiles, node: str, admission: Admission, peers: Peers):
         self.jobs = jobs
         self.pools = Pools(jobs)
         self.peers = peers
         self.events = events
         self.logs = logs
         self.node = node
-        self.check_runnable = check_runnable
+        self.admission = admission
         self._blocking = threading.BoundedSemaphore(MAX_BLOCKING)
 
     @contextmanager
@@ -62,7 +62,7 @@ class JobsServicer(pb_grpc.JobsServicer):
     @maps_errors
     def Add(self, request: pb.AddRequest, context) -> pb.AddReply:
         spec = spec_from_proto(request.spec)
-        self.check_runnable(spec)
+        self.admission.check(spec)
         if request.all_nodes:  # a pool: one member per ready node (Pools.add refuses a pinned spec)
             pool, members = self.pools.add(spec)
             return pb.AddReply(id=pool.id, job=pool_to_proto(pool, members))

@@ -57,7 +57,13 @@ def ended(record: JobRecord, result: RunResult, kill_requested: bool = False, sh
         peak_memory_bytes=result.peak_memory_bytes,
         cpu_seconds=result.cpu_seconds,
         finished_at=result.finished_at or time.time(),
+        output_dropped=_dropped(result),
     )
+
+
+def _dropped(result: RunResult) -> dict[str, int]:
+    counts = {"stdout": result.stdout_dropped_bytes, "stderr": result.stderr_dropped_bytes}
+    return {stream: count for stream, count in counts.items() if count}
 
 
 def cancelled(record: JobRecord, reason: str) -> JobRecord:

@@ -10,9 +10,13 @@ from lclusterd.runtime.spec import RuntimeSpec
 
 @dataclass(frozen=True)
 class NodeDefaults:
+    """What a job gets from the node that runs it where its spec says nothing."""
+
     rootfs: str
     pids: int = DEFAULT_PIDS
+    memory_bytes: int | None = None  # None: no memory limit (only the node's own ceiling)
     kill_grace: float = 2.0
+    max_log_bytes: int | None = None  # per stream; None: no cap
 
 
 def to_runtime_spec(job_id: str, spec: JobSpec, defaults: NodeDefaults,
@@ -20,7 +24,7 @@ def to_runtime_spec(job_id: str, spec: JobSpec, defaults: NodeDefaults,
     return RuntimeSpec.shell(
         job_id, spec.command, defaults.rootfs,
         env=dict(spec.env),
-        memory_bytes=spec.memory_bytes,
+        memory_bytes=spec.memory_bytes if spec.memory_bytes is not None else defaults.memory_bytes,
         cpus=spec.cpus,
         pids=spec.pids if spec.pids is not None else defaults.pids,
         timeout=spec.timeout,
@@ -28,10 +32,5 @@ def to_runtime_spec(job_id: str, spec: JobSpec, defaults: NodeDefaults,
         stdin_data=spec.stdin_data or None,
         stdout_path=stdout_path,
         stderr_path=stderr_path,
+        max_log_bytes=defaults.max_log_bytes,
     )
-
-
-def check_runnable(spec: JobSpec, defaults: NodeDefaults) -> None:
-    """Raise InvalidSpec now for what the runtime would refuse later (limits out of range)."""
-    spec.validate()
-    to_runtime_spec("0" * 32, spec, defaults).validate()

@@ -20,7 +20,7 @@ import click
 
 from lclusterd.errors import LclusterdError, SetupFailed
 from lclusterd.runtime import userns
-from lclusterd.runtime.launcher import Launcher, UserNamespaces
+from lclusterd.runtime.launcher import IdRanges, Launcher
 from lclusterd.runtime.spec import FAILED, TIMED_OUT, RunResult, RuntimeSpec
 from lclusterd.units import format_size, parse_duration, parse_size
 
@@ -101,13 +101,12 @@ def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpu
     sys.exit(exit_status(result))
 
 
-def user_namespaces() -> UserNamespaces:
+def user_namespaces() -> IdRanges:
     """The host ids jobs' user namespaces take (`make prep` adds them); SetupFailed if none."""
-    uids, gids = userns.subordinate_range(path="/etc/subuid"), userns.subordinate_range(path="/etc/subgid")
-    if uids is None or gids is None:
-        raise SetupFailed("user namespaces", f"no subordinate id range for user {userns.USER} in /etc/subuid and "
-                                             "/etc/subgid (make prep adds one); or run with --userns off")
-    return UserNamespaces(uids, gids)
+    ranges = userns.subordinate_ranges()
+    if ranges is None:
+        raise SetupFailed("user namespaces", f"{userns.MISSING_RANGES}; or run with --userns off")
+    return ranges
 
 
 def _parse(option: str, text: str | None, parse: Callable[[str], Any]) -> Any:

@@ -40,6 +40,8 @@ from lclusterd.runtime.userns import IdRange, Slots
 
 log = logging.getLogger("lclusterd.forkserver")
 
+MAX_SELECT_WAIT = 3600.0
+
 
 class ForkServer:
     def __init__(self, sock: socket.socket, driver: CgroupDriver, pool: SparePool, keep_caps: int, cap_last: int):
@@ -269,7 +271,9 @@ class ForkServer:
         times = [t for job in self.jobs.values() for t in (job.deadline, job.kill_at) if t is not None]
         if not times:
             return None
-        return max(0.0, min(times) - time.monotonic())
+        # epoll takes its timeout in int milliseconds (under 25 days): wake up now and then
+        # and look again rather than overflow it with a long job timeout.
+        return min(max(0.0, min(times) - time.monotonic()), MAX_SELECT_WAIT)
 
     def _fire_timers(self) -> None:
         now = time.monotonic()

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,28 +24,20 @@ from lclusterd.errors import InvalidSpec, RuntimeUnavailable
 from lclusterd.runtime import channel, protocol
 from lclusterd.runtime.protocol import JobFinished, JobStarted
 from lclusterd.runtime.spec import FAILED, RunResult, RuntimeSpec
-from lclusterd.runtime.userns import IdRange
+from lclusterd.runtime.userns import IdRanges
 
-__all__ = ["Event", "JobFinished", "JobStarted", "Launcher", "UserNamespaces"]
+__all__ = ["Event", "IdRanges", "JobFinished", "JobStarted", "Launcher"]
 
 KEEP_RESULTS = 10_000  # finished results kept for wait(); the oldest go first
 
 Event = JobStarted | JobFinished
 
 
-@dataclass(frozen=True)
-class UserNamespaces:
-    """The host id ranges jobs' user namespaces are cut from (userns.subordinate_range)."""
-
-    uids: IdRange
-    gids: IdRange
-
-
 class Launcher:
     def __init__(self, state_dir: str | Path, cgroup_parent: str = "lclusterd",
                  on_event: Callable[[Event], None] | None = None,
                  on_helper_exit: Callable[[], None] | None = None,
-                 userns: UserNamespaces | None = None):
+                 userns: IdRanges | None = None):
         """on_event gets every JobStarted/JobFinished on the reader thread and must not
         block. on_helper_exit is called (on the reader thread) if the fork server dies
         without close(): its running jobs have then been reported FAILED, and every

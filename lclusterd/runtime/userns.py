@@ -33,6 +33,24 @@ class IdRange:
 
 
 @dataclass(frozen=True)
+class IdRanges:
+    """The host uids and gids jobs' user namespaces are cut from."""
+
+    uids: IdRange
+    gids: IdRange
+
+
+def subordinate_ranges(user: str = USER) -> IdRanges | None:
+    """`user`'s ranges in /etc/subuid and /etc/subgid (`make prep` adds lclusterd's), or None."""
+    uids, gids = subordinate_range(user, "/etc/subuid"), subordinate_range(user, "/etc/subgid")
+    return IdRanges(uids, gids) if uids is not None and gids is not None else None
+
+
+MISSING_RANGES = (f"no subordinate id range for the user {USER} in /etc/subuid and /etc/subgid "
+                  "(make prep adds one)")
+
+
+@dataclass(frozen=True)
 class IdMap:
     """A job's ids: its 0..count-1 are the host's uid..uid+count-1 and gid..gid+count-1."""
 

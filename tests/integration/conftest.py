@@ -13,7 +13,7 @@ from pyroute2 import IPRoute
 
 from lclusterd.runtime import userns
 from lclusterd.runtime.cgroups import detect
-from lclusterd.runtime.launcher import Launcher, UserNamespaces
+from lclusterd.runtime.launcher import IdRanges, Launcher
 
 ROOTFS = os.environ.get("LCLUSTERD_TEST_ROOTFS", "/var/lib/lclusterd/rootfs")
 CGROUP_VERSION = detect().version
@@ -33,11 +33,11 @@ def rootfs() -> str:
     return ROOTFS
 
 
-def user_namespaces() -> UserNamespaces:
+def user_namespaces() -> IdRanges:
     """The ranges `make prep` gives the user lclusterd (the tests fail without them)."""
-    uids, gids = userns.subordinate_range(path="/etc/subuid"), userns.subordinate_range(path="/etc/subgid")
-    assert uids and gids, "no subordinate id range for lclusterd: run `make prep`"
-    return UserNamespaces(uids, gids)
+    ranges = userns.subordinate_ranges()
+    assert ranges is not None, userns.MISSING_RANGES
+    return ranges
 
 
 @pytest.fixture(scope="session", params=["userns", "no-userns"], ids=lambda mode: f"{DRIVER_ID}-{mode}")

@@ -170,7 +170,7 @@ def test_list_and_nodes(node):
     (["-add", "x", "-cpus", "lots"], 2, "lclient: bad -cpus value 'lots': expected a number of cores like 0.5 or 2"),
     (["-add", "x", "-pids", "0"], 2, "lclient: bad -pids value '0': must be at least 1"),
     (["-add", "x", "-timeout", "soon"], 2, "lclient: bad -timeout value 'soon': expected a duration like 30s, 5m or 1h"),
-    (["-add", "x", "-mem", "100"], 2, "lclient: memory limit 100 bytes is below the minimum of 1 MiB"),
+    (["-add", "x", "-mem", "100"], 2, "lclient: memory limit must be between 1 MiB and 1 PiB, not 100 bytes"),
     (["-add", "x", "-env", "NOEQUALS"], 2, "lclient: bad -env value 'NOEQUALS': expected NAME=VALUE"),
     (["-list", "-state", "bogus"], 2, "lclient: unknown state 'BOGUS': expected one of QUEUED, ASSIGNED, RUNNING, "
                                       "EXITED, KILLED, OOM_KILLED, TIMED_OUT, FAILED, CANCELLED, LOST"),

@@ -16,7 +16,8 @@ ALLOWED = {
     "lclusterd.model": ("lclusterd.errors", "lclusterd.limits"),
     "lclusterd.limits": ("lclusterd.errors",),
     "lclusterd.errors": (),
-    "lclusterd.config": ("lclusterd.model", "lclusterd.units"),
+    # config derives defaults from host facts (memory, pid_max), read by the runtime's host module
+    "lclusterd.config": ("lclusterd.model", "lclusterd.units", "lclusterd.limits", "lclusterd.runtime.host"),
     "lclusterd.etcd_embedded": (),
     "lclusterd.rpc": ("lclusterd.rpc",),
     "lclusterd.runtime": ("lclusterd.runtime", "lclusterd.errors", "lclusterd.units", "lclusterd.limits"),

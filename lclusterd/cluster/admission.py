@@ -1,0 +1,83 @@
+"""Admission: what a node checks before it queues a job, so that a job that could never run
+is refused at once with one line, not queued forever, clamped or failed later.
+
+A spec must be well formed (JobSpec.validate: every field within lclusterd.limits), and what
+it asks for must fit a node of the cluster: its -mem within what some node offers its jobs,
+its -pids within what a node allows all its jobs together, its -cpus within a node's cores.
+The node taking the request is asked first, from what it knows of itself; only a spec it
+could not run itself costs a read of the other nodes' registrations.
+"""
+
+from __future__ import annotations
+
+from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.store import Store
+from lclusterd.errors import InvalidSpec
+from lclusterd.model import JobSpec, NodeInfo
+from lclusterd.units import format_size
+
+
+def fits(node: NodeInfo, spec: JobSpec) -> bool:
+    """Whether `node` could ever run `spec` (0 in a node's field: it does not say, so it might)."""
+    return not _shortfalls(node, spec)
+
+
+def _shortfalls(node: NodeInfo, spec: JobSpec) -> list[str]:
+    found = []
+    if spec.memory_bytes is not None and node.memory_bytes and spec.memory_bytes > node.memory_bytes:
+        found.append("memory")
+    if spec.pids is not None and node.max_pids and spec.pids > node.max_pids:
+        found.append("pids")
+    if spec.cpus is not None and node.cores and spec.cpus > node.cores:
+        found.append("cpus")
+    return found
+
+
+class Admission:
+    def __init__(self, store: Store, keys: Keys, me: NodeInfo):
+        self.store = store
+        self.keys = keys
+        self.me = me
+
+    def check(self, spec: JobSpec) -> None:
+        """InvalidSpec with the reason when the spec is malformed or no node could run it."""
+        spec.validate()
+        if fits(self.me, spec) and (not spec.node or spec.node == self.me.name):
+            return
+        nodes = self._live_nodes()
+        if spec.node:  # pinned: that node decides; one not registered may yet come (the job waits)
+            nodes = [n for n in nodes if n.name == spec.node]
+            if not nodes:
+                return
+        if not any(fits(node, spec) for node in nodes):
+            raise InvalidSpec(_refusal(spec, nodes))
+
+    def _live_nodes(self) -> list[NodeInfo]:
+        kvs, _ = self.store.get_prefix(self.keys.nodes_prefix)
+        nodes = []
+        for kv in kvs:
+            try:
+                nodes.append(NodeInfo.from_bytes(kv.value))
+            except (ValueError, TypeError, KeyError):
+                continue  # a malformed registration is nobody's offer
+        return nodes or [self.me]
+
+
+def _refusal(spec: JobSpec, nodes: list[NodeInfo]) -> str:
+    """One sentence for the first thing no node can give (with the most any node has)."""
+    short = [_shortfalls(n, spec) for n in nodes]
+    what = next((kind for kind in ("memory", "pids", "cpus") if all(kind in s for s in short)), None)
+    where = "node " + nodes[0].name if len(nodes) == 1 else "any node"
+    if what is None:  # each node lacks something, but not the same thing
+        asked = [f"-mem {format_size(spec.memory_bytes)}" if spec.memory_bytes is not None else "",
+                 f"-pids {spec.pids}" if spec.pids is not None else "", f"-cpus {spec.cpus:g}" if spec.cpus is not None else ""]
+        return f"no node can give all of {', '.join(a for a in asked if a)} at once"
+    if what == "memory":
+        best = max(nodes, key=lambda n: n.memory_bytes)
+        return (f"-mem {format_size(spec.memory_bytes)} is more than {where} offers its jobs "
+                f"(the most: {format_size(best.memory_bytes)} on {best.name})")
+    if what == "pids":
+        best = max(nodes, key=lambda n: n.max_pids)
+        return f"-pids {spec.pids} is more than {where} allows its jobs in all (the most: {best.max_pids} on {best.name})"
+    best = max(nodes, key=lambda n: n.cores)
+    return f"-cpus {spec.cpus:g} is more than {where} has (the most: {best.cores} cores on {best.name})"
