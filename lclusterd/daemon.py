@@ -41,6 +41,7 @@ from lclusterd.model import NodeInfo
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 from lclusterd.runtime import host, userns
+from lclusterd.runtime.cgroups import NodeLimits
 from lclusterd.runtime.launcher import IdRanges, Launcher
 from lclusterd.runtime.spec import RuntimeSpec
 
@@ -90,7 +91,8 @@ class Daemon:
 
         # 1. the fork server, before any thread; then one job to prove jobs can run here
         self.launcher = Launcher(state / "runtime", cgroup_parent=c.cgroup_parent, on_event=self._on_runtime_event,
-                                 on_helper_exit=self._on_runtime_helper_exit, userns=self._user_namespaces())
+                                 on_helper_exit=self._on_runtime_helper_exit, userns=self._user_namespaces(),
+                                 node_limits=NodeLimits(c.memory_bytes, c.max_pids_value))
         try:
             self.launcher.start()
         except LclusterdError as exc:

@@ -27,7 +27,7 @@ from typing import Callable
 
 from lclusterd.errors import LclusterdError, SetupFailed
 from lclusterd.runtime import caps, channel, kernel, plan, protocol
-from lclusterd.runtime.cgroups import Limits, detect
+from lclusterd.runtime.cgroups import Limits, NodeLimits, detect
 from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
 from lclusterd.runtime.mounts import Scratch
 from lclusterd.runtime.job import RunningJob, begin_kill, kill_now, remove_empty_cgroup
@@ -360,13 +360,14 @@ def _setup(args: argparse.Namespace) -> tuple[CgroupDriver, SparePool]:
     if not os.access(plan.JOBINIT, os.X_OK):
         raise SetupFailed("job init", f"{plan.JOBINIT} is missing or not executable (build it with `make prep`)")
     driver = detect(parent=args.cgroup_parent)
-    driver.prepare()
+    driver.prepare(NodeLimits(args.node_memory, args.node_pids) if args.node_memory or args.node_pids else None)
     scratch = Scratch(os.path.join(args.state_dir, "root"))
     os.makedirs(scratch.path, 0o700, exist_ok=True)
     slots = Slots(args.userns_uids, args.userns_gids) if args.userns_uids else None
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     keep = caps.mask_of(caps.DEFAULT_KEEP)
-    setup = SpareSetup(str(plan.JOBINIT), scratch, keep, caps.last_cap(), own_pid_ns, slots)
+    setup = SpareSetup(str(plan.JOBINIT), scratch, keep, caps.last_cap(), own_pid_ns, slots,
+                       tuple(driver.device_procs_files()))
     return driver, SparePool(setup)
 
 
@@ -377,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cgroup-parent", default="lclusterd")
     parser.add_argument("--userns-uids", type=_id_range, help="START:COUNT host uids for jobs' user namespaces")
     parser.add_argument("--userns-gids", type=_id_range, help="START:COUNT host gids for jobs' user namespaces")
+    parser.add_argument("--node-memory", type=int, help="memory ceiling of all jobs together (bytes)")
+    parser.add_argument("--node-pids", type=int, help="pids ceiling of all jobs together")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="lclusterd: forkserver: %(levelname)s %(message)s")
     sock = socket.socket(fileno=args.fd)

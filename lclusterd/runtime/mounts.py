@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lclusterd.runtime import devices
 from lclusterd.runtime import kernel as k
 
-# (name, major, minor): the device nodes a job's /dev gets, bind-mounted from the host's /dev.
-DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+# (name, major, minor): the device nodes a job's /dev gets, bind-mounted from the host's /dev;
+# devices.py also holds what the job's cgroup lets it open.
+DEVICES = devices.NODES
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
              ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
 # Kernel information a job has no business reading (bind /dev/null over them) ...

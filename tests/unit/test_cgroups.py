@@ -2,23 +2,30 @@
 
 FakeCgroupFs plays the kernel's part for directories: mkdir in a hierarchy creates the
 control files the kernel would (in v2 only those of controllers the parent enables),
-rmdir removes them, and a write to cgroup.subtree_control applies "+memory"-style
-changes. Each test's name says which driver and that it is fake ("-fake", "_fake").
-The real drivers are tested in tests/integration/test_cgroups_real.py.
+rmdir removes them, a write to cgroup.subtree_control applies "+memory"-style
+changes, v1's devices.deny and devices.allow update devices.list, v1's memory limits
+keep memsw >= limit, and v2's BPF device program attach is recorded. Each test's name
+says which driver and that it is fake ("-fake", "_fake"). The BPF device program itself
+runs here in a small interpreter. The real drivers are tested in
+tests/integration/test_cgroups_real.py.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import signal
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from lclusterd.errors import SetupFailed
-from lclusterd.runtime.cgroups import CgroupStats, Limits, V1Driver, V2Driver, detect, v1, v2
+from lclusterd.runtime import devices, mounts
+from lclusterd.runtime.cgroups import CgroupStats, Limits, NodeLimits, V1Driver, V2Driver, detect, v1, v2
+from lclusterd.runtime.cgroups import device_filter
 
 UNLIMITED_V1 = "9223372036854771712"
 V1_FILES = {
@@ -32,6 +39,7 @@ V1_FILES = {
     "cpu": {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "-1"},
     "cpuacct": {"cpuacct.usage": "0"},
     "freezer": {"freezer.state": "THAWED"},
+    "devices": {"devices.allow": "", "devices.deny": "", "devices.list": "a *:* rwm"},
 }
 V2_FILES = {
     "": {
@@ -51,6 +59,9 @@ V2_FILES = {
     "cpu": {"cpu.max": "max 100000"},
 }
 V2_ROOT_CONTROLLERS = "cpuset cpu io memory hugetlb pids rdma misc"
+V1_DEFAULT = ("memory", "pids", "cpu", "cpuacct", "freezer", "devices")
+ALLOWED_LINES = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm",
+                 "c 136:* rwm"]
 
 
 def write(path: Path, text: str) -> None:
@@ -62,14 +73,17 @@ def read(path: Path) -> str:
 
 
 class FakeCgroupFs:
-    """A directory tree that acts like cgroupfs for mkdir, rmdir and subtree_control."""
+    """A directory tree that acts like cgroupfs for mkdir, rmdir, subtree_control, v1
+    device rules and memory limits, and records v2 device program attaches."""
 
     def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch, version: int):
         self.root = root
         self.version = version
         self.omit: set[str] = set()  # file names the "kernel" does not have
         self.subtree_writes: list[Path] = []
-        real_mkdir, real_rmdir, real_write = os.mkdir, os.rmdir, v2.write_file
+        self.writes: list[tuple[Path, str]] = []  # every write through the drivers' write_file
+        self.attached: list[Path] = []  # v2 cgroups a device program was attached to
+        real_mkdir, real_rmdir, self.real_write = os.mkdir, os.rmdir, v2.write_file
 
         def mkdir(path, mode=0o777, **kw):
             real_mkdir(path, mode, **kw)
@@ -87,25 +101,56 @@ class FakeCgroupFs:
                         child.unlink()
             real_rmdir(path, **kw)
 
-        def write_file(path, data):
-            path = Path(path)
-            if path.name != "cgroup.subtree_control" or root not in path.parents:
-                return real_write(path, data)
-            self.subtree_writes.append(path)
-            if path.parent != root and read(path.parent / "cgroup.procs"):
-                # cgroup v2 has no controllers where a non-root cgroup holds processes
-                raise OSError(errno.EBUSY, f"write {path}: {os.strerror(errno.EBUSY)}")
-            enabled = set(read(path).split())
-            for change in (data.decode() if isinstance(data, bytes) else data).split():
-                (enabled.add if change[0] == "+" else enabled.discard)(change[1:])
-            write(path, " ".join(sorted(enabled)))
-            for child in path.parent.iterdir():  # the kernel updates the children at once
-                if child.is_dir():
-                    self._sync_v2_controllers(child)
-
         monkeypatch.setattr(os, "mkdir", mkdir)
         monkeypatch.setattr(os, "rmdir", rmdir)
-        monkeypatch.setattr(v2, "write_file", write_file)
+        monkeypatch.setattr(v2, "write_file", self.write_file)
+        monkeypatch.setattr(v1, "write_file", self.write_file)
+        monkeypatch.setattr(v2, "attach_device_filter", self.attached.append)
+
+    def write_file(self, path, data):
+        path = Path(path)
+        text = data.decode() if isinstance(data, bytes) else data
+        self.writes.append((path, text))
+        if self.root not in path.parents:
+            return self.real_write(path, data)
+        handler = {"cgroup.subtree_control": self._write_subtree_control, "devices.deny": self._write_devices,
+                   "devices.allow": self._write_devices, "memory.limit_in_bytes": self._write_memory_limit,
+                   "memory.memsw.limit_in_bytes": self._write_memory_limit}.get(path.name)
+        return handler(path, text) if handler else self.real_write(path, data)
+
+    def _write_subtree_control(self, path: Path, text: str) -> None:
+        self.subtree_writes.append(path)
+        if path.parent != self.root and read(path.parent / "cgroup.procs"):
+            # cgroup v2 has no controllers where a non-root cgroup holds processes
+            raise OSError(errno.EBUSY, f"write {path}: {os.strerror(errno.EBUSY)}")
+        enabled = set(read(path).split())
+        for change in text.split():
+            (enabled.add if change[0] == "+" else enabled.discard)(change[1:])
+        write(path, " ".join(sorted(enabled)))
+        for child in path.parent.iterdir():  # the kernel updates the children at once
+            if child.is_dir():
+                self._sync_v2_controllers(child)
+
+    def _write_devices(self, path: Path, text: str) -> None:
+        """One rule per write, as the kernel takes them; "a" resets the list."""
+        listing = path.parent / "devices.list"
+        if text == "a":
+            if any(child.is_dir() for child in path.parent.iterdir()):
+                raise OSError(errno.EINVAL, f"write {path}: {os.strerror(errno.EINVAL)}")  # as the kernel
+            write(listing, "" if path.name == "devices.deny" else "a *:* rwm")
+        elif path.name == "devices.allow" and read(listing) != "a *:* rwm":
+            write(listing, "\n".join([*read(listing).splitlines(), text]))
+
+    def _write_memory_limit(self, path: Path, text: str) -> None:
+        """memory.memsw.limit_in_bytes may never be below memory.limit_in_bytes (EINVAL)."""
+        value = UNLIMITED_V1 if text == "-1" else text
+        limit, memsw = path.parent / "memory.limit_in_bytes", path.parent / "memory.memsw.limit_in_bytes"
+        other = memsw if path == limit else limit
+        if other.exists():
+            low, high = (int(value), int(read(other))) if path == limit else (int(read(other)), int(value))
+            if low > high:
+                raise OSError(errno.EINVAL, f"write {path}: {os.strerror(errno.EINVAL)}")
+        write(path, value)
 
     def _populate(self, path: Path) -> None:
         files = {"cgroup.procs": ""}
@@ -131,7 +176,7 @@ class FakeCgroupFs:
                     write(path / name, text)
 
 
-def make_v1_tree(root: Path, names=("memory", "pids", "cpu", "cpuacct", "freezer")) -> Path:
+def make_v1_tree(root: Path, names=V1_DEFAULT) -> Path:
     """Hierarchy roots as the kernel mounts them: each has a cgroup.procs."""
     for name in names:
         (root / name).mkdir(parents=True)
@@ -198,7 +243,7 @@ def test_detect_v1_fake(tmp_path, monkeypatch):
     before = tree(root)
     driver = detect(root, parent="lclusterd")
     assert isinstance(driver, V1Driver) and driver.version == 1
-    assert driver.hierarchies == {c: root / c for c in ("memory", "pids", "cpu", "cpuacct")}
+    assert driver.hierarchies == {c: root / c for c in ("memory", "pids", "cpu", "cpuacct", "devices")}
     assert tree(root) == before and driver.job_names() == []  # detect() only reads
 
     driver.prepare()  # what the first create() does
@@ -216,7 +261,7 @@ def test_detect_hybrid_is_v1_fake(tmp_path, monkeypatch):
 
 
 def test_detect_v1_combined_cpu_cpuacct_fake(tmp_path, monkeypatch):
-    root = make_v1_tree(tmp_path / "cgroup", ("memory", "pids", "cpu,cpuacct", "freezer"))
+    root = make_v1_tree(tmp_path / "cgroup", ("memory", "pids", "cpu,cpuacct", "freezer", "devices"))
     (root / "cpu").symlink_to("cpu,cpuacct")  # as systemd lays it out
     (root / "cpuacct").symlink_to("cpu,cpuacct")
     FakeCgroupFs(root, monkeypatch, 1)
@@ -233,14 +278,29 @@ def test_detect_v1_combined_cpu_cpuacct_fake(tmp_path, monkeypatch):
     assert driver.job_names() == [] and not (root / "cpu,cpuacct" / "lclusterd" / "job1").exists()
 
 
+@pytest.mark.parametrize("missing", ["pids", "devices"])
 @pytest.mark.parametrize("unmounted", [False, True], ids=["absent", "empty-dir"])
-def test_detect_v1_missing_controller_fake(tmp_path, unmounted):
-    root = make_v1_tree(tmp_path / "cgroup", ("memory", "cpu", "cpuacct", "freezer"))
+def test_detect_v1_missing_controller_fake(tmp_path, unmounted, missing):
+    root = make_v1_tree(tmp_path / "cgroup", [c for c in V1_DEFAULT if c != missing])
     if unmounted:
-        (root / "pids").mkdir()  # a directory with no cgroup.procs is not a hierarchy
-    with pytest.raises(SetupFailed, match="pids") as err:
+        (root / missing).mkdir()  # a directory with no cgroup.procs is not a hierarchy
+    with pytest.raises(SetupFailed) as err:
         detect(root)
-    assert err.value.step == "cgroups" and "cgroup v1 controller(s) pids not mounted" in str(err.value)
+    assert err.value.step == "cgroups" and f"cgroup v1 controller(s) {missing} not mounted" in str(err.value)
+
+
+def test_detect_v1_devices_mounted_with_memory_is_refused_fake(tmp_path):
+    # Job directories would sit below the devices parent (its deny-all fails with children).
+    root = make_v1_tree(tmp_path / "cgroup", ("memory,devices", "pids", "cpu", "cpuacct"))
+    (root / "memory").symlink_to("memory,devices")
+    (root / "devices").symlink_to("memory,devices")
+    with pytest.raises(SetupFailed, match=r"devices is mounted together with memory at .*/memory,devices"):
+        detect(root)
+
+
+def test_v1_driver_without_the_devices_hierarchy_is_refused_fake(tmp_path):
+    with pytest.raises(ValueError, match="needs the devices hierarchy"):
+        V1Driver({c: tmp_path / c for c in ("memory", "pids", "cpu", "cpuacct")})
 
 
 def test_detect_v2_controller_unavailable_fake(tmp_path):
@@ -499,3 +559,245 @@ def test_v1_fake_remove_tries_every_hierarchy_before_failing(tmp_path, monkeypat
     with pytest.raises(OSError, match="rmdir .*memory/lclusterd/stuck: Device or resource busy"):
         job.remove()
     assert [c for c in ("memory", "pids", "cpuacct") if (root / c / "lclusterd" / "stuck").exists()] == ["memory"]
+
+
+# ---- devices: v1 rules on the parent, v2 program attached to the parent ----
+
+
+def test_v1_fake_parent_denies_every_device_then_allows_the_jobs_own(tmp_path, monkeypatch):
+    root = make_v1_tree(tmp_path / "cgroup")
+    fs = FakeCgroupFs(root, monkeypatch, 1)
+    driver = detect(root, parent="lclusterd/node1")
+    job = driver.create("job1", Limits())  # prepares the parent first
+    parent = root / "devices" / "lclusterd" / "node1"
+    assert [(p.name, text) for p, text in fs.writes if p.parent == parent] == [
+        ("devices.deny", "a"), *[("devices.allow", line) for line in ALLOWED_LINES]]
+    assert read(parent / "devices.list").splitlines() == ALLOWED_LINES
+    assert read(root / "devices" / "lclusterd" / "devices.list") == "a *:* rwm"  # the last component only
+    # No job directory in the devices hierarchy: the job's init joins the parent instead.
+    assert "devices" not in job.dirs and not (parent / "job1").exists()
+    assert driver.device_procs_files() == [str(parent / "cgroup.procs")]
+    assert not any("/devices/" in f for f in job.procs_files)
+
+
+def test_v1_fake_prepare_again_leaves_rules_in_place(tmp_path, monkeypatch):
+    # A restart: rewriting would deny everything for a moment to jobs still running.
+    root = make_v1_tree(tmp_path / "cgroup")
+    fs = FakeCgroupFs(root, monkeypatch, 1)
+    detect(root).prepare()
+    fs.writes.clear()
+    detect(root).prepare()
+    assert [p for p, _ in fs.writes if p.name.startswith("devices.")] == []
+    write(root / "devices" / "lclusterd" / "devices.list", "a *:* rwm")  # someone opened it up again
+    detect(root).prepare()
+    assert read(root / "devices" / "lclusterd" / "devices.list").splitlines() == ALLOWED_LINES
+
+
+def test_v1_fake_job_names_open_and_sweep_ignore_the_devices_parent(tmp_path, monkeypatch):
+    root = make_v1_tree(tmp_path / "cgroup")
+    FakeCgroupFs(root, monkeypatch, 1)
+    driver = detect(root)
+    for name in ("b", "a"):
+        driver.create(name, Limits())
+    write(root / "devices" / "lclusterd" / "cgroup.procs", "4242")  # jobs' processes live there
+    assert driver.job_names() == ["a", "b"]
+    opened = driver.open("a")
+    assert sorted(opened.dirs) == ["cpu", "cpuacct", "memory", "pids"] and opened.pids() == []
+    for name in driver.job_names():  # as the fork server's sweep
+        driver.open(name).remove()
+    assert driver.job_names() == []
+
+
+def test_v1_fake_remove_parent_removes_the_devices_parent(tmp_path, monkeypatch):
+    root = make_v1_tree(tmp_path / "cgroup")
+    FakeCgroupFs(root, monkeypatch, 1)
+    driver = detect(root, parent="lclusterd/node1")
+    driver.create("job1", Limits())
+    procs = Path(driver.device_procs_files()[0])
+    write(procs, "4242")  # a job's process still there: that parent stays, the rest goes
+    driver.open("job1").remove()
+    driver.remove_parent()
+    assert [c for c in V1_DEFAULT if (root / c / "lclusterd").exists()] == ["devices"]
+    write(procs, "")
+    driver.remove_parent()
+    assert not any((root / c / "lclusterd").exists() for c in V1_DEFAULT)
+
+
+def test_v2_fake_device_program_goes_on_the_parent_once(tmp_path, monkeypatch):
+    root = make_v2_tree(tmp_path / "cgroup")
+    fs = FakeCgroupFs(root, monkeypatch, 2)
+    driver = detect(root, parent="lclusterd/node1")
+    driver.create("job1", Limits())
+    driver.create("job2", Limits())
+    assert fs.attached == [root / "lclusterd" / "node1"]  # not per job: they inherit it
+    assert driver.device_procs_files() == []
+    detect(root, parent="lclusterd/node1").prepare()  # a restart attaches again (it replaces)
+    assert fs.attached == [root / "lclusterd" / "node1"] * 2
+
+
+# ---- node ceilings on the parent ----
+
+
+def test_node_limits_written_on_the_parents_last_component(fake):
+    driver = type(fake.driver)(
+        fake.driver.hierarchies if fake.version == 1 else fake.driver.root, parent="lclusterd/node1")
+    driver.prepare(NodeLimits(memory_bytes=512 << 20, pids=300))
+    if fake.version == 1:
+        memory, pids = (driver.hierarchies[c] / "lclusterd" for c in ("memory", "pids"))
+        expected = {memory / "node1" / "memory.limit_in_bytes": str(512 << 20),
+                    memory / "node1" / "memory.memsw.limit_in_bytes": str(512 << 20),
+                    pids / "node1" / "pids.max": "300",
+                    memory / "memory.limit_in_bytes": UNLIMITED_V1, pids / "pids.max": "max"}
+    else:
+        parent = driver.root / "lclusterd"
+        expected = {parent / "node1" / "memory.max": str(512 << 20), parent / "node1" / "memory.swap.max": "0",
+                    parent / "node1" / "pids.max": "300", parent / "memory.max": "max", parent / "pids.max": "max"}
+    assert {path: read(path) for path in expected} == expected
+
+
+@pytest.mark.parametrize("sequence", [(64, 128, 32), (128, 32, None)], ids=["up-then-down", "down-then-unlimited"])
+def test_v1_fake_node_memory_ceiling_moves_either_way_with_memsw(tmp_path, monkeypatch, sequence):
+    # memsw may never be below the limit: the fake refuses, as the kernel does.
+    root = make_v1_tree(tmp_path / "cgroup")
+    FakeCgroupFs(root, monkeypatch, 1)
+    memory = root / "memory" / "lclusterd"
+    for mib in sequence:
+        detect(root).prepare(NodeLimits(memory_bytes=None if mib is None else mib << 20))
+        expected = UNLIMITED_V1 if mib is None else str(mib << 20)
+        assert read(memory / "memory.limit_in_bytes") == read(memory / "memory.memsw.limit_in_bytes") == expected
+
+
+def test_node_limits_without_swap_accounting(fake):
+    fake.fs.omit = {"memory.memsw.limit_in_bytes", "memory.swap.max"}
+    fake.driver.prepare(NodeLimits(memory_bytes=1 << 30))
+    parent = fake.driver.hierarchies["memory"] / "lclusterd" if fake.version == 1 else fake.driver.parent_dir
+    limit_file = "memory.limit_in_bytes" if fake.version == 1 else "memory.max"
+    assert read(parent / limit_file) == str(1 << 30)
+    assert not (parent / "memory.memsw.limit_in_bytes").exists() and not (parent / "memory.swap.max").exists()
+
+
+def test_node_limits_none_writes_the_defaults_back(fake):
+    fake.driver.prepare(NodeLimits(memory_bytes=1 << 30, pids=10))
+    fake.driver.prepare(NodeLimits())
+    if fake.version == 1:
+        memory, pids = (fake.driver.hierarchies[c] / "lclusterd" for c in ("memory", "pids"))
+        assert read(memory / "memory.limit_in_bytes") == read(memory / "memory.memsw.limit_in_bytes") == UNLIMITED_V1
+    else:
+        memory = pids = fake.driver.parent_dir
+        assert read(memory / "memory.max") == read(memory / "memory.swap.max") == "max"
+    assert read(pids / "pids.max") == "max"
+
+
+def test_create_prepares_lazily_without_node_limits(fake):
+    fake.driver.prepare(NodeLimits(pids=10))
+    driver = detect(fake.fs.root)  # a second driver, as an old caller that never calls prepare()
+    driver.create("job1", Limits())
+    pids = driver.hierarchies["pids"] / "lclusterd" if fake.version == 1 else driver.parent_dir
+    assert read(pids / "pids.max") == "10"  # prepare() without NodeLimits leaves them alone
+    if fake.version == 1:
+        assert read(driver.devices_dir / "devices.list").splitlines() == ALLOWED_LINES
+    else:
+        assert fake.fs.attached == [driver.parent_dir] * 2
+
+
+# ---- the device list and the BPF program, as data ----
+
+# From linux/bpf_common.h and linux/bpf.h, written out here rather than taken from
+# device_filter, so a wrong opcode there cannot agree with itself.
+BPF_LDX, BPF_ALU64, BPF_JMP = 0x01, 0x07, 0x05
+BPF_W, BPF_MEM, BPF_K, BPF_X = 0x00, 0x60, 0x00, 0x08
+BPF_AND, BPF_RSH, BPF_MOV, BPF_JNE, BPF_EXIT = 0x50, 0x70, 0xB0, 0x50, 0x90
+DEVCG_TYPE = {"b": 1, "c": 2}
+DEVCG_ACCESS = {"m": 1, "r": 2, "w": 4}
+U64 = (1 << 64) - 1
+CTX = object()  # r1 on entry: the pointer to struct bpf_cgroup_dev_ctx
+
+
+def run_device_program(program: bytes, kind: str, major: int, minor: int, access: str) -> int:
+    """What the kernel's BPF interpreter returns for one device access; only the
+    instructions a device filter needs are known, anything else fails the test."""
+    ctx = struct.pack("<III", sum(DEVCG_ACCESS[a] for a in access) << 16 | DEVCG_TYPE[kind], major, minor)
+    insns = [struct.unpack_from("<BBhi", program, at) for at in range(0, len(program), 8)]
+    regs: dict[int, object] = {1: CTX}  # a read of a register never written is a KeyError
+    pc = 0
+    while True:
+        opcode, registers, off, imm = insns[pc]
+        dst, src = registers & 0xF, registers >> 4
+        pc += 1
+        if opcode == BPF_LDX | BPF_MEM | BPF_W:
+            assert regs[src] is CTX and 0 <= off <= len(ctx) - 4, "a load from outside the context"
+            regs[dst] = struct.unpack_from("<I", ctx, off)[0]
+        elif opcode == BPF_ALU64 | BPF_AND | BPF_K:
+            regs[dst] = regs[dst] & (imm & U64)
+        elif opcode == BPF_ALU64 | BPF_RSH | BPF_K:
+            regs[dst] = regs[dst] >> imm
+        elif opcode == BPF_ALU64 | BPF_MOV | BPF_K:
+            regs[dst] = imm & U64
+        elif opcode == BPF_ALU64 | BPF_MOV | BPF_X:
+            regs[dst] = regs[src]
+        elif opcode == BPF_JMP | BPF_JNE | BPF_K:
+            pc += off if regs[dst] != imm & U64 else 0
+        elif opcode == BPF_JMP | BPF_EXIT:
+            return regs[0]
+        else:
+            pytest.fail(f"instruction {pc - 1}: opcode {opcode:#x} the filter should not need")
+
+
+def test_device_program_has_forward_jumps_only_and_ends_in_exit():
+    program = device_filter.build_program(devices.ALLOWED)
+    assert len(program) % 8 == 0
+    insns = [struct.unpack_from("<BBhi", program, at) for at in range(0, len(program), 8)]
+    for pc, (opcode, _, off, _) in enumerate(insns):
+        if opcode == BPF_JMP | BPF_JNE | BPF_K:
+            assert 0 <= off and pc + 1 + off < len(insns)  # the verifier refuses loops and jumps out
+    assert insns[-1][0] == BPF_JMP | BPF_EXIT
+
+
+@pytest.mark.parametrize("kind, major, minor, access, allowed", [
+    ("c", 1, 3, "rw", True),  # /dev/null
+    ("c", 1, 9, "r", True),  # /dev/urandom
+    ("c", 5, 2, "rw", True),  # ptmx
+    ("c", 136, 0, "rw", True),  # /dev/pts/0
+    ("c", 136, 4095, "m", True),
+    ("c", 1, 11, "w", False),  # /dev/kmsg, the probe's write to the host's kernel log
+    ("c", 1, 11, "m", False),
+    ("b", 7, 0, "r", False),  # a loop device
+    ("b", 1, 3, "r", False),  # a block device with /dev/null's numbers
+    ("b", 8, 0, "rw", False),  # /dev/sda
+    ("c", 1, 1, "r", False),  # /dev/mem
+    ("c", 5, 1, "rw", False),  # /dev/console
+    ("c", 4, 1, "rw", False),  # tty1
+    ("c", 10, 200, "rw", False),  # /dev/net/tun
+    ("c", 137, 0, "rw", False),
+], ids=lambda v: str(v))
+def test_device_program_decides_like_the_rules(kind, major, minor, access, allowed):
+    program = device_filter.build_program(devices.ALLOWED)
+    assert run_device_program(program, kind, major, minor, access) == int(allowed)
+    assert any(rule.allows(kind, major, minor, access) for rule in devices.ALLOWED) == allowed
+
+
+def test_device_program_agrees_with_the_rules_everywhere():
+    program = device_filter.build_program(devices.ALLOWED)
+    accesses = ["".join(c) for n in (1, 2, 3) for c in itertools.combinations("rwm", n)]
+    for kind, major, minor, access in itertools.product(
+            "bc", (0, 1, 4, 5, 7, 8, 10, 136, 137, 254, 2**32 - 1), (0, 1, 2, 3, 5, 7, 8, 9, 11, 200, 2**20), accesses):
+        expected = any(rule.allows(kind, major, minor, access) for rule in devices.ALLOWED)
+        assert run_device_program(program, kind, major, minor, access) == int(expected), (kind, major, minor, access)
+
+
+def test_device_program_checks_access_for_a_rule_that_grants_less_than_rwm():
+    rules = [devices.DeviceRule("c", 1, 3, "r"), devices.DeviceRule("b", None, None, "m")]
+    program = device_filter.build_program(rules)
+    assert [run_device_program(program, "c", 1, 3, a) for a in ("r", "w", "m", "rw")] == [1, 0, 0, 0]
+    assert [run_device_program(program, "b", 8, 1, a) for a in ("m", "r")] == [1, 0]
+    assert run_device_program(device_filter.build_program([]), "c", 1, 3, "r") == 0  # no rule: nothing
+
+
+def test_device_rules_as_v1_lines_and_every_node_of_dev_is_allowed():
+    assert [rule.v1_line() for rule in devices.ALLOWED] == ALLOWED_LINES
+    assert [tuple(node) for node in mounts.DEVICES] == [
+        ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+    planned = [op.data for op in mounts.plan_before_pivot("/r", "/rootfs", "/u", "/w") if op.kind == "mknod"]
+    assert planned == [f"{major}:{minor}" for _, major, minor in mounts.DEVICES]
+    for _, major, minor in mounts.DEVICES:  # a job can use every node its /dev gets
+        assert any(rule.allows("c", major, minor, "rwm") for rule in devices.ALLOWED)

@@ -8,16 +8,17 @@ from pathlib import Path
 
 from lclusterd.errors import SetupFailed
 
-from .base import CgroupDriver, CgroupStats, JobCgroup, Limits
+from .base import CgroupDriver, CgroupStats, JobCgroup, Limits, NodeLimits
 from .v1 import V1Driver, read_file
 from .v2 import CONTROLLERS as V2_CONTROLLERS
 from .v2 import V2Driver
 
-__all__ = ["CgroupDriver", "CgroupStats", "JobCgroup", "Limits", "V1Driver", "V2Driver",
+__all__ = ["CgroupDriver", "CgroupStats", "JobCgroup", "Limits", "NodeLimits", "V1Driver", "V2Driver",
            "cgroup_version", "detect", "find_v1_hierarchies"]
 
-# cpuacct gives the CPU time; no freezer is needed (see v1.py).
-V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+# cpuacct gives the CPU time; devices keeps jobs off the host's devices; no freezer is
+# needed (see v1.py).
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "devices")
 
 
 def cgroup_version(root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -65,4 +66,12 @@ def detect(root: Path = Path("/sys/fs/cgroup"), parent: str = "lclusterd") -> Cg
             f"cgroup v1 controller(s) {', '.join(missing)} not mounted under {root}, "
             f"and {root} is not a cgroup v2 mount either (no cgroup.controllers)",
         )
+    shared = [c for c in V1_CONTROLLERS if c != "devices" and found[c] == found["devices"]]
+    if shared:
+        # Job directories would sit below the devices parent, whose deny-all the kernel
+        # refuses while it has children, and a job joining the parent there would leave
+        # its own cgroup in that hierarchy.
+        raise SetupFailed(
+            "cgroups", f"cgroup v1 devices is mounted together with {', '.join(shared)} at {found['devices']}; "
+            "lclusterd needs it in a hierarchy of its own")
     return V1Driver({c: found[c] for c in V1_CONTROLLERS}, parent)

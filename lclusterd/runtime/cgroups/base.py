@@ -14,6 +14,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class NodeLimits:
+    """Hard ceilings for a node's jobs together, on the driver's parent cgroup (the
+    kernel charges every job below it there too). None is no ceiling: the kernel's
+    default is written back, so a ceiling an earlier run set does not linger."""
+
+    memory_bytes: int | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
 class CgroupStats:
     """Read once at the job's end, before the cgroup is removed."""
 
@@ -68,10 +78,23 @@ class CgroupDriver(Protocol):
     version: int  # 1 or 2
     parent: str
 
+    def prepare(self, node: NodeLimits | None = None) -> None:
+        """Make the parent (mkdir -p; v2 enables memory, pids and cpu down the path), keep
+        its jobs off every device but those of devices.py, and write the node's ceilings
+        on the parent's last path component when `node` is given (None leaves the
+        parent's limits as they are). Again on a prepared parent is fine."""
+        ...
+
+    def device_procs_files(self) -> list[str]:
+        """cgroup.procs files a job's init writes "0" into, besides its own cgroup's, to
+        come under the device rules: v1 the parent's in the devices hierarchy; v2 none
+        (the job's cgroup inherits the parent's device program)."""
+        ...
+
     def create(self, name: str, limits: Limits) -> JobCgroup:
         """Make the job's cgroup with its limits written (unset limits keep the kernel's
-        default). The first call also makes the parent (mkdir -p; v2 enables memory, pids
-        and cpu down the path). Raises OSError naming the file, FileExistsError when the
+        default). The first call prepare()s the parent, with no node ceilings, when
+        nobody has yet. Raises OSError naming the file, FileExistsError when the
         cgroup exists; on failure nothing of the job's cgroup is left."""
         ...
 

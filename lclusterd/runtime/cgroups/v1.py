@@ -5,6 +5,9 @@ hierarchies, and in cpu only when it has a CPU limit; controllers mounted togeth
 (`cpu,cpuacct`) share one directory. Every hierarchy a job joins costs a mkdir, a
 write to cgroup.procs (which can wait for the kernel's teardown of the previous job's
 cgroups) and an rmdir on each job's start path, so none is joined without a use.
+That is why jobs have no directory in the devices hierarchy: the device rules are the
+same for every job, so they go once on `<devices>/<parent>` (deny all, then allow
+devices.ALLOWED) and a job's init joins that parent instead (device_procs_files).
 No freezer: all of a job's processes share one PID namespace whose init is in the
 cgroup, and SIGKILL to that init makes the kernel kill the whole namespace at once,
 so a kill cannot be outrun by forks (see V1Cgroup.kill_all).
@@ -20,11 +23,14 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .base import CgroupStats, Limits
+from lclusterd.runtime.devices import ALLOWED
+
+from .base import CgroupStats, Limits, NodeLimits
 
 CFS_PERIOD_US = 100_000
 # memory: limit, peak and OOM kills; pids: the limit; cpuacct: CPU time.
 ALWAYS_JOINED = ("memory", "pids", "cpuacct")
+DEVICES = "devices"  # the hierarchy with no job directories, only the parent
 KILL_TIMEOUT_S = 5.0
 REMOVE_TIMEOUT_S = 2.0
 
@@ -235,25 +241,38 @@ class V1Cgroup:
 
 
 class V1Driver:
-    """Job cgroups under `<hierarchy>/<parent>` of each v1 hierarchy. Making a driver
-    touches nothing, so it doubles as a query (job_names); the first create() makes the
-    parent directories (mkdir -p), or call prepare() at start-up to fail early."""
+    """Job cgroups under `<hierarchy>/<parent>` of each v1 hierarchy but devices (see the
+    module's doc). Making a driver touches nothing, so it doubles as a query (job_names);
+    the first create() prepares the parent, or call prepare() at start-up to fail early
+    and to set the node's ceilings."""
 
     version = 1
 
     def __init__(self, hierarchies: dict[str, Path], parent: str = "lclusterd"):
+        if DEVICES not in hierarchies:
+            raise ValueError("the cgroup v1 driver needs the devices hierarchy")
         self.hierarchies = {c: Path(p) for c, p in hierarchies.items()}
+        self.job_hierarchies = {c: p for c, p in self.hierarchies.items() if c != DEVICES}
         self.parent = parent
+        self.devices_dir = self.hierarchies[DEVICES] / parent
         self.prepared = False
 
-    def prepare(self) -> None:
+    def prepare(self, node: NodeLimits | None = None) -> None:
         for d in dict.fromkeys(h / self.parent for h in self.hierarchies.values()):
             make_dirs(d)
+        write_device_rules(self.devices_dir)
+        if node is not None:
+            write_memory_ceiling(self.hierarchies["memory"] / self.parent, node.memory_bytes)
+            write_file(self.hierarchies["pids"] / self.parent / "pids.max",
+                       "max" if node.pids is None else str(node.pids))
         self.prepared = True
+
+    def device_procs_files(self) -> list[str]:
+        return [str(self.devices_dir / "cgroup.procs")]
 
     def open(self, name: str) -> V1Cgroup:
         check_name(name)
-        return V1Cgroup(name, {c: h / self.parent / name for c, h in self.hierarchies.items()})
+        return V1Cgroup(name, {c: h / self.parent / name for c, h in self.job_hierarchies.items()})
 
     def create(self, name: str, limits: Limits) -> V1Cgroup:
         check_name(name)
@@ -277,6 +296,8 @@ class V1Driver:
         return cgroup
 
     def remove_parent(self) -> None:
+        """rmdir the parent in every hierarchy, devices included; the devices parent stays
+        while a job's process is still in it (EBUSY), like any other."""
         for hierarchy in dict.fromkeys(self.hierarchies.values()):
             remove_empty_ancestors(hierarchy, self.parent)
         self.prepared = False
@@ -286,12 +307,40 @@ class V1Driver:
         between two rmdirs) can leave a job in some hierarchies only, and the sweep must
         still find it."""
         names: set[str] = set()
-        for hierarchy in dict.fromkeys(self.hierarchies.values()):
+        for hierarchy in dict.fromkeys(self.job_hierarchies.values()):
             try:
                 names.update(e.name for e in os.scandir(hierarchy / self.parent) if e.is_dir(follow_symlinks=False))
             except FileNotFoundError:
                 continue
         return sorted(names)
+
+
+def write_device_rules(directory: Path) -> None:
+    """Deny every device, then allow devices.ALLOWED, on the cgroup every job's processes
+    join in the devices hierarchy. Skipped when devices.list already shows exactly those
+    rules (a restart): rewriting would deny all for a moment to processes still in it.
+    The kernel refuses the deny-all while the cgroup has children, and it has none."""
+    wanted = {rule.v1_line() for rule in ALLOWED}
+    if set(read_file(directory / "devices.list").splitlines()) == wanted:
+        return
+    write_file(directory / "devices.deny", "a")
+    for rule in ALLOWED:
+        write_file(directory / "devices.allow", rule.v1_line())
+
+
+def write_memory_ceiling(memory: Path, limit: int | None) -> None:
+    """memory.limit_in_bytes and, where the kernel accounts swap, memory.memsw.limit_in_bytes
+    to `limit` (None: unlimited) on a cgroup that may have a limit already. memsw may never
+    be below limit_in_bytes, so memsw goes first when the limit rises, second when it falls."""
+    value = "-1" if limit is None else str(limit)
+    limit_file = memory / "memory.limit_in_bytes"
+    memsw = memory / "memory.memsw.limit_in_bytes"
+    if not memsw.exists():
+        write_file(limit_file, value)
+        return
+    rises = limit is None or limit >= int(read_file(limit_file))
+    for path in (memsw, limit_file) if rises else (limit_file, memsw):
+        write_file(path, value)
 
 
 def write_limits(cgroup: V1Cgroup, limits: Limits) -> None:

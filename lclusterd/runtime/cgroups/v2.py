@@ -1,4 +1,13 @@
-"""cgroup v2 driver: one directory per job, `<root>/<parent>/<name>`, in the unified tree."""
+"""cgroup v2 driver: one directory per job, `<root>/<parent>/<name>`, in the unified tree.
+
+cgroup v2 has no devices controller: devices are filtered by a BPF program
+(device_filter.py) that prepare() attaches to the parent. The kernel runs, for a
+process's access to a device, the programs of its own cgroup or, where that has none,
+of its nearest ancestor that has one, so a program on the parent covers every job
+cgroup below it, made before or after the attach, exactly as one attached to each job
+would, with no bpf() calls on a job's start path. Attached with flags 0, it also keeps
+anything below from attaching a program of its own (EPERM).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +15,11 @@ import os
 from pathlib import Path
 
 from lclusterd.errors import SetupFailed
+from lclusterd.runtime import bpf
+from lclusterd.runtime.devices import ALLOWED
 
-from .base import CgroupStats, Limits
+from .base import CgroupStats, Limits, NodeLimits
+from .device_filter import build_program
 
 # The file helpers are shared by both drivers; they live with the older one.
 from .v1 import (
@@ -30,6 +42,8 @@ from .v1 import (
 
 CONTROLLERS = ("memory", "pids", "cpu")
 FREEZE_TIMEOUT_S = 1.0
+DEVICE_PROGRAM = build_program(ALLOWED)
+DEVICE_PROGRAM_NAME = "lclusterd_dev"  # as bpftool lists it
 
 
 class V2Cgroup:
@@ -94,7 +108,8 @@ class V2Cgroup:
 class V2Driver:
     """Job cgroups under `<root>/<parent>`. Making a driver touches nothing, so it doubles
     as a query (job_names); the first create() makes the parent (mkdir -p) and enables
-    memory, pids and cpu for it, or call prepare() at start-up to fail early."""
+    memory, pids and cpu for it, or call prepare() at start-up to fail early and to set
+    the node's ceilings."""
 
     version = 2
 
@@ -108,7 +123,7 @@ class V2Driver:
         remove_empty_ancestors(self.root, self.parent)
         self.prepared = False
 
-    def prepare(self) -> None:
+    def prepare(self, node: NodeLimits | None = None) -> None:
         make_dirs(self.parent_dir)
         # A controller reaches a cgroup only when every ancestor enables it in its
         # cgroup.subtree_control, so enable top down, the parent's own level included.
@@ -125,7 +140,15 @@ class V2Driver:
                 f"cgroup v2 controller(s) {', '.join(missing)} cannot be enabled for "
                 f"{self.parent_dir}: not in an ancestor's cgroup.controllers",
             )
+        # On the parent, not on each job: see the module's doc. A second attach replaces
+        # the program an earlier run left.
+        attach_device_filter(self.parent_dir)
+        if node is not None:
+            write_node_limits(self.parent_dir, node)
         self.prepared = True
+
+    def device_procs_files(self) -> list[str]:
+        return []  # a job's own cgroup is under the parent's device program
 
     def open(self, name: str) -> V2Cgroup:
         check_name(name)
@@ -163,6 +186,25 @@ def enable_controllers(level: Path) -> None:
     wanted = [c for c in CONTROLLERS if c in available and c not in enabled]
     if wanted:
         write_file(level / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
+
+
+def attach_device_filter(cgroup_dir: Path) -> None:
+    """Load DEVICE_PROGRAM and attach it to the cgroup with flags 0 (replacing any device
+    program attached there so)."""
+    fd = bpf.load_device_program(DEVICE_PROGRAM, DEVICE_PROGRAM_NAME)
+    try:
+        bpf.attach_device_program(str(cgroup_dir), fd)
+    finally:
+        os.close(fd)  # the attachment holds the program
+
+
+def write_node_limits(path: Path, node: NodeLimits) -> None:
+    """The node's ceilings on its parent cgroup; None writes the default ("max") back."""
+    write_file(path / "memory.max", "max" if node.memory_bytes is None else str(node.memory_bytes))
+    swap = path / "memory.swap.max"
+    if swap.exists():  # absent without swap accounting
+        write_file(swap, "max" if node.memory_bytes is None else "0")
+    write_file(path / "pids.max", "max" if node.pids is None else str(node.pids))
 
 
 def write_limits(path: Path, limits: Limits) -> None:
