@@ -1,0 +1,279 @@
+"""Containment, probed as an attacker would: from inside real jobs, through real daemons and
+lclient, and with the numbers a careless or hostile user might pass. Every probe here once
+got through: host devices opened from a job, a timeout that stopped the node, a job that
+could take the host's memory or fill its disk with output, pids beyond the kernel's, and
+root in a job that was root on the host.
+
+The runtime-level probes (marked v2vm) also run in the pure cgroup v2 VM (make test-v2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cluster_fixtures import Daemon, EtcdProcess, remove_cgroup_parent
+from conftest import CGROUP_VERSION
+from lclusterd.rpc import lclusterd_pb2 as pb
+from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
+from lclusterd.runtime import channel, userns
+from lclusterd.runtime.spec import RuntimeSpec
+
+NODE_MEMORY = 2 << 30
+MAX_PIDS = 2000
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    server = EtcdProcess(tmp_path_factory.mktemp("contain-etcd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def _node(tmp_path_factory, etcd, name: str, *extra: str):
+    directory = tmp_path_factory.mktemp(name)
+    daemon = Daemon(directory, etcd.endpoint, f"/test-{name}", name,
+                    ["--memory", str(NODE_MEMORY), "--default-mem", "64M", "--max-pids", str(MAX_PIDS),
+                     "--max-log-size", "1M", *extra])
+    daemon.start()
+    return daemon
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory, etcd):
+    """A node with its defaults but small ceilings: jobs in user namespaces of their own."""
+    daemon = _node(tmp_path_factory, etcd, "contain")
+    yield daemon
+    assert daemon.stop() == 0
+    remove_cgroup_parent(daemon.name)
+
+
+@pytest.fixture(scope="module")
+def root_node(tmp_path_factory, etcd):
+    """The same with --userns off: a job's root is the host's root."""
+    daemon = _node(tmp_path_factory, etcd, "contain-nouserns", "--userns", "off")
+    yield daemon
+    assert daemon.stop() == 0
+    remove_cgroup_parent(daemon.name)
+
+
+def run_job(daemon: Daemon, command: str, *args: str) -> tuple[dict, str, str]:
+    """Add a job, wait for it; its record (-check -json), stdout and stderr."""
+    added = daemon.lclient("-add", command, *args)
+    assert added.returncode == 0, added.stderr
+    job = added.stdout.strip()
+    daemon.lclient("-wait", job, timeout=120)
+    record = json.loads(daemon.lclient("-check", job, "-json").stdout)
+    out = Path(daemon.state_dir, "logs", f"{job}.out").read_text(errors="replace")
+    err = Path(daemon.state_dir, "logs", f"{job}.err").read_text(errors="replace")
+    return record, out, err
+
+
+@pytest.fixture(params=["userns", "no-userns"])
+def any_node(request, node, root_node):
+    return node if request.param == "userns" else root_node
+
+
+# -- host devices -----------------------------------------------------------------------
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A host loop device over a root-only file that holds a secret."""
+    backing = tmp_path / "secret.img"
+    backing.write_bytes(b"TOP-SECRET-HOST-DATA" + b"\0" * (1 << 20))
+    backing.chmod(0o600)
+    device = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True, check=True).stdout.strip()
+    yield device, backing
+    subprocess.run(["losetup", "-d", device], check=True)
+
+
+def test_a_job_cannot_read_or_overwrite_a_host_loop_device(any_node, loop_device):
+    device, backing = loop_device
+    minor = os.minor(os.stat(device).st_rdev)
+    record, out, err = run_job(any_node, f"mknod /dev/l5 b 7 {minor}; head -c 40 /dev/l5; echo OVERWRITE > /dev/l5; "
+                                         f"mknod /tmp/l6 b 7 {minor}; head -c 40 /tmp/l6")
+    assert record["state"] == "EXITED"
+    assert "TOP-SECRET" not in out and backing.read_bytes().startswith(b"TOP-SECRET-HOST-DATA")
+    # mknod refused: no CAP_MKNOD (and in a user namespace never a device); /dev is not even writable there
+    assert "mknod: /dev/l5: " in err and "mknod: /tmp/l6: Operation not permitted" in err, err
+
+
+def test_a_job_cannot_write_the_hosts_kernel_log(any_node):
+    marker = f"lclusterd-probe-{uuid.uuid4().hex}"
+    record, _, err = run_job(any_node, f"mknod /dev/k c 1 11 && echo {marker} > /dev/k")
+    assert record["state"] == "EXITED" and record["exit_code"] != 0 and "mknod: /dev/k: " in err
+    assert marker not in subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+
+
+def test_losetup_in_a_job_attaches_nothing_on_the_host(any_node):
+    before = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    record, _, _ = run_job(any_node, "dd if=/dev/zero of=/tmp/img bs=64k count=16 2>/dev/null; losetup -f /tmp/img")
+    assert record["state"] == "EXITED" and record["exit_code"] != 0
+    assert subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout == before
+
+
+@pytest.mark.v2vm
+def test_runtime_a_jobs_writable_mounts_are_nodev_and_it_lacks_mknod(runtime, rootfs, tmp_path):
+    job = RuntimeSpec.shell(uuid.uuid4().hex, "grep -E ' / | /tmp | /dev | /dev/shm ' /proc/mounts; grep CapBnd /proc/self/status",
+                            rootfs, stdout_path=str(tmp_path / "out"), stderr_path=str(tmp_path / "err"))
+    assert runtime.launcher.run(job, timeout=60).exit_code == 0
+    lines = (tmp_path / "out").read_text().splitlines()
+    mounts = {line.split()[1]: line.split()[3].split(",") for line in lines if not line.startswith("CapBnd")}
+    assert set(mounts) == {"/", "/tmp", "/dev", "/dev/shm"} and all("nodev" in opts for opts in mounts.values())
+    bounding = int(lines[-1].split()[1], 16)
+    assert not bounding & (1 << 27)  # CAP_MKNOD
+
+
+# -- who a job's root is ------------------------------------------------------------------
+
+def host_ids(pid: int) -> tuple[list[int], list[int]]:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    uid = next(line for line in status if line.startswith("Uid:")).split()[1:]
+    gid = next(line for line in status if line.startswith("Gid:")).split()[1:]
+    return [int(u) for u in uid], [int(g) for g in gid]
+
+
+def test_a_jobs_root_is_an_unprivileged_uid_on_the_host(node, root_node):
+    ranges = userns.subordinate_ranges()
+    for daemon, inside_range in ((node, True), (root_node, False)):
+        job = daemon.lclient("-add", "id -u > /tmp/x; sleep 30").stdout.strip()
+        record = {}
+        for _ in range(100):
+            record = json.loads(daemon.lclient("-check", job, "-json").stdout)
+            if record["host_pid"]:
+                break
+        uids, gids = host_ids(record["host_pid"])
+        if inside_range:
+            assert len(set(uids)) == 1 and ranges.uids.start <= uids[0] < ranges.uids.start + ranges.uids.count, uids
+            assert len(set(gids)) == 1 and ranges.gids.start <= gids[0] < ranges.gids.start + ranges.gids.count, gids
+            assert (uids[0] - ranges.uids.start) % userns.SLOT_SIZE == 0
+        else:
+            assert uids == [0, 0, 0, 0]
+        assert daemon.lclient("-kill", job).returncode == 0
+
+
+def test_two_jobs_at_once_are_two_different_host_uids(node):
+    jobs = [node.lclient("-add", "sleep 30").stdout.strip() for _ in range(2)]
+    pids = []
+    for job in jobs:
+        for _ in range(100):
+            pid = json.loads(node.lclient("-check", job, "-json").stdout)["host_pid"]
+            if pid:
+                pids.append(pid)
+                break
+    assert len({host_ids(pid)[0][0] for pid in pids}) == 2
+    for job in jobs:
+        node.lclient("-kill", job)
+
+
+@pytest.mark.v2vm
+def test_runtime_inside_its_user_namespace_the_rootfs_is_roots_and_writable(runtime, rootfs, tmp_path):
+    command = "id -u; stat -c %u /bin/busybox /etc/passwd /root /; echo x > /root/f && echo x > /tmp/f && stat -c %u /root/f /tmp/f"
+    job = RuntimeSpec.shell(uuid.uuid4().hex, command, rootfs, stdout_path=str(tmp_path / "out"), stderr_path=str(tmp_path / "err"))
+    result = runtime.launcher.run(job, timeout=60)
+    assert (result.status, result.exit_code, (tmp_path / "err").read_text()) == ("EXITED", 0, "")
+    assert (tmp_path / "out").read_text().split() == ["0"] * 7
+
+
+# -- the node survives any spec ---------------------------------------------------------------
+
+def test_long_timeouts_run_and_absurd_ones_are_refused_with_one_line(node):
+    record, out, _ = run_job(node, "echo ran", "-timeout", "600h")
+    assert (record["state"], record["limits"]["timeout_seconds"], out) == ("EXITED", 600 * 3600, "ran\n")
+    for value in ("400d", "9" * 300):
+        result = node.lclient("-add", "true", "-timeout", value)
+        assert result.returncode == 2 and result.stdout == "", result
+        assert result.stderr.startswith("lclient: timeout must be more than 0 and at most 365 days (31536000 s)")
+        assert result.stderr.count("\n") == 1
+    with grpc.insecure_channel(node.server) as channel_:
+        stub = pb_grpc.JobsStub(channel_)
+        for value in (math.inf, math.nan, -1.0):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Add(pb.AddRequest(spec=pb.JobSpec(command="true", timeout_seconds=value)), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert run_job(node, "echo still here")[1] == "still here\n"
+
+
+@pytest.mark.parametrize("args, line", [
+    (["-pids", "100000"], f"lclient: -pids 100000 is more than node contain allows its jobs in all (the most: {MAX_PIDS} on contain)"),
+    (["-pids", "4194305"], "lclient: pids limit must be between 1 and 4194304, not 4194305"),
+    (["-pids", "1000000000000"], "lclient: bad -pids value '1000000000000': must be at most 2147483647"),
+    (["-mem", "100G"], "lclient: -mem 100.0 GiB is more than node contain offers its jobs (the most: 2.0 GiB on contain)"),
+    (["-mem", "2048T"], "lclient: memory limit must be between 1 MiB and 1 PiB, not 2251799813685248 bytes"),
+    (["-cpus", "100000"], "lclient: cpus must be between 0.01 and 4096, not 100000"),
+    (["-cpus", "4000"], f"lclient: -cpus 4000 is more than node contain has (the most: {os.cpu_count()} cores on contain)"),
+])
+def test_limits_no_node_can_give_are_refused_at_add(node, args, line):
+    result = node.lclient("-add", "true", *args)
+    assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")
+
+
+@pytest.mark.v2vm
+def test_runtime_fork_server_refuses_hostile_messages_and_keeps_running(runtime, rootfs, tmp_path):
+    launcher = runtime.launcher
+    hostile = [
+        {"type": "Start", "spec": {"job_id": "a" * 32, "argv": ["true"], "rootfs": rootfs, "timeout": 1e300}},
+        {"type": "Start", "spec": {"job_id": "b" * 32, "argv": "true", "rootfs": rootfs}},
+        {"type": "Start", "spec": {"job_id": "c" * 32, "argv": ["true"], "rootfs": rootfs, "pids": 10**40}},
+        {"type": "Start", "spec": {"job_id": "d" * 32, "argv": ["true"], "rootfs": rootfs, "memory_bytes": -5}},
+        {"type": "Start", "spec": {"job_id": "e" * 32, "argv": ["true"], "rootfs": rootfs, "grace": float("inf")}},
+        {"type": "Kill", "job_id": "x", "grace": -1e308},
+        {"type": "Start"},
+        {"type": "Nonsense"},
+        {"op": "start", "spec": {}},
+        ["not", "an", "object"],
+    ]
+    with launcher._send_lock:
+        for message in hostile:
+            channel.send(launcher._sock, message)
+    job = RuntimeSpec.shell(uuid.uuid4().hex, "echo alive", rootfs, stdout_path=str(tmp_path / "out"),
+                            stderr_path=str(tmp_path / "err"), timeout=600 * 3600.0)
+    assert launcher.run(job, timeout=60).exit_code == 0 and (tmp_path / "out").read_text() == "alive\n"
+
+
+# -- memory, pids and disk ------------------------------------------------------------------
+
+def available_memory() -> int:
+    line = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemAvailable:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_job_without_mem_gets_the_nodes_default_and_its_disk_fills_at_half(node):
+    before = available_memory()
+    record, out, err = run_job(node, "dd if=/dev/zero of=/tmp/big bs=1M count=5000; echo $?; du -sk /tmp/big")
+    status, size = out.split("\n")[:2]
+    assert record["state"] == "EXITED" and status == "1" and "No space left on device" in err
+    assert 31 << 10 <= int(size.split()[0]) <= 32 << 10  # KiB: half of --default-mem 64M
+    assert before - available_memory() < 200 << 20
+    record, _, _ = run_job(node, "x=$(head -c 200000000 /dev/zero | tr '\\0' x); echo survived")
+    assert record["state"] == "OOM_KILLED"
+
+
+def parent_cgroup_file(node: Daemon, controller: str, name: str) -> str:
+    base = Path("/sys/fs/cgroup")
+    path = base / "lclusterd" / node.name / name if CGROUP_VERSION == 2 else base / controller / "lclusterd" / node.name / name
+    return path.read_text().strip()
+
+
+def test_the_nodes_jobs_together_have_its_memory_and_pids_ceilings(node):
+    memory_file = "memory.max" if CGROUP_VERSION == 2 else "memory.limit_in_bytes"
+    assert int(parent_cgroup_file(node, "memory", memory_file)) == NODE_MEMORY
+    assert int(parent_cgroup_file(node, "pids", "pids.max")) == MAX_PIDS
+
+
+def test_300_mib_of_output_is_cut_at_the_log_cap_with_one_marker_line(node):
+    record, out, _ = run_job(node, "yes | head -c 314572800; echo done >&2")
+    assert record["state"] == "EXITED" and record["exit_code"] == 0
+    assert out[:1 << 20] == "y\n" * (1 << 19)
+    assert out[1 << 20:] == "[lclusterd: stdout cut at 1.0 MiB (--max-log-size); the rest is dropped]\n"
+    assert record["output_dropped_bytes"] == {"stdout": 314572800 - (1 << 20), "stderr": 0}
+    text = node.lclient("-check", record["id"]).stdout
+    assert "output cut:  stdout reached the node's log limit (--max-log-size); 299M more was dropped" in text
