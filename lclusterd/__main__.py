@@ -39,6 +39,10 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
 @click.option("--node-name", default=None, help="This node's name in the cluster.  [default: the host name]")
 @click.option("--capacity", default=256, type=click.IntRange(min=1), help="Most jobs this node runs at once.")
 @click.option("--prefix", default="/lclusterd", help="etcd key prefix; clusters sharing one etcd need different prefixes.")
+@click.option("--keep", default="7d",
+              help="How long an ended job's record and log files are kept (e.g. 12h, 30d). Then the prime removes "
+                   "the record, leaving for as long again a tombstone so that lclient can say so, and the job's node "
+                   "removes its logs. The prime also compacts etcd's history every keep/4 (0.5 s to 5 min).")
 @click.option("--insecure", is_flag=True, default=False,
               help="Allow a non-loopback --namespace/--listen although the API has no TLS or authentication yet.")
 @click.option("--on-shutdown", type=click.Choice(["kill", "finish"]), default="kill",

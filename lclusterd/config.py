@@ -14,7 +14,7 @@ from typing import Any
 from lclusterd import limits
 from lclusterd.model import DEFAULT_PIDS, NODE_NAME
 from lclusterd.runtime.host import pid_max, total_memory
-from lclusterd.units import format_size, parse_size
+from lclusterd.units import format_size, parse_duration, parse_size
 
 DEFAULT_PORT = 64051
 DEFAULT_STATE_DIR = "/var/lib/lclusterd"
@@ -42,6 +42,7 @@ class Config:
     node_name: str = field(default_factory=socket.gethostname)
     capacity: int = 256
     prefix: str = "/lclusterd"
+    keep: str = "7d"  # how long ended jobs' records, tombstones and logs are kept
     insecure: bool = False
     on_shutdown: str = "kill"
     lease_ttl: int = 5
@@ -116,6 +117,13 @@ class Config:
         except ValueError as exc:
             raise ConfigError(f"bad {option} value {text!r}: {exc}") from None
 
+    @property
+    def keep_seconds(self) -> float:
+        try:
+            return parse_duration(str(self.keep))
+        except ValueError as exc:
+            raise ConfigError(f"bad --keep value {self.keep!r}: {exc}") from None
+
     def _split_listen(self) -> tuple[str, int]:
         text = str(self.listen).strip()
         host, _, port = text.rpartition(":")
@@ -139,6 +147,7 @@ class Config:
             raise ConfigError(f"--on-shutdown must be one of {', '.join(SHUTDOWN_MODES)}, not {self.on_shutdown!r}")
         if not self.prefix.startswith("/") or any(c.isspace() for c in self.prefix):
             raise ConfigError(f"--prefix must be an absolute key path like /lclusterd, not {self.prefix!r}")
+        self.keep_seconds  # raises ConfigError on a bad --keep
         if not Path(self.rootfs).is_absolute():
             raise ConfigError(f"--rootfs must be an absolute path, not {self.rootfs!r}")
         if not Path(self.state_dir).is_absolute():

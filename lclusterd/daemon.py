@@ -30,6 +30,7 @@ from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.node import NodeSession
 from lclusterd.cluster.prime import PrimeElection
 from lclusterd.cluster.admission import Admission
+from lclusterd.cluster.retention import LogSweep, Retention
 from lclusterd.cluster.runspec import NodeDefaults
 from lclusterd.cluster.scheduler import Scheduler
 from lclusterd.cluster.store import Store
@@ -72,6 +73,7 @@ class Daemon:
         self.server: grpc.Server | None = None
         self.health: health.HealthServicer | None = None
         self.peers: Peers | None = None
+        self.log_sweep: LogSweep | None = None
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -133,10 +135,13 @@ class Daemon:
             self.worker.start()
             scheduler = Scheduler(self.store, keys, jobs, c.node_name, c.scheduling)
             jobs.placer = scheduler  # adds on the prime are placed at once when nothing is queued
-            self.election = PrimeElection(self.store, keys, self.session, scheduler.start, scheduler.stop)
+            retention = Retention(self.store, keys, c.keep_seconds)
+            self.election = PrimeElection(self.store, keys, self.session, *_prime_duties(scheduler, retention))
             self.election.start()
             self.events = JobEvents(self.store, keys)
             self.events.start()
+            self.log_sweep = LogSweep(logs, c.keep_seconds, self.launcher.running)
+            self.log_sweep.start()
         except StoreUnavailable as exc:
             raise StartupError(str(exc)) from None
 
@@ -258,6 +263,8 @@ class Daemon:
             Path(self.config.socket_path).unlink(missing_ok=True)
         if self.events is not None:
             self.events.stop()
+        if self.log_sweep is not None:
+            self.log_sweep.stop()
         if self.peers is not None:
             self.peers.close()
         if self.session is not None:
@@ -267,6 +274,12 @@ class Daemon:
         if self.etcd is not None:
             self.etcd.stop()
         log.info("stopped")
+
+
+def _prime_duties(*duties):
+    """PrimeElection's on_elected and on_deposed for several duties that run only on the prime
+    (each with start(prime_revision) and stop())."""
+    return lambda revision: [d.start(revision) for d in duties], lambda: [d.stop() for d in duties]
 
 
 def run(config: Config) -> int:

@@ -6,6 +6,8 @@ The API layer maps each class to one gRPC status code, once.
 
 from __future__ import annotations
 
+import time
+
 
 class LclusterdError(Exception):
     """Base of every error lclusterd raises on purpose."""
@@ -21,6 +23,21 @@ class JobNotFound(LclusterdError):
     def __init__(self, job_id: str):
         super().__init__(f"no job with uuid {job_id}")
         self.job_id = job_id
+
+
+class JobRemoved(JobNotFound):
+    """The job (or pool) ended longer ago than the retention period, and its record was removed."""
+
+    def __init__(self, job_id: str, finished_at: float, removed_at: float, keep: str, kind: str = "job"):
+        LclusterdError.__init__(self, f"{kind} {job_id} was removed by retention at {_when(removed_at)} (it ended at "
+                                      f"{_when(finished_at)}; ended jobs are kept for {keep}, --keep)")
+        self.job_id = job_id
+        self.finished_at = finished_at
+        self.removed_at = removed_at
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 class JobFinished(LclusterdError):

@@ -40,6 +40,16 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def format_duration(seconds: float) -> str:
+    """The inverse of parse_duration for display: 604800 -> "7d", 90 -> "1m30s", 0.25 -> "250ms"."""
+    parts, left = [], round(seconds * 1000)
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return "".join(parts) or "0ms"
+
+
 def format_size(size: int | None) -> str:
     if size is None:
         return "-"

@@ -11,7 +11,7 @@ import logging
 
 import grpc
 
-from lclusterd.errors import (InvalidSpec, InvalidTransition, IsAPool, JobFinished, JobNotFound, LclusterdError,
+from lclusterd.errors import (InvalidSpec, InvalidTransition, IsAPool, JobFinished, JobNotFound, JobRemoved, LclusterdError,
                               NodeNotFound, NodeUnreachable, NoReadyNode, NotOnThisNode,
                               QueueFull, RuntimeUnavailable, StoreUnavailable, TooBusy, WaitTimedOut)
 
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 STATUS_OF = {
     InvalidSpec: grpc.StatusCode.INVALID_ARGUMENT,
     JobNotFound: grpc.StatusCode.NOT_FOUND,
+    JobRemoved: grpc.StatusCode.NOT_FOUND,
     NodeNotFound: grpc.StatusCode.NOT_FOUND,
     NodeUnreachable: grpc.StatusCode.UNAVAILABLE,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,

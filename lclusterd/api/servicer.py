@@ -19,6 +19,7 @@ from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.node import list_nodes, set_draining
 from lclusterd.cluster.pools import Pools
+from lclusterd.cluster.retention import removal_of
 from lclusterd.errors import InvalidSpec, IsAPool, JobNotFound, TooBusy, WaitTimedOut
 from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, PoolRecord, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
@@ -53,10 +54,11 @@ class JobsServicer(pb_grpc.JobsServicer):
             self._blocking.release()
 
     def _pool(self, job_id: str, missing: JobNotFound) -> PoolRecord:
-        """The pool with this id, for a request whose id is no job's; else `missing` is raised."""
+        """The pool with this id, for a request whose id is no job's; else JobRemoved if
+        retention removed it, else `missing` is raised."""
         pool = self.pools.get(job_id)
         if pool is None:
-            raise missing
+            raise removal_of(self.jobs.store, self.jobs.keys, job_id) or missing
         return pool
 
     @maps_errors

@@ -62,8 +62,13 @@ class Jobs:
 
     def finish(self, new: JobRecord, revision: int) -> Change:
         """A terminal record written by the node that ran (or refused) the job."""
-        ops = [Put(self.keys.job(new.id), new.to_bytes()), Delete(self.keys.assign(new.node, new.id)), Delete(self.keys.kill(new.id))]
+        ops = [Put(self.keys.job(new.id), new.to_bytes()), Delete(self.keys.assign(new.node, new.id)), Delete(self.keys.kill(new.id)),
+               self.ended(new)]
         return Change(new.id, revision, new, ops)
+
+    def ended(self, new: JobRecord) -> Put:
+        """The retention index entry every terminal write carries (see keys.py: ended/)."""
+        return Put(self.keys.ended(new.finished_at or time.time(), new.id), new.pool.encode())
 
     def give_back(self, record: JobRecord, revision: int) -> Change:
         """ASSIGNED -> QUEUED for a job this node never started (it is shutting down)."""
@@ -78,8 +83,7 @@ class Jobs:
         new = record.lost_on(reason)
         ops: list[Op] = [Put(self.keys.job(new.id), new.to_bytes()), Delete(self.keys.assign(record.node, new.id)),
                          Delete(self.keys.kill(new.id))]
-        if new.state == QUEUED:
-            ops.append(Put(self.keys.queue(new.id), new.to_bytes()))
+        ops.append(Put(self.keys.queue(new.id), new.to_bytes()) if new.state == QUEUED else self.ended(new))
         return Change(new.id, revision, new, ops)
 
     def note_waiting(self, record: JobRecord, revision: int, why: str) -> Change:
@@ -177,7 +181,7 @@ class Jobs:
             guard = [ModIs(self.keys.job(job_id), revision)]
             if record.state == QUEUED:
                 new = record.moved_to(CANCELLED, error="cancelled by request before it started")
-                ops: list[Op] = [Put(self.keys.job(job_id), new.to_bytes()), Delete(self.keys.queue(job_id))]
+                ops: list[Op] = [Put(self.keys.job(job_id), new.to_bytes()), Delete(self.keys.queue(job_id)), self.ended(new)]
             else:  # ASSIGNED or RUNNING: the node owns the record now
                 new = replace(record, kill_requested=True)
                 ops = [Put(self.keys.kill(job_id), record.node.encode())]

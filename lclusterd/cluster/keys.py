@@ -10,6 +10,12 @@
     drain/<node>            present while the node is draining (no new assignments)
     pools/<uuid>            an -all-nodes pool: spec, created_at, members (node -> member job uuid);
                             each member is an ordinary jobs/<uuid> record pinned to its node
+    ended/<ms>/<uuid>       written with every terminal record, in the same transaction; <ms> is its
+                            finished_at in milliseconds, zero-padded to ENDED_DIGITS, so the keys sort
+                            by end time and retention range-reads what has expired; value = the
+                            job's pool uuid ("" for a job in no pool)
+    removed/<uuid>          a tombstone for a job (or pool) that retention removed: JSON finished_at,
+                            removed_at, keep (seconds), kind; under a lease with TTL = keep
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "/lclusterd"
+ENDED_DIGITS = 15  # milliseconds since 1970 fit until the year 33658
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,16 @@ class Keys:
     def pool(self, pool_id: str) -> str:
         return self._k("pools", pool_id)
 
+    def ended(self, finished_at: float, job_id: str) -> str:
+        return self._k("ended", _millis(finished_at), job_id)
+
+    def ended_before(self, when: float) -> str:
+        """The range end of ended/ keys for jobs that finished before `when` (exclusive)."""
+        return self._k("ended", _millis(when))
+
+    def removed(self, job_id: str) -> str:
+        return self._k("removed", job_id)
+
     @property
     def prime(self) -> str:
         return self._k("prime")
@@ -89,6 +106,14 @@ class Keys:
         return self._k("pools", "")
 
     @property
+    def ended_prefix(self) -> str:
+        return self._k("ended", "")
+
+    @property
+    def removed_prefix(self) -> str:
+        return self._k("removed", "")
+
+    @property
     def assign_all_prefix(self) -> str:
         return self._k("assign", "")
 
@@ -105,3 +130,12 @@ class Keys:
         """(node, uuid) of an assign/<node>/<uuid> key."""
         node, job_id = key[len(self.assign_all_prefix):].split("/", 1)
         return node, job_id
+
+    def ended_parts(self, key: str) -> tuple[float, str]:
+        """(finished_at in seconds, uuid) of an ended/<ms>/<uuid> key."""
+        millis, job_id = key[len(self.ended_prefix):].split("/", 1)
+        return int(millis) / 1000, job_id
+
+
+def _millis(when: float) -> str:
+    return f"{max(0, int(when * 1000)):0{ENDED_DIGITS}d}"

@@ -23,7 +23,10 @@ class LogFiles:
         """Create both files before the job is handed to the runtime; their existence later
         means "this node may have started the job" (see Worker reconcile)."""
         for path in (self.stdout(job_id), self.stderr(job_id)):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:  # an earlier attempt's, appended to: new again for the log sweep
+                os.utime(path)
 
     def last_stderr_line(self, job_id: str, limit: int = 200) -> str:
         """The job's last non-empty line on stderr (at most `limit` characters), or ""."""
@@ -38,3 +41,45 @@ class LogFiles:
 
     def exist(self, job_id: str) -> bool:
         return self.stdout(job_id).exists()
+
+    def mark_ended(self, job_id: str) -> None:
+        """Set both files' mtime to now: a job that wrote nothing for a long time keeps its logs
+        for the retention period after it ended, not after its last write."""
+        for path in (self.stdout(job_id), self.stderr(job_id)):
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                pass
+
+    def written_before(self, cutoff: float) -> list[str]:
+        """Ids of the jobs whose log files were all last written (or marked ended) before `cutoff`."""
+        newest: dict[str, float] = {}
+        try:
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    job_id, dot, suffix = entry.name.rpartition(".")
+                    if dot and suffix in ("out", "err"):
+                        newest[job_id] = max(_mtime(entry), newest.get(job_id, 0.0))
+        except FileNotFoundError:
+            return []
+        return [job_id for job_id, mtime in newest.items() if mtime < cutoff]
+
+    def remove(self, job_id: str, cutoff: float) -> int:
+        """Delete those of the job's log files still last written before `cutoff` (looked at
+        again: the job may have written, ended or been started again since); how many went."""
+        removed = 0
+        for path in (self.stdout(job_id), self.stderr(job_id)):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+
+def _mtime(entry: os.DirEntry) -> float:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except FileNotFoundError:  # removed meanwhile: never the newest
+        return 0.0

@@ -262,6 +262,13 @@ class Store:
         return found
 
     @_mapped
+    def get_range(self, start: str, end: str, limit: int = 0) -> tuple[list[KeyValue], int]:
+        """Keys in [start, end), sorted by key, at most `limit` (0: all), and the revision read."""
+        request = etcdrpc.RangeRequest(key=start.encode(), range_end=end.encode(), limit=limit)
+        response = self._client.kvstub.Range(request, self.timeout)
+        return [_kv(kv) for kv in response.kvs], response.header.revision
+
+    @_mapped
     def revision(self) -> int:
         """The store's current revision (a cheap health probe)."""
         return self._client.get_response("/", keys_only=True).header.revision
@@ -279,6 +286,18 @@ class Store:
     @_mapped
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
         return self.txn([], [Put(key, value, lease)]).revision
+
+    @_mapped
+    def compact(self, revision: int) -> bool:
+        """Drop the history before `revision` (reads and watches from an older revision then
+        fail as compacted; etcd reuses the space). False if it was compacted that far already."""
+        try:
+            self._client.kvstub.Compact(etcdrpc.CompactionRequest(revision=revision), self.timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (exc.details() or ""):
+                return False
+            raise
+        return True
 
     # -- leases ----------------------------------------------------------------------------
     @_mapped

@@ -266,6 +266,7 @@ class Worker:
         if isinstance(event, JobStarted):
             self._updates.put(("started", event.job_id, event))
         else:
+            self.logs.mark_ended(event.result.job_id)  # the log sweep keeps them --keep from now
             self._updates.put(("finished", event.result.job_id, event.result))
 
     # -- writer ----------------------------------------------------------------------------------

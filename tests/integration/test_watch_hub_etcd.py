@@ -1,6 +1,7 @@
 """The shared watch stream against a real etcd: watches under the shared prefix each get their
-own sub-prefix's changes in order, one that joins late is re-read and then follows, and a watch
-outside the prefix still works on its own stream."""
+own sub-prefix's changes in order, one that joins late is re-read and then follows, a watch
+outside the prefix still works on its own stream, and both kinds re-read and follow on when
+they must resume from a compacted revision."""
 
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ class Collected:
             self.changed.notify_all()
 
     def on_resync(self) -> int:
-        self.resyncs += 1
         kvs, revision = self.store.get_prefix(self.prefix)
         with self.changed:
+            self.resyncs += 1
             self.keys = [kv.key.removeprefix(self.prefix) for kv in kvs]
+            self.changed.notify_all()
         return revision
 
     def wait_for(self, keys: list[str], timeout: float = 10) -> None:
@@ -75,3 +77,36 @@ def test_watches_under_the_shared_prefix_share_one_stream(store):
     a.wait_for(["1", "2", "3", "4"])  # one stream, in revision order: b/2 would have come first
     assert b.keys == ["1"]
     own.stop()
+
+
+def test_watches_resume_through_a_re_read_once_their_history_is_compacted(store, etcd):
+    root = f"/hub-{uuid.uuid4().hex[:8]}/"
+    store.share_watches(root)
+    shared, alone = Collected(store, root + "a/"), Collected(store, "/alone-" + root[1:])
+    start = store.revision() + 1
+    watches = [store.watch(shared.prefix, start, Callbacks(shared.on_events, shared.on_resync)),
+               store.watch(alone.prefix, start, Callbacks(alone.on_events, alone.on_resync))]
+    store.put(shared.prefix + "1", b"x")
+    store.put(alone.prefix + "1", b"x")
+    shared.wait_for(["1"])
+    alone.wait_for(["1"])
+
+    # both streams have delivered up to here; writes elsewhere move the revision on, and the
+    # compaction to it leaves both streams' resume points compacted
+    for i in range(5):
+        store.put(f"/outside-{root[1:]}{i}", b"x")
+    assert store.compact(store.revision())
+    assert not store.compact(store.revision() - 1)  # compacted that far already: not an error
+    etcd.stop()
+    etcd.start()  # both streams break and resume from a compacted revision
+    with shared.changed:
+        assert shared.changed.wait_for(lambda: shared.resyncs == 1, 20)
+    with alone.changed:
+        assert alone.changed.wait_for(lambda: alone.resyncs == 1, 20)
+    store.put(shared.prefix + "2", b"x")
+    store.put(alone.prefix + "2", b"x")
+    shared.wait_for(["1", "2"])
+    alone.wait_for(["1", "2"])
+    assert (shared.resyncs, alone.resyncs) == (1, 1)
+    for watch in watches:
+        watch.stop()

@@ -4,13 +4,14 @@ import grpc
 import pytest
 
 from lclusterd.api.errors import status_of
-from lclusterd.errors import (InvalidSpec, InvalidTransition, JobFinished, JobNotFound, LclusterdError, NotOnThisNode,
+from lclusterd.errors import (InvalidSpec, InvalidTransition, JobFinished, JobNotFound, JobRemoved, LclusterdError, NotOnThisNode,
                               QueueFull, RuntimeUnavailable, StoreUnavailable, TooBusy, WaitTimedOut)
 
 
 @pytest.mark.parametrize("error, code", [
     (InvalidSpec("x"), grpc.StatusCode.INVALID_ARGUMENT),
     (JobNotFound("a"), grpc.StatusCode.NOT_FOUND),
+    (JobRemoved("a", 1.0, 2.0, "7d"), grpc.StatusCode.NOT_FOUND),
     (StoreUnavailable("x"), grpc.StatusCode.UNAVAILABLE),
     (RuntimeUnavailable("x"), grpc.StatusCode.UNAVAILABLE),
     (QueueFull("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -28,6 +28,8 @@ def test_listen_host_port_and_etcd_list():
     ({"on_shutdown": "later"}, "--on-shutdown"),
     ({"prefix": "x"}, "--prefix"),
     ({"rootfs": "rel"}, "--rootfs"),
+    ({"keep": "soon"}, "bad --keep value 'soon': expected a duration like 30s, 5m or 1h"),
+    ({"keep": "0s"}, "bad --keep value '0s': the duration must be positive"),
 ])
 def test_bad_values(kw, message):
     with pytest.raises(ConfigError, match=message):
@@ -65,8 +67,17 @@ def test_options_env_and_file_precedence(monkeypatch, tmp_path):
     assert (config.capacity, config.prefix, config.node_name) == (5, "/fromenv", "filenode")
 
 
+def test_keep_from_option_env_and_file(monkeypatch, tmp_path):
+    assert Config(node_name="n").keep_seconds == 7 * 86400
+    assert _parsed(monkeypatch, ["--keep", "90m"]).keep_seconds == 5400
+    assert _parsed(monkeypatch, [], env={"LCLUSTERD_KEEP": "2s"}).keep_seconds == 2
+    f = tmp_path / "c.toml"
+    f.write_text('keep = "12h"\n')
+    assert _parsed(monkeypatch, ["--config", str(f)]).keep_seconds == 12 * 3600
+
+
 def test_help_explains_every_option():
     result = CliRunner().invoke(main.cli, ["--help"])
     for option in ("--namespace", "--listen", "--etcd", "--rootfs", "--state-dir", "--node-name", "--capacity", "--prefix",
-                   "--insecure", "--on-shutdown"):
+                   "--insecure", "--on-shutdown", "--keep"):
         assert option in result.output

@@ -28,10 +28,23 @@ def test_parsing_keys():
     assert Keys.last(k.job("abc")) == "abc"
 
 
+def test_ended_keys_sort_by_end_time_and_range_up_to_a_cutoff():
+    k = Keys()
+    assert k.ended(1764676800.5, "u") == "/lclusterd/ended/001764676800500/u"
+    assert k.removed("u") == "/lclusterd/removed/u"
+    assert (k.ended_prefix, k.removed_prefix) == ("/lclusterd/ended/", "/lclusterd/removed/")
+    assert k.ended_parts(k.ended(1764676800.5, "u")) == (1764676800.5, "u")
+    times = [9.0, 10.0, 99.999, 100.0, 1e10, 5.0]
+    keys = sorted(k.ended(t, f"{i:032x}") for i, t in enumerate(times))
+    assert [k.ended_parts(key)[0] for key in keys] == sorted(times)  # by end time, not as text
+    before = k.ended_before(100.0)  # the range [ended_prefix, before) holds what ended before 100 s
+    assert [k.ended_parts(key)[0] for key in keys if k.ended_prefix <= key < before] == [5.0, 9.0, 10.0, 99.999]
+
+
 def test_prefixes_do_not_overlap():
     k = Keys()
     prefixes = [k.jobs_prefix, k.queue_prefix, k.kill_prefix, k.nodes_prefix, k.assign_all_prefix, k.pools_prefix,
-                k.members_prefix, k.drain_prefix]
+                k.members_prefix, k.drain_prefix, k.ended_prefix, k.removed_prefix]
     for a in prefixes:
         for b in prefixes:
             assert a == b or not a.startswith(b)
