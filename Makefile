@@ -40,7 +40,7 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	@mkdir -p $(STAMPS) && touch $@
 
 # Every job's first process (see its header). Static: no dynamic loader on the start path.
-$(JOBINIT): lclusterd/runtime/jobinit/jobinit.c $(STAMPS)/apt
+$(JOBINIT): lclusterd/runtime/jobinit/jobinit.c lclusterd/runtime/jobinit/seccomp.h $(STAMPS)/apt
 	musl-gcc -O2 -Wall -Wextra -Werror -static -o $@ $<
 
 # The default rootfs's busybox: Debian's, linked with musl (see the script for why; ~30 s).

@@ -32,7 +32,9 @@ failure report ({"step", "errno", "detail"} on the status socket).
 
 from __future__ import annotations
 
+import errno
 import platform
+import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,23 +59,96 @@ ARITY = {
     "step": 1, "name": 1, "pdeathsig": 1, "closefds": 0, "setsid": 0, "unshare": 1,
     "mount": 5, "mkdir": 2, "file": 1, "symlink": 2, "mask": 1, "readonly": 1,
     "loopback": 0, "bounding": 2, "capset": 1, "cgroup": 1, "stdio": 0, "umask": 1,
-    "pivot": 1, "hostname": 1, "nnp": 0, "seccomp": 2, "wait": 0, "exec": -1,
+    "pivot": 1, "hostname": 1, "nnp": 0, "seccomp": 1, "wait": 0, "exec": -1,
 }
 
-# Syscalls a job gets EPERM for (seccomp, after the capability drop: defence in depth, as
-# Docker's default profile). Most already fail without the dropped capabilities; these are
-# the kernel's module, key, mount, namespace, clock, swap, reboot and BPF interfaces. ptrace
-# stays (a job may debug its own processes). Plus: clone() with a namespace flag is refused
-# and clone3() reports ENOSYS (libc then uses clone()), so a job makes no new namespaces,
-# user namespaces included.
-SECCOMP_DENY = (
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "delete_module", "finit_module",
-    "fsconfig", "fsmount", "fsopen", "fspick", "init_module", "kcmp", "kexec_file_load", "kexec_load",
-    "keyctl", "lookup_dcookie", "mount", "mount_setattr", "move_mount", "name_to_handle_at",
-    "open_by_handle_at", "open_tree", "perf_event_open", "pivot_root", "quotactl", "reboot",
-    "request_key", "setns", "settimeofday", "swapoff", "swapon", "umount2", "unshare", "userfaultfd",
-) + (("create_module", "get_kernel_syms", "ioperm", "iopl", "query_module", "sysfs", "_sysctl", "uselib", "ustat")
-     if platform.machine() == "x86_64" else ())
+
+@dataclass(frozen=True)
+class SeccompRule:
+    """Calls to `syscalls` fail with `errno` instead of running: always, or only when the
+    low 32 bits of their first argument have any bit of `arg0_any_bit`, or are none of
+    `arg0_allowed` (jobinit/seccomp.h compiles the rules; a syscall is in one rule at most)."""
+
+    syscalls: tuple[str, ...]
+    errno: int
+    arg0_any_bit: int = 0
+    arg0_allowed: tuple[int, ...] = ()
+
+    def token(self) -> str:
+        """The rule as seccomp.h reads it: `ERRNO NAMES`, then ` &MASK` or ` !V,V...` (hex)."""
+        if not 0 < self.errno <= 4095 or not self.syscalls or (self.arg0_any_bit and self.arg0_allowed):
+            raise ValueError(f"malformed seccomp rule {self}")
+        if any(not name.isidentifier() for name in self.syscalls):
+            raise ValueError(f"malformed syscall name in {self.syscalls}")
+        if any(not 0 <= value <= 0xFFFFFFFF for value in (self.arg0_any_bit, *self.arg0_allowed)):
+            raise ValueError(f"seccomp rule values are 32-bit: {self}")
+        if self.arg0_any_bit:
+            condition = f" &{self.arg0_any_bit:x}"
+        elif self.arg0_allowed:
+            condition = " !" + ",".join(f"{value:x}" for value in self.arg0_allowed)
+        else:
+            condition = ""
+        return f"{self.errno} {','.join(self.syscalls)}{condition}"
+
+
+def seccomp_token(rules: tuple[SeccompRule, ...]) -> str:
+    """The seccomp op's one argument: the rules joined by ';'."""
+    return ";".join(rule.token() for rule in rules)
+
+
+# The seccomp filter, installed after the capability drop: defence in depth, as Docker's and
+# podman's default profiles (README "The seccomp filter" compares them). Most of these
+# calls fail anyway without the dropped capabilities; the filter keeps them failing should
+# a capability or a kernel check ever let one through.
+SECCOMP_EPERM = (
+    # kernel modules, kexec, reboot, swap, process accounting
+    "delete_module", "finit_module", "init_module", "kexec_file_load", "kexec_load", "reboot",
+    "swapoff", "swapon", "acct",
+    # mounts and namespaces: the job's set-up is done, and a job makes no namespace of its own
+    "fsconfig", "fsmount", "fsopen", "fspick", "mount", "mount_setattr", "move_mount", "open_tree",
+    "open_tree_attr", "pivot_root", "umount2", "setns", "unshare",
+    # host-wide state no namespace covers: keyrings, clocks, quotas, the kernel log
+    "add_key", "keyctl", "request_key", "clock_adjtime", "clock_settime", "settimeofday",
+    "quotactl", "quotactl_fd", "syslog",
+    # what the runtime sets for the job: its host name, NUMA placement and LSM labels (Docker
+    # allows these only with CAP_SYS_ADMIN or CAP_SYS_NICE)
+    "sethostname", "setdomainname", "get_mempolicy", "mbind", "migrate_pages", "move_pages",
+    "set_mempolicy", "set_mempolicy_home_node", "lsm_get_self_attr", "lsm_list_modules",
+    "lsm_set_self_attr",
+    # tracing and reaching into other processes, beyond ptrace of the job's own (which stays)
+    "bpf", "perf_event_open", "lookup_dcookie", "fanotify_init", "kcmp", "pidfd_getfd",
+    "process_madvise",
+    # file handles skip the path walk, and with it the job's root
+    "name_to_handle_at", "open_by_handle_at",
+    # userfaultfd lets an exploit stall the kernel mid-copy at will; vmsplice has a history
+    # of page-reference bugs; cachestat probes the page cache; vhangup needs CAP_SYS_TTY_CONFIG;
+    # podman refuses io_pgetevents and map_shadow_stack until someone shows a need
+    "userfaultfd", "vmsplice", "cachestat", "vhangup", "io_pgetevents", "map_shadow_stack",
+) + (  # x86_64 only: port I/O and calls of old kernels
+    ("ioperm", "iopl", "create_module", "get_kernel_syms", "query_module", "sysfs", "_sysctl", "uselib", "ustat")
+    if platform.machine() == "x86_64" else ())
+
+# clone() flags that make a namespace (clone3() takes its flags in memory a filter cannot read).
+NAMESPACE_FLAGS = (kernel.CLONE_NEWNS | kernel.CLONE_NEWCGROUP | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC
+                   | kernel.CLONE_NEWUSER | kernel.CLONE_NEWPID | kernel.CLONE_NEWNET)
+
+SECCOMP_RULES = (
+    SeccompRule(SECCOMP_EPERM, errno.EPERM),
+    # io_uring does I/O the filter never sees, and is a frequent source of kernel exploits;
+    # ENOSYS is what a kernel built without it answers, which every user of it handles
+    SeccompRule(("io_uring_setup", "io_uring_enter", "io_uring_register"), errno.ENOSYS),
+    # no new namespaces, user namespaces included: clone3() answers ENOSYS so libc falls
+    # back to clone(), whose flags the filter can read
+    SeccompRule(("clone3",), errno.ENOSYS),
+    SeccompRule(("clone",), errno.EPERM, arg0_any_bit=NAMESPACE_FLAGS),
+    # the families a job has a use for; the rest (AF_VSOCK reaches the host past every
+    # namespace, AF_ALG is kernel crypto, ...) answer as if not built in, so programs fall back
+    SeccompRule(("socket", "socketpair"), errno.EAFNOSUPPORT, arg0_allowed=tuple(int(family) for family in (
+        socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, socket.AF_PACKET))),
+    # the personalities Docker allows: PER_LINUX, PER_LINUX32, UNAME26 and the query; others
+    # turn off address randomisation, map page zero or make readable memory executable
+    SeccompRule(("personality",), errno.EPERM, arg0_allowed=(0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)),
+)
 
 
 @dataclass
@@ -157,7 +232,7 @@ def job_plan(job: PreparedJob, scratch: Scratch) -> list[str]:
         plan += ["step", "capability bounding set", "bounding", f"{job.keep_caps:x}", str(job.cap_last)]
     plan += ["step", "no_new_privs", "nnp"]
     plan += ["step", "capabilities", "capset", f"{job.keep_caps:x}"]
-    plan += ["step", "seccomp", "seccomp", ",".join(SECCOMP_DENY), "1"]
+    plan += ["step", "seccomp", "seccomp", seccomp_token(SECCOMP_RULES)]
     # exec finds the command (PATH from the job's environment), marks every fd but stdio
     # close-on-exec, enters cwd and execs, naming each of those steps itself.
     env = [f"{name}={value}" for name, value in job.env.items()]

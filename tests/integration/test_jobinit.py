@@ -117,30 +117,61 @@ def probe(tmp_path_factory) -> str:
     return str(binary)
 
 
-def run_probe(probe: str, stdio, filtered: bool) -> dict[str, str]:
+def run_probe(probe: str, stdio, filtered: bool, *args: str) -> dict[str, str]:
     fds, out = stdio
-    seccomp = ["nnp", "seccomp", ",".join(plan.SECCOMP_DENY), "1"] if filtered else []
+    out.seek(0)
+    out.truncate()
+    seccomp = ["nnp", "seccomp", plan.seccomp_token(plan.SECCOMP_RULES)] if filtered else []
     init = Init(["wait"])
-    init.send_job(["stdio", *seccomp, *exec_tokens([probe])], fds)
+    init.send_job(["stdio", *seccomp, *exec_tokens([probe, *args])], fds)
     assert init.finish() == (b"", 0)
     out.seek(0)
     return dict(line.split(" ", 1) for line in out.read().decode().splitlines())
 
 
-def test_seccomp_denies_what_the_plan_lists_and_new_namespaces(probe, stdio):
+EPERM, ENOSYS, EAFNOSUPPORT = "Operation not permitted", "Function not implemented", "Address family not supported by protocol"
+
+
+def test_seccomp_refuses_what_the_plan_lists_and_lets_the_rest_through(probe, stdio):
     # without the filter each call works here (as root, outside any container) ...
     assert run_probe(probe, stdio, filtered=False) == {
-        "keyctl": "ok", "unshare-user": "ok", "clone-newuser": "ok", "clone3": "Invalid argument", "getpid": "ok"}
-    stdio[1].seek(0)
-    stdio[1].truncate()
-    # ... with it: EPERM for listed calls and namespace flags, ENOSYS for clone3, fork still works
+        "keyctl": "ok", "syslog": "ok", "get_mempolicy": "ok", "quotactl_fd": "Bad file descriptor",
+        "set_mempolicy_home_node": "ok", "cachestat": "Bad file descriptor", "map_shadow_stack": ENOSYS,
+        "lsm_list_modules": "Bad address", "open_tree_attr": "Bad address", "unshare-user": "ok", "clone": "ok", "clone-newuser": "ok",
+        "clone3": "Invalid argument", "io_uring_setup": "ok", "socket-vsock": "ok",
+        "socketpair-vsock": "Not supported", "socket-inet": "ok", "socket-inet6": "ok", "socket-unix": "ok",
+        "socketpair-unix": "ok", "personality-no-aslr": "ok", "personality-query": "ok", "getpid": "ok"}
+    # ... with it: EPERM for listed calls, namespace flags and other personalities, ENOSYS for
+    # clone3 and io_uring, EAFNOSUPPORT for socket families outside the list; the rest still work
     assert run_probe(probe, stdio, filtered=True) == {
-        "keyctl": "Operation not permitted", "unshare-user": "Operation not permitted",
-        "clone-newuser": "Operation not permitted", "clone3": "Function not implemented", "getpid": "ok"}
+        "keyctl": EPERM, "syslog": EPERM, "get_mempolicy": EPERM, "quotactl_fd": EPERM, "set_mempolicy_home_node": EPERM,
+        "cachestat": EPERM, "map_shadow_stack": EPERM, "lsm_list_modules": EPERM, "open_tree_attr": EPERM,
+        "unshare-user": EPERM, "clone": "ok", "clone-newuser": EPERM,
+        "clone3": ENOSYS, "io_uring_setup": ENOSYS, "socket-vsock": EAFNOSUPPORT, "socketpair-vsock": EAFNOSUPPORT,
+        "socket-inet": "ok", "socket-inet6": "ok", "socket-unix": "ok", "socketpair-unix": "ok",
+        "personality-no-aslr": EPERM, "personality-query": "ok", "getpid": "ok"}
 
 
-def test_a_syscall_name_the_init_does_not_know_is_refused(stdio):
+def test_seccomp_lets_exactly_the_listed_socket_families_through(probe, stdio):
+    (families,) = [rule.arg0_allowed for rule in plan.SECCOMP_RULES if "socket" in rule.syscalls]
+    results = run_probe(probe, stdio, True, "families")
+    assert {name for name, result in results.items() if result == "ok"} == {f"socket-{f}" for f in families}
+    assert {result for result in results.values() if result != "ok"} == {EAFNOSUPPORT}
+
+
+@pytest.mark.parametrize("rules, errno, detail", [
+    ("1 keyctl,frobnicate", 22, "unknown syscall frobnicate"),
+    ("0 keyctl", 22, "malformed rule 0 keyctl"),
+    ("1 keyctl;;1 acct", 22, "empty rule"),
+    ("1 clone &7e020000,1", 22, "malformed condition &7e020000,1"),
+    ("1 socket !2,zz", 22, "malformed condition !2,zz"),
+    ("1 socket ?2", 22, "malformed condition ?2"),
+    ("1 socket !2 x;1 acct", 22, "malformed rule 1 socket !2 x"),
+    ("1 socket !" + ",".join(["2"] * 33), 7, "more than 32 values in a condition"),
+    ("1 acct;38 clone3,acct", 22, "syscall acct in two rules"),
+])
+def test_seccomp_rules_the_init_cannot_read_are_refused(stdio, rules, errno, detail):
     init = Init(["wait"])
-    init.send_job(["stdio", "nnp", "step", "seccomp", "seccomp", "keyctl,frobnicate", "1", *exec_tokens(["true"])], stdio[0])
+    init.send_job(["stdio", "nnp", "step", "seccomp", "seccomp", rules, *exec_tokens(["true"])], stdio[0])
     data, code = init.finish()
-    assert code == 127 and report(data) == {"step": "seccomp", "errno": 22, "detail": "seccomp: unknown syscall frobnicate"}
+    assert code == 127 and report(data) == {"step": "seccomp", "errno": errno, "detail": f"seccomp: {detail}"}

@@ -242,109 +242,18 @@ static int op_capset(char **a, int n) {
 }
 
 /* ---- seccomp --------------------------------------------------------------------- */
-/* The kernel's seccomp and classic-BPF ABI (linux/seccomp.h, linux/filter.h, linux/audit.h,
- * which musl's headers do not carry). */
-struct bpf_insn {
-    uint16_t code;
-    uint8_t jt, jf;
-    uint32_t k;
-};
-struct bpf_prog {
-    unsigned short len;
-    struct bpf_insn *filter;
-};
-#define BPF_LD_W_ABS 0x20 /* BPF_LD | BPF_W | BPF_ABS */
-#define BPF_JEQ_K 0x15    /* BPF_JMP | BPF_JEQ | BPF_K */
-#define BPF_JGE_K 0x35    /* BPF_JMP | BPF_JGE | BPF_K */
-#define BPF_JSET_K 0x45   /* BPF_JMP | BPF_JSET | BPF_K */
-#define BPF_RET_K 0x06    /* BPF_RET | BPF_K */
-#define SECCOMP_MODE_FILTER 2
-#define SECCOMP_RET_KILL_PROCESS 0x80000000U
-#define SECCOMP_RET_ERRNO 0x00050000U
-#define SECCOMP_RET_ALLOW 0x7fff0000U
-#define SECCOMP_DATA_NR 0    /* offsetof(struct seccomp_data, nr) */
-#define SECCOMP_DATA_ARCH 4  /* offsetof(struct seccomp_data, arch) */
-#define SECCOMP_DATA_ARG0 16 /* low 32 bits of args[0] (little-endian) */
-#if defined(__x86_64__)
-#define AUDIT_ARCH_NATIVE 0xc000003eU
-#define X32_SYSCALL_BIT 0x40000000U
-#elif defined(__aarch64__)
-#define AUDIT_ARCH_NATIVE 0xc00000b7U
-#else
-#error "lclusterd-jobinit: add this architecture's AUDIT_ARCH value"
-#endif
-#define NAMESPACE_FLAGS 0x7e020000U /* CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET */
+#include "seccomp.h"
 
-/* The syscalls a plan may deny, by name (mechanism: the list itself comes from plan.py). */
-static const struct {
-    const char *name;
-    long nr;
-} SYSCALLS[] = {
-#define SC(n) {#n, SYS_##n}
-    SC(acct), SC(add_key), SC(bpf), SC(clock_adjtime), SC(clock_settime), SC(delete_module),
-    SC(finit_module), SC(fsconfig), SC(fsmount), SC(fsopen), SC(fspick), SC(init_module),
-    SC(kcmp), SC(kexec_file_load), SC(kexec_load), SC(keyctl), SC(lookup_dcookie), SC(mount),
-    SC(mount_setattr), SC(move_mount), SC(name_to_handle_at), SC(open_by_handle_at), SC(open_tree),
-    SC(perf_event_open), SC(pivot_root), SC(quotactl), SC(reboot), SC(request_key), SC(setns),
-    SC(settimeofday), SC(swapoff), SC(swapon), SC(umount2), SC(unshare), SC(userfaultfd),
-#if defined(__x86_64__)
-    SC(create_module), SC(get_kernel_syms), SC(ioperm), SC(iopl), SC(query_module), SC(sysfs),
-    SC(_sysctl), SC(uselib), SC(ustat),
-#endif
-#undef SC
-};
-
-static long syscall_number(const char *name, size_t len) {
-    for (size_t i = 0; i < sizeof SYSCALLS / sizeof SYSCALLS[0]; i++)
-        if (strlen(SYSCALLS[i].name) == len && strncmp(SYSCALLS[i].name, name, len) == 0)
-            return SYSCALLS[i].nr;
-    return -1;
-}
-
-/* seccomp DENY NO_NEW_NAMESPACES: install a filter that makes every syscall named in DENY
- * (comma-separated) fail with EPERM; with NO_NEW_NAMESPACES "1", clone() with a namespace
- * flag fails with EPERM too and clone3() (whose flags a filter cannot read) with ENOSYS, so
- * libc falls back to clone(). Another architecture's or the x32 ABI's calls are refused. */
-static int op_seccomp(char **a, int n_args) {
-    const char *deny = a[0], *no_new_namespaces = a[1];
-    (void)n_args;
-    struct bpf_insn prog[128];
-    int n = 0, denied = 0;
-    const int ns = strcmp(no_new_namespaces, "1") == 0;
-#define INSN(c, t, f, v) prog[n++] = (struct bpf_insn){(c), (t), (f), (v)}
-    INSN(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_ARCH);
-    INSN(BPF_JEQ_K, 1, 0, AUDIT_ARCH_NATIVE);
-    INSN(BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS);
-    INSN(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR);
-#ifdef X32_SYSCALL_BIT
-    INSN(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT);
-    INSN(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM);
-#endif
-    for (const char *p = deny; *p;) {
-        size_t len = strcspn(p, ",");
-        long nr = syscall_number(p, len);
-        if (nr < 0)
-            return refuse(EINVAL, "seccomp: unknown syscall %.*s", (int)len, p);
-        if (n + 6 >= (int)(sizeof prog / sizeof prog[0]))
-            return refuse(E2BIG, "seccomp: too many syscalls");
-        INSN(BPF_JEQ_K, 0, 1, (uint32_t)nr);
-        INSN(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM);
-        denied++;
-        p += len + (p[len] == ',');
-    }
-    if (ns) {
-        INSN(BPF_JEQ_K, 0, 1, SYS_clone3);
-        INSN(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | ENOSYS);
-        INSN(BPF_JEQ_K, 0, 3, SYS_clone);
-        INSN(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_ARG0);
-        INSN(BPF_JSET_K, 0, 1, NAMESPACE_FLAGS);
-        INSN(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM);
-    }
-    INSN(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW);
-#undef INSN
-    struct bpf_prog fprog = {(unsigned short)n, prog};
-    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog, 0, 0) < 0)
-        return fail(errno, "prctl(PR_SET_SECCOMP, %d syscalls denied)", denied);
+/* seccomp RULES: install a filter compiled from RULES (the language is in seccomp.h). */
+static int op_seccomp(char **a, int n) {
+    static struct seccomp_filter filter;
+    (void)n;
+    int err = seccomp_compile(a[0], &filter);
+    if (err)
+        return refuse(err, "seccomp: %s", filter.why);
+    struct bpf_prog prog = {(unsigned short)filter.len, filter.insn};
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0)
+        return fail(errno, "prctl(PR_SET_SECCOMP, %d rules)", filter.rules);
     return 0;
 }
 
@@ -734,7 +643,7 @@ static const struct op {
     {"file", 1, op_file}, {"symlink", 2, op_symlink}, {"mask", 1, op_mask}, {"readonly", 1, op_readonly},
     {"loopback", 0, op_loopback}, {"bounding", 2, op_bounding}, {"capset", 1, op_capset}, {"cgroup", 1, op_cgroup},
     {"stdio", 0, op_stdio}, {"umask", 1, op_umask}, {"pivot", 1, op_pivot}, {"hostname", 1, op_hostname},
-    {"nnp", 0, op_nnp}, {"seccomp", 2, op_seccomp}, {"wait", 0, NULL}, {"exec", -1, op_exec},
+    {"nnp", 0, op_nnp}, {"seccomp", 1, op_seccomp}, {"wait", 0, NULL}, {"exec", -1, op_exec},
 };
 
 static const struct op *find_op(const char *name) {
