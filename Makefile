@@ -82,8 +82,9 @@ test-integration: prep
 test-v2: prep
 	@[ -x $(V2VM)/run-v2.sh ] || { echo "test-v2: $(V2VM)/run-v2.sh not found"; exit 1; }
 	$(V2VM)/run-v2.sh -t 1200 -x ./.stamps -x ./.pytest_cache $(CURDIR) \
-		'set -e; BUSYBOX=$(BUSYBOX) sh rootfs/build.sh busybox /var/lib/lclusterd/rootfs; \
-		 $(PY) -m pytest -p no:cacheprovider tests/integration/test_runtime.py tests/integration/test_cgroups_real.py tests/unit/test_cgroups.py tests/unit/test_runtime_units.py $(PYTEST_ARGS)'
+		'set -e; make users; BUSYBOX=$(BUSYBOX) sh rootfs/build.sh busybox /var/lib/lclusterd/rootfs; \
+		 $(PY) -m pytest -p no:cacheprovider tests/integration/test_runtime.py tests/integration/test_cgroups_real.py tests/unit/test_cgroups.py tests/unit/test_runtime_units.py $(PYTEST_ARGS); \
+		 $(PY) -m pytest -p no:cacheprovider -m v2vm tests/integration/test_containment.py $(PYTEST_ARGS)'
 
 proto: $(STAMPS)/venv
 	$(PY) -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. proto/lclusterd/rpc/lclusterd.proto

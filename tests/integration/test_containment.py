@@ -277,3 +277,24 @@ def test_300_mib_of_output_is_cut_at_the_log_cap_with_one_marker_line(node):
     assert record["output_dropped_bytes"] == {"stdout": 314572800 - (1 << 20), "stderr": 0}
     text = node.lclient("-check", record["id"]).stdout
     assert "output cut:  stdout reached the node's log limit (--max-log-size); 299M more was dropped" in text
+
+
+# -- system calls that no namespace covers ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def probe_binary(tmp_path_factory) -> Path:
+    """data/seccomp_probe.c, static: it makes each guarded call in a child of its own."""
+    binary = tmp_path_factory.mktemp("probe") / "seccomp_probe"
+    source = Path(__file__).parent / "data" / "seccomp_probe.c"
+    subprocess.run(["musl-gcc", "-static", "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def test_io_uring_and_vsock_fail_in_a_real_job_while_inet_works(any_node, probe_binary):
+    # The probe arrives as the job's stdin and runs from its /tmp (nodev and nosuid, not noexec).
+    record, out, _ = run_job(any_node, "cat > /tmp/probe && chmod +x /tmp/probe && /tmp/probe", "-stdin", str(probe_binary))
+    assert record["state"] == "EXITED" and record["exit_code"] == 0
+    results = dict(line.split(" ", 1) for line in out.splitlines())
+    assert results["io_uring_setup"] == "Function not implemented"
+    assert results["socket-vsock"] == "Address family not supported by protocol"
+    assert results["socket-inet"] == "ok" and results["socket-unix"] == "ok"
