@@ -5,9 +5,13 @@
                                       [--rootfs /var/lib/lclusterd/rootfs] [--markdown]
 
 In one run, side by side:
-  ours   lclusterd.runtime.launcher.Launcher.run() (fork-server helper, overlay, cgroups, ...)
-  runc   `runc run --bundle B <id>` (create + start + wait + delete), generated OCI bundle
-  bwrap  `bwrap --unshare-all --ro-bind ROOTFS / --proc /proc --dev /dev /bin/true`
+  ours            lclusterd.runtime.launcher.Launcher.run() as a node runs a job: its own user
+                  namespace, device rules, a 1 GiB memory limit (the node's default), stdout
+                  and stderr through capped log relays into files
+  ours-no-userns  the same with --userns off
+  ours-no-relay   the same with the job's output to /dev/null (no pipes, no relays)
+  runc            `runc run --bundle B <id>` (create + start + wait + delete), generated OCI bundle
+  bwrap           `bwrap --unshare-all --ro-bind ROOTFS / --proc /proc --dev /dev /bin/true`
 Each tool: a few warm-up runs (not counted), N sequential runs (p50/p90/p99 and runs/s),
 then N runs on S parallel streams (threads, N/S each, back to back; runs/s). Ratios are
 against runc's p50 from the same run: absolute times move between runs and machines.
@@ -38,7 +42,9 @@ if REPO not in sys.path:
 from bench import peers  # noqa: E402
 
 DEFAULT_ROOTFS = "/var/lib/lclusterd/rootfs"
-TOOLS = ("ours", "runc", "bwrap")
+TOOLS = ("ours", "ours-no-userns", "ours-no-relay", "runc", "bwrap")
+JOB_MEMORY = 1 << 30  # what a node gives a job without -mem (lclusterd --default-mem)
+LOG_CAP = 100 << 20  # lclusterd --max-log-size
 CGROUP_PARENT = "lclusterd-bench"
 
 
@@ -118,26 +124,42 @@ class Tool:
 
 
 class Ours(Tool):
-    name = "ours"
+    LABELS = {
+        "ours": "lclusterd runtime as a node runs a job (user namespace, device rules, memory limit, log relays)",
+        "ours-no-userns": "lclusterd runtime, --userns off (rest as above)",
+        "ours-no-relay": "lclusterd runtime, output to /dev/null (no log relays; rest as the first row)",
+    }
 
-    def __init__(self, rootfs: str, tmp: str):
+    def __init__(self, rootfs: str, tmp: str, variant: str = "ours"):
+        self.name = variant
         self.rootfs = rootfs
-        self.state_dir = os.path.join(tmp, "ours")
+        self.state_dir = os.path.join(tmp, variant)
         self.launcher = None
-        self.label = "lclusterd (Launcher.run)"
+        self.label = self.LABELS[variant]
+        self.userns = variant != "ours-no-userns"
+        # One pair of log files for every run: creating a job's files is the daemon's cost, not the runtime's.
+        self.logs = None if variant == "ours-no-relay" else (os.path.join(tmp, f"{variant}.out"), os.path.join(tmp, f"{variant}.err"))
 
     def setup(self) -> None:
+        from lclusterd.runtime import userns
         from lclusterd.runtime.launcher import Launcher
         from lclusterd.runtime.spec import RuntimeSpec
 
         self._spec = RuntimeSpec
         os.makedirs(self.state_dir, exist_ok=True)
-        self.launcher = Launcher(state_dir=self.state_dir, cgroup_parent=CGROUP_PARENT)
+        ranges = userns.subordinate_ranges() if self.userns else None
+        if self.userns and ranges is None:
+            raise RuntimeError(userns.MISSING_RANGES)
+        self.launcher = Launcher(state_dir=self.state_dir, cgroup_parent=f"{CGROUP_PARENT}-{self.name}", userns=ranges)
         self.launcher.start()
 
+    def _job(self, argv: list[str]):
+        out, err = self.logs or (None, None)
+        return self._spec(job_id=uuid.uuid4().hex, argv=argv, rootfs=self.rootfs, memory_bytes=JOB_MEMORY,
+                          stdout_path=out, stderr_path=err, max_log_bytes=LOG_CAP if self.logs else None)
+
     def run_once(self) -> None:
-        spec = self._spec(job_id=uuid.uuid4().hex, argv=["/bin/true"], rootfs=self.rootfs)
-        result = self.launcher.run(spec)
+        result = self.launcher.run(self._job(["/bin/true"]))
         if getattr(result, "status", None) != "EXITED" or getattr(result, "exit_code", None) != 0:
             raise RuntimeError(f"launcher.run(/bin/true) returned {result!r}")
 
@@ -154,7 +176,9 @@ class Ours(Tool):
         ids = [uuid.uuid4().hex for _ in range(jobs)]
         try:
             for job_id in ids:
-                self.launcher.submit(self._spec(job_id=job_id, argv=["/bin/sleep", "5"], rootfs=self.rootfs))
+                job = self._job(["/bin/sleep", "5"])
+                job.job_id = job_id
+                self.launcher.submit(job)
             time.sleep(0.8)
             busy = peers.smaps_rollup(pid)
             # Python processes of ours under the helper besides the jobs: its spare job
@@ -186,7 +210,7 @@ class Ours(Tool):
                 time.sleep(0.5)
                 if _alive(pid):
                     notes.append(f"ours: fork-server helper {pid} still running after close()")
-        for d in _cgroup_dirs(CGROUP_PARENT):
+        for d in _cgroup_dirs(f"{CGROUP_PARENT}-{self.name}"):
             try:
                 os.rmdir(d)  # only succeeds when empty: never removes a job's cgroup
             except FileNotFoundError:
@@ -383,18 +407,21 @@ def fmt_rate(r: float | None) -> str:
 
 
 def table_rows(results: list[Result], streams: int) -> tuple[list[str], list[list[str]]]:
-    runc = next((r for r in results if r.tool == "runc" and not r.error and r.latencies), None)
-    runc_p50 = runc.p(50) if runc else None
+    def p50_of(tool: str) -> float | None:
+        found = next((r for r in results if r.tool == tool and not r.error and r.latencies), None)
+        return found.p(50) if found else None
+
+    runc_p50, bwrap_p50 = p50_of("runc"), p50_of("bwrap")
     cols = ["tool", "p50 ms", "p90 ms", "p99 ms", "runs/s (1 stream)",
-            f"runs/s ({streams} streams)", f"p50 ms ({streams} streams)", "p50 vs runc"]
+            f"runs/s ({streams} streams)", f"p50 ms ({streams} streams)", "p50 vs runc", "p50 vs bwrap"]
     rows = []
     for r in results:
         if r.error or not r.latencies:
             rows.append([r.label, r.error or "no data"] + [""] * (len(cols) - 2))
             continue
-        ratio = "—" if not runc_p50 else f"{r.p(50) / runc_p50:.2f}×"
+        ratios = ["—" if not base else f"{r.p(50) / base:.2f}×" for base in (runc_p50, bwrap_p50)]
         rows.append([r.label, fmt_ms(r.p(50)), fmt_ms(r.p(90)), fmt_ms(r.p(99)),
-                     fmt_rate(r.seq_rate), fmt_rate(r.par_rate), fmt_ms(r.par_p50), ratio])
+                     fmt_rate(r.seq_rate), fmt_rate(r.par_rate), fmt_ms(r.par_p50), *ratios])
     return cols, rows
 
 
@@ -457,7 +484,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=200, help="measured runs per tool and mode (default 200)")
     ap.add_argument("--streams", type=int, default=2, help="parallel streams for the throughput column (default 2)")
     ap.add_argument("--warmup", type=int, default=5, help="uncounted runs first (default 5)")
-    ap.add_argument("--only", default=",".join(TOOLS), help="comma-separated subset of ours,runc,bwrap")
+    ap.add_argument("--only", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
     ap.add_argument("--markdown", action="store_true", help="print a README-ready markdown table")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = ap.parse_args(argv)
@@ -489,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     cgroups_before = _count_cgroups()
     try:
-        for name in TOOLS:  # fixed order: ours, runc, bwrap
+        for name in TOOLS:  # fixed order: ours (its variants), runc, bwrap
             if name not in args.only:
                 continue
             if name == "runc" and not peers.runc_available():
@@ -498,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "bwrap" and not peers.bwrap_available():
                 progress("bwrap not installed (make bench-deps); skipped")
                 continue
-            tool = {"ours": Ours, "runc": Runc, "bwrap": Bwrap}[name](args.rootfs, tmp)
+            tool = Ours(args.rootfs, tmp, name) if name.startswith("ours") else {"runc": Runc, "bwrap": Bwrap}[name](args.rootfs, tmp)
             results.append(measure(tool, args.runs, args.streams, args.warmup, progress))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
