@@ -81,6 +81,7 @@ class ForkServer:
                 self.pool.refill()
         self.pool.end_all()
         try:
+            self.driver.leave_device_rules()
             self.driver.remove_parent()
         except OSError as error:
             log.warning("%s", describe(error))
@@ -366,8 +367,8 @@ def _setup(args: argparse.Namespace) -> tuple[CgroupDriver, SparePool]:
     slots = Slots(args.userns_uids, args.userns_gids) if args.userns_uids else None
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     keep = caps.mask_of(caps.DEFAULT_KEEP)
-    setup = SpareSetup(str(plan.JOBINIT), scratch, keep, caps.last_cap(), own_pid_ns, slots,
-                       tuple(driver.device_procs_files()))
+    driver.enter_device_rules()  # every job init it spawns is born under them
+    setup = SpareSetup(str(plan.JOBINIT), scratch, keep, caps.last_cap(), own_pid_ns, slots)
     return driver, SparePool(setup)
 
 

@@ -9,7 +9,7 @@ plan arrives on the init's socket when a job is handed over (DESIGN.md "Starting
 container"):
 
   spare:  name -> die with the fork server -> close inherited fds -> new session ->
-          join the node's device cgroup (v1) -> unshare mount, UTS, IPC, network ->
+          unshare mount, UTS, IPC, network ->
           / private -> scratch tmpfs (the overlay's upper and work, /tmp) -> [make the
           job's user namespace, with the network namespace inside it] -> loopback up ->
           [drop the bounding set] -> wait for the job
@@ -169,12 +169,10 @@ class PreparedJob:
     writable_bytes: int | None = None  # size of the scratch tmpfs (its writable layer and /tmp)
 
 
-def spare_plan(scratch: Scratch, keep_caps: int, cap_last: int, ids: IdMap | None = None,
-               device_procs: tuple[str, ...] | list[str] = ()) -> list[str]:
+def spare_plan(scratch: Scratch, keep_caps: int, cap_last: int, ids: IdMap | None = None) -> list[str]:
     """The spare's plan, ending with "wait". The job's writable layer and /tmp live on a
     tmpfs at scratch.path in the spare's own mount namespace: no disk I/O on the start path,
-    nothing on the host to clean up, and what the job writes is charged to its memory cgroup.
-    `device_procs`: cgroups whose device list applies to every job (cgroup v1), joined here."""
+    nothing on the host to clean up, and what the job writes is charged to its memory cgroup."""
     plan = [
         "name", "lclusterd:spare",  # until exec names it after the job
         "pdeathsig", str(SIGKILL),  # die with the fork server while no job is ours
@@ -183,8 +181,6 @@ def spare_plan(scratch: Scratch, keep_caps: int, cap_last: int, ids: IdMap | Non
         # process group must not reach the job, whose end is the runtime's to decide.
         "setsid",
     ]
-    if device_procs:
-        plan += ["step", "join device cgroup", *[t for procs in device_procs for t in ("cgroup", procs)]]
     # With a user namespace, the network namespace comes with it (the userns op).
     namespaces = SPARE_NAMESPACES & ~kernel.CLONE_NEWNET if ids is not None else SPARE_NAMESPACES
     plan += [

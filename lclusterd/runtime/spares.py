@@ -48,7 +48,6 @@ class SpareSetup:
     cap_last: int
     own_pid_ns: int  # fd of the fork server's PID namespace, to return to after each spawn
     slots: Slots | None = None
-    device_procs: tuple[str, ...] = ()
 
 
 class SparePool:
@@ -66,8 +65,7 @@ class SparePool:
         setup = self.setup
         slot = setup.slots.acquire() if setup.slots is not None else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [setup.jobinit, *plan.spare_plan(setup.scratch, setup.keep_caps, setup.cap_last,
-                                                slot.ids if slot else None, setup.device_procs)]
+        argv = [setup.jobinit, *plan.spare_plan(setup.scratch, setup.keep_caps, setup.cap_last, slot.ids if slot else None)]
         try:
             kernel.unshare(kernel.CLONE_NEWPID)
             try:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from cluster_fixtures import Daemon, EtcdProcess, remove_cgroup_parent
 from conftest import CGROUP_VERSION
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
-from lclusterd.runtime import channel, userns
+from lclusterd.runtime import bpf, channel, devices, userns
 from lclusterd.runtime.spec import RuntimeSpec
 
 NODE_MEMORY = 2 << 30
@@ -130,6 +131,40 @@ def test_runtime_a_jobs_writable_mounts_are_nodev_and_it_lacks_mknod(runtime, ro
     assert set(mounts) == {"/", "/tmp", "/dev", "/dev/shm"} and all("nodev" in opts for opts in mounts.values())
     bounding = int(lines[-1].split()[1], 16)
     assert not bounding & (1 << 27)  # CAP_MKNOD
+
+
+@pytest.mark.v2vm
+def test_runtime_every_job_is_under_the_nodes_device_rules(runtime, rootfs):
+    job = RuntimeSpec.shell(uuid.uuid4().hex, "sleep 30", rootfs)
+    runtime.launcher.submit(job)
+    try:
+        pid = next(int(p) for p in _wait_for(lambda: runtime.launcher.running() and _procs_of(runtime, job.job_id)))
+        if CGROUP_VERSION == 1:  # the devices controller of the node's parent, deny-all and the allow-list
+            devices = next(line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":devices:" in line)
+            assert devices.endswith(f":/{runtime.cgroup_parent}")
+            rules = Path(f"/sys/fs/cgroup/devices/{runtime.cgroup_parent}/devices.list").read_text().splitlines()
+            assert rules == [rule.v1_line() for rule in devices.ALLOWED]
+        else:  # the parent's BPF device program, which the job's cgroup inherits
+            attached = bpf.attached_device_programs(f"/sys/fs/cgroup/{runtime.cgroup_parent}")
+            assert len(attached[1]) == 1
+    finally:
+        runtime.launcher.kill(job.job_id, grace=0)
+        runtime.launcher.wait(job.job_id, timeout=30)
+
+
+def _procs_of(runtime, job_id: str) -> list[str]:
+    base = Path("/sys/fs/cgroup") if CGROUP_VERSION == 2 else Path("/sys/fs/cgroup/pids")
+    procs = base / runtime.cgroup_parent / job_id / "cgroup.procs"
+    return procs.read_text().split() if procs.exists() else []
+
+
+def _wait_for(probe, tries: int = 500):
+    for _ in range(tries):
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.01)
+    raise AssertionError("timed out waiting")
 
 
 # -- who a job's root is ------------------------------------------------------------------

@@ -580,6 +580,19 @@ def test_v1_fake_parent_denies_every_device_then_allows_the_jobs_own(tmp_path, m
     assert not any("/devices/" in f for f in job.procs_files)
 
 
+def test_v1_fake_a_process_enters_the_device_rules_and_leaves_them_for_the_root(tmp_path, monkeypatch):
+    # The fork server enters once at start, so every job init it spawns is born under the rules.
+    root = make_v1_tree(tmp_path / "cgroup")
+    fs = FakeCgroupFs(root, monkeypatch, 1)
+    driver = detect(root, parent="lclusterd/node1")
+    driver.prepare()
+    fs.writes.clear()
+    driver.enter_device_rules()
+    driver.leave_device_rules()
+    assert fs.writes == [(root / "devices" / "lclusterd" / "node1" / "cgroup.procs", "0"),
+                         (root / "devices" / "cgroup.procs", "0")]
+
+
 def test_v1_fake_prepare_again_leaves_rules_in_place(tmp_path, monkeypatch):
     # A restart: rewriting would deny everything for a moment to jobs still running.
     root = make_v1_tree(tmp_path / "cgroup")

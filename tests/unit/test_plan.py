@@ -84,9 +84,9 @@ def test_with_user_namespace_the_rootfs_is_idmapped_and_the_writable_layer_given
 
 @pytest.mark.parametrize("ids", [None, IDS], ids=["no-userns", "userns"])
 def test_spare_plan_prepares_what_needs_no_job_and_then_waits(ids):
-    tokens = plan.spare_plan(Scratch("/state/root"), 0x5, 40, ids, ["/cg/devices/lclusterd/n1/cgroup.procs"])
+    tokens = plan.spare_plan(Scratch("/state/root"), 0x5, 40, ids)
     order = names(tokens)
-    expected = ["name", "pdeathsig", "closefds", "setsid", "cgroup", "unshare", "mount", "mount",
+    expected = ["name", "pdeathsig", "closefds", "setsid", "unshare", "mount", "mount",
                 "mkdir", "mkdir", "mkdir", "mkdir", "mkdir"]
     expected += ["userns", "loopback", "wait"] if ids else ["loopback", "bounding", "wait"]
     assert order == expected

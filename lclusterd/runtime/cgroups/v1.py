@@ -270,6 +270,12 @@ class V1Driver:
     def device_procs_files(self) -> list[str]:
         return [str(self.devices_dir / "cgroup.procs")]
 
+    def enter_device_rules(self) -> None:
+        write_file(self.devices_dir / "cgroup.procs", b"0")
+
+    def leave_device_rules(self) -> None:
+        write_file(self.hierarchies[DEVICES] / "cgroup.procs", b"0")
+
     def open(self, name: str) -> V1Cgroup:
         check_name(name)
         return V1Cgroup(name, {c: h / self.parent / name for c, h in self.job_hierarchies.items()})

@@ -150,6 +150,12 @@ class V2Driver:
     def device_procs_files(self) -> list[str]:
         return []  # a job's own cgroup is under the parent's device program
 
+    def enter_device_rules(self) -> None:
+        """Nothing to enter: every job cgroup inherits the parent's device program."""
+
+    def leave_device_rules(self) -> None:
+        """Nothing to leave (see enter_device_rules)."""
+
     def open(self, name: str) -> V2Cgroup:
         check_name(name)
         return V2Cgroup(name, self.parent_dir / name)
