@@ -140,8 +140,8 @@ def test_runtime_every_job_is_under_the_nodes_device_rules(runtime, rootfs):
     try:
         pid = next(int(p) for p in _wait_for(lambda: runtime.launcher.running() and _procs_of(runtime, job.job_id)))
         if CGROUP_VERSION == 1:  # the devices controller of the node's parent, deny-all and the allow-list
-            devices = next(line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":devices:" in line)
-            assert devices.endswith(f":/{runtime.cgroup_parent}")
+            member = next(line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":devices:" in line)
+            assert member.endswith(f":/{runtime.cgroup_parent}")
             rules = Path(f"/sys/fs/cgroup/devices/{runtime.cgroup_parent}/devices.list").read_text().splitlines()
             assert rules == [rule.v1_line() for rule in devices.ALLOWED]
         else:  # the parent's BPF device program, which the job's cgroup inherits
