@@ -35,7 +35,9 @@ from cluster_fixtures import EtcdProcess  # noqa: E402
 from lclusterd.cluster.jobs import Jobs  # noqa: E402
 from lclusterd.cluster.keys import Keys  # noqa: E402
 from lclusterd.cluster.scheduler import Scheduler  # noqa: E402
-from lclusterd.cluster.store import Callbacks, Put, Store  # noqa: E402
+from lclusterd.cluster.kv import Put
+from lclusterd.cluster.store import Store  # noqa: E402
+from lclusterd.cluster.watch import Callbacks
 from lclusterd.model import ASSIGNED, EXITED, RUNNING, JobRecord, JobSpec, NodeInfo  # noqa: E402
 
 

@@ -104,47 +104,58 @@ def cli(ctx: click.Context, **o) -> int:
     _check_applicable(action, o)
     client = factory(o["server"] or default_server())
     try:
-        if action == "-add":
-            return _add(client, o)
-        if action == "-check":
-            job = client.check(o["check"])
-            click.echo(dumps(job_json(job)) if o["as_json"] else job_text(job))
-            return errors.EXIT_OK
-        if action == "-kill":
-            job = client.kill(o["kill"])
-            click.echo(dumps(job_json(job)) if o["as_json"] else f"{job.id} {outcome(job)}{' (kill requested)' if job.kill_requested else ''}")
-            if job.is_pool and not o["as_json"]:
-                click.echo(members_table(job))
-            return errors.EXIT_OK
-        if action == "-list":
-            limit = _parse("-limit", o["limit"], lambda t: parse_count(t, 0))
-            jobs = client.list([s.upper() for s in o["states"]], limit)
-            if o["as_json"]:
-                for job in jobs:
-                    click.echo(dumps(job_json(job)))
-            else:
-                click.echo(jobs_table(jobs))
-            return errors.EXIT_OK
-        if action == "-nodes":
-            nodes = client.nodes()
-            if o["as_json"]:
-                for node in nodes:
-                    click.echo(dumps(node_json(node)))
-            else:
-                click.echo(nodes_table(nodes))
-            return errors.EXIT_OK
-        if action == "-logs":
-            return _logs(client, o["logs"], o["follow"])
-        if action in ("-drain", "-undrain"):
-            node = client.drain(o["drain"] or o["undrain"], action == "-drain")
-            click.echo(dumps(node_json(node)) if o["as_json"] else nodes_table([node]))
-            return errors.EXIT_OK
-        if o["follow"]:
-            return _follow_then_wait(client, o["wait"])
-        timeout = _parse("-timeout", o["timeout"], parse_duration) if o["timeout"] else None
-        return _wait(client, o["wait"], timeout, o["as_json"])
+        return HANDLERS[action](client, o)
     finally:
         client.close()
+
+
+def _check(client: JobsClient, o: dict) -> int:
+    job = client.check(o["check"])
+    click.echo(dumps(job_json(job)) if o["as_json"] else job_text(job))
+    return errors.EXIT_OK
+
+
+def _kill(client: JobsClient, o: dict) -> int:
+    job = client.kill(o["kill"])
+    requested = " (kill requested)" if job.kill_requested else ""
+    click.echo(dumps(job_json(job)) if o["as_json"] else f"{job.id} {outcome(job)}{requested}")
+    if job.is_pool and not o["as_json"]:
+        click.echo(members_table(job))
+    return errors.EXIT_OK
+
+
+def _list(client: JobsClient, o: dict) -> int:
+    limit = _parse("-limit", o["limit"], lambda t: parse_count(t, 0))
+    jobs = client.list([s.upper() for s in o["states"]], limit)
+    if o["as_json"]:
+        for job in jobs:
+            click.echo(dumps(job_json(job)))
+    else:
+        click.echo(jobs_table(jobs))
+    return errors.EXIT_OK
+
+
+def _nodes(client: JobsClient, o: dict) -> int:
+    nodes = client.nodes()
+    if o["as_json"]:
+        for node in nodes:
+            click.echo(dumps(node_json(node)))
+    else:
+        click.echo(nodes_table(nodes))
+    return errors.EXIT_OK
+
+
+def _drain(client: JobsClient, o: dict) -> int:
+    node = client.drain(o["drain"] or o["undrain"], bool(o["drain"]))
+    click.echo(dumps(node_json(node)) if o["as_json"] else nodes_table([node]))
+    return errors.EXIT_OK
+
+
+def _wait_action(client: JobsClient, o: dict) -> int:
+    if o["follow"]:
+        return _follow_then_wait(client, o["wait"])
+    timeout = _parse("-timeout", o["timeout"], parse_duration) if o["timeout"] else None
+    return _wait(client, o["wait"], timeout, o["as_json"])
 
 
 def _check_applicable(action: str, o: dict) -> None:
@@ -247,6 +258,13 @@ def _logs(client: JobsClient, job_id: str, follow: bool) -> int:
         target.write(chunk.data)
         target.flush()
     return errors.EXIT_OK
+
+
+HANDLERS: dict[str, Callable[[JobsClient, dict], int]] = {
+    "-add": lambda client, o: _add(client, o), "-check": _check, "-kill": _kill, "-list": _list, "-nodes": _nodes,
+    "-logs": lambda client, o: _logs(client, o["logs"], o["follow"]), "-wait": _wait_action,
+    "-drain": _drain, "-undrain": _drain,
+}
 
 
 def run(argv: list[str], client_factory: ClientFactory | None = None) -> int:

@@ -11,11 +11,10 @@ import grpc
 from lclient import errors
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
+from lclusterd.rpc.metadata import CALL_TIMEOUT, ERROR_METADATA_KEY
 
 DEFAULT_SERVER = "127.0.0.1:64051"
 SERVER_ENV = "LCLUSTER_SERVER"
-CALL_TIMEOUT = 15.0  # seconds; above the daemon's etcd timeout, so etcd trouble arrives as UNAVAILABLE
-ERROR_METADATA_KEY = "lclusterd-error"  # set by lclusterd/api/errors.py
 
 
 def default_server() -> str:

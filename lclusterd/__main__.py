@@ -9,7 +9,11 @@ import sys
 import click
 
 from lclusterd import __version__
-from lclusterd.config import DEFAULT_CONFIG_FILE, DEFAULT_PORT, DEFAULT_ROOTFS, DEFAULT_STATE_DIR, Config, ConfigError, load_file
+from lclusterd.cluster.placement import POLICIES
+from lclusterd.config import (DEFAULT_CONFIG_FILE, LOG_LEVELS, SHUTDOWN_MODES, USERNS_MODES, Config, ConfigError,
+                              defaults, load_file)
+
+_D = defaults()  # each option's default lives in Config, once
 
 
 def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -26,53 +30,53 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
                                  "show_default": True})
 @click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config_file,
               help=f"TOML file with any of these options (keys as the long names). Default: {DEFAULT_CONFIG_FILE} if it exists.")
-@click.option("--namespace", default="localhost",
+@click.option("--namespace", default=_D["namespace"],
               help="Host name or address this node binds and advertises to other nodes and clients.")
-@click.option("--listen", default=str(DEFAULT_PORT),
+@click.option("--listen", default=_D["listen"],
               help="gRPC port, or HOST:PORT to bind another address than --namespace. Non-loopback needs --insecure.")
 @click.option("--etcd", default="",
               help="Comma-separated endpoints of an existing etcd (http://HOST:PORT,...). Empty: start an embedded "
                    "etcd with its data under --state-dir, on loopback, stopped with the daemon.")
-@click.option("--rootfs", default=DEFAULT_ROOTFS, help="Root filesystem jobs run in (read-only lower layer of each job's overlay).")
-@click.option("--state-dir", default=DEFAULT_STATE_DIR,
+@click.option("--rootfs", default=_D["rootfs"], help="Root filesystem jobs run in (read-only lower layer of each job's overlay).")
+@click.option("--state-dir", default=_D["state_dir"],
               help="Where this node keeps job logs, runtime state, the Unix socket (lclusterd.sock) and the embedded etcd.")
 @click.option("--node-name", default=None, help="This node's name in the cluster.  [default: the host name]")
-@click.option("--capacity", default=256, type=click.IntRange(min=1), help="Most jobs this node runs at once.")
-@click.option("--prefix", default="/lclusterd", help="etcd key prefix; clusters sharing one etcd need different prefixes.")
-@click.option("--keep", default="7d",
+@click.option("--capacity", default=_D["capacity"], type=click.IntRange(min=1), help="Most jobs this node runs at once.")
+@click.option("--prefix", default=_D["prefix"], help="etcd key prefix; clusters sharing one etcd need different prefixes.")
+@click.option("--keep", default=_D["keep"],
               help="How long an ended job's record and log files are kept (e.g. 12h, 30d). Then the prime removes "
                    "the record, leaving for as long again a tombstone so that lclient can say so, and the job's node "
                    "removes its logs. The prime also compacts etcd's history every keep/4 (0.5 s to 5 min).")
 @click.option("--insecure", is_flag=True, default=False,
               help="Allow a non-loopback --namespace/--listen although the API has no TLS or authentication yet.")
-@click.option("--on-shutdown", type=click.Choice(["kill", "finish"]), default="kill",
+@click.option("--on-shutdown", type=click.Choice(SHUTDOWN_MODES), default=_D["on_shutdown"],
               help="On SIGTERM/SIGINT: kill running jobs (recorded as KILLED), or let them finish first. "
                    "A second signal kills them anyway.")
-@click.option("--default-pids", default=1024, type=click.IntRange(min=1),
+@click.option("--default-pids", default=_D["default_pids"], type=click.IntRange(min=1),
               help="pids limit for jobs that set none (contains fork bombs).")
-@click.option("--max-pids", default=0, type=click.IntRange(min=0),
+@click.option("--max-pids", default=_D["max_pids"], type=click.IntRange(min=0),
               help="Processes all of this node's jobs may have together (their parent cgroup's pids.max); a job "
                    "asking for more is refused.  [default: half the kernel's pid_max]")
-@click.option("--default-mem", default="", help="Memory limit of a job that sets no -mem; a job may ask for more, up "
+@click.option("--default-mem", default=_D["default_mem"], help="Memory limit of a job that sets no -mem; a job may ask for more, up "
                                                 "to what a node offers.  [default: 1G, or --memory if less]")
-@click.option("--max-log-size", default="100M",
+@click.option("--max-log-size", default=_D["max_log_size"],
               help="Most bytes kept of each job's stdout and of its stderr; the rest is dropped after a marker line "
                    "and -check says so.")
-@click.option("--userns", type=click.Choice(["on", "off"]), default="on",
+@click.option("--userns", type=click.Choice(USERNS_MODES), default=_D["userns"],
               help="Run every job in a user namespace of its own, its root an unprivileged host uid from the "
                    "subordinate range of the user lclusterd (/etc/subuid, set up by make prep). off: a job's root "
                    "is the host's root (held in by capabilities, seccomp and namespaces), for kernels without "
                    "idmapped mounts under overlay (Linux < 5.19).")
-@click.option("--etcd-wait", default=30.0, type=click.FloatRange(min=0), help="Seconds start-up waits for etcd to answer.")
-@click.option("--lease-ttl", default=5, type=click.IntRange(min=1), help="Seconds etcd keeps this node (and its prime key) without a keep-alive.")
-@click.option("--scheduling", type=click.Choice(["prime-first", "first-fit", "best-fit"]), default="prime-first",
+@click.option("--etcd-wait", default=_D["etcd_wait"], type=click.FloatRange(min=0), help="Seconds start-up waits for etcd to answer.")
+@click.option("--lease-ttl", default=_D["lease_ttl"], type=click.IntRange(min=1), help="Seconds etcd keeps this node (and its prime key) without a keep-alive.")
+@click.option("--scheduling", type=click.Choice(POLICIES), default=_D["scheduling"],
               help="How the prime places jobs: itself first while it has room, then the node with most free slots "
                    "(prime-first); or by requested memory (-mem) against each node's free memory: the first node "
                    "by name that fits (first-fit) or the one it fits most tightly (best-fit).")
-@click.option("--memory", default="", help="Memory this node offers to jobs (e.g. 4G), fitted against their -mem, and "
+@click.option("--memory", default=_D["memory"], help="Memory this node offers to jobs (e.g. 4G), fitted against their -mem, and "
                                            "the limit of all of them together (their parent cgroup).  [default: the "
                                            "host's MemTotal less 10 %, at least 512M less]")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=_D["log_level"])
 @click.version_option(__version__, "--version")
 def cli(**options) -> None:
     """Run an lclusterd node: takes jobs over gRPC (loopback TCP and a root-only Unix socket),

@@ -7,11 +7,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from lclusterd import limits
+from lclusterd.cluster.placement import POLICIES
 from lclusterd.model import DEFAULT_PIDS, NODE_NAME
 from lclusterd.runtime.host import pid_max, total_memory
 from lclusterd.units import format_size, parse_duration, parse_size
@@ -25,7 +26,7 @@ USERNS_MODES = ("on", "off")
 DEFAULT_JOB_MEMORY = 1 << 30  # a job that sets no -mem; less where the node offers less
 HOST_RESERVE = 512 << 20  # memory a node keeps back for its host by default (or 10 %, if more)
 DEFAULT_MAX_LOG_SIZE = "100M"
-SCHEDULING_POLICIES = ("prime-first", "first-fit", "best-fit")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
@@ -152,10 +153,12 @@ class Config:
             raise ConfigError(f"--rootfs must be an absolute path, not {self.rootfs!r}")
         if not Path(self.state_dir).is_absolute():
             raise ConfigError(f"--state-dir must be an absolute path, not {self.state_dir!r}")
-        if self.scheduling not in SCHEDULING_POLICIES:
-            raise ConfigError(f"--scheduling must be one of {', '.join(SCHEDULING_POLICIES)}, not {self.scheduling!r}")
+        if self.scheduling not in POLICIES:
+            raise ConfigError(f"--scheduling must be one of {', '.join(POLICIES)}, not {self.scheduling!r}")
         if self.lease_ttl < 1:
             raise ConfigError(f"lease TTL must be at least 1 second, not {self.lease_ttl}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         if self.userns not in USERNS_MODES:
             raise ConfigError(f"--userns must be on or off, not {self.userns!r}")
         self._validate_ceilings()
@@ -188,6 +191,11 @@ class Config:
             if not ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback:
                 raise ConfigError(f"refusing to listen on {host} ({info[4][0]}), which is not a loopback address: "
                                   "the API has no TLS or authentication yet; pass --insecure to do it anyway")
+
+
+def defaults() -> dict[str, Any]:
+    """Each option's default, as the Config dataclass declares it (not the derived ones)."""
+    return {f.name: f.default for f in fields(Config) if f.default is not MISSING}
 
 
 def option_names() -> list[str]:

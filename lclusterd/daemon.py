@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -22,18 +23,21 @@ from grpc_reflection.v1alpha import reflection
 
 from lclusterd import __version__
 from lclusterd.api.peers import Peers
-from lclusterd.api.servicer import MAX_BLOCKING, JobsServicer
+from lclusterd.api.servicer import MAX_BLOCKING, ApiServices, JobsServicer
+from lclusterd.cluster.admission import Admission
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.logs import LogFiles
-from lclusterd.cluster.node import NodeSession
+from lclusterd.cluster.lookup import Lookup
+from lclusterd.cluster.node import NodeDirectory, NodeSession
+from lclusterd.cluster.pools import Pools
 from lclusterd.cluster.prime import PrimeElection
-from lclusterd.cluster.admission import Admission
 from lclusterd.cluster.retention import LogSweep, Retention
 from lclusterd.cluster.runspec import NodeDefaults
 from lclusterd.cluster.scheduler import Scheduler
 from lclusterd.cluster.store import Store
+from lclusterd.cluster.watch import Watches
 from lclusterd.cluster.worker import Worker
 from lclusterd.config import Config, ConfigError
 from lclusterd.errors import LclusterdError, StoreUnavailable
@@ -58,25 +62,25 @@ class StartupError(Exception):
 
 
 class Daemon:
+    """One node. start() runs the start-up phases in order; each registers the teardown of what
+    it started, so stop() undoes exactly what started, in reverse order, after a failed start
+    as after a clean one."""
+
     def __init__(self, config: Config):
         self.config = config
         self.stop_requested = threading.Event()
         self._signals = 0
         self.runtime_lost = False  # the fork server died under us: exit non-zero
-        self.launcher: Launcher | None = None
-        self.etcd: EmbeddedEtcd | None = None
-        self.store: Store | None = None
-        self.session: NodeSession | None = None
+        self._teardown = ExitStack()
         self.worker: Worker | None = None
-        self.election: PrimeElection | None = None
-        self.events: JobEvents | None = None
-        self.server: grpc.Server | None = None
-        self.health: health.HealthServicer | None = None
-        self.peers: Peers | None = None
-        self.log_sweep: LogSweep | None = None
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
+        for phase in (self._check_config, self._start_runtime, self._bind_listeners, self._connect_etcd,
+                      self._join_cluster, self._serve):
+            phase()
+
+    def _check_config(self) -> None:
         c = self.config
         try:
             c.validate()
@@ -86,75 +90,103 @@ class Daemon:
         if not Path(c.rootfs, "bin", "sh").exists():
             raise StartupError(f"rootfs {c.rootfs} has no /bin/sh (build one with: make rootfs, "
                                f"or sh rootfs/build.sh busybox {c.rootfs})")
-        state = Path(c.state_dir)
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        logs = LogFiles(state / "logs")
-        logs.prepare()
+        self.state = Path(c.state_dir)
+        self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.logs = LogFiles(self.state / "logs")
+        self.logs.prepare()
 
-        # 1. the fork server, before any thread; then one job to prove jobs can run here
-        self.launcher = Launcher(state / "runtime", cgroup_parent=c.cgroup_parent, on_event=self._on_runtime_event,
+    def _start_runtime(self) -> None:
+        """The fork server, before any thread (gRPC Python does not support fork); then one job
+        to prove jobs can run here."""
+        c = self.config
+        self.launcher = Launcher(self.state / "runtime", cgroup_parent=c.cgroup_parent, on_event=self._on_runtime_event,
                                  on_helper_exit=self._on_runtime_helper_exit, userns=self._user_namespaces(),
                                  node_limits=NodeLimits(c.memory_bytes, c.max_pids_value))
         try:
             self.launcher.start()
         except LclusterdError as exc:
             raise StartupError(str(exc)) from None
+        self._teardown.callback(self.launcher.close, kill_running=True)  # a no-op after the worker's stop
         self._probe_runtime()
 
-        # 2. the listening sockets, so a port in use fails before this node touches etcd
-        self._bind_server()
+    def _bind_listeners(self) -> None:
+        """The listening sockets, so that a port in use fails before this node touches etcd."""
+        self.server, self.health = bind_server(self.config)
+        self._teardown.callback(self._stop_server)
 
-        # 3. etcd
+    def _connect_etcd(self) -> None:
+        c = self.config
         endpoints = c.etcd
         if not endpoints:
-            self.etcd = EmbeddedEtcd(state)
+            etcd = EmbeddedEtcd(self.state)
             try:
-                endpoints = [self.etcd.start()]
+                endpoints = [etcd.start()]
             except EtcdStartError as exc:
                 raise StartupError(str(exc)) from None
-            log.info("embedded etcd at %s (data in %s)", endpoints[0], self.etcd.data_dir)
+            self._teardown.callback(etcd.stop)
+            log.info("embedded etcd at %s (data in %s)", endpoints[0], etcd.data_dir)
         try:
             self.store = Store(endpoints, timeout=c.etcd_timeout)
         except ValueError as exc:
             raise StartupError(f"--etcd: {exc}") from None
+        self._teardown.callback(self.store.close)
         self._wait_for_etcd()
-
-        # 4. this node in etcd, the worker, the prime election
-        keys = Keys(c.prefix)
-        jobs = Jobs(self.store, keys)
-        info = NodeInfo(name=c.node_name, address=c.address, capacity=c.capacity, version=__version__, started_at=time.time(),
-                        memory_bytes=c.memory_bytes, max_pids=c.max_pids_value, cores=host.cores())
-        defaults = NodeDefaults(rootfs=c.rootfs, pids=c.default_pids, memory_bytes=c.default_memory_bytes,
-                                kill_grace=c.kill_grace, max_log_bytes=c.max_log_bytes)
+        self.keys = Keys(c.prefix)
+        self.watches = Watches(self.store)
+        self._teardown.callback(self.watches.stop)
         try:
-            self.store.share_watches(keys.prefix + "/")  # one etcd watch stream for all of them
-            self.session = NodeSession(self.store, keys, info, ttl=c.lease_ttl)
-            self.worker = Worker(self.store, keys, jobs, c.node_name, self.launcher, defaults, logs)
-            self.session.on_lease_lost(self.worker.fence)
-            self.session.register()
-            self.worker.start()
-            scheduler = Scheduler(self.store, keys, jobs, c.node_name, c.scheduling)
-            jobs.placer = scheduler  # adds on the prime are placed at once when nothing is queued
-            retention = Retention(self.store, keys, c.keep_seconds)
-            self.election = PrimeElection(self.store, keys, self.session, *_prime_duties(scheduler, retention))
-            self.election.start()
-            self.events = JobEvents(self.store, keys)
-            self.events.start()
-            self.log_sweep = LogSweep(logs, c.keep_seconds, self.launcher.running)
-            self.log_sweep.start()
+            self.watches.share(self.keys.prefix + "/")  # one etcd watch stream for all of them
         except StoreUnavailable as exc:
             raise StartupError(str(exc)) from None
 
-        # 5. the API
-        self.peers = Peers(self.store, keys, c.node_name)
-        servicer = JobsServicer(jobs, self.events, logs, c.node_name, Admission(self.store, keys, info), self.peers)
-        pb_grpc.add_JobsServicer_to_server(servicer, self.server)
+    def _join_cluster(self) -> None:
+        """This node's services: job events, the log sweep and peers; then its registration,
+        the worker and the prime election (stopped first at shutdown: last registered)."""
+        c, store, watches, keys = self.config, self.store, self.watches, self.keys
+        self.jobs = Jobs(store, keys)
+        self.info = NodeInfo(name=c.node_name, address=c.address, capacity=c.capacity, version=__version__,
+                             started_at=time.time(), memory_bytes=c.memory_bytes, max_pids=c.max_pids_value,
+                             cores=host.cores())
+        defaults = NodeDefaults(rootfs=c.rootfs, pids=c.default_pids, memory_bytes=c.default_memory_bytes,
+                                kill_grace=c.kill_grace, max_log_bytes=c.max_log_bytes)
+        try:
+            self.events = self._started(JobEvents(store, watches, keys), JobEvents.stop)
+            self._started(LogSweep(self.logs, c.keep_seconds, self.launcher.running), LogSweep.stop)
+            self.peers = Peers(store, keys, c.node_name)
+            self._teardown.callback(self.peers.close)
+            session = NodeSession(store, keys, self.info, ttl=c.lease_ttl)
+            self.worker = Worker(store, watches, keys, self.jobs, c.node_name, self.launcher, defaults, self.logs)
+            session.on_lease_lost(self.worker.fence)
+            session.register()
+            self._teardown.callback(session.close)
+            self.worker.start()
+            self._teardown.callback(self.worker.stop, kill_running=c.on_shutdown == "kill")
+            self.scheduler = Scheduler(store, watches, keys, self.jobs, c.node_name, c.scheduling)
+            retention = Retention(store, keys, c.keep_seconds)
+            election = PrimeElection(store, watches, keys, session, *_prime_duties(self.scheduler, retention))
+            self._started(election, PrimeElection.stop)
+        except StoreUnavailable as exc:
+            raise StartupError(str(exc)) from None
+
+    def _serve(self) -> None:
+        c = self.config
+        services = ApiServices(node=c.node_name, jobs=self.jobs, admission=Admission(self.jobs, self.info, self.scheduler),
+                               lookup=Lookup(self.jobs, Pools(self.jobs)), nodes=NodeDirectory(self.store, self.keys),
+                               events=self.events, logs=self.logs, peers=self.peers)
+        pb_grpc.add_JobsServicer_to_server(JobsServicer(services), self.server)
         self.server.start()
         os.chmod(c.socket_path, 0o600)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._teardown.callback(self.health.enter_graceful_shutdown)
         log.info("node %s serving on %s:%d and unix:%s; etcd at %s; rootfs %s",
                  c.node_name, c.bind_host, c.port, c.socket_path, self.store.describe(), c.rootfs)
+
+    def _started(self, service, stop):
+        """Start `service` and have shutdown call `stop(service)`."""
+        service.start()
+        self._teardown.callback(stop, service)
+        return service
 
     def _user_namespaces(self) -> IdRanges | None:
         if self.config.userns == "off":
@@ -207,30 +239,9 @@ class Daemon:
                     warned = True
                 time.sleep(0.2)
 
-    def _bind_server(self) -> None:
-        c = self.config
-        # MAX_BLOCKING of these threads may sit in Wait/Logs(follow); the rest serve the quick calls
-        server = grpc.server(ThreadPoolExecutor(max_workers=MAX_BLOCKING + 64, thread_name_prefix="grpc"),
-                             options=[("grpc.so_reuseport", 0)])
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        address = f"[{c.bind_host}]:{c.port}" if ":" in c.bind_host else f"{c.bind_host}:{c.port}"
-        try:
-            server.add_insecure_port(address)
-        except RuntimeError:
-            raise StartupError(f"cannot listen on {address}: the port is in use or the address is not on this host "
-                               "(is another lclusterd running? pick another with --listen)") from None
-        sock = Path(c.socket_path)
-        sock.unlink(missing_ok=True)
-        old_umask = os.umask(0o077)  # the socket is root-only from its first moment
-        try:
-            server.add_insecure_port(f"unix:{sock}")
-        except RuntimeError:
-            raise StartupError(f"cannot listen on unix:{sock}") from None
-        finally:
-            os.umask(old_umask)
-        self.server = server
+    def _stop_server(self) -> None:
+        self.server.stop(grace=1).wait(5)
+        Path(self.config.socket_path).unlink(missing_ok=True)
 
     # -- run and stop --------------------------------------------------------------------------
     def handle_signal(self, signum, _frame) -> None:
@@ -248,32 +259,37 @@ class Daemon:
             pass
 
     def stop(self) -> None:
-        """Stop taking jobs, end the running ones per --on-shutdown, record them, release the
-        leases, stop the server and the embedded etcd. Safe after a partial start."""
-        if self.health is not None:
-            self.health.enter_graceful_shutdown()
-        if self.election is not None:
-            self.election.stop()
-        if self.worker is not None:
-            self.worker.stop(kill_running=self.config.on_shutdown == "kill")
-        elif self.launcher is not None:
-            self.launcher.close(kill_running=True)
-        if self.server is not None:
-            self.server.stop(grace=1).wait(5)
-            Path(self.config.socket_path).unlink(missing_ok=True)
-        if self.events is not None:
-            self.events.stop()
-        if self.log_sweep is not None:
-            self.log_sweep.stop()
-        if self.peers is not None:
-            self.peers.close()
-        if self.session is not None:
-            self.session.close()
-        if self.store is not None:
-            self.store.close()
-        if self.etcd is not None:
-            self.etcd.stop()
+        """Undo what start() did, last first: stop taking jobs, end the running ones per
+        --on-shutdown and record them, release the leases, close etcd, stop listening."""
+        self._teardown.close()
         log.info("stopped")
+
+
+def bind_server(c: Config) -> tuple[grpc.Server, health.HealthServicer]:
+    """A gRPC server bound to the node's TCP address and its root-only Unix socket, with health
+    checking and reflection; its Jobs service is added later. StartupError if it cannot bind."""
+    # MAX_BLOCKING of these threads may sit in Wait/Logs(follow); the rest serve the quick calls
+    server = grpc.server(ThreadPoolExecutor(max_workers=MAX_BLOCKING + 64, thread_name_prefix="grpc"),
+                         options=[("grpc.so_reuseport", 0)])
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"[{c.bind_host}]:{c.port}" if ":" in c.bind_host else f"{c.bind_host}:{c.port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError:
+        raise StartupError(f"cannot listen on {address}: the port is in use or the address is not on this host "
+                           "(is another lclusterd running? pick another with --listen)") from None
+    sock = Path(c.socket_path)
+    sock.unlink(missing_ok=True)
+    old_umask = os.umask(0o077)  # the socket is root-only from its first moment
+    try:
+        server.add_insecure_port(f"unix:{sock}")
+    except RuntimeError:
+        raise StartupError(f"cannot listen on unix:{sock}") from None
+    finally:
+        os.umask(old_umask)
+    return server, health_servicer
 
 
 def _prime_duties(*duties):

@@ -49,10 +49,6 @@ class JobFinished(LclusterdError):
         self.state = state
 
 
-class QueueFull(LclusterdError):
-    """The queue or the node has no room for another job."""
-
-
 class StoreUnavailable(LclusterdError):
     """etcd cannot be reached or did not answer in time."""
 
@@ -78,17 +74,6 @@ class SetupFailed(LclusterdError):
 
 class RuntimeUnavailable(LclusterdError):
     """The runtime helper (fork server) is not running or stopped answering."""
-
-
-class NotOnThisNode(LclusterdError):
-    """The request needs the node that ran the job (its logs live there)."""
-
-    def __init__(self, job_id: str, node: str, address: str = ""):
-        where = f" at {address}" if address else ""
-        super().__init__(f"job {job_id} ran on node {node}; ask that node{where}")
-        self.job_id = job_id
-        self.node = node
-        self.address = address
 
 
 class WaitTimedOut(LclusterdError):

@@ -18,6 +18,12 @@ from typing import Any
 
 from lclusterd import limits
 from lclusterd.errors import InvalidSpec, InvalidTransition
+from lclusterd.states import (ASSIGNED, CANCELLED, EXITED, FAILED, KILLED, LOST, OOM_KILLED, QUEUED, RUN_ENDINGS,
+                              RUNNING, STATES, TERMINAL, TIMED_OUT)
+
+__all__ = ["ALLOWED", "ASSIGNED", "CANCELLED", "EXITED", "FAILED", "KILLED", "LOST", "OOM_KILLED", "QUEUED", "RUNNING",
+           "STATES", "TERMINAL", "TIMED_OUT", "JobRecord", "JobSpec", "NodeInfo", "PoolRecord", "new_job_id",
+           "parse_job_id", "pool_outcome"]
 
 SCHEMA_VERSION = 1
 DEFAULT_PIDS = 1024  # a fork bomb stays inside this unless the job asks for more
@@ -25,27 +31,13 @@ MAX_STDIN_BYTES = 512 * 1024  # etcd values are limited to 1.5 MiB; the record h
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_RETRIES = 10
 
-QUEUED = "QUEUED"
-ASSIGNED = "ASSIGNED"
-RUNNING = "RUNNING"
-EXITED = "EXITED"
-KILLED = "KILLED"
-OOM_KILLED = "OOM_KILLED"
-TIMED_OUT = "TIMED_OUT"
-FAILED = "FAILED"
-CANCELLED = "CANCELLED"
-LOST = "LOST"
-
-STATES = (QUEUED, ASSIGNED, RUNNING, EXITED, KILLED, OOM_KILLED, TIMED_OUT, FAILED, CANCELLED, LOST)
-TERMINAL = frozenset({EXITED, KILLED, OOM_KILLED, TIMED_OUT, FAILED, CANCELLED, LOST})
-ENDED_BY_RUNTIME = (EXITED, KILLED, OOM_KILLED, TIMED_OUT, FAILED)
 
 ALLOWED: dict[str, frozenset[str]] = {
     QUEUED: frozenset({ASSIGNED, CANCELLED}),
     # ASSIGNED -> QUEUED: a node gives back an assignment it never started (shutdown).
     # ASSIGNED -> FAILED: the runtime refused the job before it started.
     ASSIGNED: frozenset({RUNNING, CANCELLED, FAILED, LOST, QUEUED}),
-    RUNNING: frozenset(ENDED_BY_RUNTIME) | {LOST},
+    RUNNING: frozenset(RUN_ENDINGS) | {LOST},
     **{state: frozenset() for state in TERMINAL},
 }
 
@@ -111,8 +103,8 @@ class JobSpec:
             raise InvalidSpec(f"invalid node name {self.node!r}: letters, digits, '.', '_' or '-' (at most 63)")
 
     def to_json(self) -> dict[str, Any]:
-        # Shallow copies here and in JobRecord: dataclasses.asdict walks and copies every
-        # value and was the daemon's costliest step per job (records are encoded ~4 times).
+        # Shallow copies here and in JobRecord: dataclasses.asdict walks and copies every value,
+        # and a record is encoded several times per job (docs/conventions.md, hot paths).
         data = dict(self.__dict__)
         data["stdin_data"] = base64.b64encode(self.stdin_data).decode()
         return _with_unknown(data)
@@ -214,6 +206,15 @@ class JobRecord:
     @classmethod
     def from_bytes(cls, raw: bytes) -> JobRecord:
         return cls.from_json(json.loads(raw))
+
+    @staticmethod
+    def requested_memory(raw: bytes) -> int:
+        """The -mem of the record in `raw`, 0 when it sets none or cannot be read: the prime
+        reads it from every assignment it sees, so only the field it needs is looked at."""
+        try:
+            return int(json.loads(raw)["spec"].get("memory_bytes") or 0)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return 0
 
 
 _KNOWN: dict[type, frozenset[str]] = {}

@@ -12,8 +12,9 @@ import logging
 import grpc
 
 from lclusterd.errors import (InvalidSpec, InvalidTransition, IsAPool, JobFinished, JobNotFound, JobRemoved, LclusterdError,
-                              NodeNotFound, NodeUnreachable, NoReadyNode, NotOnThisNode,
-                              QueueFull, RuntimeUnavailable, StoreUnavailable, TooBusy, WaitTimedOut)
+                              NodeNotFound, NodeUnreachable, NoReadyNode, RuntimeUnavailable, StoreUnavailable, TooBusy,
+                              WaitTimedOut)
+from lclusterd.rpc.metadata import ERROR_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,13 @@ STATUS_OF = {
     NodeUnreachable: grpc.StatusCode.UNAVAILABLE,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     RuntimeUnavailable: grpc.StatusCode.UNAVAILABLE,
-    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     TooBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
     JobFinished: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
-    NotOnThisNode: grpc.StatusCode.FAILED_PRECONDITION,
     NoReadyNode: grpc.StatusCode.FAILED_PRECONDITION,
     IsAPool: grpc.StatusCode.FAILED_PRECONDITION,
     WaitTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-ERROR_METADATA_KEY = "lclusterd-error"
 
 
 def status_of(error: LclusterdError) -> grpc.StatusCode:

@@ -18,10 +18,8 @@ from lclusterd.errors import NodeUnreachable
 from lclusterd.model import NodeInfo
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
+from lclusterd.rpc.metadata import CALL_TIMEOUT, ERROR_METADATA_KEY, PROXIED_KEY
 
-PROXIED_KEY = "lclusterd-proxied-by"
-ERROR_METADATA_KEY = "lclusterd-error"
-CALL_TIMEOUT = 15.0
 
 
 class Peers:

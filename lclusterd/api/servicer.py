@@ -1,47 +1,66 @@
-"""JobsServicer: the Jobs gRPC service. Validates input, calls the cluster layer, and leaves
-every error to @maps_errors (one status code per error class)."""
+"""JobsServicer: the Jobs gRPC service. Validates input, calls the cluster layer's services
+(ApiServices), and leaves every error to @maps_errors (one status code per error class)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import grpc
 
 from lclusterd.api.convert import job_to_proto, node_to_proto, pool_to_proto, spec_from_proto
 from lclusterd.api.errors import maps_errors, maps_stream_errors
-from lclusterd.api.peers import PROXIED_KEY, Peers
+from lclusterd.api.peers import Peers
 from lclusterd.cluster.admission import Admission
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.logs import LogFiles
-from lclusterd.cluster.node import list_nodes, set_draining
-from lclusterd.cluster.pools import Pools
-from lclusterd.cluster.retention import removal_of
+from lclusterd.cluster.lookup import FoundPool, Lookup
+from lclusterd.cluster.node import NodeDirectory
 from lclusterd.errors import InvalidSpec, IsAPool, JobNotFound, TooBusy, WaitTimedOut
-from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, PoolRecord, parse_job_id
+from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
+from lclusterd.rpc.metadata import PROXIED_KEY
 
 FOLLOW_TICK = 0.1  # how often a followed job's log files are read again
 WAIT_TICK = 1.0  # a waiter re-reads the record at least this often (in case a wake-up was missed)
-CHUNK = 64 * 1024
 # Wait and Logs(follow) hold a server thread each; past this many, they are refused at once
 # (RESOURCE_EXHAUSTED) so the threads left keep add/check/kill answering.
 MAX_BLOCKING = 192
 
 
+@dataclass(frozen=True)
+class ApiServices:
+    """What the API serves from: this node's name and the cluster layer's services."""
+
+    node: str
+    jobs: Jobs
+    admission: Admission
+    lookup: Lookup
+    nodes: NodeDirectory
+    events: JobEvents
+    logs: LogFiles
+    peers: Peers
+
+
+_STREAMS = (pb.LogChunk.STDOUT, pb.LogChunk.STDERR)
+
+
 class JobsServicer(pb_grpc.JobsServicer):
-    def __init__(self, jobs: Jobs, events: JobEvents, logs: LogFiles, node: str, admission: Admission, peers: Peers):
-        self.jobs = jobs
-        self.pools = Pools(jobs)
-        self.peers = peers
-        self.events = events
-        self.logs = logs
-        self.node = node
-        self.admission = admission
+    def __init__(self, services: ApiServices):
+        self.node = services.node
+        self.jobs = services.jobs
+        self.pools = services.lookup.pools
+        self.admission = services.admission
+        self.lookup = services.lookup
+        self.nodes = services.nodes
+        self.events = services.events
+        self.logs = services.logs
+        self.peers = services.peers
         self._blocking = threading.BoundedSemaphore(MAX_BLOCKING)
 
     @contextmanager
@@ -53,33 +72,23 @@ class JobsServicer(pb_grpc.JobsServicer):
         finally:
             self._blocking.release()
 
-    def _pool(self, job_id: str, missing: JobNotFound) -> PoolRecord:
-        """The pool with this id, for a request whose id is no job's; else JobRemoved if
-        retention removed it, else `missing` is raised."""
-        pool = self.pools.get(job_id)
-        if pool is None:
-            raise removal_of(self.jobs.store, self.jobs.keys, job_id) or missing
-        return pool
-
     @maps_errors
     def Add(self, request: pb.AddRequest, context) -> pb.AddReply:
         spec = spec_from_proto(request.spec)
-        self.admission.check(spec)
-        if request.all_nodes:  # a pool: one member per ready node (Pools.add refuses a pinned spec)
-            pool, members = self.pools.add(spec)
+        if request.all_nodes:  # a pool: one member per ready node
+            pool, members = self.admission.add_pool(spec)
             return pb.AddReply(id=pool.id, job=pool_to_proto(pool, members))
-        record = self.jobs.add(spec)
+        record = self.admission.add(spec)
         return pb.AddReply(id=record.id, job=job_to_proto(record))
 
     @maps_errors
     def Check(self, request: pb.JobRef, context) -> pb.Job:
         job_id = parse_job_id(request.id)
-        try:
-            record, _ = self.jobs.get(job_id)
-        except JobNotFound as missing:
-            pool = self._pool(job_id, missing)
-            members = self.pools.with_kill_requests([r for r, _ in self.pools.members(pool)])
-            return pool_to_proto(pool, members)
+        found = self.lookup.resolve(job_id)
+        if isinstance(found, FoundPool):
+            members = self.pools.with_kill_requests([r for r, _ in self.pools.members(found.pool)])
+            return pool_to_proto(found.pool, members)
+        record = found.record
         if not record.terminal and record.state != QUEUED:
             record.kill_requested = self.jobs.kill_requested(job_id)
         return job_to_proto(record)
@@ -87,11 +96,10 @@ class JobsServicer(pb_grpc.JobsServicer):
     @maps_errors
     def Kill(self, request: pb.JobRef, context) -> pb.Job:
         job_id = parse_job_id(request.id)
-        try:
-            return job_to_proto(self.jobs.kill(job_id))
-        except JobNotFound as missing:
-            pool = self._pool(job_id, missing)
-            return pool_to_proto(pool, self.pools.kill(pool))
+        found = self.lookup.resolve(job_id)
+        if isinstance(found, FoundPool):
+            return pool_to_proto(found.pool, self.pools.kill(found.pool))
+        return job_to_proto(self.jobs.kill(job_id))
 
     @maps_errors
     def List(self, request: pb.ListRequest, context) -> pb.ListReply:
@@ -106,23 +114,22 @@ class JobsServicer(pb_grpc.JobsServicer):
 
     @maps_errors
     def Nodes(self, request: pb.NodesRequest, context) -> pb.NodesReply:
-        return pb.NodesReply(nodes=[node_to_proto(view) for view in list_nodes(self.jobs.store, self.jobs.keys)])
+        return pb.NodesReply(nodes=[node_to_proto(view) for view in self.nodes.list()])
 
     @maps_errors
     def Drain(self, request: pb.DrainRequest, context) -> pb.Node:
         name = request.node.strip()
         if not NODE_NAME.match(name):
             raise InvalidSpec(f"invalid node name {request.node!r}")
-        return node_to_proto(set_draining(self.jobs.store, self.jobs.keys, name, request.drain))
+        return node_to_proto(self.nodes.set_draining(name, request.drain))
 
     @maps_stream_errors
     def Logs(self, request: pb.LogsRequest, context) -> Iterator[pb.LogChunk]:
         job_id = parse_job_id(request.id)
-        try:
-            record, _ = self.jobs.get(job_id)
-        except JobNotFound as missing:
-            pool = self._pool(job_id, missing)
-            raise IsAPool(job_id, len(pool.members), f"read a member's logs (lclient -check {job_id} lists them)") from None
+        found = self.lookup.resolve(job_id)
+        if isinstance(found, FoundPool):
+            raise IsAPool(job_id, len(found.pool.members), f"read a member's logs (lclient -check {job_id} lists them)")
+        record = found.record
         proxied = any(k == PROXIED_KEY for k, _ in context.invocation_metadata())
         if record.node and record.node != self.node and not proxied:
             yield from self.peers.logs(record.node, request, context)
@@ -148,16 +155,8 @@ class JobsServicer(pb_grpc.JobsServicer):
                         return
 
     def _read_new(self, job_id: str, offsets: list[int]) -> Iterator[pb.LogChunk]:
-        for index, (path, stream) in enumerate(((self.logs.stdout(job_id), pb.LogChunk.STDOUT),
-                                                (self.logs.stderr(job_id), pb.LogChunk.STDERR))):
-            try:
-                with open(path, "rb") as f:
-                    f.seek(offsets[index])
-                    while data := f.read(CHUNK):
-                        offsets[index] += len(data)
-                        yield pb.LogChunk(stream=stream, data=data)
-            except FileNotFoundError:
-                continue
+        for stream, data in self.logs.read_new(job_id, offsets):
+            yield pb.LogChunk(stream=_STREAMS[stream], data=data)
 
     @maps_errors
     def Wait(self, request: pb.WaitRequest, context) -> pb.Job:
@@ -169,8 +168,8 @@ class JobsServicer(pb_grpc.JobsServicer):
             try:
                 return self._wait_ended([job_id], lambda: [self.jobs.get(job_id)], lambda rs: job_to_proto(rs[0]),
                                         deadline, request.timeout_seconds, context)
-            except JobNotFound as missing:
-                pool = self._pool(job_id, missing)
+            except JobNotFound as missing:  # not a job the watch or etcd knows: a pool?
+                pool = self.lookup.pool(job_id, missing).pool
             return self._wait_ended(pool.member_ids(), lambda: self.pools.members(pool), lambda rs: pool_to_proto(pool, rs),
                                     deadline, request.timeout_seconds, context)
 

@@ -1,20 +1,38 @@
-"""Admission: what a node checks before it queues a job, so that a job that could never run
-is refused at once with one line, not queued forever, clamped or failed later.
+"""Admission: the one way a new job (or pool) gets into the cluster, and what a node checks
+first, so that a job that could never run is refused at once with one line, not queued
+forever, clamped or failed later.
 
 A spec must be well formed (JobSpec.validate: every field within lclusterd.limits), and what
 it asks for must fit a node of the cluster: its -mem within what some node offers its jobs,
 its -pids within what a node allows all its jobs together, its -cpus within a node's cores.
 The node taking the request is asked first, from what it knows of itself; only a spec it
 could not run itself costs a read of the other nodes' registrations.
+
+Then the job is written: on the prime, when the scheduler can place it at once (Placer.reserve),
+straight to ASSIGNED in the add's own transaction; otherwise QUEUED for the prime to assign.
 """
 
 from __future__ import annotations
 
+import time
+from typing import Protocol
+
+from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
-from lclusterd.cluster.store import Store
+from lclusterd.cluster.pools import Pools
+from lclusterd.cluster.placement import Placement
 from lclusterd.errors import InvalidSpec
-from lclusterd.model import JobSpec, NodeInfo
+from lclusterd.model import JobRecord, JobSpec, NodeInfo, PoolRecord, new_job_id
 from lclusterd.units import format_size
+
+
+class Placer(Protocol):
+    """Add-time placement: the scheduler (scheduler.py), which answers only while its node is
+    the prime and nothing is queued."""
+
+    def reserve(self, job_id: str, spec: JobSpec) -> Placement | None: ...
+
+    def settle(self, job_id: str, revision: int | None) -> None: ...
 
 
 def fits(node: NodeInfo, spec: JobSpec) -> bool:
@@ -34,10 +52,33 @@ def _shortfalls(node: NodeInfo, spec: JobSpec) -> list[str]:
 
 
 class Admission:
-    def __init__(self, store: Store, keys: Keys, me: NodeInfo):
-        self.store = store
-        self.keys = keys
+    def __init__(self, jobs: Jobs, me: NodeInfo, placer: Placer):
+        self.jobs = jobs
+        self.pools = Pools(jobs)
+        self.store = jobs.store
+        self.keys: Keys = jobs.keys
         self.me = me
+        self.placer = placer
+
+    def add(self, spec: JobSpec) -> JobRecord:
+        """Admit and write a job; its record as written (QUEUED, or ASSIGNED when placed now)."""
+        self.check(spec)
+        record = JobRecord(id=new_job_id(), spec=spec, created_at=time.time())
+        placement = self.placer.reserve(record.id, spec)
+        if placement is not None:
+            revision = None
+            try:
+                assigned, revision = self.jobs.add_assigned(record, placement.node, placement.guard)
+            finally:
+                self.placer.settle(record.id, revision)
+            if revision is not None:
+                return assigned
+        return self.jobs.add(record)
+
+    def add_pool(self, spec: JobSpec) -> tuple[PoolRecord, list[JobRecord]]:
+        """Admit and write a pool: one member per ready node (pools.py)."""
+        self.check(spec)
+        return self.pools.add(spec)
 
     def check(self, spec: JobSpec) -> None:
         """InvalidSpec with the reason when the spec is malformed or no node could run it."""

@@ -18,7 +18,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from lclusterd.cluster.keys import Keys
-from lclusterd.cluster.store import Event, Store, Watch
+from lclusterd.cluster.kv import Event
+from lclusterd.cluster.store import Store
+from lclusterd.cluster.watch import Watch, Watches
 
 
 RECENT = 10_000  # records remembered (a few MB)
@@ -44,8 +46,9 @@ class Subscription:
 
 
 class JobEvents:
-    def __init__(self, store: Store, keys: Keys):
+    def __init__(self, store: Store, watches: Watches, keys: Keys):
         self._store = store
+        self._watches = watches
         self._keys = keys
         self._lock = threading.Lock()
         self._waiters: dict[str, set[Subscription]] = {}
@@ -53,7 +56,7 @@ class JobEvents:
         self._watch: Watch | None = None
 
     def start(self) -> None:
-        self._watch = self._store.watch(self._keys.jobs_prefix, self._store.revision() + 1, self, "jobs")
+        self._watch = self._watches.watch(self._keys.jobs_prefix, self._store.revision() + 1, self, "jobs")
 
     def stop(self) -> None:
         if self._watch:

@@ -17,7 +17,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from lclusterd.cluster.store import MAX_TXN_OPS, Compare, Op, Store, TxnResult
+from lclusterd.cluster.kv import MAX_TXN_OPS, Compare, Op, TxnResult
+from lclusterd.cluster.store import Store
 
 
 @dataclass(eq=False)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from lclusterd.cluster.groupcommit import GroupCommit
 from lclusterd.cluster.keys import Keys
-from lclusterd.cluster.store import MAX_TXN_OPS, Absent, Compare, Delete, ModIs, Op, Put, Store
+from lclusterd.cluster.kv import MAX_TXN_OPS, Absent, Compare, Delete, ModIs, Op, Put
+from lclusterd.cluster.store import Store
 from lclusterd.errors import JobFinished, JobNotFound
-from lclusterd.model import ASSIGNED, CANCELLED, QUEUED, JobRecord, JobSpec, new_job_id
+from lclusterd.model import ASSIGNED, CANCELLED, QUEUED, JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,6 @@ class Change:
     ops: list[Op] = field(default_factory=list)
 
 
-class Placer(Protocol):
-    """Add-time placement (the prime's Scheduler): see Scheduler.reserve."""
-
-    def reserve(self, job_id: str, spec: JobSpec) -> tuple[str, list[Compare]] | None: ...
-
-    def settle(self, job_id: str, revision: int | None) -> None: ...
-
-
 class Jobs:
     """Reads and guarded writes of job records. Thread-safe (holds no state but the store)."""
 
@@ -47,7 +39,6 @@ class Jobs:
         self.store = store
         self.keys = keys
         self._adds = GroupCommit(store)  # concurrent adds share transactions
-        self.placer: Placer | None = None  # set on every node; places only while it is the prime
 
     # -- transitions as Changes (pure apart from the key layout) ---------------------------
     def assign(self, record: JobRecord, revision: int, node: str) -> Change:
@@ -116,42 +107,29 @@ class Jobs:
         return results
 
     # -- user requests -----------------------------------------------------------------------
-    def add(self, spec: JobSpec) -> JobRecord:
-        """Write the record (QUEUED) and its queue entry in one transaction (shared with the
-        adds of other clients arriving meanwhile: groupcommit.py); on the prime, when the
-        scheduler can place the job now, the record ASSIGNED and its assignment instead."""
-        spec.validate()
-        record = JobRecord(id=new_job_id(), spec=spec, created_at=time.time())
-        key = self.keys.job(record.id)
-        placer = self.placer
-        placed = placer.reserve(record.id, spec) if placer is not None else None
-        if placed is not None:
-            assigned = self._add_assigned(placer, record, *placed)
-            if assigned is not None:
-                return assigned
+    def add(self, record: JobRecord) -> JobRecord:
+        """Write a new job's record (QUEUED) and its queue entry in one transaction, shared with
+        the adds of other clients arriving meanwhile (groupcommit.py). The spec must have been
+        admitted (admission.py)."""
         raw = record.to_bytes()
+        key = self.keys.job(record.id)
         # The guard fails only if jobs/<uuid> exists: with a fresh uuid4 that is our own write,
         # applied by an earlier try whose answer was lost (the store retried on another member).
         self._adds.txn([Absent(key)], [Put(key, raw), Put(self.keys.queue(record.id), raw)])
         return record
 
-    def _add_assigned(self, placer: Placer, record: JobRecord, node: str, guard: list[Compare]) -> JobRecord | None:
-        """Write a new job straight to ASSIGNED on `node` under the prime's `guard`; None if the
-        guard failed (this node stopped being the prime meanwhile): then it goes to the queue."""
+    def add_assigned(self, record: JobRecord, node: str, guard: list[Compare]) -> tuple[JobRecord, int | None]:
+        """Write a new job straight to ASSIGNED on `node` under the prime's `guard`: the record
+        and its revision, or None for the revision if the guard failed (this node stopped
+        being the prime meanwhile; then add it to the queue instead)."""
         assigned = record.moved_to(ASSIGNED, node=node, assigned_at=time.time())
         raw = assigned.to_bytes()
         key = self.keys.job(record.id)
-        revision = None
-        try:
-            result = self._adds.txn([Absent(key), *guard], [Put(key, raw), Put(self.keys.assign(node, record.id), raw)])
-            if result.succeeded:
-                revision = result.revision
-            else:  # the prime guard failed, or (as in add) an earlier try of ours landed
-                kv = self.store.get(key)
-                revision = kv.mod_revision if kv is not None else None
-        finally:
-            placer.settle(record.id, revision)
-        return assigned if revision is not None else None
+        result = self._adds.txn([Absent(key), *guard], [Put(key, raw), Put(self.keys.assign(node, record.id), raw)])
+        if result.succeeded:
+            return assigned, result.revision
+        kv = self.store.get(key)  # (as in add) an earlier try of ours may have landed
+        return assigned, kv.mod_revision if kv is not None else None
 
     def get(self, job_id: str) -> tuple[JobRecord, int]:
         """The record and its mod revision; JobNotFound if there is none."""

@@ -1,8 +1,7 @@
 """Adaptive batching for the writers that batch etcd transactions (scheduler, worker).
 
-Every etcd write transaction costs an fsync of etcd's log, and on the VMs this runs on that
-costs CPU as well as time (measured: with etcd's fsync off, a `true` job took ~0.9 ms less CPU
-in all). A writer that takes whatever is queued the moment it wakes sends many small
+Every etcd write transaction costs an fsync of etcd's log, which costs CPU as well as time
+on a virtual machine (README, benchmarks). A writer that takes whatever is queued the moment it wakes sends many small
 transactions under load. Linger makes it wait a moment first, but only while it is busy (its
 last transaction went out a moment ago) and has less than a full batch waiting, so a lone job
 on an idle node is not delayed at all, nor is a full batch.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 
 class LogFiles:
@@ -38,6 +39,19 @@ class LogFiles:
         except OSError:
             return ""
         return lines[-1].strip()[:limit] if lines else ""
+
+    def read_new(self, job_id: str, offsets: list[int], chunk: int = 64 * 1024) -> Iterator[tuple[int, bytes]]:
+        """What the job wrote since `offsets` (stdout's and stderr's, advanced as it reads), as
+        (stream, bytes) with stream 0 for stdout and 1 for stderr; a missing file is empty."""
+        for stream, path in enumerate((self.stdout(job_id), self.stderr(job_id))):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offsets[stream])
+                    while data := f.read(chunk):
+                        offsets[stream] += len(data)
+                        yield stream, data
+            except FileNotFoundError:
+                continue
 
     def exist(self, job_id: str) -> bool:
         return self.stdout(job_id).exists()

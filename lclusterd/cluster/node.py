@@ -7,7 +7,6 @@ session grants a new one, re-registers, and tells its listeners (the prime elect
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -15,9 +14,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lclusterd.cluster.keys import Keys
-from lclusterd.cluster.store import Delete, Put, Store
+from lclusterd.cluster.kv import Delete, Put
+from lclusterd.cluster.store import Store
 from lclusterd.errors import NodeNotFound, StoreUnavailable
-from lclusterd.model import NodeInfo
+from lclusterd.model import JobRecord, NodeInfo
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,20 @@ class NodeView:
     prime: bool = False  # holds the prime key (a draining prime still schedules, but not onto itself)
 
 
+class NodeDirectory:
+    """The nodes as the API shows and steers them."""
+
+    def __init__(self, store: Store, keys: Keys):
+        self.store = store
+        self.keys = keys
+
+    def list(self) -> list[NodeView]:
+        return list_nodes(self.store, self.keys)
+
+    def set_draining(self, name: str, draining: bool) -> NodeView:
+        return set_draining(self.store, self.keys, name, draining)
+
+
 def list_nodes(store: Store, keys: Keys) -> list[NodeView]:
     """Every node that ever registered (members/), live or gone, sorted by name."""
     live = {Keys.last(kv.key): kv.value for kv in store.get_prefix(keys.nodes_prefix)[0]}
@@ -118,7 +132,7 @@ def list_nodes(store: Store, keys: Keys) -> list[NodeView]:
     for kv in assigned:
         node, _job = keys.assign_parts(kv.key)
         running[node] = running.get(node, 0) + 1
-        memory[node] = memory.get(node, 0) + requested_memory(kv.value)
+        memory[node] = memory.get(node, 0) + JobRecord.requested_memory(kv.value)
     result = []
     for name in sorted(set(live) | set(members)):
         try:
@@ -157,11 +171,3 @@ def set_draining(store: Store, keys: Keys, name: str, draining: bool) -> NodeVie
         raise NodeNotFound(name)
     store.txn([], [Put(keys.drain(name), b"1")] if draining else [Delete(keys.drain(name))])
     return next(v for v in list_nodes(store, keys) if v.info.name == name)
-
-
-def requested_memory(raw: bytes) -> int:
-    """The -mem of the job record in `raw` (0 when it sets none or cannot be read)."""
-    try:
-        return int(json.loads(raw)["spec"].get("memory_bytes") or 0)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return 0

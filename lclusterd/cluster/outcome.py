@@ -1,14 +1,98 @@
-"""How runtime events change a job record (the worker's side of the state machine). Pure."""
+"""How what happens to a job on its node changes its record (the node's side of the state
+machine). Pure.
+
+The node's reports about a job it owns are typed updates (Started, Ended, Cancelled,
+Refused, Lost, GiveBack); `fold` turns the record as last written plus the updates not yet
+written into the record to write, which the worker's reporter (reporter.py) then writes in
+one guarded transaction.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from lclusterd.model import (ASSIGNED, CANCELLED, EXITED, FAILED, KILLED, LOST, OOM_KILLED, RUNNING, TIMED_OUT,
-                             JobRecord)
+from lclusterd.errors import InvalidTransition
+from lclusterd.model import ASSIGNED, CANCELLED, EXITED, FAILED, KILLED, LOST, OOM_KILLED, RUNNING, TIMED_OUT, JobRecord
 from lclusterd.runtime.spec import RunResult
+from lclusterd.states import RUN_ENDINGS
 
-_STATE_OF_STATUS = {"EXITED": EXITED, "KILLED": KILLED, "OOM_KILLED": OOM_KILLED, "TIMED_OUT": TIMED_OUT, "FAILED": FAILED}
+
+@dataclass(frozen=True)
+class Started:
+    """The runtime started the job (its command was executed)."""
+
+    host_pid: int
+    started_at: float
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The run ended; `stderr_tail` is its last stderr line when its shell could not run a
+    command (exit 126 or 127), to quote in the reason."""
+
+    result: RunResult
+    stderr_tail: str = ""
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """Killed before it was handed to the runtime."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The runtime would not take it (a spec this node cannot run, the runtime gone)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Lost:
+    """The node can no longer say how it ended (it restarted under it)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class GiveBack:
+    """Back to the queue: assigned here, never handed to the runtime, and the node is stopping."""
+
+
+Update = Started | Ended | Cancelled | Refused | Lost | GiveBack
+
+
+def fold(record: JobRecord, updates: list[Update], kill_requested: bool = False, shutdown_note: str = "",
+         submitted: bool = False) -> JobRecord | GiveBack:
+    """The record after `updates`, in order (one the state machine does not allow from where
+    the record is by then is skipped), or GiveBack when the job goes back to the queue: only
+    a job still as it was assigned, never submitted to the runtime. `record` itself when
+    nothing changes."""
+    new = record
+    for update in updates:
+        if isinstance(update, GiveBack):
+            if new is record and record.state == ASSIGNED and not submitted:
+                return update
+            continue
+        try:
+            new = _apply(new, update, kill_requested, shutdown_note)
+        except InvalidTransition:
+            continue  # e.g. a start reported after the job was already recorded lost
+    return new
+
+
+def _apply(record: JobRecord, update: Update, kill_requested: bool, shutdown_note: str) -> JobRecord:
+    if isinstance(update, Started):
+        return started(record, update.host_pid, update.started_at)
+    if isinstance(update, Ended):
+        return ended(record, update.result, kill_requested, shutdown_note, update.stderr_tail)
+    if isinstance(update, Cancelled):
+        return cancelled(record, update.reason)
+    if isinstance(update, Refused):
+        return refused(record, update.reason)
+    return lost(record, update.reason)
 
 
 def started(record: JobRecord, host_pid: int | None, started_at: float | None) -> JobRecord:
@@ -26,7 +110,7 @@ def ended(record: JobRecord, result: RunResult, kill_requested: bool = False, sh
     RUNNING passes through RUNNING first (a short job whose start and end are written together)
     unless it never started at all (FAILED before exec). `stderr_tail`: the last line the job
     wrote to stderr, quoted in the reason when its shell could not run a command (exit 126/127)."""
-    state = _STATE_OF_STATUS.get(result.status, FAILED)
+    state = result.status if result.status in RUN_ENDINGS else FAILED
     if record.state == ASSIGNED:
         if state == FAILED and result.host_pid is None:
             return record.moved_to(FAILED, error=result.error or "the runtime could not start the job",

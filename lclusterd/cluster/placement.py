@@ -11,12 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from lclusterd.cluster.kv import Compare
 from lclusterd.units import format_size
 
 PRIME_FIRST = "prime-first"
 FIRST_FIT = "first-fit"
 BEST_FIT = "best-fit"
 POLICIES = (PRIME_FIRST, FIRST_FIT, BEST_FIT)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the prime put a job being added, and the compares its write must hold (the prime
+    guard): see Scheduler.reserve."""
+
+    node: str
+    guard: list[Compare]
 
 
 @dataclass

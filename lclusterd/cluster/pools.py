@@ -37,7 +37,8 @@ from dataclasses import replace
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.node import ready_nodes
-from lclusterd.cluster.store import MAX_TXN_OPS, Absent, Compare, ModIs, Op, Put, Store
+from lclusterd.cluster.kv import MAX_TXN_OPS, Absent, Compare, ModIs, Op, Put
+from lclusterd.cluster.store import Store
 from lclusterd.errors import InvalidSpec, JobFinished, JobNotFound, LclusterdError, NoReadyNode, StoreUnavailable
 from lclusterd.model import ASSIGNED, LOST, RUNNING, JobRecord, JobSpec, PoolRecord, new_job_id, pool_outcome
 
@@ -74,8 +75,8 @@ class Pools:
     # -- add -------------------------------------------------------------------------------
     def add(self, spec: JobSpec) -> tuple[PoolRecord, list[JobRecord]]:
         """Write a pool of `spec` with one member per ready node (see the module docstring).
-        InvalidSpec for a bad or pinned spec, NoReadyNode when no node is ready, StoreUnavailable."""
-        spec.validate()
+        The spec must have been admitted (admission.py). InvalidSpec for a pinned spec,
+        NoReadyNode when no node is ready, StoreUnavailable."""
         if spec.node:
             raise InvalidSpec(f"a pool runs on every ready node; it cannot be pinned to node {spec.node} as well")
         pool = PoolRecord(id=new_job_id(), spec=spec, created_at=time.time())

@@ -17,7 +17,9 @@ from typing import Callable
 
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.node import NodeSession
-from lclusterd.cluster.store import Absent, Delete, Event, ModIs, Put, Store
+from lclusterd.cluster.kv import Absent, Delete, Event, ModIs, Put
+from lclusterd.cluster.store import Store
+from lclusterd.cluster.watch import Watches
 from lclusterd.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -26,9 +28,10 @@ RECHECK_SECONDS = 1.0
 
 
 class PrimeElection:
-    def __init__(self, store: Store, keys: Keys, session: NodeSession,
+    def __init__(self, store: Store, watches: Watches, keys: Keys, session: NodeSession,
                  on_elected: Callable[[int], None], on_deposed: Callable[[], None]):
         self.store = store
+        self.watches = watches
         self.keys = keys
         self.session = session
         self._on_elected = on_elected
@@ -46,7 +49,7 @@ class PrimeElection:
         return self.session.info.name
 
     def start(self) -> None:
-        self._watch = self.store.watch(self.keys.prime, self.store.revision() + 1, self, "prime")
+        self._watch = self.watches.watch(self.keys.prime, self.store.revision() + 1, self, "prime")
         self._thread.start()
 
     def on_events(self, events: list[Event]) -> None:

@@ -27,7 +27,8 @@ from typing import Callable
 
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.logs import LogFiles
-from lclusterd.cluster.store import MAX_TXN_OPS, Delete, KeyValue, ModIs, Op, Put, Store
+from lclusterd.cluster.kv import MAX_TXN_OPS, Delete, KeyValue, ModIs, Op, Put
+from lclusterd.cluster.store import Store
 from lclusterd.errors import JobRemoved, StoreUnavailable
 from lclusterd.model import PoolRecord
 from lclusterd.units import format_duration

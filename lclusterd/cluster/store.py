@@ -1,9 +1,10 @@
-"""etcd access for the rest of lclusterd: get, transactions, leases, resumable watches (one
-shared stream for everything under the daemon's prefix: WatchHub).
+"""etcd access for the rest of lclusterd: reads, transactions, leases, compaction, and raw
+watch streams (watch.py makes them resumable and shared).
 
 The ONLY module that imports etcd3. Every etcd or gRPC failure leaves this module as
-StoreUnavailable (one sentence naming the endpoints), so callers handle one error type.
-Callers describe transactions with the small Put/Delete/ModIs/Absent/ValueIs values below.
+StoreUnavailable (one sentence naming the endpoints), so callers handle one error type;
+anything else is a bug and goes up as it is. Callers describe transactions with the values
+of kv.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import functools
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Iterable
 from urllib.parse import urlsplit
 
 import etcd3
@@ -21,7 +22,11 @@ import etcd3.exceptions
 import etcd3.utils
 import grpc
 
+from lclusterd.cluster.kv import (MAX_TXN_OPS, Absent, Compare, Event, KeyValue, ModIs, Op, Put,
+                                  TxnResult)
 from lclusterd.errors import StoreUnavailable
+
+__all__ = ["Store", "WatchResponse", "WatchStream", "parse_endpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -33,68 +38,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.enable_http_proxy", 0),
 ]
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    key: str
-    value: bytes
-    mod_revision: int
-    create_revision: int
-    lease: int = 0
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: str  # "put" or "delete"
-    key: str
-    value: bytes
-    mod_revision: int
-    create_revision: int = 0
-
-
-@dataclass(frozen=True)
-class Put:
-    key: str
-    value: bytes
-    lease: int = 0
-
-
-@dataclass(frozen=True)
-class Delete:
-    key: str
-
-
-@dataclass(frozen=True)
-class ModIs:
-    """Compare: the key's mod revision equals `revision` (0 = the key does not exist)."""
-
-    key: str
-    revision: int
-
-
-@dataclass(frozen=True)
-class Absent:
-    key: str
-
-
-@dataclass(frozen=True)
-class ValueIs:
-    key: str
-    value: bytes
-
-
-Op = Put | Delete
-Compare = ModIs | Absent | ValueIs
-
-
-@dataclass(frozen=True)
-class TxnResult:
-    succeeded: bool
-    revision: int  # the store revision after the transaction (= mod revision of what it wrote)
-
-
 # Transactions are built as etcd protobuf messages directly (here and in get_many):
 # python-etcd3's builders (and its lease_to_id) cost more per job than the rest of a
 # transaction's Python work.
@@ -140,9 +83,9 @@ def _mapped(method):
     a connection failure (member down, or a leader election that outlived the request) is
     retried on each member not yet tried by this call: python-etcd3 only fails over on the
     NEXT request, so without this every request in flight when one member of a healthy
-    3-member cluster died failed (issue 4: "a 3-member etcd cluster keeps serving with one
-    member down"). A retried write is safe: every transaction is guarded, and a guard that
-    fails because the first try did land is handled like any lost race (the caller re-reads)."""
+    3-member cluster died would fail. A retried write is safe: every transaction is guarded,
+    and a guard that fails because the first try did land is handled like any lost race (the
+    caller re-reads)."""
 
     @functools.wraps(method)
     def wrapper(self: Store, *args, **kwargs):
@@ -157,28 +100,12 @@ def _mapped(method):
                 if exc.code() in _CONNECTION_CODES and self._fail_over(tried):
                     continue
                 raise self._unavailable(f"{exc.code().name}: {exc.details()}") from None
-            except (etcd3.exceptions.Etcd3Exception, ValueError) as exc:
+            except etcd3.exceptions.Etcd3Exception as exc:
                 if isinstance(exc, _CONNECTION_ERRORS) and self._fail_over(tried):
                     continue
                 raise self._unavailable(str(exc) or type(exc).__name__) from None
 
     return wrapper
-
-
-class WatchHandler(Protocol):
-    def on_events(self, events: list[Event]) -> None:
-        """Called from the watch thread, in revision order."""
-
-    def on_resync(self) -> int:
-        """The watched history was compacted: re-read the state and return its revision."""
-
-
-class Callbacks:
-    """A WatchHandler made of two functions."""
-
-    def __init__(self, on_events: Callable[[list[Event]], None], on_resync: Callable[[], int]):
-        self.on_events = on_events
-        self.on_resync = on_resync
 
 
 class Store:
@@ -198,7 +125,6 @@ class Store:
             timeout=timeout,
             failover=multi,
         )
-        self._hub: WatchHub | None = None
 
     def _fail_over(self, tried: set[str]) -> bool:
         """After a connection failure: mark the endpoint in use failed (python-etcd3 does so
@@ -232,8 +158,6 @@ class Store:
         return StoreUnavailable(f"etcd at {self.describe()} is unavailable ({detail})")
 
     def close(self) -> None:
-        if self._hub is not None:
-            self._hub.stop()
         self._client.close()
 
     # -- reads -----------------------------------------------------------------------------
@@ -321,176 +245,46 @@ class Store:
                 raise
 
     # -- watches ---------------------------------------------------------------------------
-    def watch(self, prefix: str, start_revision: int, handler: WatchHandler, name: str = "") -> Watch | SharedWatch:
-        """Deliver every change under `prefix` from `start_revision` on, surviving disconnects.
-        Under a prefix given to share_watches, this is a share of that one stream."""
-        hub = self._hub
-        if hub is not None and prefix.startswith(hub.prefix):
-            return hub.add(prefix, start_revision, handler)
-        watch = Watch(self, prefix, start_revision, handler, name or prefix)
-        watch.start()
-        return watch
-
-    def share_watches(self, prefix: str) -> None:
-        """From now on, watches under `prefix` share one etcd watch stream (see WatchHub)."""
-        if self._hub is None:
-            self._hub = WatchHub(self, prefix)
-            self._hub.start()
-
-    def _watch_stub(self):
-        return etcdrpc.WatchStub(self._client.channel)
+    def open_watch(self, prefix: str, start_revision: int) -> WatchStream:
+        """One etcd watch call on `prefix` from `start_revision` (watch.py resumes and shares them)."""
+        return WatchStream(etcdrpc.WatchStub(self._client.channel), prefix, start_revision)
 
 
-class Watch:
-    """A watch on one prefix in its own thread; after a disconnect it resumes from the revision
-    after the last event it delivered, so no change is missed or delivered twice."""
-
-    def __init__(self, store: Store, prefix: str, start_revision: int, handler: WatchHandler, name: str):
-        self._store = store
-        self._prefix = prefix
-        self._next = start_revision
-        self._handler = handler
-        self._stopped = threading.Event()
-        self._call = None
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name=f"watch {name}", daemon=True)
-        self.connected = threading.Event()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        with self._lock:
-            if self._call is not None:
-                self._call.cancel()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5)
-
-    def _requests(self, done: threading.Event):
-        create = etcdrpc.WatchCreateRequest(
-            key=etcd3.utils.to_bytes(self._prefix),
-            range_end=etcd3.utils.prefix_range_end(etcd3.utils.to_bytes(self._prefix)),
-            start_revision=self._next,
-            progress_notify=True,
-        )
-        yield etcdrpc.WatchRequest(create_request=create)
-        done.wait()  # keep the request side open while the stream lives
-
-    def _run(self) -> None:
-        backoff = 0.05
-        while not self._stopped.is_set():
-            done = threading.Event()
-            try:
-                with self._lock:
-                    if self._stopped.is_set():
-                        break
-                    self._call = self._store._watch_stub().Watch(self._requests(done))
-                for response in self._call:
-                    if response.compact_revision:
-                        log.warning("watch %s: history compacted at %d, re-reading", self._prefix, response.compact_revision)
-                        self._next = self._handler.on_resync() + 1
-                        break
-                    if response.created:
-                        self.connected.set()
-                        backoff = 0.05
-                    if response.canceled:
-                        break
-                    if response.events:
-                        events = [_event(e) for e in response.events]
-                        self._handler.on_events(events)
-                        self._next = events[-1].mod_revision + 1
-                    elif not response.created and response.header.revision >= self._next:
-                        self._next = response.header.revision + 1
-            except grpc.RpcError as exc:
-                if not self._stopped.is_set():
-                    log.debug("watch %s: %s; resuming from revision %d", self._prefix, exc.code().name, self._next)
-            except (ValueError, etcd3.exceptions.Etcd3Exception, StoreUnavailable) as exc:
-                log.debug("watch %s: %s", self._prefix, exc)
-            except Exception:  # a handler bug must not end the watch for good
-                log.exception("watch %s: handler failed", self._prefix)
-            finally:
-                done.set()
-                self.connected.clear()
-            self._stopped.wait(backoff)
-            backoff = min(backoff * 2, 1.0)
+@dataclass(frozen=True)
+class WatchResponse:
+    events: list[Event]
+    created: bool
+    canceled: bool
+    compact_revision: int  # non-zero: the history from the start revision is gone
+    revision: int  # the store revision the response was sent at
 
 
-class SharedWatch:
-    """One handler's share of a WatchHub: the changes under `prefix` from `start` on."""
+class WatchStream:
+    """An open etcd watch: iterate for its responses (StoreUnavailable when the stream
+    breaks); cancel() ends it from any thread."""
 
-    def __init__(self, hub: WatchHub, prefix: str, start: int, handler: WatchHandler):
-        self.prefix, self.start, self.handler = prefix, start, handler
-        self._hub = hub
+    def __init__(self, stub, prefix: str, start_revision: int):
+        self._done = threading.Event()
+        key = etcd3.utils.to_bytes(prefix)
+        self._create = etcdrpc.WatchCreateRequest(key=key, range_end=etcd3.utils.prefix_range_end(key),
+                                                  start_revision=start_revision, progress_notify=True)
+        self._call = stub.Watch(self._requests())
 
-    def stop(self) -> None:
-        self._hub.remove(self)
+    def _requests(self):
+        yield etcdrpc.WatchRequest(create_request=self._create)
+        self._done.wait()  # keep the request side open while the stream lives
 
+    def __iter__(self):
+        try:
+            for response in self._call:
+                yield WatchResponse([_event(e) for e in response.events], response.created, response.canceled,
+                                    response.compact_revision, response.header.revision)
+        except grpc.RpcError as exc:
+            raise StoreUnavailable(f"watch stream broke ({exc.code().name})") from None
 
-class WatchHub:
-    """One etcd watch on a whole key prefix, dispatched to the handlers of its sub-prefixes.
-
-    A daemon follows eight prefixes (jobs/, queue/, assign/, kill/, nodes/, ...); with a watch
-    each, one job's transaction came back as up to four watch responses, each received by the
-    channel's thread and handed to that watch's own thread. Shared, a transaction is one
-    response, read and dispatched by one thread (etcd also encodes it once per daemon).
-
-    Handlers are called on the hub's thread, in revision order, and must not block for long.
-    A handler added with a start revision the stream has already passed (events it should
-    have seen were delivered before it joined) is re-read first: its on_resync runs at once
-    under the hub's lock, and it gets the events after the revision that read saw.
-    """
-
-    def __init__(self, store: Store, prefix: str):
-        self.prefix = prefix
-        self._store = store
-        self._lock = threading.RLock()  # handlers may add or stop shares from the hub's thread
-        self._shares: list[SharedWatch] = []
-        self._delivered = 0  # the revision of the last event delivered
-        self._watch: Watch | None = None
-
-    def start(self) -> None:
-        self._delivered = self._store.revision()
-        self._watch = Watch(self._store, self.prefix, self._delivered + 1, self, "shared")
-        self._watch.start()
-
-    def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.stop()
-
-    def add(self, prefix: str, start_revision: int, handler: WatchHandler) -> SharedWatch:
-        with self._lock:
-            if start_revision <= self._delivered:
-                start_revision = handler.on_resync() + 1
-            share = SharedWatch(self, prefix, start_revision, handler)
-            self._shares = [*self._shares, share]
-            return share
-
-    def remove(self, share: SharedWatch) -> None:
-        with self._lock:
-            self._shares = [s for s in self._shares if s is not share]
-
-    def on_events(self, events: list[Event]) -> None:
-        with self._lock:
-            for share in self._shares:
-                mine = [e for e in events if e.mod_revision >= share.start and e.key.startswith(share.prefix)]
-                if mine:
-                    try:
-                        share.handler.on_events(mine)
-                    except Exception:  # one handler's bug must not cost the others their events
-                        log.exception("watch %s: handler failed", share.prefix)
-            self._delivered = events[-1].mod_revision
-
-    def on_resync(self) -> int:
-        """The stream's history was compacted: every share re-reads; the stream resumes after
-        the oldest of their reads and each share skips what its own read already covered."""
-        with self._lock:
-            oldest = self._store.revision()
-            for share in self._shares:
-                share.start = share.handler.on_resync() + 1
-                oldest = min(oldest, share.start - 1)
-            self._delivered = oldest
-            return oldest
+    def cancel(self) -> None:
+        self._done.set()
+        self._call.cancel()
 
 
 def _kv(kv) -> KeyValue:

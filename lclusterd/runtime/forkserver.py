@@ -15,7 +15,6 @@ has a log cap) and hands a spare the job's plan.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import selectors
@@ -30,7 +29,7 @@ from lclusterd.runtime import caps, channel, kernel, plan, protocol
 from lclusterd.runtime.cgroups import Limits, NodeLimits, detect
 from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
 from lclusterd.runtime.mounts import Scratch
-from lclusterd.runtime.job import RunningJob, begin_kill, kill_now, remove_empty_cgroup
+from lclusterd.runtime.job import RunningJob, begin_kill, failure_report, kill_now, remove_empty_cgroup, sweep_leftovers
 from lclusterd.runtime.relay import LogRelay
 from lclusterd.runtime.result import RunFacts, result_of
 from lclusterd.runtime.spares import SpareInit, SparePool, SpareSetup
@@ -115,7 +114,7 @@ class ForkServer:
             if job is not None:
                 begin_kill(job, KILLED, job.spec.grace if request.grace is None else request.grace)
         elif isinstance(request, protocol.Sweep):
-            self._send(protocol.Swept(tuple(self._sweep())))
+            self._send(protocol.Swept(tuple(sweep_leftovers(self.driver, self.jobs))))
         else:
             self._stop(kill=request.kill)
 
@@ -216,7 +215,7 @@ class ForkServer:
         job.spare.sock.close()
         job.status_closed = True
         if job.status_buf.startswith(b"E"):
-            job.facts.failure = _failure_report(job.status_buf[1:])
+            job.facts.failure = failure_report(job.status_buf[1:])
         else:
             self._send(protocol.JobStarted(job.spec.job_id, job.host_pid, job.facts.started_at))
         self._finish_if_done(job)
@@ -293,33 +292,9 @@ class ForkServer:
             for job in list(self.jobs.values()):
                 begin_kill(job, KILLED, job.spec.grace)
 
-    def _sweep(self) -> list[str]:
-        """Kill and remove the job cgroups a previous helper left under our cgroup
-        parent (it crashed, or the machine lost the daemon). Returns their job ids.
-        Jobs leave nothing else on the host: their mounts and scratch space died with
-        their mount namespaces."""
-        found = []
-        for name in self.driver.job_names():
-            if name not in self.jobs:
-                cgroup = self.driver.open(name)
-                cgroup.kill_all()
-                cgroup.remove()
-                found.append(name)
-        return found
-
 
 def _bind(method: Callable[..., None], *args: object) -> Callable[[], None]:
     return lambda: method(*args)
-
-
-def _failure_report(raw: bytes) -> dict[str, object]:
-    try:
-        report = json.loads(raw)
-        if isinstance(report, dict):
-            return report
-    except ValueError:
-        pass
-    return {"step": "start", "detail": "the job init sent an unreadable failure report"}
 
 
 def describe(error: BaseException) -> str:

@@ -3,12 +3,14 @@ process, SIGKILL after a grace period (at once for a lone PID 1 that cannot catc
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Container
 
-from lclusterd.runtime.cgroups.base import JobCgroup
+from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
 from lclusterd.runtime.relay import LogRelay
 from lclusterd.runtime.result import RunFacts
 from lclusterd.runtime.spares import SpareInit
@@ -74,6 +76,31 @@ def remove_empty_cgroup(cgroup: JobCgroup) -> None:
     except OSError:
         cgroup.kill_all()
         cgroup.remove()
+
+
+def sweep_leftovers(driver: CgroupDriver, running: Container[str]) -> list[str]:
+    """Kill and remove the job cgroups a previous fork server left under the driver's parent
+    (it crashed, or the machine lost the daemon); their job ids. Jobs leave nothing else on
+    the host: their mounts and scratch space died with their mount namespaces."""
+    found = []
+    for name in driver.job_names():
+        if name not in running:
+            cgroup = driver.open(name)
+            cgroup.kill_all()
+            cgroup.remove()
+            found.append(name)
+    return found
+
+
+def failure_report(raw: bytes) -> dict[str, object]:
+    """The job init's failure report (the JSON after its E), or a stand-in if unreadable."""
+    try:
+        report = json.loads(raw)
+        if isinstance(report, dict):
+            return report
+    except ValueError:
+        pass
+    return {"step": "start", "detail": "the job init sent an unreadable failure report"}
 
 
 def catches(pid: int, signum: int) -> bool:

@@ -5,8 +5,7 @@ is decided, and unit-tested, in this file.
 The fork server spawns the init as a *spare* before its job exists, with the spare's plan
 as its argv: the steps that need no job (namespaces, mount propagation, the scratch tmpfs,
 loopback, the bounding set) run off the start path of the job it will become. The job's
-plan arrives on the init's socket when a job is handed over (DESIGN.md "Starting a
-container"):
+plan arrives on the init's socket when a job is handed over (docs/container.md):
 
   spare:  name -> die with the fork server -> close inherited fds -> new session ->
           unshare mount, UTS, IPC, network ->
@@ -67,7 +66,7 @@ ARITY = {
 class SeccompRule:
     """Calls to `syscalls` fail with `errno` instead of running: always, or only when the
     low 32 bits of their first argument have any bit of `arg0_any_bit`, or are none of
-    `arg0_allowed` (jobinit/seccomp.h compiles the rules; a syscall is in one rule at most)."""
+    `arg0_allowed` (jobinit/seccomp.c compiles the rules; a syscall is in one rule at most)."""
 
     syscalls: tuple[str, ...]
     errno: int
@@ -75,7 +74,7 @@ class SeccompRule:
     arg0_allowed: tuple[int, ...] = ()
 
     def token(self) -> str:
-        """The rule as seccomp.h reads it: `ERRNO NAMES`, then ` &MASK` or ` !V,V...` (hex)."""
+        """The rule as seccomp.c reads it: `ERRNO NAMES`, then ` &MASK` or ` !V,V...` (hex)."""
         if not 0 < self.errno <= 4095 or not self.syscalls or (self.arg0_any_bit and self.arg0_allowed):
             raise ValueError(f"malformed seccomp rule {self}")
         if any(not name.isidentifier() for name in self.syscalls):

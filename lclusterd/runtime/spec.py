@@ -17,18 +17,16 @@ from typing import Any
 
 from lclusterd import limits
 from lclusterd.errors import InvalidSpec
+from lclusterd.states import EXITED, FAILED, KILLED, OOM_KILLED, RUN_ENDINGS, TIMED_OUT
+
+__all__ = ["EXITED", "FAILED", "KILLED", "OOM_KILLED", "STATUSES", "TIMED_OUT", "RunResult", "RuntimeSpec"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-# Terminal statuses of one run. The control plane maps them onto job states.
-EXITED = "EXITED"
-KILLED = "KILLED"
-OOM_KILLED = "OOM_KILLED"
-TIMED_OUT = "TIMED_OUT"
-FAILED = "FAILED"
-STATUSES = (EXITED, KILLED, OOM_KILLED, TIMED_OUT, FAILED)
+# How one run ends (a RunResult's status): the job states of the same names.
+STATUSES = RUN_ENDINGS
 
 
 @dataclass

@@ -15,7 +15,8 @@ from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.node import ready_nodes
 from lclusterd.cluster.pools import Pools, plan_chunks
-from lclusterd.cluster.store import Put, Store
+from lclusterd.cluster.kv import Put
+from lclusterd.cluster.store import Store
 from lclusterd.errors import NoReadyNode, StoreUnavailable
 from lclusterd.model import CANCELLED, QUEUED, JobRecord, JobSpec, NodeInfo, PoolRecord
 

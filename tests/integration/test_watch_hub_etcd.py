@@ -11,7 +11,9 @@ import uuid
 import pytest
 from cluster_fixtures import etcd  # noqa: F401 (fixture)
 
-from lclusterd.cluster.store import Callbacks, Event, Store, SharedWatch, Watch
+from lclusterd.cluster.kv import Event
+from lclusterd.cluster.store import Store
+from lclusterd.cluster.watch import Callbacks, SharedWatch, Watch
 
 
 class Collected:

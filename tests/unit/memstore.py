@@ -4,7 +4,7 @@ recording every transaction so tests can assert how writes were batched and guar
 
 from __future__ import annotations
 
-from lclusterd.cluster.store import Absent, Compare, Delete, KeyValue, ModIs, Op, Put, TxnResult, ValueIs
+from lclusterd.cluster.kv import Absent, Compare, Delete, KeyValue, ModIs, Op, Put, TxnResult, ValueIs
 
 
 class MemStore:

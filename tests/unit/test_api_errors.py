@@ -4,8 +4,8 @@ import grpc
 import pytest
 
 from lclusterd.api.errors import status_of
-from lclusterd.errors import (InvalidSpec, InvalidTransition, JobFinished, JobNotFound, JobRemoved, LclusterdError, NotOnThisNode,
-                              QueueFull, RuntimeUnavailable, StoreUnavailable, TooBusy, WaitTimedOut)
+from lclusterd.errors import (InvalidSpec, InvalidTransition, JobFinished, JobNotFound, JobRemoved, LclusterdError,
+                              RuntimeUnavailable, StoreUnavailable, TooBusy, WaitTimedOut)
 
 
 @pytest.mark.parametrize("error, code", [
@@ -14,11 +14,9 @@ from lclusterd.errors import (InvalidSpec, InvalidTransition, JobFinished, JobNo
     (JobRemoved("a", 1.0, 2.0, "7d"), grpc.StatusCode.NOT_FOUND),
     (StoreUnavailable("x"), grpc.StatusCode.UNAVAILABLE),
     (RuntimeUnavailable("x"), grpc.StatusCode.UNAVAILABLE),
-    (QueueFull("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TooBusy("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (JobFinished("a", "EXITED"), grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidTransition("A", "B"), grpc.StatusCode.FAILED_PRECONDITION),
-    (NotOnThisNode("a", "n2"), grpc.StatusCode.FAILED_PRECONDITION),
     (WaitTimedOut("a", "RUNNING", 1), grpc.StatusCode.DEADLINE_EXCEEDED),
     (LclusterdError("x"), grpc.StatusCode.INTERNAL),
 ])

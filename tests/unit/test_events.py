@@ -7,7 +7,7 @@ from __future__ import annotations
 from lclusterd.cluster import events as events_module
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.keys import Keys
-from lclusterd.cluster.store import Event
+from lclusterd.cluster.kv import Event
 
 KEYS = Keys("/t")
 
@@ -22,7 +22,7 @@ def put(job_id: str, value: bytes, revision: int) -> Event:
 
 
 def test_a_subscription_starts_from_the_newest_record_seen_and_wakes_on_later_changes():
-    hub = JobEvents(RevisionOnly(), KEYS)
+    hub = JobEvents(RevisionOnly(), None, KEYS)
     hub.on_events([put("a", b"queued", 5), put("a", b"running", 7)])
     with hub.subscribe("a") as flag, hub.subscribe("b") as unseen:
         assert (flag.latest, flag.revision, flag.is_set()) == (b"running", 7, False)
@@ -33,7 +33,7 @@ def test_a_subscription_starts_from_the_newest_record_seen_and_wakes_on_later_ch
 
 
 def test_deleted_and_resynced_jobs_are_forgotten():
-    hub = JobEvents(RevisionOnly(), KEYS)
+    hub = JobEvents(RevisionOnly(), None, KEYS)
     hub.on_events([put("a", b"x", 3), put("b", b"y", 4), Event("delete", KEYS.job("a"), b"", 5)])
     with hub.subscribe("a") as a:
         assert a.latest is None
@@ -47,7 +47,7 @@ def test_deleted_and_resynced_jobs_are_forgotten():
 
 def test_only_the_most_recent_jobs_are_remembered(monkeypatch):
     monkeypatch.setattr(events_module, "RECENT", 3)
-    hub = JobEvents(RevisionOnly(), KEYS)
+    hub = JobEvents(RevisionOnly(), None, KEYS)
     hub.on_events([put(name, name.encode(), i + 1) for i, name in enumerate("abcd")])
     hub.on_events([put("b", b"b2", 10)])  # b is now the newest; a is gone
     remembered = {}

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lclusterd.cluster.groupcommit import GroupCommit
-from lclusterd.cluster.store import Absent, Put, TxnResult
+from lclusterd.cluster.kv import Absent, Put, TxnResult
 from lclusterd.errors import StoreUnavailable
 
 

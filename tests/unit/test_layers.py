@@ -10,17 +10,20 @@ ROOT = Path(__file__).resolve().parents[2]
 # module prefix -> project modules it may import (prefix match)
 ALLOWED = {
     "lclient": ("lclient", "lclusterd.rpc", "lclusterd.units"),
-    "lclusterd.api": ("lclusterd.api", "lclusterd.cluster", "lclusterd.model", "lclusterd.errors", "lclusterd.rpc"),
+    "lclusterd.api": ("lclusterd.api", "lclusterd.cluster", "lclusterd.model", "lclusterd.errors", "lclusterd.rpc",
+                      "lclusterd.states"),
     "lclusterd.cluster": ("lclusterd.cluster", "lclusterd.runtime.launcher", "lclusterd.runtime.spec", "lclusterd.model",
-                          "lclusterd.errors", "lclusterd.units", "lclusterd.limits"),
-    "lclusterd.model": ("lclusterd.errors", "lclusterd.limits"),
+                          "lclusterd.errors", "lclusterd.units", "lclusterd.limits", "lclusterd.states"),
+    "lclusterd.model": ("lclusterd.errors", "lclusterd.limits", "lclusterd.states"),
+    "lclusterd.states": (),
     "lclusterd.limits": ("lclusterd.errors",),
     "lclusterd.errors": (),
     # config derives defaults from host facts (memory, pid_max), read by the runtime's host module
-    "lclusterd.config": ("lclusterd.model", "lclusterd.units", "lclusterd.limits", "lclusterd.runtime.host"),
+    "lclusterd.config": ("lclusterd.model", "lclusterd.units", "lclusterd.limits", "lclusterd.runtime.host",
+                         "lclusterd.cluster.placement"),
     "lclusterd.etcd_embedded": (),
     "lclusterd.rpc": ("lclusterd.rpc",),
-    "lclusterd.runtime": ("lclusterd.runtime", "lclusterd.errors", "lclusterd.units", "lclusterd.limits"),
+    "lclusterd.runtime": ("lclusterd.runtime", "lclusterd.errors", "lclusterd.units", "lclusterd.limits", "lclusterd.states"),
     "lclusterd.units": (),
 }
 THIRD_PARTY_ONLY_IN = {"etcd3": ("lclusterd.cluster.store",), "grpc": ("lclient", "lclusterd.api", "lclusterd.rpc",

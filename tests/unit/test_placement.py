@@ -20,6 +20,13 @@ def test_prime_first_then_most_free_slots():
     assert place(PRIME_FIRST, r, "p") == ("b", "")
 
 
+def test_prime_first_with_no_room_anywhere_or_no_prime_registered():
+    r = rooms(("p", 0, G, G, False), ("a", 0, G, G, False))
+    assert place(PRIME_FIRST, r, "p") == (None, "")
+    assert place(PRIME_FIRST, rooms(("a", 1, G, G, False)), "p") == ("a", "")
+    assert place(PRIME_FIRST, {}, "p") == (None, "no node is registered")
+
+
 def test_first_fit_and_best_fit_by_memory():
     r = rooms(("a", 4, 1 * G, 8 * G, False), ("b", 4, 3 * G, 8 * G, False), ("c", 4, 6 * G, 8 * G, False))
     assert place(FIRST_FIT, r, "x", 2 * G) == ("b", "")

@@ -10,7 +10,7 @@ import pytest
 from lclusterd.api.convert import pool_to_proto
 from lclusterd.api.errors import status_of
 from lclusterd.cluster.pools import plan_chunks
-from lclusterd.cluster.store import MAX_TXN_OPS
+from lclusterd.cluster.kv import MAX_TXN_OPS
 from lclusterd.errors import IsAPool, JobFinished, NoReadyNode, WaitTimedOut
 from lclusterd.model import (ASSIGNED, CANCELLED, EXITED, FAILED, KILLED, LOST, QUEUED, RUNNING, JobRecord, JobSpec,
                              PoolRecord, pool_outcome)

@@ -19,7 +19,7 @@ from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.retention import JOBS_PER_TXN, LogSweep, Retention, interval_for, removal_of, tombstone
-from lclusterd.cluster.store import ModIs, Put
+from lclusterd.cluster.kv import ModIs, Put
 from lclusterd.errors import JobNotFound, JobRemoved
 from lclusterd.model import ASSIGNED, EXITED, LOST, QUEUED, RUNNING, JobRecord, JobSpec, PoolRecord
 from lclusterd.units import format_duration, parse_duration
@@ -79,7 +79,7 @@ def test_non_terminal_changes_carry_no_ended_entry(store):
 
 def test_cancelling_a_queued_job_writes_the_ended_entry_in_the_same_transaction(store):
     jobs = Jobs(store, KEYS)
-    job = jobs.add(JobSpec("true"))
+    job = jobs.add(JobRecord(id="f" * 32, spec=JobSpec("true")))
     cancelled = jobs.kill(job.id)
     _, ops, succeeded = store.txns[-1]
     assert succeeded and Put(KEYS.ended(cancelled.finished_at, job.id), b"") in ops
@@ -95,7 +95,7 @@ def test_a_pass_removes_exactly_the_expired_jobs_in_guarded_batches(store):
     recent = "e" * 32
     ended(jobs, store, recent, NOW - KEEP + 1)
     still_running, _ = running(store, "d" * 32)
-    queued = jobs.add(JobSpec("sleep 1"))
+    queued = jobs.add(JobRecord(id="c" * 32, spec=JobSpec("sleep 1")))
     prime = store.get(KEYS.prime).mod_revision
     writes_before = len(store.txns)
 

@@ -6,18 +6,19 @@ transaction did not write the job."""
 from __future__ import annotations
 
 from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.kv import Event, ModIs
+from lclusterd.cluster.placement import Placement
 from lclusterd.cluster.scheduler import Scheduler
-from lclusterd.cluster.store import Event, ModIs
 from lclusterd.model import ASSIGNED, JobRecord, JobSpec, NodeInfo
 
 KEYS = Keys("/t")
 
 
 def scheduler(capacity: int = 1) -> Scheduler:
-    s = Scheduler(None, KEYS, None, "p")
+    s = Scheduler(None, None, KEYS, None, "p")
     s._prime_revision = 42
-    s._node_events([Event("put", KEYS.node("p"), NodeInfo("p", "localhost:1", capacity).to_bytes(), 10)])
-    s._ready = True  # as at the end of _load_view
+    s.view._node_events([Event("put", KEYS.node("p"), NodeInfo("p", "localhost:1", capacity).to_bytes(), 10)])
+    s.view.ready = True  # as at the end of ClusterView.load
     return s
 
 
@@ -28,13 +29,13 @@ def assignment(job_id: str, revision: int) -> Event:
 
 def test_nothing_is_placed_before_the_view_is_loaded():
     s = scheduler()
-    s._ready = False
+    s.view.ready = False
     assert s.reserve("a" * 32, JobSpec(command="true")) is None
 
 
 def test_a_reservation_holds_the_room_with_the_prime_guard_until_settled():
     s = scheduler(capacity=1)
-    assert s.reserve("a" * 32, JobSpec(command="true")) == ("p", [ModIs(KEYS.prime, 42)])
+    assert s.reserve("a" * 32, JobSpec(command="true")) == Placement("p", [ModIs(KEYS.prime, 42)])
     assert s.reserve("b" * 32, JobSpec(command="true")) is None  # the one slot is held
     s.settle("a" * 32, None)  # not written: the room comes back
     assert s.reserve("b" * 32, JobSpec(command="true")) is not None
@@ -44,11 +45,11 @@ def test_a_written_reservation_is_counted_once_whichever_comes_first():
     s = scheduler(capacity=2)
     s.reserve("a" * 32, JobSpec(command="true"))
     s.settle("a" * 32, 50)  # before its watch event
-    s._assign_events([assignment("a" * 32, 50)])
+    s.view._assign_events([assignment("a" * 32, 50)])
     s.reserve("b" * 32, JobSpec(command="true"))
-    s._assign_events([assignment("b" * 32, 51)])
+    s.view._assign_events([assignment("b" * 32, 51)])
     s.settle("b" * 32, 51)  # after its watch event
-    rooms = s._rooms()
+    rooms = s.view.rooms()
     assert rooms["p"].slots == 0
     assert s.reserve("c" * 32, JobSpec(command="true")) is None
 
@@ -56,16 +57,16 @@ def test_a_written_reservation_is_counted_once_whichever_comes_first():
 def test_an_add_does_not_overtake_queued_jobs_or_a_pending_burial():
     s = scheduler(capacity=4)
     queued = JobRecord(id="q" * 32, spec=JobSpec(command="true"))
-    s._queue_events([Event("put", KEYS.queue(queued.id), queued.to_bytes(), 20)])
+    s.view._queue_events([Event("put", KEYS.queue(queued.id), queued.to_bytes(), 20)])
     assert s.reserve("a" * 32, JobSpec(command="true")) is None
-    s._queue_events([Event("delete", KEYS.queue(queued.id), b"", 21)])
-    s._dead["gone"] = 22
+    s.view._queue_events([Event("delete", KEYS.queue(queued.id), b"", 21)])
+    s.view.dead["gone"] = 22
     assert s.reserve("a" * 32, JobSpec(command="true")) is None
-    del s._dead["gone"]
+    del s.view.dead["gone"]
     assert s.reserve("a" * 32, JobSpec(command="true")) is not None
 
 
 def test_a_pin_to_a_full_or_unknown_node_goes_through_the_queue():
     s = scheduler(capacity=1)
     assert s.reserve("a" * 32, JobSpec(command="true", node="elsewhere")) is None
-    assert s.reserve("b" * 32, JobSpec(command="true", node="p")) == ("p", [ModIs(KEYS.prime, 42)])
+    assert s.reserve("b" * 32, JobSpec(command="true", node="p")) == Placement("p", [ModIs(KEYS.prime, 42)])

@@ -5,7 +5,8 @@ re-reads every share and resumes the stream after the oldest read."""
 
 from __future__ import annotations
 
-from lclusterd.cluster.store import Event, WatchHub
+from lclusterd.cluster.kv import Event
+from lclusterd.cluster.watch import WatchHub
 
 
 class RevisionOnly:

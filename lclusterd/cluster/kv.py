@@ -1,0 +1,68 @@
+"""The values etcd access is described in: keys read (KeyValue), changes watched (Event), and
+a transaction's compares and operations (ModIs, Absent, ValueIs; Put, Delete). Pure: the
+rest of the cluster layer builds transactions from these and Store sends them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "put" or "delete"
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int = 0
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True)
+class ModIs:
+    """Compare: the key's mod revision equals `revision` (0 = the key does not exist)."""
+
+    key: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class Absent:
+    key: str
+
+
+@dataclass(frozen=True)
+class ValueIs:
+    key: str
+    value: bytes
+
+
+Op = Put | Delete
+Compare = ModIs | Absent | ValueIs
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int  # the store revision after the transaction (= mod revision of what it wrote)

@@ -1,0 +1,43 @@
+"""What a job id names: a job, an -all-nodes pool, or a job that retention removed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lclusterd.cluster.jobs import Jobs
+from lclusterd.cluster.pools import Pools
+from lclusterd.cluster.retention import removal_of
+from lclusterd.errors import JobNotFound
+from lclusterd.model import JobRecord, PoolRecord
+
+
+@dataclass(frozen=True)
+class FoundJob:
+    record: JobRecord
+    revision: int
+
+
+@dataclass(frozen=True)
+class FoundPool:
+    pool: PoolRecord
+
+
+class Lookup:
+    def __init__(self, jobs: Jobs, pools: Pools):
+        self.jobs = jobs
+        self.pools = pools
+
+    def resolve(self, job_id: str) -> FoundJob | FoundPool:
+        """The job or pool with this id. JobRemoved when retention removed it (and its
+        tombstone is still there), else JobNotFound."""
+        try:
+            return FoundJob(*self.jobs.get(job_id))
+        except JobNotFound as missing:
+            return self.pool(job_id, missing)
+
+    def pool(self, job_id: str, missing: JobNotFound) -> FoundPool:
+        """The pool for an id that names no job; `missing` (or JobRemoved) if none."""
+        pool = self.pools.get(job_id)
+        if pool is None:
+            raise removal_of(self.jobs.store, self.jobs.keys, job_id) or missing
+        return FoundPool(pool)

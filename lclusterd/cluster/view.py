@@ -1,0 +1,238 @@
+"""ClusterView: what the prime knows of the cluster, read once when it is elected and then kept
+by four watches (queue/, nodes/, drain/, assign/), so that placing a job never polls or
+re-reads etcd.
+
+It holds the queue in order (each entry the QUEUED record and its mod revision, which are the
+guard the assignment needs: both are written in one transaction), the live nodes and their
+offers, the draining nodes, each node's assignments with the memory they requested, the
+reservations the scheduler made that the assign watch has not shown yet, and the nodes seen
+gone that are still to be buried. The scheduler (scheduler.py) decides; this only follows
+etcd. Every read and change of it happens under `lock`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.kv import Event
+from lclusterd.cluster.placement import Room
+from lclusterd.cluster.store import Store
+from lclusterd.cluster.watch import Callbacks, Watches
+from lclusterd.model import JobRecord, NodeInfo
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = sys.maxsize  # the revision of a reservation whose add transaction has not returned
+
+
+class QueuedJob:
+    """A queue entry: the QUEUED record's bytes and mod revision, parsed once when first looked
+    at (a job that cannot be placed yet, pinned to a full node or a pool member, is looked at
+    again on every pass while other jobs are assigned). `skip`: the scheduler tried it at this
+    revision and must not again until the entry changes (a new event makes a new entry)."""
+
+    __slots__ = ("raw", "revision", "_record", "skip")
+
+    def __init__(self, raw: bytes, revision: int):
+        self.raw, self.revision, self._record, self.skip = raw, revision, None, False
+
+    def record(self) -> JobRecord:
+        if self._record is None:
+            self._record = JobRecord.from_bytes(self.raw)  # never mutated: transitions make copies
+        return self._record
+
+
+@dataclass
+class Reservation:
+    """Room the scheduler holds on `node` for a job whose assignment the assign watch has not
+    delivered yet; written at `revision` (IN_FLIGHT until its transaction returns)."""
+
+    node: str
+    revision: int
+    memory: int
+
+
+class ClusterView:
+    def __init__(self, store: Store, watches: Watches, keys: Keys, on_change: Callable[[], None]):
+        self.store = store
+        self.watches = watches
+        self.keys = keys
+        self.on_change = on_change  # wakes the scheduler
+        self.lock = threading.Lock()
+        self._watches: list = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.queue: OrderedDict[str, QueuedJob] = OrderedDict()
+        self.nodes: dict[str, NodeInfo] = {}  # live (registered) nodes
+        self.draining: set[str] = set()
+        self.assigned: dict[str, dict[str, int]] = {}  # node -> {job id: requested memory} with an assign key
+        self.reservations: dict[str, Reservation] = {}  # job id -> room held, not seen by the assign watch yet
+        self.assign_revision = 0  # last revision the assign watch delivered
+        self.dead: dict[str, int] = {}  # node -> revision at which it was seen gone; to bury
+        self.ready = False  # loaded and followed: add-time placement may use it
+
+    # -- loading and following ---------------------------------------------------------------
+    def load(self) -> None:
+        """Read everything, then follow it (raises StoreUnavailable)."""
+        queue_rev, nodes_rev = self._read_queue(), self._read_nodes()
+        drain_rev, assign_rev = self._read_drains(), self._read_assignments()
+        with self.lock:  # nodes that died while there was no prime (or this one was elected)
+            for node in self.assigned:
+                if node not in self.nodes:
+                    self.dead.setdefault(node, nodes_rev)
+        follow = self.watches.watch
+        self._watches = [
+            follow(self.keys.queue_prefix, queue_rev + 1, Callbacks(self._queue_events, self._read_queue), "queue"),
+            follow(self.keys.nodes_prefix, nodes_rev + 1, Callbacks(self._node_events, self._read_nodes), "nodes"),
+            follow(self.keys.drain_prefix, drain_rev + 1, Callbacks(self._drain_events, self._read_drains), "drain"),
+            follow(self.keys.assign_all_prefix, assign_rev + 1, Callbacks(self._assign_events, self._read_assignments),
+                   "assign"),
+        ]
+        with self.lock:
+            self.ready = True
+
+    def stop(self) -> None:
+        for watch in self._watches:
+            watch.stop()
+        self._watches = []
+
+    def _read_queue(self) -> int:
+        kvs, revision = self.store.get_prefix(self.keys.queue_prefix)
+        with self.lock:
+            self.queue = OrderedDict((Keys.last(kv.key), QueuedJob(kv.value, kv.mod_revision))
+                                     for kv in sorted(kvs, key=lambda kv: kv.create_revision))
+        self.on_change()
+        return revision
+
+    def _read_nodes(self) -> int:
+        kvs, revision = self.store.get_prefix(self.keys.nodes_prefix)
+        with self.lock:
+            before = set(self.nodes)
+            self.nodes = {}
+            for kv in kvs:
+                self._set_node(kv.value)
+            for node in before - set(self.nodes):
+                self.dead.setdefault(node, revision)
+        self.on_change()
+        return revision
+
+    def _read_drains(self) -> int:
+        kvs, revision = self.store.get_prefix(self.keys.drain_prefix, keys_only=True)
+        with self.lock:
+            self.draining = {Keys.last(kv.key) for kv in kvs}
+        self.on_change()
+        return revision
+
+    def _read_assignments(self) -> int:
+        kvs, revision = self.store.get_prefix(self.keys.assign_all_prefix)
+        with self.lock:
+            self.assigned = {}
+            for kv in kvs:
+                node, job_id = self.keys.assign_parts(kv.key)
+                self.assigned.setdefault(node, {})[job_id] = JobRecord.requested_memory(kv.value)
+            self.assign_revision = revision
+            self.reservations = {i: r for i, r in self.reservations.items() if r.revision > revision}
+        self.on_change()
+        return revision
+
+    def _set_node(self, raw: bytes) -> None:
+        try:
+            info = NodeInfo.from_bytes(raw)
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring a malformed node entry %r", raw[:80])
+            return
+        self.nodes[info.name] = info
+
+    def _queue_events(self, events: list[Event]) -> None:
+        with self.lock:
+            for event in events:
+                job_id = Keys.last(event.key)
+                if event.kind == "put":
+                    self.queue[job_id] = QueuedJob(event.value, event.mod_revision)
+                else:
+                    self.queue.pop(job_id, None)
+        self.on_change()
+
+    def _node_events(self, events: list[Event]) -> None:
+        with self.lock:
+            for event in events:
+                if event.kind == "put":
+                    self._set_node(event.value)
+                else:  # the lease expired or was revoked: the node is dead (or restarting)
+                    name = Keys.last(event.key)
+                    self.nodes.pop(name, None)
+                    self.dead[name] = event.mod_revision
+        self.on_change()
+
+    def _drain_events(self, events: list[Event]) -> None:
+        with self.lock:
+            for event in events:
+                (self.draining.add if event.kind == "put" else self.draining.discard)(Keys.last(event.key))
+        self.on_change()
+
+    def _assign_events(self, events: list[Event]) -> None:
+        with self.lock:
+            for event in events:
+                node, job_id = self.keys.assign_parts(event.key)
+                if event.kind == "put":
+                    self.assigned.setdefault(node, {})[job_id] = JobRecord.requested_memory(event.value)
+                else:
+                    self.assigned.get(node, {}).pop(job_id, None)
+                self.reservations.pop(job_id, None)
+            self.assign_revision = events[-1].mod_revision
+        self.on_change()
+
+    # -- what the scheduler asks (hold `lock`) ---------------------------------------------------
+    def rooms(self) -> dict[str, Room]:
+        """What each live node can still take: its capacity and offered memory, less its
+        assigned jobs and the reservations on it."""
+        used: dict[str, tuple[int, int]] = {}
+        for node, jobs in self.assigned.items():
+            used[node] = (len(jobs), sum(jobs.values()))
+        for reservation in self.reservations.values():
+            count, memory = used.get(reservation.node, (0, 0))
+            used[reservation.node] = (count + 1, memory + reservation.memory)
+        rooms = {}
+        for name, info in self.nodes.items():
+            count, memory = used.get(name, (0, 0))
+            rooms[name] = Room(name, info.capacity - count, info.memory_bytes - memory, info.memory_bytes,
+                               name in self.draining)
+        return rooms
+
+    def reserve(self, job_id: str, reservation: Reservation) -> None:
+        self.reservations[job_id] = reservation
+
+    def settle(self, job_id: str, revision: int | None) -> None:
+        """A reservation's transaction returned: written at `revision`, or not (None: the room
+        is given back). One the assign watch already delivered is gone: nothing to do."""
+        reservation = self.reservations.get(job_id)
+        if reservation is None:
+            return
+        if revision is not None and revision > self.assign_revision:
+            reservation.revision = revision
+        else:
+            del self.reservations[job_id]
+
+    def skip_until_changed(self, job_id: str, revision: int) -> None:
+        """Leave the queue entry of `job_id` alone while it is still at `revision`."""
+        entry = self.queue.get(job_id)
+        if entry is not None and entry.revision == revision:
+            entry.skip = True
+
+    def assigned_from_queue(self, job_id: str, revision: int) -> None:
+        """The queued job at `revision` was assigned: out of the queue now (its delete event may
+        come later)."""
+        entry = self.queue.get(job_id)
+        if entry is not None and entry.revision == revision:
+            del self.queue[job_id]
+
+    def buried(self, node: str, gone_at: int) -> None:
+        if self.dead.get(node) == gone_at:
+            del self.dead[node]
