@@ -39,9 +39,11 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@mkdir -p $(STAMPS) && touch $@
 
-# Every job's first process (see its header). Static: no dynamic loader on the start path.
-$(JOBINIT): lclusterd/runtime/jobinit/jobinit.c lclusterd/runtime/jobinit/seccomp.h $(STAMPS)/apt
-	musl-gcc -O2 -Wall -Wextra -Werror -static -o $@ $<
+# Every job's first process (see jobinit.c's header). Static: no dynamic loader on the start path.
+JOBINIT_SOURCES := $(wildcard lclusterd/runtime/jobinit/*.c)
+JOBINIT_HEADERS := $(wildcard lclusterd/runtime/jobinit/*.h)
+$(JOBINIT): $(JOBINIT_SOURCES) $(JOBINIT_HEADERS) $(STAMPS)/apt
+	musl-gcc -O2 -Wall -Wextra -Werror -static -o $@ $(JOBINIT_SOURCES)
 
 # The default rootfs's busybox: Debian's, linked with musl (see the script for why; ~30 s).
 $(BUSYBOX): rootfs/busybox-musl.sh $(STAMPS)/apt

@@ -18,6 +18,7 @@ from lclusterd.runtime.userns import IdMap
 
 SCRATCH = Scratch("/scratch")
 IDS = IdMap(1_000_065_536, 1_000_065_536)
+JOBINIT_DIR = Path(plan.__file__).parent / "jobinit"  # the C job init's sources
 
 
 def job(**changes) -> plan.PreparedJob:
@@ -105,7 +106,7 @@ def test_spare_plan_prepares_what_needs_no_job_and_then_waits(ids):
 
 
 def test_every_op_is_one_the_c_init_knows_with_the_same_arity():
-    source = (Path(plan.__file__).parent / "jobinit" / "jobinit.c").read_text()
+    source = (JOBINIT_DIR / "jobinit.c").read_text()  # the interpreter, which holds the ops table
     table = source[source.index("OPS[] = {"):]
     table = table[:table.index("};")]
     in_c = {name: int(count) for name, count in re.findall(r'\{"(\w+)", (-?\d+), \w+\}', table)}
@@ -114,7 +115,8 @@ def test_every_op_is_one_the_c_init_knows_with_the_same_arity():
         assert all(name in plan.ARITY for name, _ in plan.ops(tokens))
 
 
-SECCOMP_H = (Path(plan.__file__).parent / "jobinit" / "seccomp.h").read_text()
+SECCOMP_C = (JOBINIT_DIR / "seccomp.c").read_text()  # the syscalls a rule may name
+JOBINIT_H = (JOBINIT_DIR / "jobinit.h").read_text()  # the filter's bounds
 
 
 def test_seccomp_rules_are_encoded_as_the_init_reads_them():
@@ -140,8 +142,8 @@ def test_a_seccomp_rule_the_init_could_not_read_is_refused(rule):
 
 
 def test_every_syscall_in_the_seccomp_rules_is_one_the_c_init_can_name_within_its_bounds():
-    in_c = set(re.findall(r"SC\((\w+)\)", SECCOMP_H))
-    bounds = {name: int(value) for name, value in re.findall(r"#define (MAX_\w+) (\d+)", SECCOMP_H)}
+    in_c = set(re.findall(r"SC\((\w+)\)", SECCOMP_C))
+    bounds = {name: int(value) for name, value in re.findall(r"#define (MAX_\w+) (\d+)", JOBINIT_H)}
     names = [name for rule in plan.SECCOMP_RULES for name in rule.syscalls]
     assert set(names) <= in_c, set(names) - in_c
     assert len(names) == len(set(names))  # the init refuses a syscall named in two rules

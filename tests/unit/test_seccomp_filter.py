@@ -1,4 +1,4 @@
-"""The BPF the job init's filter compiler (jobinit/seccomp.h) makes of plan.SECCOMP_RULES,
+"""The BPF the job init's filter compiler (jobinit/seccomp.c) makes of plan.SECCOMP_RULES,
 run here by a small classic-BPF interpreter for every syscall number: each syscall a rule
 names gets that rule's answer, for arguments on both sides of its condition, and every
 other one is allowed. No root and no kernel: test_jobinit.py runs the real filter."""
@@ -31,7 +31,7 @@ class Filter:
                 self.insns.append((code, jt, jf, k))
 
     def run(self, nr: int, arg0: int = 0, arch: int | None = None) -> int:
-        """What the filter returns for a call (the subset of classic BPF seccomp.h emits)."""
+        """What the filter returns for a call (the subset of classic BPF seccomp.c emits)."""
         data = {0: nr, 4: self.arch if arch is None else arch, 16: arg0 & 0xFFFFFFFF}
         a, pc = 0, 0
         while True:

@@ -11,7 +11,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
-/* Newer than musl's headers: the numbers jobinit/seccomp.h falls back on, checked here
+/* Newer than musl's headers: the numbers jobinit/seccomp.c falls back on, checked here
  * against the kernel (the filter must refuse these calls, not their neighbours). */
 #define NR_quotactl_fd 443
 #define NR_set_mempolicy_home_node 450

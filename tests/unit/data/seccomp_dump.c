@@ -1,7 +1,8 @@
-/* Prints what the job init's filter compiler (jobinit/seccomp.h) makes of the rules in
+/* Prints what the job init's filter compiler (jobinit/seccomp.c) makes of the rules in
  * argv[1]: "arch HEX", then "syscall NAME NR" for each name it knows, then "insn CODE JT
- * JF K" for each instruction; or the refusal on stderr, exiting with its errno. */
-#include "../../../lclusterd/runtime/jobinit/seccomp.h"
+ * JF K" for each instruction; or the refusal on stderr, exiting with its errno. Includes
+ * the compiler's source rather than linking it, to read its file-local syscall table. */
+#include "../../../lclusterd/runtime/jobinit/seccomp.c"
 
 int main(int argc, char **argv) {
     static struct seccomp_filter filter;

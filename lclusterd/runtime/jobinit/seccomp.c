@@ -1,7 +1,8 @@
 /*
- * The job init's seccomp filter compiler, included by jobinit.c (one translation unit, so
- * the binary still builds from jobinit.c alone). Mechanism only: which syscalls fail, and
- * how, comes from the plan (plan.SECCOMP_RULES).
+ * The job init's seccomp filter compiler. Mechanism only: which syscalls fail, and how,
+ * comes from the plan (plan.SECCOMP_RULES); the seccomp op (process.c) installs what it
+ * makes. It reports through seccomp_filter.why, not fail(), so it builds on its own (the
+ * unit tests' tests/unit/data/seccomp_dump.c includes this file).
  *
  * The rules, one plan token, separated by ';':
  *
@@ -27,24 +28,15 @@
 #include <string.h>
 #include <sys/syscall.h>
 
-/* The kernel's seccomp and classic-BPF ABI (linux/seccomp.h, linux/filter.h, linux/audit.h,
- * which musl's headers do not carry). */
-struct bpf_insn {
-    uint16_t code;
-    uint8_t jt, jf;
-    uint32_t k;
-};
-struct bpf_prog {
-    unsigned short len;
-    struct bpf_insn *filter;
-};
+#include "jobinit.h"
+
+/* The rest of the kernel's seccomp and classic-BPF ABI (the structures are in jobinit.h). */
 #define BPF_LD_W_ABS 0x20 /* BPF_LD | BPF_W | BPF_ABS */
 #define BPF_JEQ_K 0x15    /* BPF_JMP | BPF_JEQ | BPF_K */
 #define BPF_JGE_K 0x35    /* BPF_JMP | BPF_JGE | BPF_K */
 #define BPF_JSET_K 0x45   /* BPF_JMP | BPF_JSET | BPF_K */
 #define BPF_JA 0x05       /* BPF_JMP | BPF_JA */
 #define BPF_RET_K 0x06    /* BPF_RET | BPF_K */
-#define SECCOMP_MODE_FILTER 2
 #define SECCOMP_RET_KILL_PROCESS 0x80000000U
 #define SECCOMP_RET_ERRNO 0x00050000U
 #define SECCOMP_RET_ALLOW 0x7fff0000U
@@ -117,31 +109,7 @@ static long syscall_number(const char *name, size_t len) {
     return -1;
 }
 
-#define MAX_RULES 16
-#define MAX_SYSCALLS 256 /* in all rules together */
-#define MAX_VALUES 32    /* in one condition (its jumps have 8-bit offsets) */
-#define MAX_FILTER 1024
 #define LEAF_SYSCALLS 8 /* where the search turns into a list of comparisons */
-
-struct seccomp_rule {
-    unsigned err;
-    char condition; /* 0: always, '&': any bit of values[0], '!': none of values */
-    int nvalues;
-    uint32_t values[MAX_VALUES];
-};
-
-struct seccomp_syscall {
-    uint32_t nr;
-    int rule; /* index in seccomp_filter.rule */
-};
-
-struct seccomp_filter {
-    struct bpf_insn insn[MAX_FILTER];
-    struct seccomp_rule rule[MAX_RULES];
-    struct seccomp_syscall syscall[MAX_SYSCALLS]; /* sorted by nr */
-    int len, rules, syscalls;
-    char why[160]; /* why the rules were refused */
-};
 
 /* Refuse the rules: the reason goes to f->why, the errno is returned. */
 __attribute__((format(printf, 3, 4))) static int seccomp_refuse(struct seccomp_filter *f, int err, const char *fmt, ...) {
@@ -275,7 +243,7 @@ static void emit_search(struct seccomp_filter *f, int lo, int hi) {
 }
 
 /* Compile the rules into f. Returns 0, or an errno with the reason in f->why. */
-static int seccomp_compile(const char *rules, struct seccomp_filter *f) {
+int seccomp_compile(const char *rules, struct seccomp_filter *f) {
     f->len = f->rules = f->syscalls = 0;
     for (const char *p = rules; *p; p += *p == ';') {
         int err = parse_rule(&p, f);
