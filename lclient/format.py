@@ -9,9 +9,9 @@ from typing import Any
 
 from lclient.units import format_size
 from lclusterd.rpc import lclusterd_pb2 as pb
+from lclusterd.states import TERMINAL
 
 SCHEMA_VERSION = 1
-TERMINAL = frozenset({"EXITED", "KILLED", "OOM_KILLED", "TIMED_OUT", "FAILED", "CANCELLED", "LOST"})
 
 
 def signal_name(number: int) -> str:

@@ -67,6 +67,10 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
                    "subordinate range of the user lclusterd (/etc/subuid, set up by make prep). off: a job's root "
                    "is the host's root (held in by capabilities, seccomp and namespaces), for kernels without "
                    "idmapped mounts under overlay (Linux < 5.19).")
+@click.option("--kill-grace", default=_D["kill_grace"], type=click.FloatRange(min=0, max=3600),
+              help="Seconds between the SIGTERM a killed or timed-out job gets and the SIGKILL that follows.")
+@click.option("--etcd-timeout", default=_D["etcd_timeout"], type=click.FloatRange(min=0.1, max=60),
+              help="Seconds one etcd request may take before the node calls etcd unavailable.")
 @click.option("--etcd-wait", default=_D["etcd_wait"], type=click.FloatRange(min=0), help="Seconds start-up waits for etcd to answer.")
 @click.option("--lease-ttl", default=_D["lease_ttl"], type=click.IntRange(min=1), help="Seconds etcd keeps this node (and its prime key) without a keep-alive.")
 @click.option("--scheduling", type=click.Choice(POLICIES), default=_D["scheduling"],

@@ -14,12 +14,11 @@ from typing import Any
 from lclusterd import limits
 from lclusterd.cluster.placement import POLICIES
 from lclusterd.model import DEFAULT_PIDS, NODE_NAME
-from lclusterd.runtime.host import pid_max, total_memory
+from lclusterd.runtime.host import DEFAULT_ROOTFS, pid_max, total_memory
 from lclusterd.units import format_size, parse_duration, parse_size
 
 DEFAULT_PORT = 64051
 DEFAULT_STATE_DIR = "/var/lib/lclusterd"
-DEFAULT_ROOTFS = "/var/lib/lclusterd/rootfs"
 DEFAULT_CONFIG_FILE = "/etc/lclusterd/lclusterd.toml"
 SHUTDOWN_MODES = ("kill", "finish")
 USERNS_MODES = ("on", "off")
@@ -157,6 +156,10 @@ class Config:
             raise ConfigError(f"--scheduling must be one of {', '.join(POLICIES)}, not {self.scheduling!r}")
         if self.lease_ttl < 1:
             raise ConfigError(f"lease TTL must be at least 1 second, not {self.lease_ttl}")
+        if not 0 <= self.kill_grace <= limits.MAX_GRACE_SECONDS:
+            raise ConfigError(f"--kill-grace must be between 0 and {limits.MAX_GRACE_SECONDS:g} seconds, not {self.kill_grace:g}")
+        if not 0.1 <= self.etcd_timeout <= 60:
+            raise ConfigError(f"--etcd-timeout must be between 0.1 and 60 seconds, not {self.etcd_timeout:g}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         if self.userns not in USERNS_MODES:

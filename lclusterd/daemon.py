@@ -2,7 +2,8 @@
 prime election + scheduler, gRPC server, and an orderly shutdown on SIGTERM/SIGINT.
 
 Order matters: the runtime helper is spawned first, before any thread of ours exists, and
-the daemon never forks after that (gRPC Python does not support fork).
+after that the daemon only ever starts processes that exec at once (the embedded etcd), never
+a fork that goes on running Python (gRPC Python does not support fork).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ from lclusterd.runtime.spec import RuntimeSpec
 log = logging.getLogger("lclusterd")
 
 EXIT_OK = 0
-EXIT_STARTUP_FAILURE = 3
+# The node could not start, or lost its fork server while running: a supervisor should look
+# at the log (the reason is its last line) and start it again.
+EXIT_FAILURE = 3
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Jobs"].full_name
 
 
@@ -72,6 +75,7 @@ class Daemon:
         self._signals = 0
         self.runtime_lost = False  # the fork server died under us: exit non-zero
         self._teardown = ExitStack()
+        self._server_stopped = False
         self.worker: Worker | None = None
 
     # -- start ---------------------------------------------------------------------------------
@@ -143,6 +147,9 @@ class Daemon:
         """This node's services: job events, the log sweep and peers; then its registration,
         the worker and the prime election (stopped first at shutdown: last registered)."""
         c, store, watches, keys = self.config, self.store, self.watches, self.keys
+        # At shutdown, stop listening before leaving the cluster and closing etcd (the binding
+        # phase's registration is then a no-op; it is there for a start that fails earlier).
+        self._teardown.callback(self._stop_server)
         self.jobs = Jobs(store, keys)
         self.info = NodeInfo(name=c.node_name, address=c.address, capacity=c.capacity, version=__version__,
                              started_at=time.time(), memory_bytes=c.memory_bytes, max_pids=c.max_pids_value,
@@ -240,6 +247,9 @@ class Daemon:
                 time.sleep(0.2)
 
     def _stop_server(self) -> None:
+        if self._server_stopped:
+            return
+        self._server_stopped = True
         self.server.stop(grace=1).wait(5)
         Path(self.config.socket_path).unlink(missing_ok=True)
 
@@ -311,7 +321,7 @@ def run(config: Config) -> int:
     except StartupError as exc:
         logging.getLogger("lclusterd").error("%s", exc)
         daemon.stop()
-        return EXIT_STARTUP_FAILURE
+        return EXIT_FAILURE
     daemon.wait()
     daemon.stop()
-    return EXIT_STARTUP_FAILURE if daemon.runtime_lost else EXIT_OK
+    return EXIT_FAILURE if daemon.runtime_lost else EXIT_OK

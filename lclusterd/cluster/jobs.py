@@ -168,15 +168,17 @@ class Jobs:
             log.debug("kill %s: record changed under us, retrying", job_id)
 
 
-def _batches(changes: list[Change], extra: int = 0):
+def _batches(changes: list[Change], guard_compares: int = 0):
+    """The changes cut into transactions etcd takes: at most MAX_TXN_OPS operations and as
+    many compares each (etcd limits the two apart); a change's compare is its record's revision."""
     batch: list[Change] = []
-    count = extra
+    compares, ops = guard_compares, 0
     for change in changes:
-        size = 1 + len(change.ops)
-        if batch and count + size > MAX_TXN_OPS:
+        if batch and (compares + 1 > MAX_TXN_OPS or ops + len(change.ops) > MAX_TXN_OPS):
             yield batch
-            batch, count = [], extra
+            batch, compares, ops = [], guard_compares, 0
         batch.append(change)
-        count += size
+        compares += 1
+        ops += len(change.ops)
     if batch:
         yield batch

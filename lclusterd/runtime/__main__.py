@@ -20,11 +20,11 @@ import click
 
 from lclusterd.errors import LclusterdError, SetupFailed
 from lclusterd.runtime import userns
+from lclusterd.runtime.host import DEFAULT_ROOTFS
 from lclusterd.runtime.launcher import IdRanges, Launcher
 from lclusterd.runtime.spec import FAILED, TIMED_OUT, RunResult, RuntimeSpec
 from lclusterd.units import format_size, parse_duration, parse_size
 
-DEFAULT_ROOTFS = "/var/lib/lclusterd/rootfs"
 DEFAULT_STATE_DIR = "/var/lib/lclusterd/runtime-cli"  # apart from the daemon's, whose start-up sweep would remove these jobs
 EXIT_TIMED_OUT = 124
 EXIT_NOT_STARTED = 125
@@ -37,7 +37,7 @@ def cli() -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.option("--rootfs", default=DEFAULT_ROOTFS, show_default=True, help="Root filesystem the job sees (read-only base).")
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, help="Where per-job overlay directories live.")
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, help="The fork server's state: the mount point of every job's scratch tmpfs (in the job's own mount namespace).")
 @click.option("--cgroup-parent", default="lclusterd/cli", show_default=True, help="Parent cgroup of the job's cgroup.")
 @click.option("--mem", "memory", help="Memory limit, e.g. 64M.")
 @click.option("--cpus", type=float, help="CPU quota as a fraction of cores, e.g. 0.5.")

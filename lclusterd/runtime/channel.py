@@ -1,9 +1,8 @@
-"""Messages between the launcher (daemon side) and the fork server.
+"""The wire under the launcher <-> fork server protocol (protocol.py).
 
-A message is a JSON object sent as a 4-byte big-endian length and the body, over a
-Unix stream socket; file descriptors ride along with SCM_RIGHTS on the length header
-(the job's stdin, stdout and stderr, when the caller hands over open files). Requests carry "op" (start, kill, sweep, shutdown); events carry
-"event" (ready, started, finished, swept, error, bye).
+A message is a JSON object sent as a 4-byte big-endian length and the body, over a Unix
+stream socket; file descriptors ride along with SCM_RIGHTS on the length header (the
+job's stdin, stdout and stderr, when the caller hands over open files).
 """
 
 from __future__ import annotations

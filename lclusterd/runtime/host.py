@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+DEFAULT_ROOTFS = "/var/lib/lclusterd/rootfs"  # where `make prep` builds the default root filesystem
+
 
 def total_memory() -> int:
     """The host's MemTotal in bytes (0 if the kernel does not say)."""

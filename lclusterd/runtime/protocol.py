@@ -118,15 +118,14 @@ def decode_request(data: Any) -> Request:
 
 def decode_event(data: Any) -> Event:
     kind, body = _split(data, _EVENTS)
-    if kind is JobFinished:
-        result = _field(body, "result", (dict,))
-        return JobFinished(RunResult.from_json(result))
-    if kind is Swept:
-        return Swept(tuple(_field(body, "job_ids", (list,))))
     try:
+        if kind is JobFinished:
+            return JobFinished(RunResult.from_json(_field(body, "result", (dict,))))
+        if kind is Swept:
+            return Swept(tuple(_field(body, "job_ids", (list,))))
         return kind(**{f.name: body[f.name] for f in fields(kind)})
-    except KeyError as missing:
-        raise ProtocolError(f"message {body['type']} lacks the field {missing}") from None
+    except (KeyError, TypeError) as error:  # a field missing, or one the class does not have
+        raise ProtocolError(f"malformed message {body['type']}: {error}") from None
 
 
 def _split(data: Any, known: dict[str, type]) -> tuple[type, dict[str, Any]]:

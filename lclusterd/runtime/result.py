@@ -44,8 +44,8 @@ def result_of(facts: RunFacts, finished_at: float) -> RunResult:
             result.signal = os.WTERMSIG(facts.wait_status)
         else:
             result.exit_code = os.waitstatus_to_exitcode(facts.wait_status)
-    if facts.failure is not None:
-        result.status, result.exit_code, result.signal = FAILED, None, None
+    if facts.failure is not None:  # it never ran: no exit code, signal or pid of its own
+        result.status, result.exit_code, result.signal, result.host_pid = FAILED, None, None, None
         result.error = f"{facts.failure.get('step')}: {facts.failure.get('detail')}"
     elif facts.end_reason == TIMED_OUT:
         result.status = TIMED_OUT

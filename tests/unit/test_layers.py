@@ -1,4 +1,4 @@
-"""Imports point down only (STYLE.md "Package layout"), checked with ast on the source."""
+"""Imports point down only (docs/conventions.md, "Layers"), checked with ast on the source."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # module prefix -> project modules it may import (prefix match)
 ALLOWED = {
-    "lclient": ("lclient", "lclusterd.rpc", "lclusterd.units"),
+    "lclient": ("lclient", "lclusterd.rpc", "lclusterd.units", "lclusterd.states"),
     "lclusterd.api": ("lclusterd.api", "lclusterd.cluster", "lclusterd.model", "lclusterd.errors", "lclusterd.rpc",
                       "lclusterd.states"),
     "lclusterd.cluster": ("lclusterd.cluster", "lclusterd.runtime.launcher", "lclusterd.runtime.spec", "lclusterd.model",
@@ -72,3 +72,16 @@ def test_project_imports_point_down():
 def _is_module(dotted: str) -> bool:
     path = ROOT / dotted.replace(".", "/")
     return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def test_third_party_clients_are_imported_in_their_one_place():
+    """etcd3 only in the store (one place speaks etcd's API); grpc only where the API is
+    served or called (the control plane's other modules know neither)."""
+    problems = []
+    for name, tree in modules():
+        for imported in imports(tree):
+            package = imported.split(".")[0]
+            homes = THIRD_PARTY_ONLY_IN.get(package)
+            if homes is not None and not any(name == h or name.startswith(h + ".") for h in homes):
+                problems.append(f"{name} imports {imported}")
+    assert not problems, "\n".join(sorted(problems))
