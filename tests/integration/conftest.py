@@ -1,4 +1,7 @@
-"""Shared fixtures for the integration tests: real rootfs, real runtime, as root."""
+"""The integration tests run as root on the rootfs `make prep` builds, or not at all. This
+conftest refuses to start without them, registers the fixtures of support/fixtures.py for every
+test here, and holds the runtime's fixtures (`rootfs`, `runtime`). The helpers themselves live
+in support/ (see support/__init__.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +18,11 @@ from lclusterd.runtime import userns
 from lclusterd.runtime.cgroups import detect
 from lclusterd.runtime.launcher import IdRanges, Launcher
 
-ROOTFS = os.environ.get("LCLUSTERD_TEST_ROOTFS", "/var/lib/lclusterd/rootfs")
-CGROUP_VERSION = detect().version
+# Before anything imports them: the helpers' asserts explain their failures as a test's do.
+pytest.register_assert_rewrite("support", "prime_stream")
+
+from support.host import CGROUP_VERSION, ROOTFS  # noqa: E402
+
 # Test ids say which cgroup driver ran and that it was the real one.
 DRIVER_ID = f"cgroup-v{CGROUP_VERSION}-real"
 
@@ -26,6 +32,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("the integration tests run as root (they create namespaces and cgroups)")
     if not os.path.isfile(os.path.join(ROOTFS, "bin", "busybox")):
         raise pytest.UsageError(f"no rootfs at {ROOTFS}: run `make prep` first")
+    # `pytest_plugins = ["support.fixtures"]` would say the same, but pytest refuses it in a
+    # conftest below the directory a run starts from (`make test` runs `pytest` on tests/).
+    config.pluginmanager.import_plugin("support.fixtures")
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cluster_fixtures import assert_stream_ended_once, etcd_prefix, etcd_records, nodes, prime_holder
-from test_cluster import check, until
-
 from lclient.client import JobsClient
 from lclusterd.rpc import lclusterd_pb2 as pb
+
+from support.etcd_readers import etcd_prefix, etcd_records, prime_holder
+from support.jobs import assert_stream_ended_once, check, nodes, until
 
 STREAM = 300
 KILL_AT = 100

@@ -1,5 +1,5 @@
 """The control plane for real: daemon restarts, etcd outages, crash reconcile, 200 jobs at once,
-and the embedded etcd. Each test has its own etcd and daemons (see cluster_fixtures)."""
+and the embedded etcd. Each test has its own etcd and daemons (the `cluster` fixture, support/)."""
 
 from __future__ import annotations
 
@@ -9,27 +9,14 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cluster_fixtures import LCLUSTERD, Cluster, Daemon, cluster, etcd, requires_root_and_rootfs  # noqa: F401 (fixtures)
-
 from lclient.client import JobsClient
 from lclusterd.cluster.store import Store
 from lclusterd.rpc import lclusterd_pb2 as pb
 
-pytestmark = requires_root_and_rootfs
+from support.jobs import add, check, until
+from support.processes import LCLUSTERD, Cluster, NodeProcess
 
 TERMINAL = {"EXITED", "KILLED", "OOM_KILLED", "TIMED_OUT", "FAILED", "CANCELLED", "LOST"}
-
-
-def check(daemon, job) -> dict:
-    result = daemon.lclient("-check", job, "-json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def add(daemon, command, *args) -> str:
-    result = daemon.lclient("-add", command, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def etcd_history(cluster, section: str, done) -> list[tuple[str, str]]:
@@ -59,17 +46,6 @@ def by_job(history: list[tuple[str, str]]) -> dict[str, list[str]]:
     for job, state in history:
         states.setdefault(job, []).append(state)
     return states
-
-
-def until(predicate, what: str, timeout: float = 20):
-    """Poll for a state the test cannot be told about (no timing assertion: the bound is generous)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_restart_keeps_history_and_logs(cluster):
@@ -257,7 +233,7 @@ def test_startup_errors_are_one_line_and_exit_3(cluster, tmp_path):
         (["--etcd", "http://127.0.0.1:1", "--etcd-wait", "0.5"], "lclusterd: ERROR etcd at http://127.0.0.1:1 is unavailable ("),
     ]
     for extra, start in cases:
-        d = Daemon(tmp_path / f"bad{len(extra[1])}", cluster.etcd.endpoint, cluster.prefix, "bad", extra)
+        d = NodeProcess(tmp_path / f"bad{len(extra[1])}", cluster.etcd.endpoint, cluster.prefix, "bad", extra)
         argv = d.argv()
         if extra[0] == "--etcd":  # drop the fixture's --etcd (the last two arguments)
             argv = argv[:-2]
@@ -269,7 +245,7 @@ def test_startup_errors_are_one_line_and_exit_3(cluster, tmp_path):
 
 def test_port_in_use_is_refused(cluster):
     first = cluster.daemon()
-    second = Daemon(first.dir.parent / "second", cluster.etcd.endpoint, cluster.prefix, "second")
+    second = NodeProcess(first.dir.parent / "second", cluster.etcd.endpoint, cluster.prefix, "second")
     second.port = first.port
     result = subprocess.run(second.argv(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 3

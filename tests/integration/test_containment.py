@@ -9,70 +9,60 @@ The runtime-level probes (marked v2vm) also run in the pure cgroup v2 VM (make t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import grpc
 import pytest
 
-from cluster_fixtures import Daemon, EtcdProcess, remove_cgroup_parent
-from conftest import CGROUP_VERSION
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 from lclusterd.runtime import bpf, channel, devices, userns
 from lclusterd.runtime.spec import RuntimeSpec
 
+from support.host import CGROUP_VERSION, remove_cgroup_parent
+from support.jobs import add, check, until
+from support.processes import NodeProcess
+
 NODE_MEMORY = 2 << 30
 MAX_PIDS = 2000
 
 
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    server = EtcdProcess(tmp_path_factory.mktemp("contain-etcd"))
-    server.start()
-    yield server
-    server.stop()
-
-
 def _node(tmp_path_factory, etcd, name: str, *extra: str):
     directory = tmp_path_factory.mktemp(name)
-    daemon = Daemon(directory, etcd.endpoint, f"/test-{name}", name,
-                    ["--memory", str(NODE_MEMORY), "--default-mem", "64M", "--max-pids", str(MAX_PIDS),
-                     "--max-log-size", "1M", *extra])
+    daemon = NodeProcess(directory, etcd.endpoint, f"/test-{name}", name,
+                         ["--memory", str(NODE_MEMORY), "--default-mem", "64M", "--max-pids", str(MAX_PIDS),
+                          "--max-log-size", "1M", *extra])
     daemon.start()
     return daemon
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory, etcd):
+def node(tmp_path_factory, module_etcd):
     """A node with its defaults but small ceilings: jobs in user namespaces of their own."""
-    daemon = _node(tmp_path_factory, etcd, "contain")
+    daemon = _node(tmp_path_factory, module_etcd, "contain")
     yield daemon
     assert daemon.stop() == 0
     remove_cgroup_parent(daemon.name)
 
 
 @pytest.fixture(scope="module")
-def root_node(tmp_path_factory, etcd):
+def root_node(tmp_path_factory, module_etcd):
     """The same with --userns off: a job's root is the host's root."""
-    daemon = _node(tmp_path_factory, etcd, "contain-nouserns", "--userns", "off")
+    daemon = _node(tmp_path_factory, module_etcd, "contain-nouserns", "--userns", "off")
     yield daemon
     assert daemon.stop() == 0
     remove_cgroup_parent(daemon.name)
 
 
-def run_job(daemon: Daemon, command: str, *args: str) -> tuple[dict, str, str]:
+def run_job(daemon: NodeProcess, command: str, *args: str) -> tuple[dict, str, str]:
     """Add a job, wait for it; its record (-check -json), stdout and stderr."""
-    added = daemon.lclient("-add", command, *args)
-    assert added.returncode == 0, added.stderr
-    job = added.stdout.strip()
+    job = add(daemon, command, *args)
     daemon.lclient("-wait", job, timeout=120)
-    record = json.loads(daemon.lclient("-check", job, "-json").stdout)
+    record = check(daemon, job)
     out = Path(daemon.state_dir, "logs", f"{job}.out").read_text(errors="replace")
     err = Path(daemon.state_dir, "logs", f"{job}.err").read_text(errors="replace")
     return record, out, err
@@ -138,7 +128,8 @@ def test_runtime_every_job_is_under_the_nodes_device_rules(runtime, rootfs):
     job = RuntimeSpec.shell(uuid.uuid4().hex, "sleep 30", rootfs)
     runtime.launcher.submit(job)
     try:
-        pid = next(int(p) for p in _wait_for(lambda: runtime.launcher.running() and _procs_of(runtime, job.job_id)))
+        procs = until(lambda: runtime.launcher.running() and _procs_of(runtime, job.job_id), "the job in its cgroup", timeout=5)
+        pid = next(int(p) for p in procs)
         if CGROUP_VERSION == 1:  # the devices controller of the node's parent, deny-all and the allow-list
             member = next(line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":devices:" in line)
             assert member.endswith(f":/{runtime.cgroup_parent}")
@@ -158,15 +149,6 @@ def _procs_of(runtime, job_id: str) -> list[str]:
     return procs.read_text().split() if procs.exists() else []
 
 
-def _wait_for(probe, tries: int = 500):
-    for _ in range(tries):
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.01)
-    raise AssertionError("timed out waiting")
-
-
 # -- who a job's root is ------------------------------------------------------------------
 
 def host_ids(pid: int) -> tuple[list[int], list[int]]:
@@ -179,13 +161,8 @@ def host_ids(pid: int) -> tuple[list[int], list[int]]:
 def test_a_jobs_root_is_an_unprivileged_uid_on_the_host(node, root_node):
     ranges = userns.subordinate_ranges()
     for daemon, inside_range in ((node, True), (root_node, False)):
-        job = daemon.lclient("-add", "id -u > /tmp/x; sleep 30").stdout.strip()
-        record = {}
-        for _ in range(100):
-            record = json.loads(daemon.lclient("-check", job, "-json").stdout)
-            if record["host_pid"]:
-                break
-        uids, gids = host_ids(record["host_pid"])
+        job = add(daemon, "id -u > /tmp/x; sleep 30")
+        uids, gids = host_ids(until(lambda: check(daemon, job)["host_pid"], "the job to run", timeout=30))
         if inside_range:
             assert len(set(uids)) == 1 and ranges.uids.start <= uids[0] < ranges.uids.start + ranges.uids.count, uids
             assert len(set(gids)) == 1 and ranges.gids.start <= gids[0] < ranges.gids.start + ranges.gids.count, gids
@@ -196,14 +173,8 @@ def test_a_jobs_root_is_an_unprivileged_uid_on_the_host(node, root_node):
 
 
 def test_two_jobs_at_once_are_two_different_host_uids(node):
-    jobs = [node.lclient("-add", "sleep 30").stdout.strip() for _ in range(2)]
-    pids = []
-    for job in jobs:
-        for _ in range(100):
-            pid = json.loads(node.lclient("-check", job, "-json").stdout)["host_pid"]
-            if pid:
-                pids.append(pid)
-                break
+    jobs = [add(node, "sleep 30") for _ in range(2)]
+    pids = [until(lambda: check(node, job)["host_pid"], "the job to run", timeout=30) for job in jobs]
     assert len({host_ids(pid)[0][0] for pid in pids}) == 2
     for job in jobs:
         node.lclient("-kill", job)
@@ -292,7 +263,7 @@ def test_a_job_without_mem_gets_the_nodes_default_and_its_disk_fills_at_half(nod
     assert record["state"] == "OOM_KILLED"
 
 
-def parent_cgroup_file(node: Daemon, controller: str, name: str) -> str:
+def parent_cgroup_file(node: NodeProcess, controller: str, name: str) -> str:
     base = Path("/sys/fs/cgroup")
     path = base / "lclusterd" / node.name / name if CGROUP_VERSION == 2 else base / controller / "lclusterd" / node.name / name
     return path.read_text().strip()

@@ -13,23 +13,10 @@ import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-import pytest
-from cluster_fixtures import (Cluster, etcd_cluster, etcd_prefix, etcd_records, nodes, pid_alive,  # noqa: F401 (fixtures)
-                              ran_on, requires_root_and_rootfs)
 from prime_stream import stream_with_prime_killed
-from test_cluster import add, check, until
 
-pytestmark = requires_root_and_rootfs
-
-
-@pytest.fixture
-def cluster3(tmp_path, etcd_cluster):
-    """Daemons on the 3-member etcd cluster; stopped (before etcd) at teardown."""
-    c = Cluster(tmp_path, etcd_cluster)
-    try:
-        yield c
-    finally:
-        c.close()
+from support.etcd_readers import etcd_prefix, etcd_records
+from support.jobs import add, check, nodes, pid_alive, ran_on, until
 
 
 def test_one_etcd_member_killed_while_jobs_are_added_no_request_fails(cluster3):

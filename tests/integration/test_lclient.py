@@ -11,43 +11,33 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cluster_fixtures import Daemon, EtcdProcess, free_port, remove_cgroup_parent, requires_root_and_rootfs, run_lclient
-
-pytestmark = requires_root_and_rootfs
+from support.host import remove_cgroup_parent
+from support.jobs import add, check
+from support.processes import NodeProcess, free_port, run_lclient
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("lclient")
-    server = EtcdProcess(directory)
-    server.start()
-    daemon = Daemon(directory / "node", server.endpoint, "/test-lclient", "node1", ["--capacity", "64"])
+def node(tmp_path_factory, module_etcd):
+    daemon = NodeProcess(tmp_path_factory.mktemp("lclient") / "node", module_etcd.endpoint, "/test-lclient", "node1",
+                         ["--capacity", "64"])
     daemon.start()
     yield daemon
     daemon.stop()
-    server.stop()
     remove_cgroup_parent(daemon.name)
 
 
-def add(node, *args) -> str:
-    result = node.lclient("-add", *args)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    return result.stdout.strip()
-
-
 def test_add_prints_uuid_alone_then_check_wait_and_logs(node):
-    job = add(node, "echo out; echo err >&2; exit 3")
+    job = add(node, "echo out; echo err >&2; exit 3", quiet=True)
     assert len(job) == 32 and int(job, 16) >= 0
 
     waited = node.lclient("-wait", job)
     assert waited.returncode == 3
     assert waited.stdout == ""
 
-    check = node.lclient("-check", job)
-    assert check.returncode == 0
-    assert "state:       EXITED (exit code 3)" in check.stdout
-    assert "node:        node1" in check.stdout
+    checked = node.lclient("-check", job)
+    assert checked.returncode == 0
+    assert "state:       EXITED (exit code 3)" in checked.stdout
+    assert "node:        node1" in checked.stdout
 
     logs = node.lclient("-logs", job)
     assert (logs.returncode, logs.stdout, logs.stderr) == (0, "out\n", "err\n")
@@ -61,16 +51,16 @@ def test_add_forms_and_wait_with_add(node):
 
 
 def test_check_accepts_the_dashed_uuid(node):
-    job = add(node, "true")
+    job = add(node, "true", quiet=True)
     dashed = f"{job[:8]}-{job[8:12]}-{job[12:16]}-{job[16:20]}-{job[20:]}"
     result = node.lclient("-check", dashed.upper())
     assert result.returncode == 0 and job in result.stdout
 
 
 def test_check_json_is_stable(node):
-    job = add(node, "exit 0", "-mem", "64M", "-cpus", "0.5", "-pids", "32", "-timeout", "30s", "-env", "A=1")
+    job = add(node, "exit 0", "-mem", "64M", "-cpus", "0.5", "-pids", "32", "-timeout", "30s", "-env", "A=1", quiet=True)
     assert node.lclient("-wait", job).returncode == 0
-    data = json.loads(node.lclient("-check", job, "-json").stdout)
+    data = check(node, job)
     assert data["schema_version"] == 1
     assert (data["id"], data["state"], data["exit_code"], data["node"]) == (job, "EXITED", 0, "node1")
     assert data["limits"] == {"memory_bytes": 64 << 20, "cpus": 0.5, "pids": 32, "timeout_seconds": 30.0}
@@ -79,13 +69,13 @@ def test_check_json_is_stable(node):
 def test_env_and_stdin_reach_the_job(node, tmp_path):
     data = tmp_path / "in.txt"
     data.write_text("from stdin\n")
-    job = add(node, 'echo "$GREETING"; cat', "-env", "GREETING=hello", "-stdin", str(data))
+    job = add(node, 'echo "$GREETING"; cat', "-env", "GREETING=hello", "-stdin", str(data), quiet=True)
     assert node.lclient("-wait", job).returncode == 0
     assert node.lclient("-logs", job).stdout == "hello\nfrom stdin\n"
 
 
 def test_kill_running_job(node):
-    job = add(node, "echo started; sleep 300")
+    job = add(node, "echo started; sleep 300", quiet=True)
     result = node.lclient("-kill", job)
     assert result.returncode == 0
     assert result.stdout.startswith(job)
@@ -98,7 +88,7 @@ def test_kill_running_job(node):
 
 
 def test_logs_follow_streams_until_the_job_ends(node):
-    job = add(node, "for i in 1 2 3; do echo line $i; sleep 0.2; done")
+    job = add(node, "for i in 1 2 3; do echo line $i; sleep 0.2; done", quiet=True)
     result = node.lclient("-logs", job, "-follow")
     assert (result.returncode, result.stdout) == (0, "line 1\nline 2\nline 3\n")
 
@@ -115,14 +105,14 @@ def test_add_follow_runs_the_job_with_its_output_streamed_and_its_status(node):
 
 
 def test_timeout_gives_timed_out_and_124(node):
-    job = add(node, "sleep 30", "-timeout", "0.3s")
+    job = add(node, "sleep 30", "-timeout", "0.3s", quiet=True)
     waited = node.lclient("-wait", job)
     assert waited.returncode == 124
     assert node.lclient("-check", job, "-json").stdout.count('"state": "TIMED_OUT"') == 1
 
 
 def test_wait_timeout_exits_124(node):
-    job = add(node, "sleep 30")
+    job = add(node, "sleep 30", quiet=True)
     waited = node.lclient("-wait", job, "-timeout", "0.2s")
     assert waited.returncode == 124
     assert waited.stderr.startswith(f"lclient: job {job} is still ")
@@ -138,12 +128,12 @@ def test_a_command_not_found_in_the_rootfs_is_explained(node):
         assert waited.stderr.count("\n") == 1 and waited.stderr.startswith(
             f"lclient: job {job} ended EXITED (exit code 127): the job's shell could not find a command in the rootfs (")
         assert said in waited.stderr
-        check = json.loads(node.lclient("-check", job, "-json").stdout)
-        assert (check["state"], check["exit_code"]) == ("EXITED", 127) and said in check["error"]
+        record = check(node, job)
+        assert (record["state"], record["exit_code"]) == ("EXITED", 127) and said in record["error"]
 
 
 def test_list_and_nodes(node):
-    job = add(node, "true")
+    job = add(node, "true", quiet=True)
     node.lclient("-wait", job)
     listing = node.lclient("-list")
     assert listing.returncode == 0

@@ -3,7 +3,7 @@ killed during a stream of 300 jobs (failover time printed), a node paused past i
 resumed (fenced), drain and undrain, -nodes, logs read through any node, and -all-nodes pools. Every test reads the final state twice: with
 lclient and with the official etcdctl (an independent reader of the keys).
 
-The daemons run with --lease-ttl 2 (cluster_fixtures), so a dead node is noticed in seconds.
+The daemons run with --lease-ttl 2 (support.processes.NodeProcess), so a dead node is noticed in seconds.
 Nothing here asserts a duration: each wait is for a condition, with a generous deadline.
 """
 
@@ -14,16 +14,14 @@ import signal
 import subprocess
 
 import pytest
-from cluster_fixtures import (cluster, etcd, etcd_prefix, etcd_records, nodes, pid_alive,  # noqa: F401 (fixtures)
-                              ran_on, requires_root_and_rootfs)
 from prime_stream import stream_with_prime_killed
-from test_cluster import add, check, until
 
 from lclient import errors
 from lclient.client import JobsClient
 from lclusterd.rpc import lclusterd_pb2 as pb
 
-pytestmark = requires_root_and_rootfs
+from support.etcd_readers import etcd_prefix, etcd_records
+from support.jobs import add, check, nodes, pid_alive, ran_on, until
 
 
 def test_killed_worker_jobs_are_lost_and_retried_only_when_allowed(cluster):

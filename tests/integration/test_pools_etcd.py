@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from cluster_fixtures import etcd  # noqa: F401 (fixture)
 
 from lclusterd.cluster import pools as pools_module
 from lclusterd.cluster.jobs import Jobs

@@ -12,35 +12,14 @@ import time
 import uuid
 from pathlib import Path
 
-from cluster_fixtures import cluster, etcd, etcd_prefix, etcd_records, etcdctl  # noqa: F401 (fixtures)
-
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.store import Store
 
+from support.etcd_readers import etcd_prefix, etcd_records, etcdctl
+from support.jobs import add, check, until
+
 KEEP = ["--keep", "2s"]
-
-
-def until(predicate, what: str, timeout: float = 30):
-    """Poll for a state the test cannot be told about (no timing assertion: the bound is generous)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def add(daemon, *args: str) -> str:
-    result = daemon.lclient("-add", *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
-def state(daemon, job: str) -> str:
-    result = daemon.lclient("-check", job, "-json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["state"]
+WAIT = 30  # seconds: the bound of every wait here (until's default is 20)
 
 
 def log_files(daemon, job: str) -> list[Path]:
@@ -67,7 +46,7 @@ def compacted(cluster, revision: int, key: str) -> bool:
 def test_an_ended_job_goes_with_its_logs_and_lclient_says_so_running_and_queued_stay(cluster):
     node = cluster.daemon("keep-a", extra=KEEP)
     sleeper = add(node, "sleep 600")
-    until(lambda: state(node, sleeper) == "RUNNING", "the sleep job to run")
+    until(lambda: check(node, sleeper)["state"] == "RUNNING", "the sleep job to run", timeout=WAIT)
     make_old(log_files(node, sleeper))  # silent for an hour: still running, so kept
     queued = add(node, "true", "-node", "keep-nowhere")  # no such node: stays QUEUED
     job = add(node, "echo out; echo err >&2")
@@ -77,11 +56,11 @@ def test_an_ended_job_goes_with_its_logs_and_lclient_says_so_running_and_queued_
     assert ended_key in etcd_prefix(cluster, "ended")  # written with the terminal record
     assert len(log_files(node, job)) == 2
 
-    until(lambda: job not in etcd_records(cluster), "the ended job's record to be removed")
+    until(lambda: job not in etcd_records(cluster), "the ended job's record to be removed", timeout=WAIT)
     assert ended_key not in etcd_prefix(cluster, "ended")
     stone = json.loads(etcd_prefix(cluster, "removed")[f"{cluster.prefix}/removed/{job}"])
     assert stone["finished_at"] == Keys(cluster.prefix).ended_parts(ended_key)[0] and stone["keep"] == 2  # (in ms)
-    until(lambda: not log_files(node, job), "the ended job's log files to be removed")
+    until(lambda: not log_files(node, job), "the ended job's log files to be removed", timeout=WAIT)
 
     line = re.compile(rf"lclient: job {job} was removed by retention at \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d "
                       rf"\(it ended at \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d; ended jobs are kept for 2s, --keep\)\n")
@@ -94,7 +73,7 @@ def test_an_ended_job_goes_with_its_logs_and_lclient_says_so_running_and_queued_
 
     # the log sweep has run since the sleep job's files were made old, and the prime's passes
     # since the queued job was added: both jobs are untouched
-    assert (state(node, sleeper), state(node, queued)) == ("RUNNING", "QUEUED")
+    assert (check(node, sleeper)["state"], check(node, queued)["state"]) == ("RUNNING", "QUEUED")
     assert len(log_files(node, sleeper)) == 2 and {sleeper, queued} <= set(etcd_records(cluster))
     assert node.lclient("-kill", sleeper).returncode == 0 and node.lclient("-kill", queued).returncode == 0
     assert node.lclient("-wait", sleeper).returncode != 0
@@ -104,7 +83,8 @@ def test_a_pool_goes_with_its_last_member(cluster):
     node = cluster.daemon("keep-c", extra=KEEP)
     pool = add(node, "true", "-all-nodes")
     assert node.lclient("-wait", pool).returncode == 0
-    until(lambda: f"{cluster.prefix}/pools/{pool}" not in etcd_prefix(cluster, "pools"), "the pool record to be removed")
+    until(lambda: f"{cluster.prefix}/pools/{pool}" not in etcd_prefix(cluster, "pools"), "the pool record to be removed",
+          timeout=WAIT)
     assert not [r for r in etcd_records(cluster).values() if r.get("pool") == pool]
     result = node.lclient("-check", pool)
     assert result.returncode == 1 and result.stderr.startswith(f"lclient: pool {pool} was removed by retention at "), result.stderr
@@ -131,7 +111,7 @@ def test_history_is_compacted_and_the_daemon_watches_survive_it(cluster):
     assert etcdctl(cluster.etcd.endpoint, "get", f"--rev={old}", prime_key).returncode == 0
     first = add(node, "echo first")
     assert node.lclient("-wait", first).returncode == 0  # writes: the revision moves past `old`
-    until(lambda: compacted(cluster, old, prime_key), "etcd's history to be compacted past the daemon's start")
+    until(lambda: compacted(cluster, old, prime_key), "etcd's history to be compacted past the daemon's start", timeout=WAIT)
     after = add(node, "echo after")
     assert node.lclient("-wait", after).returncode == 0 and node.lclient("-logs", after).stdout == "after\n"
 
@@ -139,14 +119,14 @@ def test_history_is_compacted_and_the_daemon_watches_survive_it(cluster):
     # move etcd's revision past the point the daemon's watch stream has delivered. Once that is
     # compacted, a restart of etcd makes the stream resume from a compacted revision, and every
     # watch re-reads (on_resync) instead of failing for good.
-    until(lambda: not etcd_records(cluster), "both jobs to be removed")
+    until(lambda: not etcd_records(cluster), "both jobs to be removed", timeout=WAIT)
     for i in range(5):
         assert etcdctl(cluster.etcd.endpoint, "put", f"/elsewhere-{cluster.prefix[1:]}/{i}", "x").returncode == 0
     outside = revision_of(cluster, prime_key)
-    until(lambda: compacted(cluster, outside - 1, prime_key), "the outside writes to be compacted")
+    until(lambda: compacted(cluster, outside - 1, prime_key), "the outside writes to be compacted", timeout=WAIT)
     cluster.etcd.stop()
     cluster.etcd.start()
-    until(lambda: "history compacted" in node.log(), "the daemon's watch to meet the compaction")
+    until(lambda: "history compacted" in node.log(), "the daemon's watch to meet the compaction", timeout=WAIT)
     again = add(node, "echo again")
     result = node.lclient("-wait", again)
     assert result.returncode == 0, result.stderr

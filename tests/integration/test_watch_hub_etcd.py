@@ -9,7 +9,6 @@ import threading
 import uuid
 
 import pytest
-from cluster_fixtures import etcd  # noqa: F401 (fixture)
 
 from lclusterd.cluster.kv import Event
 from lclusterd.cluster.store import Store

@@ -1,0 +1,36 @@
+"""etcd read with the official etcdctl, an independent reader of what the daemons wrote.
+
+`cluster` is anything with `.etcd` (an EtcdProcess or an EtcdCluster) and `.prefix`, such as a
+processes.Cluster; reads go to the members that are up.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+
+
+def etcdctl(endpoints: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["etcdctl", "--endpoints", endpoints, "--command-timeout", "5s", *args],
+                          capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=timeout)
+
+
+def etcd_prefix(cluster, section: str) -> dict[str, bytes]:
+    """Every key under <prefix>/<section>/ (key -> value), read from the members that are up."""
+    result = etcdctl(cluster.etcd.live_endpoints(), "get", "--prefix", f"{cluster.prefix}/{section}/", "-w", "json")
+    assert result.returncode == 0, result.stderr
+    return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", ""))
+            for kv in json.loads(result.stdout).get("kvs", [])}
+
+
+def etcd_records(cluster) -> dict[str, dict]:
+    """Every job record, by job id."""
+    return {key.rsplit("/", 1)[1]: json.loads(value) for key, value in etcd_prefix(cluster, "jobs").items()}
+
+
+def prime_holder(cluster) -> str | None:
+    """The name of the node that holds the prime key, or None (none does, or etcd did not answer)."""
+    result = etcdctl(cluster.etcd.live_endpoints(), "get", f"{cluster.prefix}/prime", "--print-value-only")
+    return result.stdout.strip() or None if result.returncode == 0 else None
