@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from cluster_fixtures import Daemon, EtcdProcess, remove_cgroup_parent  # noqa: E402
+from support.host import remove_cgroup_parent  # noqa: E402  (the tests' process helpers)
+from support.processes import EtcdProcess, NodeProcess  # noqa: E402
 
 from bench.slurm import SlurmError, one_node_slurm  # noqa: E402
 from lclient.client import JobsClient  # noqa: E402
@@ -95,7 +96,7 @@ def throughput(client: JobsClient, store: Store, n: int) -> tuple[float, float, 
     return n / makespan, makespan, txns
 
 
-def rss_with_running(client: JobsClient, daemon: Daemon, n: int) -> tuple[float, float, int]:
+def rss_with_running(client: JobsClient, daemon: NodeProcess, n: int) -> tuple[float, float, int]:
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(lambda _: client.add(pb.JobSpec(command="sleep 120")).id, range(n)))
     deadline = time.monotonic() + 120
@@ -181,7 +182,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=STATE_PARENT))
     etcd = EtcdProcess(work)
     etcd.start()
-    daemon = Daemon(work / "node", etcd.endpoint, "/bench", "bench", ["--capacity", str(max(args.rss_jobs + 50, 256)), "--log-level", "warning"])
+    daemon = NodeProcess(work / "node", etcd.endpoint, "/bench", "bench", ["--capacity", str(max(args.rss_jobs + 50, 256)), "--log-level", "warning"])
     daemon.start()
     store = Store(etcd.endpoint)
     rows = []

@@ -3,7 +3,7 @@
 Small functions only; bench/runtime.py does the timing and the table. Every call sends
 the tool's stdio to files or /dev/null, never to a pipe: runc hands its stdio to the
 container's init, and a caller reading runc's stderr through a pipe hangs until the
-container ends (see ../shared/PEERS.md).
+container ends.
 """
 
 from __future__ import annotations

@@ -30,15 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from cluster_fixtures import EtcdProcess  # noqa: E402
+from support.processes import EtcdProcess  # noqa: E402  (the tests' etcd helper)
 
 from lclusterd.cluster.jobs import Jobs  # noqa: E402
 from lclusterd.cluster.keys import Keys  # noqa: E402
 from lclusterd.cluster.scheduler import Scheduler  # noqa: E402
 from lclusterd.cluster.kv import Put
 from lclusterd.cluster.store import Store  # noqa: E402
-from lclusterd.cluster.watch import Callbacks
-from lclusterd.model import ASSIGNED, EXITED, RUNNING, JobRecord, JobSpec, NodeInfo  # noqa: E402
+from lclusterd.cluster.watch import Callbacks, Watches
+from lclusterd.model import ASSIGNED, EXITED, RUNNING, JobRecord, JobSpec, NodeInfo, new_job_id  # noqa: E402
 
 
 class CountingStore(Store):
@@ -72,7 +72,8 @@ class Fleet:
         self._writer = threading.Thread(target=self._write, daemon=True)
 
     def start(self, start_revision: int) -> None:
-        self._watch = self.store.watch(self.keys.assign_all_prefix, start_revision, Callbacks(self._events, self.store.revision), "fleet")
+        self._watch = Watches(self.store).watch(self.keys.assign_all_prefix, start_revision,
+                                                Callbacks(self._events, self.store.revision), "fleet")
         self._writer.start()
 
     def _events(self, events) -> None:
@@ -116,13 +117,14 @@ def run_one(endpoint: str, n_nodes: int, n_jobs: int) -> dict:
         store.txn([], [Put(keys.node(n), NodeInfo(n, f"sim:{i}", capacity, memory_bytes=64 << 30).to_bytes(), lease)
                        for i, n in enumerate(names[start:start + 60], start)])
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda _: jobs.add(JobSpec("true")), range(n_jobs)))
+        list(pool.map(lambda _: jobs.add(JobRecord(id=new_job_id(), spec=JobSpec("true"), created_at=time.time())),
+                      range(n_jobs)))
     fleet = Fleet(store, keys, jobs)
     fleet.target = n_jobs
     rev0, writes0 = store.revision(), store.key_writes
     fleet.start(rev0 + 1)
     prime_rev = store.txn([], [Put(keys.prime, names[0].encode(), lease)]).revision
-    scheduler = Scheduler(store, keys, jobs, names[0])
+    scheduler = Scheduler(store, Watches(store), keys, jobs, names[0])
     t0 = time.perf_counter()
     scheduler.start(prime_rev)
     finished = fleet.all_done.wait(300)

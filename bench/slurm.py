@@ -12,7 +12,8 @@ log files. The daemons run in the foreground as our child processes and are stop
 on exit the directory is removed, and slurmstepd processes started for this cluster and the
 cgroups Slurm made (there were none before) are cleaned up too.
 
-Configuration as in shared/PEERS.md, with Slurm's best queue setting there,
+A one-node configuration (munge authentication, cgroup process tracking, backfill, cons_tres
+by core, oversubscription allowed) with Slurm's fastest queue setting measured here,
 SchedulerParameters=batch_sched_delay=0. jobcomp/filetxt records each finished job so a
 benchmark can check that all of them completed (with step_errors(): Slurm records a job
 whose step could not start as COMPLETED too).

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lclient.client import JobsClient
 from lclusterd.cluster.store import Store
+from lclusterd.cluster.watch import Watches
 from lclusterd.rpc import lclusterd_pb2 as pb
 
 from support.jobs import add, check, until
@@ -33,7 +34,7 @@ def etcd_history(cluster, section: str, done) -> list[tuple[str, str]]:
             def on_resync(self):
                 raise AssertionError("history compacted")
 
-        watch = store.watch(f"{cluster.prefix}/{section}/", 1, Collect())
+        watch = Watches(store).watch(f"{cluster.prefix}/{section}/", 1, Collect())
         until(lambda: done(list(seen)), f"the {section}/ history to be read")
         watch.stop()
     finally:

@@ -12,7 +12,7 @@ import pytest
 
 from lclusterd.cluster.kv import Event
 from lclusterd.cluster.store import Store
-from lclusterd.cluster.watch import Callbacks, SharedWatch, Watch
+from lclusterd.cluster.watch import Callbacks, SharedWatch, Watch, Watches
 
 
 class Collected:
@@ -47,14 +47,21 @@ def store(etcd):
     s.close()
 
 
-def test_watches_under_the_shared_prefix_share_one_stream(store):
+@pytest.fixture
+def watches(store):
+    w = Watches(store)
+    yield w
+    w.stop()
+
+
+def test_watches_under_the_shared_prefix_share_one_stream(store, watches):
     root = f"/hub-{uuid.uuid4().hex[:8]}/"
-    store.share_watches(root)
+    watches.share(root)
     a, b, other = Collected(store, root + "a/"), Collected(store, root + "b/"), Collected(store, "/elsewhere-" + root[1:])
     start = store.revision() + 1
-    shares = [store.watch(root + "a/", start, Callbacks(a.on_events, a.on_resync)),
-              store.watch(root + "b/", start, Callbacks(b.on_events, b.on_resync))]
-    own = store.watch(other.prefix, start, Callbacks(other.on_events, other.on_resync))
+    shares = [watches.watch(root + "a/", start, Callbacks(a.on_events, a.on_resync)),
+              watches.watch(root + "b/", start, Callbacks(b.on_events, b.on_resync))]
+    own = watches.watch(other.prefix, start, Callbacks(other.on_events, other.on_resync))
     assert all(isinstance(s, SharedWatch) for s in shares) and isinstance(own, Watch)
     for key in ("a/1", "b/1", "a/2"):
         store.put(root + key, b"x")
@@ -66,7 +73,7 @@ def test_watches_under_the_shared_prefix_share_one_stream(store):
 
     # joins with a start revision the stream has passed: re-read, then only what is new
     late = Collected(store, root + "a/")
-    store.watch(root + "a/", start, Callbacks(late.on_events, late.on_resync))
+    watches.watch(root + "a/", start, Callbacks(late.on_events, late.on_resync))
     assert late.resyncs == 1 and late.keys == ["1", "2"]
     store.put(root + "a/3", b"x")
     late.wait_for(["1", "2", "3"])
@@ -80,13 +87,13 @@ def test_watches_under_the_shared_prefix_share_one_stream(store):
     own.stop()
 
 
-def test_watches_resume_through_a_re_read_once_their_history_is_compacted(store, etcd):
+def test_watches_resume_through_a_re_read_once_their_history_is_compacted(store, watches, etcd):
     root = f"/hub-{uuid.uuid4().hex[:8]}/"
-    store.share_watches(root)
+    watches.share(root)
     shared, alone = Collected(store, root + "a/"), Collected(store, "/alone-" + root[1:])
     start = store.revision() + 1
-    watches = [store.watch(shared.prefix, start, Callbacks(shared.on_events, shared.on_resync)),
-               store.watch(alone.prefix, start, Callbacks(alone.on_events, alone.on_resync))]
+    watches = [watches.watch(shared.prefix, start, Callbacks(shared.on_events, shared.on_resync)),
+               watches.watch(alone.prefix, start, Callbacks(alone.on_events, alone.on_resync))]
     store.put(shared.prefix + "1", b"x")
     store.put(alone.prefix + "1", b"x")
     shared.wait_for(["1"])
