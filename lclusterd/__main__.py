@@ -116,6 +116,10 @@ def drain_main(argv: list[str]) -> int:
 def main() -> None:
     if sys.argv[1:2] in (["drain"], ["undrain"]):
         sys.exit(drain_main(sys.argv[1:]))
+    if sys.argv[1:2] == ["certs"]:
+        from lclusterd.certs_cli import main as certs_main  # only this command needs cryptography
+
+        sys.exit(certs_main(sys.argv[2:]))
     if os.geteuid() != 0 and not {"-h", "--help", "--version"} & set(sys.argv[1:]):
         click.echo("lclusterd: must run as root (it creates namespaces, cgroups and mounts)", err=True)
         sys.exit(3)

@@ -1,0 +1,172 @@
+"""Certificates for mutual TLS: a cluster CA, node certificates and user certificates.
+
+Every certificate names its holder (subject CN) and its role (subject OU): "node" for a
+node (it serves clients and calls other nodes, so it may act as server and as client),
+"user" for a person or program that submits jobs, "admin" for one who may act on every
+job and on the nodes. The CA signs them all; a listener with `--tls-dir` trusts exactly
+that CA. Keys are ECDSA P-256, written 0600; certificates are PEM.
+
+    DIR/ca.pem, DIR/ca-key.pem         the cluster CA (keep ca-key.pem off the nodes)
+    DIR/NAME.pem, DIR/NAME-key.pem     a node's or a user's certificate and key
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+NODE, USER, ADMIN = "node", "user", "admin"
+ROLES = (NODE, USER, ADMIN)
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+CA_DAYS = 3650
+DAYS = 365
+
+
+class CertError(Exception):
+    """A certificate cannot be made or read; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who a certificate names: its subject's CN and OU."""
+
+    name: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
+
+
+def init_ca(directory: str | Path, days: int = CA_DAYS, force: bool = False) -> list[Path]:
+    """Make a new cluster CA in `directory`; the files written."""
+    directory = Path(directory)
+    paths = [directory / "ca.pem", directory / "ca-key.pem"]
+    _refuse_overwrite(paths, force)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lclusterd"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, f"lclusterd CA {os.urandom(4).hex()}")])
+    builder = _builder(subject, subject, key.public_key(), days)
+    builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+    builder = builder.add_extension(_key_usage(cert_sign=True), critical=True)
+    cert = builder.sign(key, hashes.SHA256())
+    _write(directory, paths, cert, key)
+    return paths
+
+
+def issue(directory: str | Path, name: str, role: str, hosts: tuple[str, ...] = (), days: int = DAYS,
+          force: bool = False) -> list[Path]:
+    """A certificate for `name` in `role`, signed by the CA in `directory`; the files written.
+    `hosts`: the names and addresses a node is reached at (its certificate's SANs)."""
+    if not NAME.match(name or ""):
+        raise CertError(f"invalid name {name!r}: letters, digits, '.', '_' or '-' (at most 63)")
+    if role not in ROLES:
+        raise CertError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+    directory = Path(directory)
+    ca_cert, ca_key = load_ca(directory)
+    paths = [directory / f"{name}.pem", directory / f"{name}-key.pem"]
+    _refuse_overwrite(paths, force)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lclusterd"),
+                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+                         x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = _builder(subject, ca_cert.subject, key.public_key(), days)
+    builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    builder = builder.add_extension(_key_usage(cert_sign=False), critical=True)
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if role == NODE else [])
+    builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if role == NODE:
+        builder = builder.add_extension(x509.SubjectAlternativeName(_alt_names((name, *hosts))), critical=False)
+    _write(directory, paths, builder.sign(ca_key, hashes.SHA256()), key)
+    return paths
+
+
+def load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+        key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), password=None)
+    except FileNotFoundError as missing:
+        raise CertError(f"no CA in {directory} ({Path(missing.filename).name} is missing): "
+                        f"make one with `lclusterd certs init {directory}`") from None
+    except ValueError as bad:
+        raise CertError(f"cannot read the CA in {directory}: {bad}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertError(f"the CA key in {directory} is not an ECDSA key")
+    return cert, key
+
+
+def holder_of(cert_pem: bytes) -> Holder:
+    """The holder a (verified) certificate names; CertError if it names none."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as bad:
+        raise CertError(f"unreadable certificate: {bad}") from None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    roles = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if len(names) != 1 or len(roles) != 1 or roles[0].value not in ROLES:
+        raise CertError("the certificate names no lclusterd holder (CN) and role (OU)")
+    return Holder(str(names[0].value), str(roles[0].value))
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key, days: int) -> x509.CertificateBuilder:
+    if not 1 <= days <= 36500:
+        raise CertError(f"--days must be between 1 and 36500, not {days}")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))  # clocks of two hosts differ a little
+            .not_valid_after(now + datetime.timedelta(days=days)))
+
+
+def _key_usage(cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=not cert_sign, content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=not cert_sign, key_cert_sign=cert_sign,
+                         crl_sign=cert_sign, encipher_only=False, decipher_only=False)
+
+
+def _alt_names(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys(hosts):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def _refuse_overwrite(paths: list[Path], force: bool) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        raise CertError(f"{existing[0]} exists already (use --force to replace it)")
+
+
+def _write(directory: Path, paths: list[Path], cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        _write_file(paths[1], key_pem, 0o600)
+        _write_file(paths[0], cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    except OSError as error:
+        raise CertError(f"cannot write to {directory}: {error.strerror}") from None
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write through a new file, created with its final mode (a key is never readable by others)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
