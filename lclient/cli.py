@@ -7,6 +7,8 @@ and `-add 'cmd' -all-nodes` pools (whose uuid -check, -wait and -kill take). One
     1   the job failed, was not found, or cannot be changed (kill of a finished job)
     2   usage error or invalid input (malformed uuid, empty command, bad limit value)
     3   lclusterd unreachable, or etcd unavailable behind it
+    4   refused: not known to the node (no or a bad certificate, not in the group lclusterd),
+        or not yours to do (another user's job, -drain/-undrain without being an admin)
     124 -wait timed out (and a job that ended TIMED_OUT)
 """
 
@@ -19,7 +21,7 @@ from typing import Callable
 import click
 
 from lclient import errors
-from lclient.client import SERVER_ENV, JobsClient, default_server
+from lclient.client import SERVER_ENV, TLS_DIR_ENV, USER_ENV, JobsClient, Target
 from lclient.format import dumps, job_json, job_text, jobs_table, members_table, node_json, nodes_table, outcome
 from lclient.units import parse_count, parse_cpus, parse_duration, parse_memory
 from lclusterd.rpc import lclusterd_pb2 as pb
@@ -27,7 +29,7 @@ from lclusterd.rpc import lclusterd_pb2 as pb
 ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain")
 _WAIT_FOR_ADDED = "\0added"  # -wait given with no uuid: wait for the job this call adds
 
-ClientFactory = Callable[[str], JobsClient]
+ClientFactory = Callable[[Target], JobsClient]
 
 
 def job_exit_status(job: pb.Job) -> int:
@@ -80,7 +82,12 @@ def _opt(*names: str, **kw):
            "which -check, -wait and -kill take.")
 @_opt("-json", "--json", "as_json", is_flag=True, help="Machine-readable output (one JSON document per line).")
 @_opt("-server", "--server", "server", metavar="HOST:PORT",
-      help=f"The lclusterd to talk to (also ${SERVER_ENV}; default 127.0.0.1:64051; unix:PATH works).")
+      help=f"The lclusterd to talk to: HOST:PORT or unix:PATH (also ${SERVER_ENV}; default: the local node's socket "
+           "/var/lib/lclusterd/lclusterd.sock when you may use it, else 127.0.0.1:64051).")
+@_opt("-tls-dir", "--tls-dir", "tls_dir", metavar="DIR",
+      help=f"Mutual TLS over TCP with DIR/ca.pem and your DIR/USER.pem, DIR/USER-key.pem (also ${TLS_DIR_ENV}).")
+@_opt("-user", "--user", "user", metavar="NAME",
+      help=f"Whose certificate in -tls-dir (also ${USER_ENV}; default: your login name).")
 @_opt("-debug", "--debug", "debug", is_flag=True, help="Show more when something fails.")
 @click.pass_context
 def cli(ctx: click.Context, **o) -> int:
@@ -89,7 +96,8 @@ def cli(ctx: click.Context, **o) -> int:
     copy of CMD on every ready node, under one uuid that -check, -wait and -kill take.
 
     Exit status: 0 ok (-wait: the job's own status, 128+N for signal N); 1 job failed or not
-    found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 124 -wait timed out."""
+    found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 4 refused (who you are,
+    or not yours to do); 124 -wait timed out."""
     factory: ClientFactory = ctx.obj or JobsClient
     chosen = [name for name, key in zip(ACTIONS, ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain"))
               if o[key] not in (None, False)]
@@ -102,7 +110,7 @@ def cli(ctx: click.Context, **o) -> int:
         raise click.UsageError("-wait needs a job uuid (or -add CMD)")
     action = chosen[0]
     _check_applicable(action, o)
-    client = factory(o["server"] or default_server())
+    client = factory(Target.choose(o["server"], o["tls_dir"], o["user"]))
     try:
         return HANDLERS[action](client, o)
     finally:

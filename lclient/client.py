@@ -1,9 +1,16 @@
 """JobsClient: one channel to an lclusterd node, a deadline per call, and every grpc.RpcError
-turned into one of lclient.errors (with the sentence the daemon sent)."""
+turned into one of lclient.errors (with the sentence the daemon sent).
+
+Where it connects (Target): `-server unix:PATH` or `-server HOST:PORT`; with neither, the
+local node's Unix socket when this user can use it, else 127.0.0.1:64051. Over TCP with
+`-tls-dir DIR`, mutual TLS with DIR/ca.pem and the user's DIR/USER.pem, DIR/USER-key.pem."""
 
 from __future__ import annotations
 
+import getpass
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import grpc
@@ -13,23 +20,71 @@ from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 from lclusterd.rpc.metadata import CALL_TIMEOUT, ERROR_METADATA_KEY
 
-DEFAULT_SERVER = "127.0.0.1:64051"
+LOCAL_SOCKET = "/var/lib/lclusterd/lclusterd.sock"  # the node's, under its default --state-dir
+DEFAULT_TCP = "127.0.0.1:64051"
 SERVER_ENV = "LCLUSTER_SERVER"
+TLS_DIR_ENV = "LCLUSTER_TLS_DIR"
+USER_ENV = "LCLUSTER_USER"
+# what a refused TLS handshake looks like in gRPC's UNAVAILABLE details
+_HANDSHAKE_WORDS = ("ssl", "handshake", "certificate", "tls")
 
 
-def default_server() -> str:
-    return os.environ.get(SERVER_ENV) or DEFAULT_SERVER
+@dataclass(frozen=True)
+class Target:
+    """Where and as whom lclient connects."""
+
+    server: str  # "unix:PATH" or "HOST:PORT"
+    tls_dir: str = ""  # mutual TLS over TCP: DIR/ca.pem, DIR/<user>.pem, DIR/<user>-key.pem
+    user: str = ""  # whose certificate (default: the login name)
+
+    @property
+    def is_unix(self) -> bool:
+        return self.server.startswith("unix:")
+
+    @staticmethod
+    def choose(server: str | None = None, tls_dir: str | None = None, user: str | None = None) -> Target:
+        """The target from the options, else the environment, else the defaults."""
+        tls_dir = tls_dir or os.environ.get(TLS_DIR_ENV) or ""
+        user = user or os.environ.get(USER_ENV) or ""
+        server = server or os.environ.get(SERVER_ENV) or default_server(tcp=bool(tls_dir))
+        for scheme in ("http://", "grpc://"):
+            if server.startswith(scheme):
+                server = server[len(scheme):]
+        return Target(server, tls_dir, user)
+
+
+def default_server(tcp: bool = False) -> str:
+    """The local node's socket when this user may connect to it (root, or a member of the
+    group lclusterd), else loopback TCP (also when TLS is asked for)."""
+    if not tcp and os.access(LOCAL_SOCKET, os.R_OK | os.W_OK):
+        return f"unix:{LOCAL_SOCKET}"
+    return DEFAULT_TCP
+
+
+def channel_for(target: Target) -> grpc.Channel:
+    options = [("grpc.enable_http_proxy", 0)]
+    if not target.tls_dir or target.is_unix:
+        return grpc.insecure_channel(target.server, options=options)
+    return grpc.secure_channel(target.server, _credentials(target), options=options)
+
+
+def _credentials(target: Target) -> grpc.ChannelCredentials:
+    directory, user = Path(target.tls_dir), target.user or getpass.getuser()
+    files = [directory / "ca.pem", directory / f"{user}.pem", directory / f"{user}-key.pem"]
+    try:
+        ca, cert, key = (path.read_bytes() for path in files)
+    except OSError as exc:
+        raise errors.InvalidRequest(f"cannot read {exc.filename}: {exc.strerror} (a user's certificate is made with: "
+                                    f"lclusterd certs user {directory} {user})") from None
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
 class JobsClient:
-    def __init__(self, server: str | None = None, timeout: float = CALL_TIMEOUT):
-        self.server = server or default_server()
+    def __init__(self, target: Target | str | None = None, timeout: float = CALL_TIMEOUT):
+        self.target = target if isinstance(target, Target) else Target.choose(target)
+        self.server = self.target.server
         self.timeout = timeout
-        target = self.server
-        for scheme in ("http://", "grpc://"):
-            if target.startswith(scheme):
-                target = target[len(scheme):]
-        self._channel = grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])
+        self._channel = channel_for(self.target)
         self._stub = pb_grpc.JobsStub(self._channel)
 
     def close(self) -> None:
@@ -85,6 +140,11 @@ class JobsClient:
     def _translate(self, exc: grpc.RpcError) -> errors.ClientError:
         code, details = exc.code(), exc.details() or ""
         ours = any(k == ERROR_METADATA_KEY for k, _ in (exc.trailing_metadata() or ()))
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return errors.Refused(details)
+        if code == grpc.StatusCode.UNAVAILABLE and not ours and any(w in details.lower() for w in _HANDSHAKE_WORDS):
+            return errors.Refused(f"lclusterd at {self.server} refused the connection: the TLS handshake failed "
+                                  f"({self._tls_hint()})")
         if code == grpc.StatusCode.UNAVAILABLE and not ours:
             return errors.ServerUnreachable(
                 f"cannot reach lclusterd at {self.server} (is it running? choose another with -server or {SERVER_ENV})")
@@ -103,3 +163,8 @@ class JobsClient:
         if cls is None:
             return errors.ServerError(f"lclusterd at {self.server} failed: {code.name}: {details}")
         return cls(details)
+
+    def _tls_hint(self) -> str:
+        if not self.target.tls_dir:
+            return f"it asks for a certificate: give -tls-dir DIR and -user NAME, or {TLS_DIR_ENV} and {USER_ENV}"
+        return "is the certificate signed by the cluster's CA, still valid, and the address in the node's --host list?"

@@ -1,7 +1,9 @@
 """What can go wrong for a client, each with the exit status lclient uses for it.
 
 Exit statuses: 0 ok; 1 the job failed or does not exist; 2 usage or invalid input;
-3 lclusterd (or etcd behind it) unreachable or unavailable; 124 -wait timed out.
+3 lclusterd (or etcd behind it) unreachable or unavailable; 4 refused: the caller is not
+known (no or a bad certificate, not in the group lclusterd) or the request is not theirs to
+make (another user's job, an admin-only action); 124 -wait timed out.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ EXIT_OK = 0
 EXIT_JOB = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_REFUSED = 4
 EXIT_TIMEOUT = 124
 
 
@@ -41,6 +44,12 @@ class Unavailable(ClientError):
     """The daemon answered but cannot serve now (etcd unreachable behind it)."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class Refused(ClientError):
+    """UNAUTHENTICATED, PERMISSION_DENIED, or a TLS handshake the node refused."""
+
+    exit_code = EXIT_REFUSED
 
 
 class WaitTimeout(ClientError):

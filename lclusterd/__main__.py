@@ -33,7 +33,8 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
 @click.option("--namespace", default=_D["namespace"],
               help="Host name or address this node binds and advertises to other nodes and clients.")
 @click.option("--listen", default=_D["listen"],
-              help="gRPC port, or HOST:PORT to bind another address than --namespace. Non-loopback needs --insecure.")
+              help="gRPC TCP port, or HOST:PORT to bind another address than --namespace (served with --tls-dir or "
+                   "--insecure).")
 @click.option("--etcd", default="",
               help="Comma-separated endpoints of an existing etcd (http://HOST:PORT,...). Empty: start an embedded "
                    "etcd with its data under --state-dir, on loopback, stopped with the daemon.")
@@ -47,8 +48,13 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
               help="How long an ended job's record and log files are kept (e.g. 12h, 30d). Then the prime removes "
                    "the record, leaving for as long again a tombstone so that lclient can say so, and the job's node "
                    "removes its logs. The prime also compacts etcd's history every keep/4 (0.5 s to 5 min).")
+@click.option("--tls-dir", default=_D["tls_dir"],
+              help="A directory with the cluster CA (ca.pem) and this node's certificate and key (NAME.pem, "
+                   "NAME-key.pem for its --node-name; see lclusterd certs): TCP is then served with mutual TLS, "
+                   "clients present user certificates and nodes node certificates to each other.")
 @click.option("--insecure", is_flag=True, default=False,
-              help="Allow a non-loopback --namespace/--listen although the API has no TLS or authentication yet.")
+              help="Serve plain TCP without --tls-dir, every caller an admin (labs and tests only). Without --tls-dir "
+                   "or --insecure the node serves only its Unix socket.")
 @click.option("--on-shutdown", type=click.Choice(SHUTDOWN_MODES), default=_D["on_shutdown"],
               help="On SIGTERM/SIGINT: kill running jobs (recorded as KILLED), or let them finish first. "
                    "A second signal kills them anyway.")
@@ -83,8 +89,9 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default=_D["log_level"])
 @click.version_option(__version__, "--version")
 def cli(**options) -> None:
-    """Run an lclusterd node: takes jobs over gRPC (loopback TCP and a root-only Unix socket),
-    queues them in etcd, and runs those assigned to it in isolated containers.
+    """Run an lclusterd node: takes jobs over gRPC (its Unix socket, for root and the group
+    lclusterd; TCP with mutual TLS with --tls-dir), queues them in etcd, and runs those
+    assigned to it in isolated containers.
 
     Every option can also be set as an environment variable LCLUSTERD_<OPTION> (e.g.
     LCLUSTERD_STATE_DIR) or in the config file. Exit status: 0 after a clean shutdown, 2 on a

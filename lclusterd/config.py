@@ -4,7 +4,6 @@ that some defaults are derived from."""
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields
@@ -43,7 +42,8 @@ class Config:
     capacity: int = 256
     prefix: str = "/lclusterd"
     keep: str = "7d"  # how long ended jobs' records, tombstones and logs are kept
-    insecure: bool = False
+    insecure: bool = False  # plain TCP, every caller an admin (labs and tests)
+    tls_dir: str = ""  # the CA and this node's certificate: TCP with mutual TLS
     on_shutdown: str = "kill"
     lease_ttl: int = 5
     default_pids: int = DEFAULT_PIDS
@@ -72,9 +72,21 @@ class Config:
         return self._split_listen()[1]
 
     @property
+    def serves_tcp(self) -> bool:
+        """TCP is served with mutual TLS (--tls-dir) or, for labs and tests, plain (--insecure);
+        otherwise only the Unix socket."""
+        return bool(self.tls_dir) or self.insecure
+
+    @property
     def address(self) -> str:
-        """host:port clients use to reach this node (what nodes/<name> advertises)."""
-        return f"{self.namespace}:{self.port}"
+        """host:port clients and peers use to reach this node (what nodes/<name> advertises);
+        "" when it serves no TCP."""
+        return f"{self.namespace}:{self.port}" if self.serves_tcp else ""
+
+    @property
+    def private_socket_path(self) -> str:
+        """Where the gRPC server listens for the socket gate's relayed connections (0700 dir)."""
+        return str(Path(self.state_dir) / "private" / "api.sock")
 
     @property
     def socket_path(self) -> str:
@@ -182,18 +194,16 @@ class Config:
             raise ConfigError(f"--max-log-size must be at least {limits.MIN_LOG_BYTES} bytes, not {self.max_log_size!r}")
 
     def check_listen_address(self) -> None:
-        """Refuse a non-loopback bind address unless insecure (there is no TLS yet)."""
+        """The TCP address must resolve (when TCP is served at all)."""
+        if not self.serves_tcp:
+            return
         host = self.bind_host
         try:
-            infos = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
+            socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise ConfigError(f"cannot resolve the listen address {host!r}: {exc.strerror}") from None
-        if self.insecure:
-            return
-        for info in infos:
-            if not ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback:
-                raise ConfigError(f"refusing to listen on {host} ({info[4][0]}), which is not a loopback address: "
-                                  "the API has no TLS or authentication yet; pass --insecure to do it anyway")
+        if self.tls_dir and self.insecure:
+            raise ConfigError("--tls-dir and --insecure exclude each other: TCP is served with mutual TLS or plain")
 
 
 def defaults() -> dict[str, Any]:

@@ -23,7 +23,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lclusterd import __version__
+from lclusterd.api.gate import UnixGate
+from lclusterd.api.identity import Authenticator
 from lclusterd.api.peers import Peers
+from lclusterd.api.tls import TlsError, TlsFiles
 from lclusterd.api.servicer import MAX_BLOCKING, ApiServices, JobsServicer
 from lclusterd.cluster.admission import Admission
 from lclusterd.cluster.events import JobEvents
@@ -76,6 +79,7 @@ class Daemon:
         self.runtime_lost = False  # the fork server died under us: exit non-zero
         self._teardown = ExitStack()
         self._server_stopped = False
+        self.gate: UnixGate | None = None
         self.worker: Worker | None = None
 
     # -- start ---------------------------------------------------------------------------------
@@ -115,8 +119,24 @@ class Daemon:
 
     def _bind_listeners(self) -> None:
         """The listening sockets, so that a port in use fails before this node touches etcd."""
-        self.server, self.health = bind_server(self.config)
+        c = self.config
+        self.tls = None
+        if c.tls_dir:
+            try:
+                self.tls = TlsFiles.load(c.tls_dir, c.node_name)
+            except TlsError as exc:
+                raise StartupError(str(exc)) from None
+        elif c.insecure:
+            log.warning("--insecure: plain TCP on %s:%d, every caller an admin; use --tls-dir outside labs and tests",
+                        c.bind_host, c.port)
+        self.server, self.health = bind_server(c, self.tls)
         self._teardown.callback(self._stop_server)
+        gate = UnixGate(c.socket_path, c.private_socket_path, f"lclusterd-{c.node_name}-{os.getpid()}")
+        try:
+            gate.bind()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on unix:{c.socket_path}: {exc.strerror}") from None
+        self.gate = gate
 
     def _connect_etcd(self) -> None:
         c = self.config
@@ -159,7 +179,7 @@ class Daemon:
         try:
             self.events = self._started(JobEvents(store, watches, keys), JobEvents.stop)
             self._started(LogSweep(self.logs, c.keep_seconds, self.launcher.running), LogSweep.stop)
-            self.peers = Peers(store, keys, c.node_name)
+            self.peers = Peers(store, keys, c.node_name, self.tls.channel_credentials() if self.tls else None)
             self._teardown.callback(self.peers.close)
             session = NodeSession(store, keys, self.info, ttl=c.lease_ttl)
             self.worker = Worker(store, watches, keys, self.jobs, c.node_name, self.launcher, defaults, self.logs)
@@ -180,14 +200,15 @@ class Daemon:
         services = ApiServices(node=c.node_name, jobs=self.jobs, admission=Admission(self.jobs, self.info, self.scheduler),
                                lookup=Lookup(self.jobs, Pools(self.jobs)), nodes=NodeDirectory(self.store, self.keys),
                                events=self.events, logs=self.logs, peers=self.peers)
-        pb_grpc.add_JobsServicer_to_server(JobsServicer(services), self.server)
+        pb_grpc.add_JobsServicer_to_server(JobsServicer(services, Authenticator(self.gate.identity)), self.server)
         self.server.start()
-        os.chmod(c.socket_path, 0o600)
+        self.gate.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._teardown.callback(self.health.enter_graceful_shutdown)
-        log.info("node %s serving on %s:%d and unix:%s; etcd at %s; rootfs %s",
-                 c.node_name, c.bind_host, c.port, c.socket_path, self.store.describe(), c.rootfs)
+        tcp = f"{c.bind_host}:{c.port} ({'mutual TLS' if c.tls_dir else 'plain, --insecure'}) and " if c.serves_tcp else ""
+        log.info("node %s serving on %sunix:%s; etcd at %s; rootfs %s",
+                 c.node_name, tcp, c.socket_path, self.store.describe(), c.rootfs)
 
     def _started(self, service, stop):
         """Start `service` and have shutdown call `stop(service)`."""
@@ -247,11 +268,13 @@ class Daemon:
                 time.sleep(0.2)
 
     def _stop_server(self) -> None:
+        """Stop listening: the socket gate, then the gRPC server (idempotent)."""
         if self._server_stopped:
             return
         self._server_stopped = True
+        if self.gate is not None:
+            self.gate.stop()
         self.server.stop(grace=1).wait(5)
-        Path(self.config.socket_path).unlink(missing_ok=True)
 
     # -- run and stop --------------------------------------------------------------------------
     def handle_signal(self, signum, _frame) -> None:
@@ -275,30 +298,34 @@ class Daemon:
         log.info("stopped")
 
 
-def bind_server(c: Config) -> tuple[grpc.Server, health.HealthServicer]:
-    """A gRPC server bound to the node's TCP address and its root-only Unix socket, with health
-    checking and reflection; its Jobs service is added later. StartupError if it cannot bind."""
+def bind_server(c: Config, tls: TlsFiles | None) -> tuple[grpc.Server, health.HealthServicer]:
+    """A gRPC server bound to the socket gate's private Unix socket and, with --tls-dir (mutual
+    TLS) or --insecure (plain), to the node's TCP address; with health checking and
+    reflection; its Jobs service is added later. StartupError if it cannot bind."""
     # MAX_BLOCKING of these threads may sit in Wait/Logs(follow); the rest serve the quick calls
     server = grpc.server(ThreadPoolExecutor(max_workers=MAX_BLOCKING + 64, thread_name_prefix="grpc"),
                          options=[("grpc.so_reuseport", 0)])
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = f"[{c.bind_host}]:{c.port}" if ":" in c.bind_host else f"{c.bind_host}:{c.port}"
+    if c.serves_tcp:
+        address = f"[{c.bind_host}]:{c.port}" if ":" in c.bind_host else f"{c.bind_host}:{c.port}"
+        try:
+            if tls is not None:
+                server.add_secure_port(address, tls.server_credentials())
+            else:
+                server.add_insecure_port(address)
+        except RuntimeError:
+            raise StartupError(f"cannot listen on {address}: the port is in use or the address is not on this host "
+                               "(is another lclusterd running? pick another with --listen)") from None
+    private = Path(c.private_socket_path)
+    private.parent.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(private.parent, 0o700)  # only root reaches the API without the gate
+    private.unlink(missing_ok=True)
     try:
-        server.add_insecure_port(address)
+        server.add_insecure_port(f"unix:{private}")
     except RuntimeError:
-        raise StartupError(f"cannot listen on {address}: the port is in use or the address is not on this host "
-                           "(is another lclusterd running? pick another with --listen)") from None
-    sock = Path(c.socket_path)
-    sock.unlink(missing_ok=True)
-    old_umask = os.umask(0o077)  # the socket is root-only from its first moment
-    try:
-        server.add_insecure_port(f"unix:{sock}")
-    except RuntimeError:
-        raise StartupError(f"cannot listen on unix:{sock}") from None
-    finally:
-        os.umask(old_umask)
+        raise StartupError(f"cannot listen on unix:{private}") from None
     return server, health_servicer
 
 

@@ -112,3 +112,12 @@ class IsAPool(LclusterdError):
     def __init__(self, pool_id: str, members: int, what: str):
         super().__init__(f"{pool_id} is a pool of {members} job(s), one per node; {what}")
         self.pool_id = pool_id
+
+
+class NotAuthenticated(LclusterdError):
+    """The caller could not be identified (no identity the node accepts)."""
+
+
+class NotAllowed(LclusterdError):
+    """The caller is known, and the request is not theirs to make (another user's job, an
+    admin-only action)."""

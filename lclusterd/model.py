@@ -143,6 +143,9 @@ class JobRecord:
     waiting: str = ""
     # the id of the -all-nodes pool this job is a member of; "" otherwise
     pool: str = ""
+    # who added it (a user's name; "root" for root and for plain TCP's callers); "" for a
+    # record from before identities, which only admins may see
+    owner: str = ""
     # bytes of output the node's log cap dropped, by stream ("stdout", "stderr"); only the cut ones
     output_dropped: dict[str, int] = field(default_factory=dict)
     # fields this lclusterd does not know (see JobSpec.unknown)
@@ -244,6 +247,7 @@ class PoolRecord:
     spec: JobSpec
     created_at: float = 0.0
     members: dict[str, str] = field(default_factory=dict)
+    owner: str = ""  # as JobRecord.owner
 
     def member_ids(self) -> list[str]:
         """Member job ids in node-name order (the order -check shows and pool_outcome reads)."""
@@ -251,12 +255,12 @@ class PoolRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "spec": self.spec.to_json(), "created_at": self.created_at,
-                "members": dict(sorted(self.members.items())), "schema_version": SCHEMA_VERSION}
+                "members": dict(sorted(self.members.items())), "owner": self.owner, "schema_version": SCHEMA_VERSION}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PoolRecord:
         return cls(id=data["id"], spec=JobSpec.from_json(data["spec"]), created_at=data.get("created_at") or 0.0,
-                   members=dict(data.get("members") or {}))
+                   members=dict(data.get("members") or {}), owner=str(data.get("owner") or ""))
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), separators=(",", ":")).encode()

@@ -51,6 +51,7 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         kill_requested=record.kill_requested,
         waiting=record.waiting,
         pool=record.pool,
+        owner=record.owner,
         stdout_dropped_bytes=record.output_dropped.get("stdout", 0),
         stderr_dropped_bytes=record.output_dropped.get("stderr", 0),
         attempts=[pb.Attempt(attempt=a.get("attempt") or 0, node=a.get("node") or "", assigned_at=a.get("assigned_at") or 0.0,
@@ -76,7 +77,7 @@ def pool_to_proto(pool: PoolRecord, members: list[JobRecord]) -> pb.Job:
     state, decided = pool_outcome(members)
     ended = all(m.terminal for m in members)
     msg = pb.Job(id=pool.id, state=state, spec=spec_to_proto(pool.spec), created_at=pool.created_at or 0.0,
-                 is_pool=True, members=[job_to_proto(m) for m in members],
+                 is_pool=True, members=[job_to_proto(m) for m in members], owner=pool.owner,
                  kill_requested=any(m.kill_requested for m in members if not m.terminal))
     msg.spec.stdin = b""
     assigned = [m.assigned_at for m in members if m.assigned_at]

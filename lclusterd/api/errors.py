@@ -12,8 +12,8 @@ import logging
 import grpc
 
 from lclusterd.errors import (InvalidSpec, InvalidTransition, IsAPool, JobFinished, JobNotFound, JobRemoved, LclusterdError,
-                              NodeNotFound, NodeUnreachable, NoReadyNode, RuntimeUnavailable, StoreUnavailable, TooBusy,
-                              WaitTimedOut)
+                              NodeNotFound, NodeUnreachable, NoReadyNode, NotAllowed, NotAuthenticated, RuntimeUnavailable,
+                              StoreUnavailable, TooBusy, WaitTimedOut)
 from lclusterd.rpc.metadata import ERROR_METADATA_KEY
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ STATUS_OF = {
     NoReadyNode: grpc.StatusCode.FAILED_PRECONDITION,
     IsAPool: grpc.StatusCode.FAILED_PRECONDITION,
     WaitTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+    NotAuthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    NotAllowed: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

@@ -23,10 +23,12 @@ from lclusterd.rpc.metadata import CALL_TIMEOUT, ERROR_METADATA_KEY, PROXIED_KEY
 
 
 class Peers:
-    def __init__(self, store: Store, keys: Keys, me: str):
+    def __init__(self, store: Store, keys: Keys, me: str, credentials: grpc.ChannelCredentials | None = None):
+        """credentials: this node's certificate for its peers (--tls-dir); None: plain TCP."""
         self.store = store
         self.keys = keys
         self.me = me
+        self.credentials = credentials
         self._lock = threading.Lock()
         self._stubs: dict[str, tuple[grpc.Channel, pb_grpc.JobsStub]] = {}
 
@@ -36,9 +38,14 @@ class Peers:
             raise NodeUnreachable(f"the job ran on node {node}, which is gone (its lease expired); "
                                   "its logs stay on that node until it is back")
         address = NodeInfo.from_bytes(live.value).address
+        if not address:
+            raise NodeUnreachable(f"the job ran on node {node}, which serves no TCP (start it with --tls-dir to "
+                                  "read its jobs' logs through other nodes); ask that node on its own socket")
         with self._lock:
             if address not in self._stubs:
-                channel = grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)])
+                options = [("grpc.enable_http_proxy", 0)]
+                channel = (grpc.secure_channel(address, self.credentials, options) if self.credentials is not None
+                           else grpc.insecure_channel(address, options))
                 self._stubs[address] = (channel, pb_grpc.JobsStub(channel))
             return self._stubs[address][1], address
 

@@ -11,16 +11,18 @@ from typing import Callable, Iterator
 
 import grpc
 
+from lclusterd.api import access
 from lclusterd.api.convert import job_to_proto, node_to_proto, pool_to_proto, spec_from_proto
 from lclusterd.api.errors import maps_errors, maps_stream_errors
+from lclusterd.api.identity import Authenticator
 from lclusterd.api.peers import Peers
 from lclusterd.cluster.admission import Admission
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.logs import LogFiles
-from lclusterd.cluster.lookup import FoundPool, Lookup
+from lclusterd.cluster.lookup import FoundJob, FoundPool, Lookup
 from lclusterd.cluster.node import NodeDirectory
-from lclusterd.errors import InvalidSpec, IsAPool, JobNotFound, TooBusy, WaitTimedOut
+from lclusterd.errors import InvalidSpec, IsAPool, TooBusy, WaitTimedOut
 from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
@@ -51,7 +53,11 @@ _STREAMS = (pb.LogChunk.STDOUT, pb.LogChunk.STDERR)
 
 
 class JobsServicer(pb_grpc.JobsServicer):
-    def __init__(self, services: ApiServices):
+    """Every call first finds its caller (`authenticator`) and checks what they may do
+    (access.py) before it reads or changes anything but the record it checks against."""
+
+    def __init__(self, services: ApiServices, authenticator: Authenticator):
+        self.authenticator = authenticator
         self.node = services.node
         self.jobs = services.jobs
         self.pools = services.lookup.pools
@@ -72,19 +78,28 @@ class JobsServicer(pb_grpc.JobsServicer):
         finally:
             self._blocking.release()
 
+    def _resolve_for(self, context, job_id: str, what: str) -> FoundJob | FoundPool:
+        """The job or pool `job_id`, if the caller may `what` it (NotAllowed otherwise)."""
+        caller = self.authenticator.identify(context)
+        found = self.lookup.resolve(job_id)
+        access.check_may_act(caller, _owner_of(found), what, job_id)
+        return found
+
     @maps_errors
     def Add(self, request: pb.AddRequest, context) -> pb.AddReply:
+        caller = self.authenticator.identify(context)
+        access.check_may_add(caller)
         spec = spec_from_proto(request.spec)
         if request.all_nodes:  # a pool: one member per ready node
-            pool, members = self.admission.add_pool(spec)
+            pool, members = self.admission.add_pool(spec, caller.name)
             return pb.AddReply(id=pool.id, job=pool_to_proto(pool, members))
-        record = self.admission.add(spec)
+        record = self.admission.add(spec, caller.name)
         return pb.AddReply(id=record.id, job=job_to_proto(record))
 
     @maps_errors
     def Check(self, request: pb.JobRef, context) -> pb.Job:
         job_id = parse_job_id(request.id)
-        found = self.lookup.resolve(job_id)
+        found = self._resolve_for(context, job_id, "see")
         if isinstance(found, FoundPool):
             members = self.pools.with_kill_requests([r for r, _ in self.pools.members(found.pool)])
             return pool_to_proto(found.pool, members)
@@ -96,28 +111,31 @@ class JobsServicer(pb_grpc.JobsServicer):
     @maps_errors
     def Kill(self, request: pb.JobRef, context) -> pb.Job:
         job_id = parse_job_id(request.id)
-        found = self.lookup.resolve(job_id)
+        found = self._resolve_for(context, job_id, "kill")
         if isinstance(found, FoundPool):
             return pool_to_proto(found.pool, self.pools.kill(found.pool))
         return job_to_proto(self.jobs.kill(job_id))
 
     @maps_errors
     def List(self, request: pb.ListRequest, context) -> pb.ListReply:
+        owner = access.owner_filter(self.authenticator.identify(context))
         states = {s.upper() for s in request.states}
         unknown = sorted(states - set(STATES))
         if unknown:
             raise InvalidSpec(f"unknown state {unknown[0]!r}: expected one of {', '.join(STATES)}")
         if request.limit < 0:
             raise InvalidSpec(f"limit must not be negative, not {request.limit}")
-        records = self.jobs.list(states or None, request.limit)
+        records = self.jobs.list(states or None, request.limit, owner)
         return pb.ListReply(jobs=[job_to_proto(r) for r in records])
 
     @maps_errors
     def Nodes(self, request: pb.NodesRequest, context) -> pb.NodesReply:
+        self.authenticator.identify(context)
         return pb.NodesReply(nodes=[node_to_proto(view) for view in self.nodes.list()])
 
     @maps_errors
     def Drain(self, request: pb.DrainRequest, context) -> pb.Node:
+        access.check_admin(self.authenticator.identify(context), "undrain a node" if not request.drain else "drain a node")
         name = request.node.strip()
         if not NODE_NAME.match(name):
             raise InvalidSpec(f"invalid node name {request.node!r}")
@@ -126,11 +144,16 @@ class JobsServicer(pb_grpc.JobsServicer):
     @maps_stream_errors
     def Logs(self, request: pb.LogsRequest, context) -> Iterator[pb.LogChunk]:
         job_id = parse_job_id(request.id)
+        caller = self.authenticator.identify(context)
+        proxied = any(k == PROXIED_KEY for k, _ in context.invocation_metadata())
+        if proxied:  # the node it came through checked the user
+            access.check_may_proxy(caller)
         found = self.lookup.resolve(job_id)
+        if not proxied:
+            access.check_may_act(caller, _owner_of(found), "see", job_id)
         if isinstance(found, FoundPool):
             raise IsAPool(job_id, len(found.pool.members), f"read a member's logs (lclient -check {job_id} lists them)")
         record = found.record
-        proxied = any(k == PROXIED_KEY for k, _ in context.invocation_metadata())
         if record.node and record.node != self.node and not proxied:
             yield from self.peers.logs(record.node, request, context)
             return
@@ -164,12 +187,12 @@ class JobsServicer(pb_grpc.JobsServicer):
         if request.timeout_seconds < 0:
             raise InvalidSpec(f"timeout must not be negative, not {request.timeout_seconds:g}")
         deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
+        found = self._resolve_for(context, job_id, "wait for")
         with self._blocking_slot():
-            try:
+            if isinstance(found, FoundJob):
                 return self._wait_ended([job_id], lambda: [self.jobs.get(job_id)], lambda rs: job_to_proto(rs[0]),
                                         deadline, request.timeout_seconds, context)
-            except JobNotFound as missing:  # not a job the watch or etcd knows: a pool?
-                pool = self.lookup.pool(job_id, missing).pool
+            pool = found.pool
             return self._wait_ended(pool.member_ids(), lambda: self.pools.members(pool), lambda rs: pool_to_proto(pool, rs),
                                     deadline, request.timeout_seconds, context)
 
@@ -205,3 +228,7 @@ class JobsServicer(pb_grpc.JobsServicer):
                 for i, flag in enumerate(flags):  # what the watch brought since
                     if flag.latest is not None and flag.revision > revisions[i]:
                         records[i], revisions[i] = JobRecord.from_bytes(flag.latest), flag.revision
+
+
+def _owner_of(found: FoundJob | FoundPool) -> str:
+    return found.pool.owner if isinstance(found, FoundPool) else found.record.owner

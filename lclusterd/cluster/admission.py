@@ -60,10 +60,10 @@ class Admission:
         self.me = me
         self.placer = placer
 
-    def add(self, spec: JobSpec) -> JobRecord:
-        """Admit and write a job; its record as written (QUEUED, or ASSIGNED when placed now)."""
+    def add(self, spec: JobSpec, owner: str) -> JobRecord:
+        """Admit and write `owner`'s job; its record as written (QUEUED, or ASSIGNED when placed now)."""
         self.check(spec)
-        record = JobRecord(id=new_job_id(), spec=spec, created_at=time.time())
+        record = JobRecord(id=new_job_id(), spec=spec, created_at=time.time(), owner=owner)
         placement = self.placer.reserve(record.id, spec)
         if placement is not None:
             revision = None
@@ -75,10 +75,10 @@ class Admission:
                 return assigned
         return self.jobs.add(record)
 
-    def add_pool(self, spec: JobSpec) -> tuple[PoolRecord, list[JobRecord]]:
-        """Admit and write a pool: one member per ready node (pools.py)."""
+    def add_pool(self, spec: JobSpec, owner: str) -> tuple[PoolRecord, list[JobRecord]]:
+        """Admit and write `owner`'s pool: one member per ready node (pools.py)."""
         self.check(spec)
-        return self.pools.add(spec)
+        return self.pools.add(spec, owner)
 
     def check(self, spec: JobSpec) -> None:
         """InvalidSpec with the reason when the spec is malformed or no node could run it."""

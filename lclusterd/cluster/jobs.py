@@ -138,12 +138,15 @@ class Jobs:
             raise JobNotFound(job_id)
         return JobRecord.from_bytes(kv.value), kv.mod_revision
 
-    def list(self, states: set[str] | None = None, limit: int = 0) -> list[JobRecord]:
-        """Records oldest first, optionally only in `states`; the newest `limit` when given."""
+    def list(self, states: set[str] | None = None, limit: int = 0, owner: str | None = None) -> list[JobRecord]:
+        """Records oldest first, optionally only in `states` and only `owner`'s; the newest
+        `limit` when given."""
         kvs, _ = self.store.get_prefix(self.keys.jobs_prefix)
         records = [JobRecord.from_bytes(kv.value) for kv in sorted(kvs, key=lambda kv: kv.create_revision)]
         if states:
             records = [r for r in records if r.state in states]
+        if owner is not None:
+            records = [r for r in records if r.owner == owner]
         return records[-limit:] if limit > 0 else records
 
     def kill_requested(self, job_id: str) -> bool:

@@ -73,19 +73,19 @@ class Pools:
         self.keys: Keys = jobs.keys
 
     # -- add -------------------------------------------------------------------------------
-    def add(self, spec: JobSpec) -> tuple[PoolRecord, list[JobRecord]]:
+    def add(self, spec: JobSpec, owner: str = "") -> tuple[PoolRecord, list[JobRecord]]:
         """Write a pool of `spec` with one member per ready node (see the module docstring).
         The spec must have been admitted (admission.py). InvalidSpec for a pinned spec,
         NoReadyNode when no node is ready, StoreUnavailable."""
         if spec.node:
             raise InvalidSpec(f"a pool runs on every ready node; it cannot be pinned to node {spec.node} as well")
-        pool = PoolRecord(id=new_job_id(), spec=spec, created_at=time.time())
+        pool = PoolRecord(id=new_job_id(), spec=spec, created_at=time.time(), owner=owner)
         ready, why = ready_nodes(self.store, self.keys)
         if not ready:
             raise NoReadyNode(f"no node can run the pool: {why}")
         revisions = dict(ready)
-        members = {node: JobRecord(id=new_job_id(), spec=replace(spec, node=node), created_at=pool.created_at, pool=pool.id)
-                   for node in revisions}
+        members = {node: JobRecord(id=new_job_id(), spec=replace(spec, node=node), created_at=pool.created_at, pool=pool.id,
+                                   owner=owner) for node in revisions}
         left = sorted(revisions)  # nodes whose member is not written yet
         written: list[str] = []
         replans = 0

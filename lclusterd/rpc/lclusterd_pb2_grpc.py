@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class JobsStub:
-    """Missing associated documentation comment in .proto file."""
+    """Who may call what: every call has an identity (the caller's uid over the node's Unix socket,
+    the certificate's name and role over mutual TLS, an admin over --insecure TCP). A user sees
+    and kills only their own jobs; an admin all of them, and only an admin drains a node.
+    Refusals: UNAUTHENTICATED (no identity) and PERMISSION_DENIED (not yours to do).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -77,7 +81,11 @@ class JobsStub:
 
 
 class JobsServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Who may call what: every call has an identity (the caller's uid over the node's Unix socket,
+    the certificate's name and role over mutual TLS, an admin over --insecure TCP). A user sees
+    and kills only their own jobs; an admin all of them, and only an admin drains a node.
+    Refusals: UNAUTHENTICATED (no identity) and PERMISSION_DENIED (not yours to do).
+    """
 
     def Add(self, request, context):
         """Queue a job (or, with all_nodes, a pool: one member job per ready node); returns once it
@@ -191,7 +199,11 @@ def add_JobsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Jobs:
-    """Missing associated documentation comment in .proto file."""
+    """Who may call what: every call has an identity (the caller's uid over the node's Unix socket,
+    the certificate's name and role over mutual TLS, an admin over --insecure TCP). A user sees
+    and kills only their own jobs; an admin all of them, and only an admin drains a node.
+    Refusals: UNAUTHENTICATED (no identity) and PERMISSION_DENIED (not yours to do).
+    """
 
     @staticmethod
     def Add(request,

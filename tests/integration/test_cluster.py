@@ -228,8 +228,8 @@ def test_embedded_etcd_is_the_default(tmp_path):
 
 def test_startup_errors_are_one_line_and_exit_3(cluster, tmp_path):
     cases = [
-        (["--namespace", "0.0.0.0"], "lclusterd: ERROR refusing to listen on 0.0.0.0 (0.0.0.0), which is not a loopback "
-                                     "address: the API has no TLS or authentication yet; pass --insecure to do it anyway"),
+        (["--tls-dir", str(tmp_path)], f"lclusterd: ERROR --tls-dir {tmp_path} has no ca.pem (make it with: lclusterd "
+                                       f"certs node {tmp_path} bad --host ADDRESS)"),
         (["--rootfs", str(tmp_path / "none")], f"lclusterd: ERROR rootfs {tmp_path / 'none'} has no /bin/sh"),
         (["--etcd", "http://127.0.0.1:1", "--etcd-wait", "0.5"], "lclusterd: ERROR etcd at http://127.0.0.1:1 is unavailable ("),
     ]

@@ -4,6 +4,7 @@ error line, every exit status. The daemon is shared by the module (it only adds 
 from __future__ import annotations
 
 import json
+import grp
 import os
 import stat
 
@@ -184,11 +185,14 @@ def test_unreachable_daemon():
     assert result.returncode == 3
 
 
-def test_unix_socket_is_root_only_and_works(node):
+def test_unix_socket_is_for_root_and_the_group_and_works(node):
     path = node.state_dir / "lclusterd.sock"
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    info = os.stat(path)
+    assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o660, 0, grp.getgrnam("lclusterd").gr_gid)
     result = run_lclient("-server", f"unix:{path}", "-nodes")
     assert result.returncode == 0 and "node1" in result.stdout
+    private = node.state_dir / "private"  # the gRPC server's own socket: root only
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
 
 
 def test_health_and_reflection(node):

@@ -10,7 +10,7 @@ from lclusterd.config import Config, ConfigError, load_file
 def test_defaults():
     c = Config(node_name="n1")
     c.validate()
-    assert (c.bind_host, c.port, c.address) == ("localhost", 64051, "localhost:64051")
+    assert (c.bind_host, c.port, c.address) == ("localhost", 64051, "")  # no TCP without --tls-dir or --insecure
     assert c.socket_path == "/var/lib/lclusterd/lclusterd.sock"
     assert c.etcd == []
 
@@ -36,11 +36,15 @@ def test_bad_values(kw, message):
         Config(**{"node_name": "n", **kw}).validate()
 
 
-def test_non_loopback_refused_unless_insecure():
-    with pytest.raises(ConfigError, match="not a loopback address"):
-        Config(namespace="0.0.0.0", node_name="n").check_listen_address()
+def test_tcp_only_with_tls_or_insecure():
+    assert not Config(node_name="n").serves_tcp and Config(node_name="n").address == ""
+    assert Config(node_name="n", insecure=True, namespace="h").address == "h:64051"
+    assert Config(node_name="n", tls_dir="/d").serves_tcp
+    with pytest.raises(ConfigError, match="exclude each other"):
+        Config(node_name="n", tls_dir="/d", insecure=True).check_listen_address()
+    with pytest.raises(ConfigError, match="cannot resolve"):
+        Config(node_name="n", insecure=True, namespace="no-such-host.invalid").check_listen_address()
     Config(namespace="0.0.0.0", node_name="n", insecure=True).check_listen_address()
-    Config(namespace="localhost", node_name="n").check_listen_address()
 
 
 def test_config_file(tmp_path):

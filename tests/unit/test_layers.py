@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     "lclient": ("lclient", "lclusterd.rpc", "lclusterd.units", "lclusterd.states"),
     "lclusterd.api": ("lclusterd.api", "lclusterd.cluster", "lclusterd.model", "lclusterd.errors", "lclusterd.rpc",
-                      "lclusterd.states"),
+                      "lclusterd.states", "lclusterd.certs"),
+    "lclusterd.certs": (),
     "lclusterd.cluster": ("lclusterd.cluster", "lclusterd.runtime.launcher", "lclusterd.runtime.spec", "lclusterd.model",
                           "lclusterd.errors", "lclusterd.units", "lclusterd.limits", "lclusterd.states"),
     "lclusterd.model": ("lclusterd.errors", "lclusterd.limits", "lclusterd.states"),

@@ -66,8 +66,9 @@ class FakeClient:
 def run(argv, capsys, **fake):
     made = []
 
-    def factory(server):
-        made.append(FakeClient(server, **fake))
+    def factory(target):
+        made.append(FakeClient(target.server, **fake))
+        made[-1].target = target
         return made[-1]
 
     code = cli.run(argv, factory)
@@ -103,6 +104,33 @@ def test_server_option_and_env(capsys, monkeypatch):
     assert run(["-server", "h:1", "-list"], capsys)[3].server == "h:1"
     monkeypatch.setenv("LCLUSTER_SERVER", "e:2")
     assert run(["-list"], capsys)[3].server == "e:2"
+
+
+def test_tls_options_and_env(capsys, monkeypatch):
+    monkeypatch.delenv("LCLUSTER_SERVER", raising=False)
+    target = run(["-tls-dir", "/d", "-user", "ann", "-list"], capsys)[3].target
+    assert (target.server, target.tls_dir, target.user) == ("127.0.0.1:64051", "/d", "ann")  # TLS means TCP
+    monkeypatch.setenv("LCLUSTER_TLS_DIR", "/e")
+    monkeypatch.setenv("LCLUSTER_USER", "bob")
+    target = run(["-server", "unix:/s", "-list"], capsys)[3].target
+    assert (target.server, target.tls_dir, target.user, target.is_unix) == ("unix:/s", "/e", "bob", True)
+
+
+def test_default_server_is_the_local_socket_when_usable(monkeypatch, tmp_path):
+    from lclient import client
+    monkeypatch.delenv("LCLUSTER_SERVER", raising=False)
+    monkeypatch.delenv("LCLUSTER_TLS_DIR", raising=False)
+    monkeypatch.setattr(client, "LOCAL_SOCKET", str(tmp_path / "none.sock"))
+    assert client.Target.choose().server == "127.0.0.1:64051"
+    (tmp_path / "none.sock").touch()
+    assert client.Target.choose().server == f"unix:{tmp_path}/none.sock"
+    assert client.Target.choose(tls_dir="/d").server == "127.0.0.1:64051"
+
+
+def test_missing_certificate_is_exit_2(capsys, tmp_path):
+    code = cli.run(["-server", "127.0.0.1:1", "-tls-dir", str(tmp_path), "-user", "ann", "-list"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "lclusterd certs user" in err, err
 
 
 @pytest.mark.parametrize("job, status", [

@@ -184,9 +184,16 @@ class NodeProcess:
     def server(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def socket(self) -> str:
+        """The node's Unix socket, as lclient's -server takes it."""
+        return f"unix:{self.state_dir / 'lclusterd.sock'}"
+
     def argv(self) -> list[str]:
         argv = [LCLUSTERD, "--state-dir", str(self.state_dir), "--listen", str(self.port), "--node-name", self.name,
                 "--rootfs", ROOTFS, "--prefix", self.prefix, "--lease-ttl", "2", *self.extra]
+        if "--tls-dir" not in self.extra:  # tests talk plain TCP unless they test TLS
+            argv.append("--insecure")
         if self.etcd_endpoint:
             argv += ["--etcd", self.etcd_endpoint]
         return argv
