@@ -3,7 +3,9 @@
     .venv/bin/python bench/cluster.py [--jobs 500] [--rss-jobs 500]
 
 (a) submit latency: Add RPC until the job is durably queued in etcd (p50/p99), one job at a
-    time on an idle node, and back to back (then the earlier jobs run on the same 2 cores)
+    time on an idle node, and back to back (then the earlier jobs run on the same 2 cores);
+    (a) and (c) for each way in: the node's Unix socket (through its uid-checking gate), TCP
+    with mutual TLS, and plain TCP (--insecure, a second node: as before identities)
 (b) add -> running: the job's started_at minus created_at (both stamped by the daemon)
 (c) end-to-end throughput of N `true` jobs on one node (jobs/s, makespan), and etcd write
     transactions per job (from etcd's revision counter: each write txn adds one); measured
@@ -21,7 +23,6 @@ import argparse
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,9 +36,10 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from support.host import remove_cgroup_parent  # noqa: E402  (the tests' process helpers)
 from support.processes import EtcdProcess, NodeProcess  # noqa: E402
+from support.tls import make_pki  # noqa: E402
 
 from bench.slurm import SlurmError, one_node_slurm  # noqa: E402
-from lclient.client import JobsClient  # noqa: E402
+from lclient.client import JobsClient, Target  # noqa: E402
 from lclusterd.cluster.store import Store  # noqa: E402
 from lclusterd.rpc import lclusterd_pb2 as pb  # noqa: E402
 
@@ -114,6 +116,24 @@ def rss_with_running(client: JobsClient, daemon: NodeProcess, n: int) -> tuple[f
     return daemon_rss, helper_rss, running
 
 
+def transport_rows(way: str, client: JobsClient, store: Store, args) -> tuple[list[tuple[str, str, str]], list[float]]:
+    """Submit latency (idle, back to back) and throughput through `client`'s way in; and the
+    add -> running delays of the idle submits."""
+    client.wait(client.add(pb.JobSpec(command="true")).id, 60)  # warm up
+    idle, running = add_to_running(client, args.latency_runs)
+    submit = submit_latency(client, args.latency_runs)
+    time.sleep(1)
+    rounds = sorted(throughput(client, store, args.jobs) for _ in range(max(1, args.rounds)))
+    rate, makespan, txns = rounds[len(rounds) // 2]
+    return [
+        (f"{way}: submit p50 / p99 (ms)", f"{pct(idle, 50):.2f} / {pct(idle, 99):.2f}", "<= 5 (p50)"),
+        ("  back to back, jobs running (ms)", f"{pct(submit, 50):.2f} / {pct(submit, 99):.2f}", "-"),
+        (f"  throughput, {args.jobs} x true (jobs/s)",
+         f"{rate:.0f} (makespan {makespan:.2f}s; {len(rounds)} rounds {rounds[0][0]:.0f}-{rounds[-1][0]:.0f})", ">= 300"),
+        ("  etcd write txns per job", f"{txns:.2f}", "<= 4"),
+    ], running
+
+
 def slurm_throughput(n: int, timeout: float = 300) -> tuple[float, float, str, float] | None:
     """n x `sbatch --oversubscribe --wrap true` on a one-node Slurm started for this (bench/slurm.py),
     first submit -> queue empty: (jobs/s, makespan, its scheduler setting, seconds spent in the n
@@ -182,37 +202,43 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=STATE_PARENT))
     etcd = EtcdProcess(work)
     etcd.start()
-    daemon = NodeProcess(work / "node", etcd.endpoint, "/bench", "bench", ["--capacity", str(max(args.rss_jobs + 50, 256)), "--log-level", "warning"])
-    daemon.start()
+    capacity = ["--capacity", str(max(args.rss_jobs + 50, 256)), "--log-level", "warning"]
+    pki = make_pki(work / "pki", nodes={"bench": ["127.0.0.1"]}, users={"bench-admin": True})
+    daemon = NodeProcess(work / "node", etcd.endpoint, "/bench", "bench",
+                         [*capacity, "--tls-dir", str(pki), "--namespace", "127.0.0.1"])
+    plain = NodeProcess(work / "plain", etcd.endpoint, "/bench-plain", "bench-plain", capacity)
     store = Store(etcd.endpoint)
     rows = []
     try:
-        with JobsClient(daemon.server, timeout=60) as client:
-            client.wait(client.add(pb.JobSpec(command="true")).id, 60)  # warm up
-            submit = submit_latency(client, args.latency_runs)
-            time.sleep(1)
-            idle_submit, running = add_to_running(client, args.latency_runs)
-            rounds = sorted(throughput(client, store, args.jobs) for _ in range(max(1, args.rounds)))
-            rate, makespan, txns = rounds[len(rounds) // 2]
+        daemon.start()
+        ways = {"Unix socket": Target(daemon.socket), "mutual TLS": Target(daemon.server, str(pki), "bench-admin")}
+        delays = {}
+        for way, target in ways.items():
+            with JobsClient(target, timeout=60) as client:
+                found, delays[way] = transport_rows(way, client, store, args)
+                rows += found
+        running = delays["Unix socket"]
+        with JobsClient(ways["Unix socket"], timeout=60) as client:
             daemon_rss, helper_rss, n_running = rss_with_running(client, daemon, args.rss_jobs)
-        slurm = measure_slurm(args.jobs)
-        rows = [
-            ("submit latency p50 / p99 (ms)", f"{pct(idle_submit, 50):.2f} / {pct(idle_submit, 99):.2f}", "<= 5 (p50)"),
-            ("  back to back, jobs running (ms)", f"{pct(submit, 50):.2f} / {pct(submit, 99):.2f}", "-"),
+        daemon.stop()
+        plain.start()
+        with JobsClient(Target(plain.server), timeout=60) as client:
+            rows += transport_rows("plain TCP", client, store, args)[0]
+        rows += [
             ("add -> running p50 / p99 (ms)", f"{pct(running, 50):.2f} / {pct(running, 99):.2f}", "<= 15 (p50)"),
-            (f"throughput, {args.jobs} x true (jobs/s)",
-             f"{rate:.0f} (makespan {makespan:.2f}s; {len(rounds)} rounds {rounds[0][0]:.0f}-{rounds[-1][0]:.0f})", ">= 300"),
-            ("etcd write txns per job", f"{txns:.2f}", "<= 4"),
             (f"daemon RSS, {n_running} running sleep (MB)", f"{daemon_rss:.0f} (+ runtime helper {helper_rss:.0f})", "<= 150"),
-            slurm_row(args.jobs, slurm),
         ]
+        slurm = measure_slurm(args.jobs)
+        rows.append(slurm_row(args.jobs, slurm))
         if isinstance(slurm, tuple):
-            rows.append(("lclusterd / Slurm throughput", f"{rate / slurm[0]:.1f}x", "-"))
+            rate = float(rows[2][1].split()[0])  # the Unix socket's throughput
+            rows.append(("lclusterd (Unix socket) / Slurm throughput", f"{rate / slurm[0]:.1f}x", "-"))
     finally:
         store.close()
-        daemon.stop()
+        for node in (daemon, plain):
+            node.stop()
+            remove_cgroup_parent(node.name)
         etcd.stop()
-        remove_cgroup_parent(daemon.name)
         shutil.rmtree(work, ignore_errors=True)
     print(f"lclusterd control plane, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, submit-latency runs {args.latency_runs}")
@@ -220,7 +246,6 @@ def main() -> int:
     print(f"{'measure':<{width}}  {'result':<32}  target")
     for name, value, target in rows:
         print(f"{name:<{width}}  {value:<32}  {target}")
-    print(f"submit stdev {statistics.pstdev(submit):.2f} ms")
     return 0
 
 

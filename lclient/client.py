@@ -22,11 +22,15 @@ from lclusterd.rpc.metadata import CALL_TIMEOUT, ERROR_METADATA_KEY
 
 LOCAL_SOCKET = "/var/lib/lclusterd/lclusterd.sock"  # the node's, under its default --state-dir
 DEFAULT_TCP = "127.0.0.1:64051"
+GROUP = "lclusterd"  # whose members may use a node's Unix socket
 SERVER_ENV = "LCLUSTER_SERVER"
 TLS_DIR_ENV = "LCLUSTER_TLS_DIR"
 USER_ENV = "LCLUSTER_USER"
-# what a refused TLS handshake looks like in gRPC's UNAVAILABLE details
-_HANDSHAKE_WORDS = ("ssl", "handshake", "certificate", "tls")
+# what a refused handshake looks like in gRPC's UNAVAILABLE details: a TLS listener closes the
+# connection of a client without an acceptable certificate ("Socket closed"), as the node's
+# Unix-socket gate does for a uid it does not accept; the client's own checks of the server
+# fail with the TLS library's words
+_REFUSAL_WORDS = ("handshake", "ssl", "certificate", "verification", "permission denied")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,34 @@ def _credentials(target: Target) -> grpc.ChannelCredentials:
         raise errors.InvalidRequest(f"cannot read {exc.filename}: {exc.strerror} (a user's certificate is made with: "
                                     f"lclusterd certs user {directory} {user})") from None
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def _in_group(name: str) -> bool:
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid in os.getgroups()
+    except KeyError:
+        return False
+
+
+def speaks_tls(server: str) -> bool:
+    """Whether HOST:PORT answers a TLS handshake (one without a client certificate, which a
+    TLS 1.3 server refuses only after the handshake, or with an alert)."""
+    import socket
+    import ssl
+
+    host, _, port = server.rpartition(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2) as raw:
+            with context.wrap_socket(raw):
+                return True
+    except ssl.SSLError as exc:
+        return "ALERT" in str(exc).upper()
+    except (OSError, ValueError):
+        return False
 
 
 class JobsClient:
@@ -142,9 +174,8 @@ class JobsClient:
         ours = any(k == ERROR_METADATA_KEY for k, _ in (exc.trailing_metadata() or ()))
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             return errors.Refused(details)
-        if code == grpc.StatusCode.UNAVAILABLE and not ours and any(w in details.lower() for w in _HANDSHAKE_WORDS):
-            return errors.Refused(f"lclusterd at {self.server} refused the connection: the TLS handshake failed "
-                                  f"({self._tls_hint()})")
+        if code == grpc.StatusCode.UNAVAILABLE and not ours and self._refused(details.lower()):
+            return errors.Refused(self._refusal())
         if code == grpc.StatusCode.UNAVAILABLE and not ours:
             return errors.ServerUnreachable(
                 f"cannot reach lclusterd at {self.server} (is it running? choose another with -server or {SERVER_ENV})")
@@ -164,7 +195,26 @@ class JobsClient:
             return errors.ServerError(f"lclusterd at {self.server} failed: {code.name}: {details}")
         return cls(details)
 
-    def _tls_hint(self) -> str:
+    def _refused(self, details: str) -> bool:
+        """Whether an UNAVAILABLE the node did not send means it refused us rather than being
+        away: a TLS listener closes the connection of a client without an acceptable
+        certificate ("Socket closed"), which a node dying mid-call would say as well, so then
+        the node is asked whether it speaks TLS."""
+        if any(word in details for word in _REFUSAL_WORDS):
+            return True
+        if "socket closed" not in details and "connection reset" not in details:
+            return False
+        if self.target.is_unix:  # the gate closes a uid that is not root and not in the group
+            return os.getuid() != 0 and not _in_group(GROUP)
+        return bool(self.target.tls_dir) or speaks_tls(self.server)
+
+    def _refusal(self) -> str:
+        if self.target.is_unix:
+            return (f"lclusterd at {self.server} refused the connection: only root and members of the group "
+                    "lclusterd may use a node's socket")
         if not self.target.tls_dir:
-            return f"it asks for a certificate: give -tls-dir DIR and -user NAME, or {TLS_DIR_ENV} and {USER_ENV}"
-        return "is the certificate signed by the cluster's CA, still valid, and the address in the node's --host list?"
+            return (f"lclusterd at {self.server} refused the connection: it serves mutual TLS; give -tls-dir DIR and "
+                    f"-user NAME (or {TLS_DIR_ENV} and {USER_ENV})")
+        return (f"lclusterd at {self.server} refused the TLS handshake: is the certificate of {self.target.user or 'you'} "
+                f"signed by the cluster's CA in {self.target.tls_dir} and still valid, and {self.server.rsplit(':', 1)[0]} "
+                "in the node's --host list?")

@@ -43,6 +43,7 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "node": job.node or None,
         "attempt": job.attempt,
         "command": spec.command,
+        "owner": job.owner or None,
         "limits": {
             "memory_bytes": spec.memory_bytes if spec.HasField("memory_bytes") else None,
             "cpus": spec.cpus if spec.HasField("cpus") else None,
@@ -140,6 +141,7 @@ def pool_text(pool: pb.Job) -> str:
         ("pool", f"{len(pool.members)} member(s), one per node ready when it was added"),
         ("state", state),
         ("command", pool.spec.command),
+        ("owner", pool.owner or "-"),
         ("created", _when(pool.created_at)),
         ("started", _when(pool.started_at)),
         ("finished", _when(pool.finished_at)),
@@ -160,6 +162,7 @@ def job_text(job: pb.Job) -> str:
         ("id", job.id),
         ("state", outcome(job) + (" (kill requested)" if job.kill_requested else "")),
         ("command", spec.command),
+        ("owner", job.owner or "-"),
         ("node", job.node or "-"),
         ("created", _when(job.created_at)),
         ("started", _when(job.started_at)),
@@ -209,8 +212,8 @@ def jobs_table(jobs: list[pb.Job]) -> str:
     rows = []
     for job in jobs:
         command = job.spec.command.replace("\n", " ")
-        rows.append([job.id, outcome(job), job.node or "-", _age(now - job.created_at), command[:50]])
-    return table(["ID", "STATE", "NODE", "AGE", "COMMAND"], rows)
+        rows.append([job.id, outcome(job), job.node or "-", job.owner or "-", _age(now - job.created_at), command[:50]])
+    return table(["ID", "STATE", "NODE", "OWNER", "AGE", "COMMAND"], rows)
 
 
 def nodes_table(nodes: list[pb.Node]) -> str:

@@ -117,6 +117,28 @@ def holder_of(cert_pem: bytes) -> Holder:
     return Holder(str(names[0].value), str(roles[0].value))
 
 
+def check_node_certificate(cert_pem: bytes, name: str, address: str) -> None:
+    """CertError unless the certificate is node `name`'s and names `address` (the host this
+    node advertises, which its peers and clients check against it)."""
+    holder = holder_of(cert_pem)
+    if (holder.name, holder.role) != (name, NODE):
+        raise CertError(f"the certificate is {holder.role} {holder.name}'s, not node {name}'s")
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        alt = x509.SubjectAlternativeName([])
+    names = {str(n) for n in alt.get_values_for_type(x509.DNSName)}
+    names |= {str(ip) for ip in alt.get_values_for_type(x509.IPAddress)}
+    try:
+        address = str(ipaddress.ip_address(address.strip("[]")))
+    except ValueError:
+        pass
+    if address not in names:
+        raise CertError(f"node {name}'s certificate does not name {address}, the address it advertises (--namespace); "
+                        f"it names {', '.join(sorted(names)) or 'nothing'} (make it again with --host {address})")
+
+
 def _builder(subject: x509.Name, issuer: x509.Name, public_key, days: int) -> x509.CertificateBuilder:
     if not 1 <= days <= 36500:
         raise CertError(f"--days must be between 1 and 36500, not {days}")

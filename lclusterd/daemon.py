@@ -99,7 +99,8 @@ class Daemon:
             raise StartupError(f"rootfs {c.rootfs} has no /bin/sh (build one with: make rootfs, "
                                f"or sh rootfs/build.sh busybox {c.rootfs})")
         self.state = Path(c.state_dir)
-        self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.state.mkdir(parents=True, exist_ok=True, mode=0o711)
+        os.chmod(self.state, 0o711)  # the group's members reach the socket in it; the rest is in 0700 dirs
         self.logs = LogFiles(self.state / "logs")
         self.logs.prepare()
 
@@ -123,7 +124,7 @@ class Daemon:
         self.tls = None
         if c.tls_dir:
             try:
-                self.tls = TlsFiles.load(c.tls_dir, c.node_name)
+                self.tls = TlsFiles.load(c.tls_dir, c.node_name, c.namespace)
             except TlsError as exc:
                 raise StartupError(str(exc)) from None
         elif c.insecure:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from lclusterd import certs
 from lclusterd.errors import LclusterdError
 
 
@@ -27,7 +28,8 @@ class TlsFiles:
     key: bytes
 
     @staticmethod
-    def load(directory: str | Path, name: str) -> TlsFiles:
+    def load(directory: str | Path, name: str, address: str) -> TlsFiles:
+        """The files for node `name`, whose certificate must name `address` (its --namespace)."""
         directory = Path(directory)
         files = [directory / "ca.pem", directory / f"{name}.pem", directory / f"{name}-key.pem"]
         try:
@@ -37,6 +39,10 @@ class TlsFiles:
                            f"node {directory} {name} --host ADDRESS)") from None
         except PermissionError as denied:
             raise TlsError(f"cannot read {denied.filename}: permission denied") from None
+        try:
+            certs.check_node_certificate(cert, name, address)
+        except certs.CertError as error:
+            raise TlsError(f"--tls-dir {directory}: {error}") from None
         return TlsFiles(ca, cert, key)
 
     def server_credentials(self) -> grpc.ServerCredentials:

@@ -138,7 +138,7 @@ def test_list_and_nodes(node):
     node.lclient("-wait", job)
     listing = node.lclient("-list")
     assert listing.returncode == 0
-    assert listing.stdout.splitlines()[0].split() == ["ID", "STATE", "NODE", "AGE", "COMMAND"]
+    assert listing.stdout.splitlines()[0].split() == ["ID", "STATE", "NODE", "OWNER", "AGE", "COMMAND"]
     assert job in listing.stdout
     lines = node.lclient("-list", "-json", "-state", "exited").stdout.splitlines()
     assert all(json.loads(line)["state"] == "EXITED" for line in lines)

@@ -186,7 +186,7 @@ def test_json_outputs(capsys):
 
 def test_tables(capsys):
     _, out, _, _ = run(["-list", "-state", "exited", "-limit", "5"], capsys)
-    assert out.splitlines()[0].split() == ["ID", "STATE", "NODE", "AGE", "COMMAND"]
+    assert out.splitlines()[0].split() == ["ID", "STATE", "NODE", "OWNER", "AGE", "COMMAND"]
     _, out, _, _ = run(["-nodes"], capsys)
     assert out.splitlines()[1].split() == ["n1", "localhost:64051", "prime", "4", "1", "-"]
     _, out, _, _ = run(["-check", JOB], capsys)

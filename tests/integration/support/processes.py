@@ -198,6 +198,18 @@ class NodeProcess:
             argv += ["--etcd", self.etcd_endpoint]
         return argv
 
+    @property
+    def tls_dir(self) -> Path | None:
+        return Path(self.extra[self.extra.index("--tls-dir") + 1]) if "--tls-dir" in self.extra else None
+
+    def channel(self) -> grpc.Channel:
+        """A channel to the node's TCP port; over mutual TLS as the node itself when it has --tls-dir."""
+        if self.tls_dir is None:
+            return grpc.insecure_channel(self.server)
+        read = lambda file: (self.tls_dir / file).read_bytes()  # noqa: E731
+        credentials = grpc.ssl_channel_credentials(read("ca.pem"), read(f"{self.name}-key.pem"), read(f"{self.name}.pem"))
+        return grpc.secure_channel(self.server, credentials)
+
     def start(self, wait: bool = True) -> NodeProcess:
         self.dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
@@ -214,7 +226,7 @@ class NodeProcess:
 
     def wait_serving(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.server) as channel:
+        with self.channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:

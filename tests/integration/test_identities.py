@@ -1,0 +1,163 @@
+"""Who may do what (docs/identities.md), with real local users, real certificates and real
+nodes: over a node's Unix socket the kernel says who calls (SO_PEERCRED), over TCP the client's
+certificate does; users see and kill only their own jobs, admins everything, and only admins
+drain a node."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from support.jobs import until
+from support.processes import Cluster, run_lclient
+from support.tls import expired_user, make_pki
+from support.users import as_user, make_user, remove_user
+
+ANN, BOB, EVE = "lcu-ann", "lcu-bob", "lcu-eve"  # ann and bob in the group lclusterd, eve not
+REFUSED = 4
+
+
+@pytest.fixture(scope="module")
+def users() -> dict[str, str]:
+    made = {ANN: make_user(ANN, True), BOB: make_user(BOB, True), EVE: make_user(EVE, False)}
+    yield made
+    for name in made:
+        remove_user(name)
+
+
+@pytest.fixture(scope="module")
+def place() -> Path:
+    """A directory other users can traverse (pytest's tmp_path is root's only), for the nodes'
+    state dirs and so their sockets."""
+    directory = Path(tempfile.mkdtemp(prefix="lclusterd-ids-", dir="/var/tmp"))
+    os.chmod(directory, 0o711)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pki(place: Path) -> Path:
+    directory = make_pki(place / "pki", nodes={"ids-t1": ["127.0.0.1"], "ids-t2": ["127.0.0.1"]},
+                         users={ANN: False, BOB: False, "boss": True})
+    expired_user(directory, "late")
+    make_pki(place / "other-ca", nodes={}, users={ANN: False})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def nodes(module_etcd, place: Path, pki: Path, users) -> dict:
+    """Three nodes on one queue: `plain` (its socket, and --insecure TCP for root's checks) and
+    two with mutual TLS."""
+    cluster = Cluster(place, module_etcd)
+    found = {}
+    tls_node = ["--tls-dir", str(pki), "--namespace", "127.0.0.1"]  # the address their certificates name
+    for name, extra in (("ids-plain", []), ("ids-t1", tls_node), ("ids-t2", tls_node)):
+        directory = place / name
+        directory.mkdir(mode=0o711)
+        found[name] = cluster.daemon(name, extra=extra, directory=directory)
+    yield found
+    cluster.close()
+
+
+def one_line(result, status: int, *words: str) -> None:
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("lclient: "), result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def added(result) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def tls(pki: Path, user: str) -> list[str]:
+    return ["-tls-dir", str(pki), "-user", user]
+
+
+def test_the_socket_refuses_users_outside_the_group(nodes):
+    node = nodes["ids-plain"]
+    before = run_lclient("-list", server=node.socket).stdout
+    one_line(as_user(EVE, "-list", server=node.socket), REFUSED, "only root and members of the group lclusterd")
+    # the socket's mode is the first wall; the gate's own check of the caller's uid the second
+    path = node.socket.removeprefix("unix:")
+    os.chmod(path, 0o666)
+    try:
+        one_line(as_user(EVE, "-add", "id", server=node.socket), REFUSED, "only root and members")
+    finally:
+        os.chmod(path, 0o660)
+    assert f"refused a connection from uid {pwd.getpwnam(EVE).pw_uid}" in node.log()
+    assert run_lclient("-list", server=node.socket).stdout == before  # nothing was added
+
+
+def test_users_see_and_kill_only_their_own_jobs(nodes):
+    node = nodes["ids-plain"]
+    mine = added(as_user(ANN, "-add", "echo ann here; sleep 300", server=node.socket))
+    theirs = added(as_user(BOB, "-add", "echo bob here", "-wait", server=node.socket))
+    ann = json.loads(as_user(ANN, "-check", mine, "-json", server=node.socket).stdout)
+    assert ann["owner"] == ANN
+    for action in (["-check", mine], ["-kill", mine], ["-logs", mine], ["-wait", mine, "-timeout", "1s"]):
+        one_line(as_user(BOB, *action, server=node.socket), REFUSED, f"user {BOB} may not", f"{ANN}'s job")
+    listed = {json.loads(line)["id"] for line in as_user(BOB, "-list", "-json", server=node.socket).stdout.splitlines()}
+    assert theirs in listed and mine not in listed
+    assert as_user(BOB, "-logs", theirs, server=node.socket).stdout == "bob here\n"
+    one_line(as_user(ANN, "-drain", "ids-plain", server=node.socket), REFUSED, "only admins")
+    pool = added(as_user(BOB, "-add", "true", "-all-nodes", server=node.socket))
+    one_line(as_user(ANN, "-wait", pool, server=node.socket), REFUSED, f"{BOB}'s job")
+    # root over the socket is an admin: sees both, kills ann's
+    everyone = {json.loads(line)["id"] for line in run_lclient("-list", "-json", server=node.socket).stdout.splitlines()}
+    assert {mine, theirs} <= everyone  # (-list shows a pool as its member jobs)
+    assert run_lclient("-kill", mine, server=node.socket).returncode == 0
+    until(lambda: json.loads(as_user(ANN, "-check", mine, "-json", server=node.socket).stdout)["state"] == "KILLED",
+          "ann's job to be killed by root")
+
+
+def test_a_node_refuses_to_start_with_a_certificate_not_its_own(module_etcd, place: Path, pki: Path):
+    cluster = Cluster(place, module_etcd)
+    for name, extra, words in (
+            ("ids-t1", ["--namespace", "localhost"], "does not name localhost, the address it advertises"),
+            ("ids-x", ["--namespace", "127.0.0.1"], "has no ids-x.pem")):
+        node = cluster.daemon(name, extra=["--tls-dir", str(pki), *extra], start=False, directory=place / "bad")
+        result = subprocess.run(node.argv(), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 3 and words in result.stderr, result.stderr
+
+
+def test_certificates_name_the_caller(nodes, pki: Path, place: Path):
+    t1 = nodes["ids-t1"]
+    job = added(run_lclient("-add", "echo over tls", "-wait", *tls(pki, ANN), server=t1.server))
+    assert json.loads(run_lclient("-check", job, "-json", *tls(pki, ANN), server=t1.server).stdout)["owner"] == ANN
+    # the same name over a node's socket is the same user
+    assert as_user(ANN, "-logs", job, server=nodes["ids-plain"].socket).stdout == "over tls\n"
+    one_line(run_lclient("-kill", job, *tls(pki, BOB), server=t1.server), REFUSED, f"user {BOB} may not kill")
+    one_line(run_lclient("-drain", "ids-t2", *tls(pki, BOB), server=t1.server), REFUSED, "only admins")
+    assert run_lclient("-drain", "ids-t2", *tls(pki, "boss"), server=t1.server).returncode == 0
+    assert run_lclient("-undrain", "ids-t2", *tls(pki, "boss"), server=t1.server).returncode == 0
+    assert job in run_lclient("-list", *tls(pki, "boss"), server=t1.server).stdout
+    # a node's certificate is for the nodes' own calls, not for adding jobs
+    one_line(run_lclient("-add", "true", *tls(pki, "ids-t2"), server=t1.server), REFUSED, "node ids-t2 may not add")
+
+
+@pytest.mark.parametrize("how", ["no certificate", "another CA", "expired"])
+def test_tls_refuses_callers_without_a_good_certificate(nodes, pki: Path, place: Path, how: str):
+    args = {"no certificate": [], "another CA": tls(place / "other-ca", ANN), "expired": tls(pki, "late")}[how]
+    server = nodes["ids-t1"].server
+    result = run_lclient("-add", "echo nope", *args, server=server)
+    one_line(result, REFUSED, "refused")
+    if how == "no certificate":
+        assert "serves mutual TLS; give -tls-dir" in result.stderr
+
+
+def test_logs_are_proxied_between_nodes_over_mutual_tls(nodes, pki: Path):
+    t1 = nodes["ids-t1"]
+    job = added(run_lclient("-add", "echo ran on t2", "-node", "ids-t2", "-wait", *tls(pki, ANN), server=t1.server))
+    record = json.loads(run_lclient("-check", job, "-json", *tls(pki, ANN), server=t1.server).stdout)
+    assert record["node"] == "ids-t2"
+    assert run_lclient("-logs", job, *tls(pki, ANN), server=t1.server).stdout == "ran on t2\n"
+    one_line(run_lclient("-logs", job, *tls(pki, BOB), server=t1.server), REFUSED, f"{ANN}'s job")
