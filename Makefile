@@ -4,13 +4,14 @@
 #   make test      prep, then the whole test suite
 #   make test-v2   the runtime's integration tests inside a pure cgroup v2 VM (../shared/v2vm)
 #   make bench     the benchmarks under bench/ (make bench-deps installs the peer tools)
-#   make rootfs ROOTFS=debian   build another root filesystem
+#   make rootfs ROOTFS=debian   build the image debian (python3, gcc) into the node's image store
 SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 ROOTFS ?= busybox
 ROOTFS_DIR ?= /var/lib/lclusterd/rootfs
+STATE_DIR ?= /var/lib/lclusterd
 BINDIR ?= /usr/local/bin
 STAMPS := .stamps
 V2VM ?= $(CURDIR)/../shared/v2vm
@@ -20,18 +21,27 @@ APT_PACKAGES := etcd-server etcd-client busybox-static python3-venv python3-dev 
 JOBINIT := lclusterd/runtime/jobinit/lclusterd-jobinit
 BUSYBOX := build/busybox
 BENCH_PACKAGES := runc bubblewrap slurm-wlm munge
+# Only the tests need these (they build the images they import: umoci an OCI layout, skopeo
+# its docker save twin); make test installs them, make prep and make run do not.
+TEST_PACKAGES := umoci skopeo
 
 .PHONY: prep run test test-unit test-integration test-v2 rootfs links users proto bench bench-deps clean
 
 prep: $(STAMPS)/apt $(STAMPS)/venv $(JOBINIT) rootfs links users
 
-# Only calls apt-get when a package is missing, so a second run takes no time.
-$(STAMPS)/apt: Makefile
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+# Only calls apt-get when a package of $(1) is missing, so a second run takes no time.
+apt_install = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-		echo "prep: installing $$missing"; \
+		echo "$(2): installing $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+$(STAMPS)/apt: Makefile
+	@$(call apt_install,$(APT_PACKAGES),prep)
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/test-apt: Makefile $(STAMPS)/apt
+	@$(call apt_install,$(TEST_PACKAGES),test)
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
@@ -49,8 +59,11 @@ $(JOBINIT): $(JOBINIT_SOURCES) $(JOBINIT_HEADERS) $(STAMPS)/apt
 $(BUSYBOX): rootfs/busybox-musl.sh $(STAMPS)/apt
 	sh rootfs/busybox-musl.sh $@
 
-rootfs: $(STAMPS)/apt $(BUSYBOX)
-	@BUSYBOX=$(BUSYBOX) sh rootfs/build.sh $(ROOTFS) $(ROOTFS_DIR)
+# ROOTFS=busybox (the default): the node's rootfs at ROOTFS_DIR, which the image store lists
+# as the image busybox. Another kind (debian): an image of that name in the node's store.
+rootfs: $(STAMPS)/apt $(if $(filter busybox,$(ROOTFS)),$(BUSYBOX),$(STAMPS)/venv)
+	@if [ "$(ROOTFS)" = busybox ]; then BUSYBOX=$(BUSYBOX) sh rootfs/build.sh busybox $(ROOTFS_DIR); \
+	else PYTHON=$(PY) sh rootfs/image.sh $(ROOTFS) $(STATE_DIR); fi
 
 # The system user and group lclusterd, and its subordinate id range (/etc/subuid, /etc/subgid):
 # every job's user namespace takes 65536 ids of it (lclusterd/runtime/userns.py). Above
@@ -70,13 +83,13 @@ links: $(STAMPS)/venv
 run: prep
 	$(VENV)/bin/lclusterd --rootfs $(ROOTFS_DIR)
 
-test: prep
+test: prep $(STAMPS)/test-apt
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMPS)/venv $(JOBINIT)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: prep
+test-integration: prep $(STAMPS)/test-apt
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 # The venv is made on the host with Debian's python3, which the guest also has, so it

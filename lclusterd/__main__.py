@@ -120,6 +120,22 @@ def drain_main(argv: list[str]) -> int:
     return lclient_run([f"-{verb}", *rest])
 
 
+def image_main(argv: list[str]) -> int:
+    """`lclusterd image import|ls|rm ...`: this node's image store (lclusterd/runtime/images/cli.py),
+    under the --state-dir and beside the --rootfs the daemon takes from the config file (or
+    LCLUSTERD_STATE_DIR, LCLUSTERD_ROOTFS, or each command's own options)."""
+    from lclusterd.runtime.images.cli import run as images_run
+
+    where = {"state_dir": _D["state_dir"], "rootfs": _D["rootfs"]}
+    if os.path.exists(DEFAULT_CONFIG_FILE):
+        try:
+            where.update({key: value for key, value in load_file(DEFAULT_CONFIG_FILE).items() if key in where})
+        except ConfigError as exc:
+            click.echo(f"lclusterd image: {exc}", err=True)
+            return 2
+    return images_run(argv, **where)
+
+
 def main() -> None:
     if sys.argv[1:2] in (["drain"], ["undrain"]):
         sys.exit(drain_main(sys.argv[1:]))
@@ -127,6 +143,8 @@ def main() -> None:
         from lclusterd.certs_cli import main as certs_main  # only this command needs cryptography
 
         sys.exit(certs_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["image"]:
+        sys.exit(image_main(sys.argv[2:]))
     if os.geteuid() != 0 and not {"-h", "--help", "--version"} & set(sys.argv[1:]):
         click.echo("lclusterd: must run as root (it creates namespaces, cgroups and mounts)", err=True)
         sys.exit(3)

@@ -121,3 +121,28 @@ class NotAuthenticated(LclusterdError):
 class NotAllowed(LclusterdError):
     """The caller is known, and the request is not theirs to make (another user's job, an
     admin-only action)."""
+
+
+class ImageError(LclusterdError):
+    """An image of a node's store cannot be imported, found or removed."""
+
+
+class InvalidImageName(ImageError):
+    """An image name that the store cannot hold (it becomes a directory name)."""
+
+
+class InvalidImage(ImageError):
+    """What was given to import is missing, is not an image, is malformed (manifest, config,
+    digests), or has a layer that breaks a rule (a path that would leave the image)."""
+
+
+class ImageNotFound(ImageError):
+    """No image of that name is in this node's store."""
+
+    def __init__(self, name: str):
+        super().__init__(f"no image named {name!r} on this node (lclusterd image ls lists them)")
+        self.name = name
+
+
+class ImageExists(ImageError):
+    """The name is taken: by an image in the store (--replace replaces it) or by the node's rootfs."""

@@ -51,6 +51,18 @@ def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(fd, nstype), f"setns({fd}, {nstype:#x})")
 
 
+RENAME_NOREPLACE = 1  # fail with EEXIST rather than replace
+RENAME_EXCHANGE = 2  # swap the two entries, in one step
+AT_FDCWD = -100
+
+
+def rename(old: str, new: str, flags: int) -> None:
+    """renameat2(2), which os.rename lacks: the image store's atomic install and swap."""
+    call = _libc.renameat2  # glibc 2.28; looked up when used, so an older libc still imports this module
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    _check(call(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags), f"renameat2({old}, {new}, {flags:#x})")
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     ret = _libc.prctl(option, arg2, arg3, arg4, arg5)
     _check(ret, f"prctl({option}, {arg2})")

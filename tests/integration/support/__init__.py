@@ -7,6 +7,8 @@ so a test imports them as `support.<module>`):
     etcd_readers  etcd read with etcdctl: etcdctl, etcd_prefix, etcd_records, prime_holder
     jobs          jobs through lclient: add, check, until, nodes, ran_on, pid_alive,
                   assert_stream_ended_once
+    images        image tests: layer tars member by member, an umoci image and its skopeo
+                  docker-archive twin, tree snapshots, `lclusterd image` as a subprocess
     fixtures      the pytest fixtures (etcd, module_etcd, etcd_cluster, cluster, cluster3),
                   registered once by tests/integration/conftest.py: tests do not import them
 """
