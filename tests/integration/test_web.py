@@ -262,6 +262,8 @@ def test_etcd_down_is_503(cluster, etcd):
     daemon = cluster.daemon(f"webe-{TAG}", extra=["--web-listen", f"127.0.0.1:{free_port()}", "--etcd-timeout", "1"])
     token = web_login(daemon)["token"]
     etcd.stop()
-    error(http("GET", api(daemon, "/jobs"), token=token), 503, "etcd", "unavailable")
-    error(http("POST", api(daemon, "/jobs"), token=token, body={"command": "true"}), 503, "unavailable")
-    etcd.start()
+    try:
+        error(http("GET", api(daemon, "/jobs"), token=token), 503, "etcd", "unavailable")
+        error(http("POST", api(daemon, "/jobs"), token=token, body={"command": "true"}), 503, "unavailable")
+    finally:
+        etcd.start()  # the node stops cleanly on a live etcd

@@ -31,9 +31,14 @@ def browser():
 
 
 def text_of(driver, element_id: str) -> str:
+    """The element's text; "" while the page has none (a job page reloads once when its job ends)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return driver.find_element(By.ID, element_id).text
+    try:
+        return driver.find_element(By.ID, element_id).text
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
 
 
 def test_log_in_watch_a_job_write_and_kill_it(node, browser):
