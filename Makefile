@@ -22,8 +22,9 @@ JOBINIT := lclusterd/runtime/jobinit/lclusterd-jobinit
 BUSYBOX := build/busybox
 BENCH_PACKAGES := runc bubblewrap slurm-wlm munge
 # Only the tests need these (they build the images they import: umoci an OCI layout, skopeo
-# its docker save twin); make test installs them, make prep and make run do not.
-TEST_PACKAGES := umoci skopeo
+# its docker save twin; the web page's tests drive chromium through chromium-driver); make test
+# installs them, make prep and make run do not.
+TEST_PACKAGES := umoci skopeo chromium chromium-driver
 
 .PHONY: prep run test test-unit test-integration test-v2 rootfs links users proto bench bench-deps clean
 

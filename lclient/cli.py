@@ -26,7 +26,7 @@ from lclient.format import dumps, job_json, job_text, jobs_table, members_table,
 from lclient.units import parse_count, parse_cpus, parse_duration, parse_memory
 from lclusterd.rpc import lclusterd_pb2 as pb
 
-ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain")
+ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain", "-web")
 _WAIT_FOR_ADDED = "\0added"  # -wait given with no uuid: wait for the job this call adds
 
 ClientFactory = Callable[[Target], JobsClient]
@@ -80,6 +80,11 @@ def _opt(*names: str, **kw):
 @_opt("-all-nodes", "--all-nodes", "all_nodes", is_flag=True,
       help="With -add: a pool, one copy on every ready node (not draining); prints the pool's uuid alone, "
            "which -check, -wait and -kill take.")
+@_opt("-web", "--web", "web", is_flag=True,
+      help="Print a link that logs you in to the node's web page as yourself (good once, for 5 minutes; the "
+           "session lasts 8 hours).")
+@_opt("-token", "--token", "token", is_flag=True,
+      help="With -web: print a token for the web page's JSON API instead (curl -H \"Authorization: Bearer TOKEN\").")
 @_opt("-json", "--json", "as_json", is_flag=True, help="Machine-readable output (one JSON document per line).")
 @_opt("-server", "--server", "server", metavar="HOST:PORT",
       help=f"The lclusterd to talk to: HOST:PORT or unix:PATH (also ${SERVER_ENV}; default: the local node's socket "
@@ -92,14 +97,14 @@ def _opt(*names: str, **kw):
 @click.pass_context
 def cli(ctx: click.Context, **o) -> int:
     """Submit and manage lclusterd jobs. Exactly one of -add, -check, -kill, -list, -nodes,
-    -logs, -wait (or -add with -wait), -drain, -undrain. -add CMD -all-nodes queues a pool, one
+    -logs, -wait (or -add with -wait), -drain, -undrain, -web. -add CMD -all-nodes queues a pool, one
     copy of CMD on every ready node, under one uuid that -check, -wait and -kill take.
 
     Exit status: 0 ok (-wait: the job's own status, 128+N for signal N); 1 job failed or not
     found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 4 refused (who you are,
     or not yours to do); 124 -wait timed out."""
     factory: ClientFactory = ctx.obj or JobsClient
-    chosen = [name for name, key in zip(ACTIONS, ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain"))
+    chosen = [name for name, key in zip(ACTIONS, ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain", "web"))
               if o[key] not in (None, False)]
     if chosen == ["-add", "-wait"] and o["wait"] == _WAIT_FOR_ADDED:
         chosen = ["-add"]
@@ -185,6 +190,8 @@ def _check_applicable(action: str, o: dict) -> None:
             raise click.UsageError("-follow waits until the job ends; leave out -timeout")
     if (o["states"] or o["limit"] != "0") and action != "-list":
         raise click.UsageError("-state and -limit go with -list")
+    if o["token"] and action != "-web":
+        raise click.UsageError("-token goes with -web")
     if o["all_nodes"] and action != "-add":
         raise click.UsageError("-all-nodes goes with -add")
     if o["all_nodes"] and o["node"]:
@@ -268,10 +275,20 @@ def _logs(client: JobsClient, job_id: str, follow: bool) -> int:
     return errors.EXIT_OK
 
 
+def _web(client: JobsClient, o: dict) -> int:
+    reply = client.web_login()
+    if o["as_json"]:
+        click.echo(dumps({"url": reply.url, "login_expires_at": reply.login_expires_at, "token": reply.token,
+                          "expires_at": reply.expires_at, "user": reply.user, "admin": reply.admin}))
+    else:
+        click.echo(reply.token if o["token"] else reply.url)
+    return errors.EXIT_OK
+
+
 HANDLERS: dict[str, Callable[[JobsClient, dict], int]] = {
     "-add": lambda client, o: _add(client, o), "-check": _check, "-kill": _kill, "-list": _list, "-nodes": _nodes,
     "-logs": lambda client, o: _logs(client, o["logs"], o["follow"]), "-wait": _wait_action,
-    "-drain": _drain, "-undrain": _drain,
+    "-drain": _drain, "-undrain": _drain, "-web": _web,
 }
 
 

@@ -149,6 +149,10 @@ class JobsClient:
     def drain(self, node: str, drain: bool = True) -> pb.Node:
         return self._call(self._stub.Drain, pb.DrainRequest(node=node, drain=drain))
 
+    def web_login(self) -> pb.WebLoginReply:
+        """A login link to the node's web page, and a token for its JSON API."""
+        return self._call(self._stub.WebLogin, pb.WebLoginRequest())
+
     def logs(self, job_id: str, follow: bool = False) -> Iterator[pb.LogChunk]:
         stream = self._stub.Logs(pb.LogsRequest(id=job_id, follow=follow), timeout=None if follow else self.timeout)
         try:

@@ -132,6 +132,11 @@ def members_table(pool: pb.Job) -> str:
 
 def pool_text(pool: pb.Job) -> str:
     """-check of a pool: its summary, then one row per member (in node order)."""
+    return _rows_text(pool_rows(pool)) + "\nmembers:\n" + "\n".join("  " + line for line in members_table(pool).splitlines())
+
+
+def pool_rows(pool: pb.Job) -> list[tuple[str, str]]:
+    """The pool's summary as (label, value) rows (also the web page's)."""
     ended = sum(1 for m in pool.members if m.state in TERMINAL)
     state = outcome(pool) + (" (kill requested)" if pool.kill_requested else "")
     if ended < len(pool.members):
@@ -151,12 +156,28 @@ def pool_text(pool: pb.Job) -> str:
         rows.append(("reason", pool.error))
     if pool.spec.retries:
         rows.append(("retries", f"{pool.spec.retries} per member"))
-    return _rows_text(rows) + "\nmembers:\n" + "\n".join("  " + line for line in members_table(pool).splitlines())
+    return rows
 
 
 def job_text(job: pb.Job) -> str:
     if job.is_pool:
         return pool_text(job)
+    text = _rows_text(job_rows(job))
+    if job.attempts:
+        lines = [[str(a["attempt"]), a["node"] or "-", _when(a["started_at"] or 0), _when(a["ended_at"] or 0),
+                  a["state"], (a["reason"] or "")[:100]] for a in attempts_json(job)]
+        text += "\nattempts:\n" + "\n".join("  " + line for line in
+                                            table(["#", "NODE", "STARTED", "ENDED", "STATE", "REASON"], lines).splitlines())
+    return text
+
+
+def attempts_json(job: pb.Job) -> list[dict[str, Any]]:
+    """Every attempt of a job that had more than one, oldest first, the current one last."""
+    return [attempt_json(a) for a in job.attempts] + [current_attempt_json(job)]
+
+
+def job_rows(job: pb.Job) -> list[tuple[str, str]]:
+    """-check of a job as (label, value) rows (also the web page's)."""
     spec = job.spec
     rows = [
         ("id", job.id),
@@ -191,14 +212,7 @@ def job_text(job: pb.Job) -> str:
         rows.append(("waiting", job.waiting or "for a free slot on a node"))
     if spec.retries or job.attempts:
         rows.append(("attempt", f"{job.attempt} of at most {spec.retries + 1}"))
-    text = _rows_text(rows)
-    if job.attempts:
-        history = [attempt_json(a) for a in job.attempts] + [current_attempt_json(job)]
-        lines = [[str(a["attempt"]), a["node"] or "-", _when(a["started_at"] or 0), _when(a["ended_at"] or 0),
-                  a["state"], (a["reason"] or "")[:100]] for a in history]
-        text += "\nattempts:\n" + "\n".join("  " + line for line in
-                                            table(["#", "NODE", "STARTED", "ENDED", "STATE", "REASON"], lines).splitlines())
-    return text
+    return rows
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

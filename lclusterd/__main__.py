@@ -55,6 +55,9 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
 @click.option("--insecure", is_flag=True, default=False,
               help="Serve plain TCP without --tls-dir, every caller an admin (labs and tests only). Without --tls-dir "
                    "or --insecure the node serves only its Unix socket.")
+@click.option("--web-listen", default=_D["web_listen"],
+              help="HOST:PORT of this node's web page and its JSON API under /api/ (plain HTTP; log in with the link "
+                   "`lclient -web` prints). Empty: no web page.")
 @click.option("--on-shutdown", type=click.Choice(SHUTDOWN_MODES), default=_D["on_shutdown"],
               help="On SIGTERM/SIGINT: kill running jobs (recorded as KILLED), or let them finish first. "
                    "A second signal kills them anyway.")

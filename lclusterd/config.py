@@ -18,6 +18,7 @@ from lclusterd.units import format_size, parse_duration, parse_size
 
 DEFAULT_PORT = 64051
 DEFAULT_STATE_DIR = "/var/lib/lclusterd"
+DEFAULT_WEB_LISTEN = "127.0.0.1:8088"
 DEFAULT_CONFIG_FILE = "/etc/lclusterd/lclusterd.toml"
 SHUTDOWN_MODES = ("kill", "finish")
 USERNS_MODES = ("on", "off")
@@ -44,6 +45,7 @@ class Config:
     keep: str = "7d"  # how long ended jobs' records, tombstones and logs are kept
     insecure: bool = False  # plain TCP, every caller an admin (labs and tests)
     tls_dir: str = ""  # the CA and this node's certificate: TCP with mutual TLS
+    web_listen: str = DEFAULT_WEB_LISTEN  # HOST:PORT of the web page and its JSON API; empty: none
     on_shutdown: str = "kill"
     lease_ttl: int = 5
     default_pids: int = DEFAULT_PIDS
@@ -91,6 +93,31 @@ class Config:
     @property
     def socket_path(self) -> str:
         return str(Path(self.state_dir) / "lclusterd.sock")
+
+    @property
+    def web_address(self) -> tuple[str, int] | None:
+        """(host, port) of the web page (--web-listen HOST:PORT, or PORT on loopback); None: none."""
+        text = str(self.web_listen).strip()
+        if not text:
+            return None
+        host, _, port = text.rpartition(":")
+        try:
+            number = int(port)
+        except ValueError:
+            raise ConfigError(f"--web-listen must be HOST:PORT (or empty for no web page), not {text!r}") from None
+        if not 1 <= number <= 65535:
+            raise ConfigError(f"--web-listen port must be between 1 and 65535, not {number}")
+        return host.strip("[]") or "127.0.0.1", number
+
+    @property
+    def web_url(self) -> str:
+        """http://HOST:PORT of the web page as a browser on this host reaches it ("" for none): a
+        wildcard address is reached by --namespace."""
+        address = self.web_address
+        if address is None:
+            return ""
+        host = self.namespace if address[0] in ("0.0.0.0", "::") else address[0]
+        return f"http://[{host}]:{address[1]}" if ":" in host else f"http://{host}:{address[1]}"
 
     @property
     def cgroup_parent(self) -> str:
@@ -176,6 +203,7 @@ class Config:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         if self.userns not in USERNS_MODES:
             raise ConfigError(f"--userns must be on or off, not {self.userns!r}")
+        self.web_address  # raises ConfigError on a bad --web-listen
         self._validate_ceilings()
 
     def _validate_ceilings(self) -> None:

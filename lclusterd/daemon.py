@@ -53,6 +53,9 @@ from lclusterd.runtime import host, userns
 from lclusterd.runtime.cgroups import NodeLimits
 from lclusterd.runtime.launcher import IdRanges, Launcher
 from lclusterd.runtime.spec import RuntimeSpec
+from lclusterd.web.app import create_app
+from lclusterd.web.calls import WebCalls
+from lclusterd.web.server import WebServer, WebStartError, bind_web
 
 log = logging.getLogger("lclusterd")
 
@@ -81,6 +84,8 @@ class Daemon:
         self._server_stopped = False
         self.gate: UnixGate | None = None
         self.worker: Worker | None = None
+        self.web: WebServer | None = None
+        self.web_page = None
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -138,6 +143,18 @@ class Daemon:
         except OSError as exc:
             raise StartupError(f"cannot listen on unix:{c.socket_path}: {exc.strerror}") from None
         self.gate = gate
+        self._bind_web()
+
+    def _bind_web(self) -> None:
+        """The web page's port (--web-listen) and its token key; serving starts in _serve."""
+        c = self.config
+        if c.web_address is None:
+            return
+        try:
+            self.web, self.web_page = bind_web(c.web_address, c.web_url, self.state / "web.key")
+        except WebStartError as exc:
+            raise StartupError(str(exc)) from None
+        self._teardown.callback(self.web.stop)
 
     def _connect_etcd(self) -> None:
         c = self.config
@@ -200,16 +217,20 @@ class Daemon:
         c = self.config
         services = ApiServices(node=c.node_name, jobs=self.jobs, admission=Admission(self.jobs, self.info, self.scheduler),
                                lookup=Lookup(self.jobs, Pools(self.jobs)), nodes=NodeDirectory(self.store, self.keys),
-                               events=self.events, logs=self.logs, peers=self.peers)
+                               events=self.events, logs=self.logs, peers=self.peers,
+                               web=self.web_page)
         pb_grpc.add_JobsServicer_to_server(JobsServicer(services, Authenticator(self.gate.identity)), self.server)
         self.server.start()
         self.gate.start()
+        if self.web is not None:
+            self.web.serve(create_app(WebCalls(services), self.web_page.tokens, c.node_name))
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._teardown.callback(self.health.enter_graceful_shutdown)
         tcp = f"{c.bind_host}:{c.port} ({'mutual TLS' if c.tls_dir else 'plain, --insecure'}) and " if c.serves_tcp else ""
-        log.info("node %s serving on %sunix:%s; etcd at %s; rootfs %s",
-                 c.node_name, tcp, c.socket_path, self.store.describe(), c.rootfs)
+        web = f"; web page {c.web_url}" if self.web is not None else ""
+        log.info("node %s serving on %sunix:%s; etcd at %s; rootfs %s%s",
+                 c.node_name, tcp, c.socket_path, self.store.describe(), c.rootfs, web)
 
     def _started(self, service, stop):
         """Start `service` and have shutdown call `stop(service)`."""
@@ -275,6 +296,8 @@ class Daemon:
         self._server_stopped = True
         if self.gate is not None:
             self.gate.stop()
+        if self.web is not None:
+            self.web.stop()
         self.server.stop(grace=1).wait(5)
 
     # -- run and stop --------------------------------------------------------------------------

@@ -114,6 +114,10 @@ class IsAPool(LclusterdError):
         self.pool_id = pool_id
 
 
+class WebDisabled(LclusterdError):
+    """A web login was asked of a node that serves no web page (--web-listen empty)."""
+
+
 class NotAuthenticated(LclusterdError):
     """The caller could not be identified (no identity the node accepts)."""
 

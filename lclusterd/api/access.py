@@ -39,6 +39,11 @@ def check_admin(caller: Identity, what: str) -> None:
         raise NotAllowed(f"{caller.label} may not {what}: only admins may")
 
 
+def check_may_use_web(caller: Identity) -> None:
+    if caller.node:
+        raise NotAllowed(f"{caller.label} may not log in to the web page: node certificates only read logs for other nodes")
+
+
 def owner_filter(caller: Identity) -> str | None:
     """Whose jobs `caller` lists: None (everyone's) for an admin, else their own."""
     if caller.node:

@@ -13,7 +13,7 @@ import grpc
 
 from lclusterd.errors import (InvalidSpec, InvalidTransition, IsAPool, JobFinished, JobNotFound, JobRemoved, LclusterdError,
                               NodeNotFound, NodeUnreachable, NoReadyNode, NotAllowed, NotAuthenticated, RuntimeUnavailable,
-                              StoreUnavailable, TooBusy, WaitTimedOut)
+                              StoreUnavailable, TooBusy, WaitTimedOut, WebDisabled)
 from lclusterd.rpc.metadata import ERROR_METADATA_KEY
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ STATUS_OF = {
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
     NoReadyNode: grpc.StatusCode.FAILED_PRECONDITION,
     IsAPool: grpc.StatusCode.FAILED_PRECONDITION,
+    WebDisabled: grpc.StatusCode.FAILED_PRECONDITION,
     WaitTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
     NotAuthenticated: grpc.StatusCode.UNAUTHENTICATED,
     NotAllowed: grpc.StatusCode.PERMISSION_DENIED,

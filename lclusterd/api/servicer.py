@@ -16,13 +16,14 @@ from lclusterd.api.convert import job_to_proto, node_to_proto, pool_to_proto, sp
 from lclusterd.api.errors import maps_errors, maps_stream_errors
 from lclusterd.api.identity import Authenticator
 from lclusterd.api.peers import Peers
+from lclusterd.api.tokens import WebPage
 from lclusterd.cluster.admission import Admission
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.lookup import FoundJob, FoundPool, Lookup
 from lclusterd.cluster.node import NodeDirectory
-from lclusterd.errors import InvalidSpec, IsAPool, TooBusy, WaitTimedOut
+from lclusterd.errors import InvalidSpec, IsAPool, TooBusy, WaitTimedOut, WebDisabled
 from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
@@ -47,6 +48,7 @@ class ApiServices:
     events: JobEvents
     logs: LogFiles
     peers: Peers
+    web: WebPage | None = None  # this node's web page (--web-listen), None when it serves none
 
 
 _STREAMS = (pb.LogChunk.STDOUT, pb.LogChunk.STDERR)
@@ -67,6 +69,7 @@ class JobsServicer(pb_grpc.JobsServicer):
         self.events = services.events
         self.logs = services.logs
         self.peers = services.peers
+        self.web = services.web
         self._blocking = threading.BoundedSemaphore(MAX_BLOCKING)
 
     @contextmanager
@@ -132,6 +135,16 @@ class JobsServicer(pb_grpc.JobsServicer):
     def Nodes(self, request: pb.NodesRequest, context) -> pb.NodesReply:
         self.authenticator.identify(context)
         return pb.NodesReply(nodes=[node_to_proto(view) for view in self.nodes.list()])
+
+    @maps_errors
+    def WebLogin(self, request: pb.WebLoginRequest, context) -> pb.WebLoginReply:
+        caller = self.authenticator.identify(context)
+        access.check_may_use_web(caller)
+        if self.web is None:
+            raise WebDisabled(f"node {self.node} serves no web page (start it with --web-listen HOST:PORT)")
+        issued = self.web.tokens.issue(caller)
+        return pb.WebLoginReply(url=self.web.login_url(issued), login_expires_at=issued.login_expires_at,
+                                token=issued.session, expires_at=issued.expires_at, user=caller.name, admin=caller.admin)
 
     @maps_errors
     def Drain(self, request: pb.DrainRequest, context) -> pb.Node:

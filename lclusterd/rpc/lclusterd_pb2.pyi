@@ -178,6 +178,26 @@ class NodesReply(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
+class WebLoginRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WebLoginReply(_message.Message):
+    __slots__ = ("url", "login_expires_at", "token", "expires_at", "user", "admin")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    LOGIN_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    login_expires_at: float
+    token: str
+    expires_at: float
+    user: str
+    admin: bool
+    def __init__(self, url: _Optional[str] = ..., login_expires_at: _Optional[float] = ..., token: _Optional[str] = ..., expires_at: _Optional[float] = ..., user: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+
 class LogsRequest(_message.Message):
     __slots__ = ("id", "follow")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -63,6 +63,11 @@ class JobsStub:
                 request_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.NodesRequest.SerializeToString,
                 response_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.NodesReply.FromString,
                 _registered_method=True)
+        self.WebLogin = channel.unary_unary(
+                '/lclusterd.v1.Jobs/WebLogin',
+                request_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.WebLoginRequest.SerializeToString,
+                response_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.WebLoginReply.FromString,
+                _registered_method=True)
         self.Logs = channel.unary_stream(
                 '/lclusterd.v1.Jobs/Logs',
                 request_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.LogsRequest.SerializeToString,
@@ -124,6 +129,15 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WebLogin(self, request, context):
+        """A link that logs the caller into this node's web page (--web-listen) as themselves, and a
+        token for its JSON API (Authorization: Bearer); both signed by this node, short-lived.
+        FAILED_PRECONDITION when the node serves no web page; node certificates are refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Logs(self, request, context):
         """The job's output; with follow, streams until the job has ended. Not for a pool id
         (FAILED_PRECONDITION): read a member's.
@@ -174,6 +188,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.Nodes,
                     request_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.NodesRequest.FromString,
                     response_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.NodesReply.SerializeToString,
+            ),
+            'WebLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.WebLogin,
+                    request_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.WebLoginRequest.FromString,
+                    response_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.WebLoginReply.SerializeToString,
             ),
             'Logs': grpc.unary_stream_rpc_method_handler(
                     servicer.Logs,
@@ -330,6 +349,33 @@ class Jobs:
             '/lclusterd.v1.Jobs/Nodes',
             lclusterd_dot_rpc_dot_lclusterd__pb2.NodesRequest.SerializeToString,
             lclusterd_dot_rpc_dot_lclusterd__pb2.NodesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WebLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lclusterd.v1.Jobs/WebLogin',
+            lclusterd_dot_rpc_dot_lclusterd__pb2.WebLoginRequest.SerializeToString,
+            lclusterd_dot_rpc_dot_lclusterd__pb2.WebLoginReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,3 +75,10 @@ def test_a_node_certificate_must_name_the_node_and_its_address(tmp_path):
         certs.check_node_certificate(pem, "n1", "10.0.0.2")
     with pytest.raises(certs.CertError, match="not node n2's"):
         certs.check_node_certificate(pem, "n2", "10.0.0.1")
+
+
+def test_users_and_admins_log_in_to_the_web_page_and_nodes_do_not():
+    access.check_may_use_web(ANN)
+    access.check_may_use_web(ADMIN)
+    with pytest.raises(NotAllowed, match="node n1 may not log in to the web page"):
+        access.check_may_use_web(NODE)

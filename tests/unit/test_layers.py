@@ -26,9 +26,14 @@ ALLOWED = {
     "lclusterd.rpc": ("lclusterd.rpc",),
     "lclusterd.runtime": ("lclusterd.runtime", "lclusterd.errors", "lclusterd.units", "lclusterd.limits", "lclusterd.states"),
     "lclusterd.units": (),
+    # the web page: the API's services and checks, answered in lclient's shapes and words (its
+    # JSON is lclient -json's; forms parse sizes and durations as lclient's options do)
+    "lclusterd.web": ("lclusterd.web", "lclusterd.api", "lclusterd.cluster", "lclusterd.model", "lclusterd.errors",
+                      "lclusterd.rpc", "lclusterd.states", "lclient.format", "lclient.units"),
 }
 THIRD_PARTY_ONLY_IN = {"etcd3": ("lclusterd.cluster.store",), "grpc": ("lclient", "lclusterd.api", "lclusterd.rpc",
-                                                                        "lclusterd.daemon", "lclusterd.cluster.store")}
+                                                                        "lclusterd.daemon", "lclusterd.cluster.store"),
+                      "flask": ("lclusterd.web",), "werkzeug": ("lclusterd.web",), "cheroot": ("lclusterd.web.server",)}
 
 
 def modules():

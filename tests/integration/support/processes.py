@@ -194,9 +194,16 @@ class NodeProcess:
                 "--rootfs", ROOTFS, "--prefix", self.prefix, "--lease-ttl", "2", *self.extra]
         if "--tls-dir" not in self.extra:  # tests talk plain TCP unless they test TLS
             argv.append("--insecure")
+        if "--web-listen" not in self.extra:  # nodes on one host would share the default port
+            argv += ["--web-listen", ""]
         if self.etcd_endpoint:
             argv += ["--etcd", self.etcd_endpoint]
         return argv
+
+    @property
+    def web_url(self) -> str:
+        """http://HOST:PORT of the node's web page (a test gives it --web-listen)."""
+        return "http://" + self.extra[self.extra.index("--web-listen") + 1]
 
     @property
     def tls_dir(self) -> Path | None:
