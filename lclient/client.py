@@ -30,6 +30,8 @@ USER_ENV = "LCLUSTER_USER"
 # connection of a client without an acceptable certificate ("Socket closed"), as the node's
 # Unix-socket gate does for a uid it does not accept; the client's own checks of the server
 # fail with the TLS library's words
+# how gRPC says the other end closed a connection it had accepted
+_CLOSED_WORDS = ("socket closed", "connection reset", "broken pipe", "end of file")
 _REFUSAL_WORDS = ("handshake", "ssl", "certificate", "verification", "permission denied")
 
 
@@ -206,7 +208,7 @@ class JobsClient:
         the node is asked whether it speaks TLS."""
         if any(word in details for word in _REFUSAL_WORDS):
             return True
-        if "socket closed" not in details and "connection reset" not in details:
+        if not any(word in details for word in _CLOSED_WORDS):
             return False
         if self.target.is_unix:  # the gate closes a uid that is not root and not in the group
             return os.getuid() != 0 and not _in_group(GROUP)
