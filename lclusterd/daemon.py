@@ -101,7 +101,10 @@ class Daemon:
         self.state = Path(c.state_dir)
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.logs = LogFiles(self.state / "logs")
-        self.logs.prepare()
+        try:
+            self.logs.prepare()
+        except OSError as exc:
+            raise StartupError(str(exc)) from None
 
     def _start_runtime(self) -> None:
         """The fork server, before any thread (gRPC Python does not support fork); then one job

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 
+from lclusterd.cluster import decode
 from lclusterd.cluster.groupcommit import GroupCommit
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import MAX_TXN_OPS, Absent, Compare, Delete, ModIs, Op, Put
@@ -132,17 +133,18 @@ class Jobs:
         return assigned, kv.mod_revision if kv is not None else None
 
     def get(self, job_id: str) -> tuple[JobRecord, int]:
-        """The record and its mod revision; JobNotFound if there is none."""
+        """The record and its mod revision; JobNotFound if there is none, MalformedRecord (a
+        JobNotFound) if it is not a valid record of that id."""
         kv = self.store.get(self.keys.job(job_id))
         if kv is None:
             raise JobNotFound(job_id)
-        return JobRecord.from_bytes(kv.value), kv.mod_revision
+        return decode.job_or_missing(kv, job_id), kv.mod_revision
 
     def list(self, states: set[str] | None = None, limit: int = 0, owner: str | None = None) -> list[JobRecord]:
         """Records oldest first, optionally only in `states` and only `owner`'s; the newest
-        `limit` when given."""
+        `limit` when given. Malformed records are left out (decode.py logs them)."""
         kvs, _ = self.store.get_prefix(self.keys.jobs_prefix)
-        records = [JobRecord.from_bytes(kv.value) for kv in sorted(kvs, key=lambda kv: kv.create_revision)]
+        records = [record for record, _ in decode.jobs_of(sorted(kvs, key=lambda kv: kv.create_revision))]
         if states:
             records = [r for r in records if r.state in states]
         if owner is not None:

@@ -34,12 +34,14 @@ import logging
 import time
 from dataclasses import replace
 
+from lclusterd.cluster import decode
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.node import ready_nodes
 from lclusterd.cluster.kv import MAX_TXN_OPS, Absent, Compare, ModIs, Op, Put
 from lclusterd.cluster.store import Store
-from lclusterd.errors import InvalidSpec, JobFinished, JobNotFound, LclusterdError, NoReadyNode, StoreUnavailable
+from lclusterd.errors import (InvalidSpec, JobFinished, JobNotFound, LclusterdError, MalformedRecord, NoReadyNode, RecordError,
+                              StoreUnavailable)
 from lclusterd.model import ASSIGNED, LOST, RUNNING, JobRecord, JobSpec, PoolRecord, new_job_id, pool_outcome
 
 log = logging.getLogger(__name__)
@@ -148,22 +150,37 @@ class Pools:
 
     # -- reads -----------------------------------------------------------------------------
     def get(self, pool_id: str) -> PoolRecord | None:
+        """The pool, None if there is none; MalformedRecord (a JobNotFound) if its record is not
+        a valid one of that id."""
         kv = self.store.get(self.keys.pool(pool_id))
-        return PoolRecord.from_bytes(kv.value) if kv is not None else None
+        if kv is None:
+            return None
+        try:
+            return decode.pool(kv.key, kv.value, kv.mod_revision)
+        except RecordError as error:
+            raise MalformedRecord(pool_id, str(error), "pool") from None
 
     def members(self, pool: PoolRecord) -> list[tuple[JobRecord, int]]:
         """Every member's record and mod revision, in node order. A member whose record is gone
-        (deleted by hand) stands in as LOST with revision 0, so the pool can still end."""
+        (deleted by hand), malformed or another pool's (a forged pool record that lists other
+        jobs acts on none of them) stands in as LOST with revision 0, so the pool can still end."""
         ids = pool.member_ids()
         found = self.store.get_many([self.keys.job(job_id) for job_id in ids])
         result = []
         for node, job_id, kv in zip(sorted(pool.members), ids, found):
-            if kv is None:
+            try:
+                record = decode.job_kv(kv) if kv is not None else None
+                missing = "its record is missing from etcd"
+            except RecordError as error:
+                record, missing = None, f"its record in etcd is malformed ({error})"
+            if record is not None and record.pool != pool.id:
+                record, missing = None, f"its record in etcd is not a member of pool {pool.id}"
+            if record is None:
                 stand_in = JobRecord(id=job_id, spec=replace(pool.spec, node=node), state=LOST, node=node,
-                                     created_at=pool.created_at, pool=pool.id, error="its record is missing from etcd")
+                                     created_at=pool.created_at, pool=pool.id, error=missing)
                 result.append((stand_in, 0))
             else:
-                result.append((JobRecord.from_bytes(kv.value), kv.mod_revision))
+                result.append((record, kv.mod_revision))
         return result
 
     def with_kill_requests(self, members: list[JobRecord]) -> list[JobRecord]:
