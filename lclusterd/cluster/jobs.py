@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from lclusterd.cluster import decode
 from lclusterd.cluster.groupcommit import GroupCommit
 from lclusterd.cluster.keys import Keys
-from lclusterd.cluster.kv import MAX_TXN_OPS, Absent, Compare, Delete, ModIs, Op, Put
+from lclusterd.cluster.kv import MAX_TXN_BYTES, MAX_TXN_OPS, Absent, Compare, Delete, ModIs, Op, Put, txn_bytes
 from lclusterd.cluster.store import Store
 from lclusterd.errors import JobFinished, JobNotFound
 from lclusterd.model import ASSIGNED, CANCELLED, QUEUED, JobRecord
@@ -173,17 +173,21 @@ class Jobs:
             log.debug("kill %s: record changed under us, retrying", job_id)
 
 
-def _batches(changes: list[Change], guard_compares: int = 0):
+def _batches(changes: list[Change], guard_compares: int = 0, max_bytes: int = MAX_TXN_BYTES):
     """The changes cut into transactions etcd takes: at most MAX_TXN_OPS operations and as
-    many compares each (etcd limits the two apart); a change's compare is its record's revision."""
+    many compares each (etcd limits the two apart), and at most `max_bytes` of keys and values
+    (etcd limits a request's size: a batch of jobs with large specs goes out in several); a
+    change's compare is its record's revision."""
     batch: list[Change] = []
-    compares, ops = guard_compares, 0
+    compares, ops, size = guard_compares, 0, 0
     for change in changes:
-        if batch and (compares + 1 > MAX_TXN_OPS or ops + len(change.ops) > MAX_TXN_OPS):
+        change_bytes = txn_bytes([], change.ops)
+        if batch and (compares + 1 > MAX_TXN_OPS or ops + len(change.ops) > MAX_TXN_OPS or size + change_bytes > max_bytes):
             yield batch
-            batch, compares, ops = [], guard_compares, 0
+            batch, compares, ops, size = [], guard_compares, 0, 0
         batch.append(change)
         compares += 1
         ops += len(change.ops)
+        size += change_bytes
     if batch:
         yield batch

@@ -87,7 +87,11 @@ def test_node_info_round_trip():
     (JobSpec("x", timeout=400 * 86400), "timeout must be more than 0 and at most 365 days"),
     (JobSpec("x", timeout=float("inf")), "at most 365 days"),
     (JobSpec("x", timeout=float("nan")), "at most 365 days"),
-    (JobSpec("x", stdin_data=b"x" * (1 << 20)), "stdin is larger than"),
+    (JobSpec("x", stdin_data=b"x" * (1 << 20)), "stdin is 1048576 bytes, more than the limit of 256 KiB"),
+    (JobSpec("x" * (65 << 10)), "the command is 66560 bytes, more than the limit of 64 KiB"),
+    (JobSpec("x", env={f"V{i}": "y" * 1000 for i in range(70)}), "the environment is 70340 bytes, more than the limit of 64 KiB"),
+    (JobSpec("\x01" * (60 << 10), env={"A": "\x01" * (60 << 10)}),
+     "the job's spec takes 737406 bytes as stored, more than the limit of 512 KiB"),
     (JobSpec("x", retries=11), "retries must be between 0 and 10"),
 ])
 def test_spec_validation_messages(spec, message):

@@ -110,3 +110,11 @@ def test_pool_errors_map_and_read():
     assert str(IsAPool(POOL, 3, "read a member's logs")) == f"{POOL} is a pool of 3 job(s), one per node; read a member's logs"
     assert str(JobFinished(POOL, "EXITED", kind="pool")) == f"pool {POOL} has already finished (EXITED)"
     assert str(WaitTimedOut(POOL, "RUNNING", 2, kind="pool")) == f"pool {POOL} is still RUNNING after 2s"
+
+
+def test_plan_chunks_keep_a_large_spec_within_etcds_request_size():
+    # members of ~600 KB each (two records): one a transaction, the pool record alone last
+    assert plan_chunks(3, MAX_TXN_OPS, member_bytes=600_000, pool_bytes=500_000, max_bytes=1 << 20) == [1, 1, 1, 0]
+    assert plan_chunks(3, MAX_TXN_OPS, member_bytes=600_000, pool_bytes=300_000, max_bytes=1 << 20) == [1, 1, 1]
+    assert plan_chunks(3, MAX_TXN_OPS, member_bytes=300_000, pool_bytes=300_000, max_bytes=1 << 20) == [3, 0]
+    assert plan_chunks(5, MAX_TXN_OPS, member_bytes=1000, pool_bytes=1000, max_bytes=1 << 20) == [5]
