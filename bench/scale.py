@@ -81,7 +81,7 @@ class Fleet:
             for event in events:
                 if event.kind != "put":
                     continue
-                record = JobRecord.from_bytes(event.value)
+                record = JobRecord.from_bytes(event.value, Keys.last(event.key))
                 if record.state == ASSIGNED:
                     self._pending.append((record, event.mod_revision))
                     self.assigned += 1

@@ -115,6 +115,7 @@ def cli(ctx: click.Context, **o) -> int:
         raise click.UsageError("-wait needs a job uuid (or -add CMD)")
     action = chosen[0]
     _check_applicable(action, o)
+    _check_utf8(o)
     client = factory(Target.choose(o["server"], o["tls_dir"], o["user"]))
     try:
         return HANDLERS[action](client, o)
@@ -205,8 +206,28 @@ def _parse(name: str, text: str, parser):
         raise errors.InvalidRequest(f"bad {name} value {text!r}: {exc}") from None
 
 
+def _utf8(what: str, text: str) -> str:
+    """`text` if it can be sent (the API's strings are UTF-8, and an argument that is not
+    reaches Python as surrogates that gRPC cannot encode); InvalidRequest naming it otherwise."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        byte = ord(text[exc.start]) & 0xFF
+        raise errors.InvalidRequest(f"{what} is not valid UTF-8 (byte 0x{byte:02x} at offset {exc.start})") from None
+    return text
+
+
+def _check_utf8(o: dict) -> None:
+    """Every argument that travels as an API string (the -add spec's are checked with it)."""
+    for key in ("check", "kill", "logs", "wait", "drain", "undrain"):
+        if isinstance(o[key], str):
+            _utf8(f"the -{key} argument", o[key])
+    for state in o["states"]:
+        _utf8("the -state argument", state)
+
+
 def _spec(o: dict) -> pb.JobSpec:
-    spec = pb.JobSpec(command=o["add"])
+    spec = pb.JobSpec(command=_utf8("the command", o["add"]))
     if o["mem"]:
         spec.memory_bytes = _parse("-mem", o["mem"], parse_memory)
     if o["cpus"]:
@@ -218,9 +239,9 @@ def _spec(o: dict) -> pb.JobSpec:
     if o["retries"]:
         spec.retries = _parse("-retries", o["retries"], lambda t: parse_count(t, 0))
     if o["node"]:
-        spec.node = o["node"]
+        spec.node = _utf8("the -node name", o["node"])
     for item in o["env"]:
-        name, sep, value = item.partition("=")
+        name, sep, value = _utf8("an -env value", item).partition("=")
         if not sep or not name:
             raise errors.InvalidRequest(f"bad -env value {item!r}: expected NAME=VALUE")
         spec.env[name] = value

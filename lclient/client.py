@@ -189,6 +189,9 @@ class JobsClient:
             return errors.ServerUnreachable(f"lclusterd at {self.server} did not answer within {self.timeout:g}s")
         if code == grpc.StatusCode.UNAVAILABLE:
             return errors.Unavailable(f"lclusterd at {self.server} cannot serve the request: {details}")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not ours and "larger than max" in details:
+            return errors.InvalidRequest(f"the request is too large for lclusterd at {self.server} "
+                                         f"({details.removeprefix('SERVER: ')})")
         mapping = {
             grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidRequest,
             grpc.StatusCode.NOT_FOUND: errors.NotFound,

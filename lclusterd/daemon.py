@@ -107,7 +107,10 @@ class Daemon:
         self.state.mkdir(parents=True, exist_ok=True, mode=0o711)
         os.chmod(self.state, 0o711)  # the group's members reach the socket in it; the rest is in 0700 dirs
         self.logs = LogFiles(self.state / "logs")
-        self.logs.prepare()
+        try:
+            self.logs.prepare()
+        except OSError as exc:
+            raise StartupError(str(exc)) from None
 
     def _start_runtime(self) -> None:
         """The fork server, before any thread (gRPC Python does not support fork); then one job

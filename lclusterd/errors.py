@@ -25,6 +25,16 @@ class JobNotFound(LclusterdError):
         self.job_id = job_id
 
 
+class MalformedRecord(JobNotFound):
+    """The id's record in etcd is not one lclusterd wrote (records.py says what is wrong with it):
+    it is ignored, as if there were none, and said so."""
+
+    def __init__(self, job_id: str, reason: str, kind: str = "job"):
+        LclusterdError.__init__(self, f"{kind} {job_id} has a malformed record in etcd, which lclusterd ignores ({reason})")
+        self.job_id = job_id
+        self.reason = reason
+
+
 class JobRemoved(JobNotFound):
     """The job (or pool) ended longer ago than the retention period, and its record was removed."""
 
@@ -51,6 +61,12 @@ class JobFinished(LclusterdError):
 
 class StoreUnavailable(LclusterdError):
     """etcd cannot be reached or did not answer in time."""
+
+
+class RecordError(LclusterdError):
+    """A record read from etcd (a job, pool or node) is not one lclusterd wrote: not JSON, a
+    field missing or of the wrong type or out of range, or an id that is not its key's
+    (records.py). Readers skip it; a request for that one id gets MalformedRecord."""
 
 
 class InvalidTransition(LclusterdError):

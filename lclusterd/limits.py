@@ -23,6 +23,16 @@ MAX_GRACE_SECONDS = 3600.0
 MIN_LOG_BYTES = 4096
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# What a spec may carry. A job's record holds its whole spec (stdin in base64) and is written
+# twice in one transaction (jobs/ and queue/ or assign/), and etcd refuses a request over
+# --max-request-bytes (1.5 MiB by default) whatever its reason: these keep every record's
+# transaction well under it, so an oversize spec is refused at add with its limit named
+# instead of failing in etcd ("etcd unavailable") or in a later batch.
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_ENV_BYTES = 64 * 1024  # names and values together, in UTF-8
+MAX_STDIN_BYTES = 256 * 1024
+MAX_SPEC_BYTES = 512 * 1024  # the spec as stored: JSON (escapes included), stdin in base64
+
 
 def _finite(number: float) -> bool:
     """A finite number; a huge int is not (float() of it would overflow)."""
@@ -38,12 +48,49 @@ def _show(number: float) -> str:
     return text if len(text) <= 24 else text[:20] + "..."
 
 
+def _kib(limit: int) -> str:
+    return f"{limit // 1024} KiB"
+
+
 def check_env(env: Mapping[str, str]) -> None:
     for name, value in env.items():
         if not ENV_NAME.match(name):
-            raise InvalidSpec(f"invalid environment variable name {name!r}")
+            raise InvalidSpec(f"invalid environment variable name {_shown(name)}")
         if "\0" in value:
             raise InvalidSpec(f"environment variable {name} contains a NUL byte")
+
+
+def _shown(text: str) -> str:
+    """A user's string for a message: quoted, at most 40 characters."""
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def check_command(command: str) -> None:
+    if not command or not command.strip():
+        raise InvalidSpec("empty command")
+    if "\0" in command:
+        raise InvalidSpec("command contains a NUL byte")
+
+
+def check_sizes(command: str, env: Mapping[str, str], stdin: bytes) -> None:
+    """The sizes a new spec may have (checked at add; the runtime and a record's reader do not
+    hold a spec to them again: they are about what etcd takes, not about running it)."""
+    size = len(command.encode())
+    if size > MAX_COMMAND_BYTES:
+        raise InvalidSpec(f"the command is {size} bytes, more than the limit of {_kib(MAX_COMMAND_BYTES)}")
+    total = sum(len(name.encode()) + len(value.encode()) + 2 for name, value in env.items())  # NAME=VALUE\0
+    if total > MAX_ENV_BYTES:
+        raise InvalidSpec(f"the environment is {total} bytes, more than the limit of {_kib(MAX_ENV_BYTES)} "
+                          "(names and values together)")
+    if len(stdin) > MAX_STDIN_BYTES:
+        raise InvalidSpec(f"stdin is {len(stdin)} bytes, more than the limit of {_kib(MAX_STDIN_BYTES)}")
+
+
+def check_spec_bytes(size: int) -> None:
+    """`size`: the bytes of the spec as a record stores it (JSON, stdin in base64)."""
+    if size > MAX_SPEC_BYTES:
+        raise InvalidSpec(f"the job's spec takes {size} bytes as stored, more than the limit of {_kib(MAX_SPEC_BYTES)} "
+                          "(command, environment and stdin together, as JSON with stdin in base64)")
 
 
 def check_memory(memory_bytes: int | None) -> None:

@@ -1,5 +1,8 @@
 """Jobs and nodes as the control plane sees them: ids, specs, records, the state machine. Pure.
 
+Records are read from etcd strictly: from_json takes the id the record's key names and checks
+every field (records.py), raising RecordError for anything lclusterd did not write.
+
 A JobRecord is what etcd holds under jobs/<uuid>; it is the truth about a job. Every state
 change goes through `JobRecord.moved_to`, which refuses what ALLOWED does not list. A
 PoolRecord (pools/<uuid>) names the member jobs of an -all-nodes pool; `pool_outcome` sums
@@ -9,6 +12,7 @@ their states up into the pool's.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 import time
@@ -16,8 +20,8 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from lclusterd import limits
-from lclusterd.errors import InvalidSpec, InvalidTransition
+from lclusterd import limits, records
+from lclusterd.errors import InvalidSpec, InvalidTransition, RecordError
 from lclusterd.states import (ASSIGNED, CANCELLED, EXITED, FAILED, KILLED, LOST, OOM_KILLED, QUEUED, RUN_ENDINGS,
                               RUNNING, STATES, TERMINAL, TIMED_OUT)
 
@@ -27,8 +31,6 @@ __all__ = ["ALLOWED", "ASSIGNED", "CANCELLED", "EXITED", "FAILED", "KILLED", "LO
 
 SCHEMA_VERSION = 1
 DEFAULT_PIDS = 1024  # a fork bomb stays inside this unless the job asks for more
-MAX_STDIN_BYTES = 512 * 1024  # etcd values are limited to 1.5 MiB; the record holds stdin
-MAX_COMMAND_BYTES = 64 * 1024
 MAX_RETRIES = 10
 
 
@@ -41,9 +43,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     **{state: frozenset() for state in TERMINAL},
 }
 
-_HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+_HEX_ID = records.JOB_ID
 _DASHED_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NODE_NAME = records.NODE_NAME
 
 
 def new_job_id() -> str:
@@ -81,26 +83,31 @@ class JobSpec:
     # were, so nodes of two versions can share one etcd during an upgrade
     unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    def validate(self) -> None:
+    def validate(self, stored: bool = False) -> None:
         """Raise InvalidSpec with a sentence for the first problem found (ranges the runtime
-        checks too are checked again there, with the node's own facts)."""
-        if not self.command or not self.command.strip():
-            raise InvalidSpec("empty command")
-        if "\0" in self.command:
-            raise InvalidSpec("command contains a NUL byte")
-        if len(self.command.encode()) > MAX_COMMAND_BYTES:
-            raise InvalidSpec(f"command is longer than {MAX_COMMAND_BYTES} bytes")
+        checks too are checked again there, with the node's own facts). stored: a spec read
+        from a record, whose sizes are not held to today's limits again (an older version may
+        have allowed more, and etcd bounds what it holds)."""
+        limits.check_command(self.command)
         limits.check_env(self.env)
         limits.check_memory(self.memory_bytes)
         limits.check_cpus(self.cpus)
         limits.check_pids(self.pids)
         limits.check_timeout(self.timeout)
-        if len(self.stdin_data) > MAX_STDIN_BYTES:
-            raise InvalidSpec(f"stdin is larger than {MAX_STDIN_BYTES // 1024} KiB")
         if not 0 <= self.retries <= MAX_RETRIES:
             raise InvalidSpec(f"retries must be between 0 and {MAX_RETRIES}, not {self.retries}")
         if self.node and not NODE_NAME.match(self.node):
             raise InvalidSpec(f"invalid node name {self.node!r}: letters, digits, '.', '_' or '-' (at most 63)")
+        if not stored:
+            limits.check_sizes(self.command, self.env, self.stdin_data)
+            if self._stored_size_bound() > limits.MAX_SPEC_BYTES:
+                limits.check_spec_bytes(len(json.dumps(self.to_json(), separators=(",", ":"))))
+
+    def _stored_size_bound(self) -> int:
+        """At least the bytes of this spec as a record stores it (JSON escapes a character in
+        at most 12 bytes; stdin goes in base64), without encoding it."""
+        text = len(self.command) + sum(len(k) + len(v) for k, v in self.env.items()) + len(self.node)
+        return 12 * text + (len(self.stdin_data) + 2) // 3 * 4 + 1024
 
     def to_json(self) -> dict[str, Any]:
         # Shallow copies here and in JobRecord: dataclasses.asdict walks and copies every value,
@@ -110,10 +117,21 @@ class JobSpec:
         return _with_unknown(data)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobSpec:
+    def from_json(cls, data: Any) -> JobSpec:
+        """A spec as a record holds it, checked (records.py, then validate); RecordError."""
+        records.typed(data, records.JOB_SPEC, ("command",), "the spec")
+        records.str_map(data, "env", "the spec")
         known, unknown = _split_known(cls, data)
-        known["stdin_data"] = base64.b64decode(known.get("stdin_data") or "")
-        return cls(**known, unknown=unknown)
+        try:
+            known["stdin_data"] = base64.b64decode(known.get("stdin_data") or "", validate=True)
+        except (binascii.Error, ValueError):
+            raise RecordError("the spec field 'stdin_data' is not base64") from None
+        spec = cls(**known, unknown=unknown)
+        try:
+            spec.validate(stored=True)
+        except InvalidSpec as exc:
+            raise RecordError(f"the spec is out of range: {exc}") from None
+        return spec
 
 
 @dataclass
@@ -197,27 +215,36 @@ class JobRecord:
         return _with_unknown(data)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+    def from_json(cls, data: Any, key_id: str) -> JobRecord:
+        """The record stored under a key of `key_id` (jobs/, queue/, assign/<node>/), every
+        field checked (records.py); RecordError when it is not one lclusterd wrote."""
+        records.typed(data, records.JOB_RECORD, ("id", "spec", "state"), "the record")
+        records.check_key(data["id"], key_id, records.JOB_ID, "the record")
+        records.check_job_record(data, "the record")
         known, unknown = _split_known(cls, data)
         unknown.pop("schema_version", None)
         known["spec"] = JobSpec.from_json(known["spec"])
+        if known.get("created_at", 0.0) is None:
+            known["created_at"] = 0.0
         return cls(**known, unknown=unknown)
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> JobRecord:
-        return cls.from_json(json.loads(raw))
+    def from_bytes(cls, raw: bytes, key_id: str) -> JobRecord:
+        """As from_json, from a value read from etcd; RecordError."""
+        return cls.from_json(records.load_json(raw, "the record"), key_id)
 
     @staticmethod
     def requested_memory(raw: bytes) -> int:
         """The -mem of the record in `raw`, 0 when it sets none or cannot be read: the prime
         reads it from every assignment it sees, so only the field it needs is looked at."""
         try:
-            return int(json.loads(raw)["spec"].get("memory_bytes") or 0)
-        except (ValueError, TypeError, KeyError, AttributeError):
+            memory = json.loads(raw)["spec"].get("memory_bytes") or 0
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             return 0
+        return memory if type(memory) is int and 0 < memory <= limits.MAX_MEMORY_BYTES else 0
 
 
 _KNOWN: dict[type, frozenset[str]] = {}
@@ -258,16 +285,20 @@ class PoolRecord:
                 "members": dict(sorted(self.members.items())), "owner": self.owner, "schema_version": SCHEMA_VERSION}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PoolRecord:
+    def from_json(cls, data: Any, key_id: str) -> PoolRecord:
+        """The pool stored under pools/<key_id>, every field checked (records.py); RecordError."""
+        records.typed(data, records.POOL_RECORD, ("id", "spec"), "the pool record")
+        records.check_key(data["id"], key_id, records.JOB_ID, "the pool record")
+        records.check_pool_members(data, "the pool record")
         return cls(id=data["id"], spec=JobSpec.from_json(data["spec"]), created_at=data.get("created_at") or 0.0,
-                   members=dict(data.get("members") or {}), owner=str(data.get("owner") or ""))
+                   members=dict(data.get("members") or {}), owner=data.get("owner") or "")
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> PoolRecord:
-        return cls.from_json(json.loads(raw))
+    def from_bytes(cls, raw: bytes, key_id: str) -> PoolRecord:
+        return cls.from_json(records.load_json(raw, "the pool record"), key_id)
 
 
 def pool_outcome(members: list[JobRecord]) -> tuple[str, JobRecord | None]:
@@ -308,5 +339,10 @@ class NodeInfo:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> NodeInfo:
-        return cls(**_split_known(cls, json.loads(raw))[0])  # a newer node's extra fields are not ours to keep
+    def from_bytes(cls, raw: bytes, key_name: str) -> NodeInfo:
+        """The node registered under nodes/<key_name> (or members/), every field checked
+        (records.py); RecordError. A newer node's extra fields are not ours to keep."""
+        data = records.typed(records.load_json(raw, "the node record"), records.NODE_INFO, ("name", "address", "capacity"),
+                             "the node record")
+        records.check_node_info(data, key_name, "the node record")
+        return cls(**_split_known(cls, data)[0])

@@ -12,10 +12,10 @@ from typing import Iterator
 
 import grpc
 
+from lclusterd.cluster import decode
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.store import Store
-from lclusterd.errors import NodeUnreachable
-from lclusterd.model import NodeInfo
+from lclusterd.errors import NodeUnreachable, RecordError
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 from lclusterd.rpc.metadata import CALL_TIMEOUT, ERROR_METADATA_KEY, PROXIED_KEY
@@ -37,7 +37,10 @@ class Peers:
         if live is None:
             raise NodeUnreachable(f"the job ran on node {node}, which is gone (its lease expired); "
                                   "its logs stay on that node until it is back")
-        address = NodeInfo.from_bytes(live.value).address
+        try:
+            address = decode.node(live.key, live.value, live.mod_revision).address
+        except RecordError as error:
+            raise NodeUnreachable(f"the job ran on node {node}, whose registration in etcd is malformed ({error})") from None
         if not address:
             raise NodeUnreachable(f"the job ran on node {node}, which serves no TCP (start it with --tls-dir to "
                                   "read its jobs' logs through other nodes); ask that node on its own socket")

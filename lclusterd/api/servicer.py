@@ -18,12 +18,13 @@ from lclusterd.api.identity import Authenticator
 from lclusterd.api.peers import Peers
 from lclusterd.api.tokens import WebPage
 from lclusterd.cluster.admission import Admission
-from lclusterd.cluster.events import JobEvents
+from lclusterd.cluster import decode
+from lclusterd.cluster.events import JobEvents, Subscription
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.lookup import FoundJob, FoundPool, Lookup
 from lclusterd.cluster.node import NodeDirectory
-from lclusterd.errors import InvalidSpec, IsAPool, TooBusy, WaitTimedOut, WebDisabled
+from lclusterd.errors import InvalidSpec, IsAPool, RecordError, TooBusy, WaitTimedOut, WebDisabled
 from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
@@ -183,12 +184,21 @@ class JobsServicer(pb_grpc.JobsServicer):
                 changed.wait(FOLLOW_TICK)
                 if changed.is_set():
                     changed.clear()
-                    latest = changed.latest
-                    record = JobRecord.from_bytes(latest) if latest is not None else self.jobs.get(job_id)[0]
+                    record = self._from_watch(job_id, changed) or self.jobs.get(job_id)[0]
                     if record.node and record.node != self.node:  # its next attempt runs elsewhere
                         if not proxied:
                             yield from self.peers.logs(record.node, request, context)
                         return
+
+    def _from_watch(self, job_id: str, flag: Subscription) -> JobRecord | None:
+        """The newest record of `job_id` the jobs/ watch brought; None when it brought none or
+        a malformed one (decode.py logs it): then read etcd, which answers MalformedRecord."""
+        if flag.latest is None:
+            return None
+        try:
+            return decode.job(self.jobs.keys.job(job_id), flag.latest, flag.revision)
+        except RecordError:
+            return None
 
     def _read_new(self, job_id: str, offsets: list[int]) -> Iterator[pb.LogChunk]:
         for stream, data in self.logs.read_new(job_id, offsets):
@@ -218,8 +228,9 @@ class JobsServicer(pb_grpc.JobsServicer):
         revisions, from etcd) runs when the watch has not seen one of them, and at least every
         WAIT_TICK, in case a wake-up was missed."""
         with self.events.subscribe_many(ids) as flags:
-            if all(flag.latest is not None for flag in flags):
-                records, revisions = [JobRecord.from_bytes(f.latest) for f in flags], [f.revision for f in flags]
+            watched = [self._from_watch(job_id, flag) for job_id, flag in zip(ids, flags)]
+            if all(record is not None for record in watched):
+                records, revisions = watched, [f.revision for f in flags]
                 read_at = time.monotonic()
             else:
                 read_at = None
@@ -240,7 +251,11 @@ class JobsServicer(pb_grpc.JobsServicer):
                 flags[0].clear()
                 for i, flag in enumerate(flags):  # what the watch brought since
                     if flag.latest is not None and flag.revision > revisions[i]:
-                        records[i], revisions[i] = JobRecord.from_bytes(flag.latest), flag.revision
+                        record = self._from_watch(ids[i], flag)
+                        if record is None:  # malformed: etcd is read (and says so) at once
+                            read_at = None
+                            break
+                        records[i], revisions[i] = record, flag.revision
 
 
 def _owner_of(found: FoundJob | FoundPool) -> str:

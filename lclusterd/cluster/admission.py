@@ -17,11 +17,12 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from lclusterd.cluster import decode
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.pools import Pools
 from lclusterd.cluster.placement import Placement
-from lclusterd.errors import InvalidSpec
+from lclusterd.errors import InvalidSpec, RecordError
 from lclusterd.model import JobRecord, JobSpec, NodeInfo, PoolRecord, new_job_id
 from lclusterd.units import format_size
 
@@ -98,9 +99,9 @@ class Admission:
         nodes = []
         for kv in kvs:
             try:
-                nodes.append(NodeInfo.from_bytes(kv.value))
-            except (ValueError, TypeError, KeyError):
-                continue  # a malformed registration is nobody's offer
+                nodes.append(decode.node(kv.key, kv.value, kv.mod_revision))
+            except RecordError:
+                continue  # a malformed registration is nobody's offer (logged once)
         return nodes or [self.me]
 
 

@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from lclusterd.cluster.kv import MAX_TXN_OPS, Compare, Op, TxnResult
+from lclusterd.cluster.kv import MAX_TXN_BYTES, MAX_TXN_OPS, Compare, Op, TxnResult, txn_bytes
 from lclusterd.cluster.store import Store
 
 
@@ -25,6 +25,7 @@ from lclusterd.cluster.store import Store
 class _Request:
     compares: list[Compare]
     ops: list[Op]
+    size: int = 0  # bytes of keys and values
     woken: threading.Event = field(default_factory=threading.Event)
     lead: bool = False  # woken to lead, not with a result
     result: TxnResult | None = None
@@ -32,18 +33,20 @@ class _Request:
 
 
 class GroupCommit:
-    def __init__(self, store: Store, max_ops: int = MAX_TXN_OPS):
+    def __init__(self, store: Store, max_ops: int = MAX_TXN_OPS, max_bytes: int = MAX_TXN_BYTES):
         self.store = store
         self.max_ops = max_ops
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._queue: deque[_Request] = deque()
         self._busy = False  # a leader is writing
 
     def txn(self, compares: list[Compare], ops: list[Op]) -> TxnResult:
         """Like Store.txn (without else ops): raises what Store.txn raises."""
-        if len(compares) > self.max_ops or len(ops) > self.max_ops:
+        size = txn_bytes(compares, ops)
+        if len(compares) > self.max_ops or len(ops) > self.max_ops or size > self.max_bytes:
             return self.store.txn(compares, ops)
-        request = _Request(list(compares), list(ops))
+        request = _Request(list(compares), list(ops), size)
         with self._lock:
             self._queue.append(request)
             lead = not self._busy
@@ -58,14 +61,16 @@ class GroupCommit:
     def _lead(self) -> None:
         """Write one batch (the oldest requests, this leader's among them), then pass the lead."""
         with self._lock:
-            batch, compares, ops = [], 0, 0
+            batch, compares, ops, size = [], 0, 0, 0
             while self._queue:
                 nxt = self._queue[0]
-                if batch and (compares + len(nxt.compares) > self.max_ops or ops + len(nxt.ops) > self.max_ops):
+                if batch and (compares + len(nxt.compares) > self.max_ops or ops + len(nxt.ops) > self.max_ops
+                              or size + nxt.size > self.max_bytes):
                     break
                 batch.append(self._queue.popleft())
                 compares += len(nxt.compares)
                 ops += len(nxt.ops)
+                size += nxt.size
         try:
             self._write(batch)
         finally:

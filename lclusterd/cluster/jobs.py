@@ -12,9 +12,10 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 
+from lclusterd.cluster import decode
 from lclusterd.cluster.groupcommit import GroupCommit
 from lclusterd.cluster.keys import Keys
-from lclusterd.cluster.kv import MAX_TXN_OPS, Absent, Compare, Delete, ModIs, Op, Put
+from lclusterd.cluster.kv import MAX_TXN_BYTES, MAX_TXN_OPS, Absent, Compare, Delete, ModIs, Op, Put, txn_bytes
 from lclusterd.cluster.store import Store
 from lclusterd.errors import JobFinished, JobNotFound
 from lclusterd.model import ASSIGNED, CANCELLED, QUEUED, JobRecord
@@ -132,17 +133,18 @@ class Jobs:
         return assigned, kv.mod_revision if kv is not None else None
 
     def get(self, job_id: str) -> tuple[JobRecord, int]:
-        """The record and its mod revision; JobNotFound if there is none."""
+        """The record and its mod revision; JobNotFound if there is none, MalformedRecord (a
+        JobNotFound) if it is not a valid record of that id."""
         kv = self.store.get(self.keys.job(job_id))
         if kv is None:
             raise JobNotFound(job_id)
-        return JobRecord.from_bytes(kv.value), kv.mod_revision
+        return decode.job_or_missing(kv, job_id), kv.mod_revision
 
     def list(self, states: set[str] | None = None, limit: int = 0, owner: str | None = None) -> list[JobRecord]:
         """Records oldest first, optionally only in `states` and only `owner`'s; the newest
-        `limit` when given."""
+        `limit` when given. Malformed records are left out (decode.py logs them)."""
         kvs, _ = self.store.get_prefix(self.keys.jobs_prefix)
-        records = [JobRecord.from_bytes(kv.value) for kv in sorted(kvs, key=lambda kv: kv.create_revision)]
+        records = [record for record, _ in decode.jobs_of(sorted(kvs, key=lambda kv: kv.create_revision))]
         if states:
             records = [r for r in records if r.state in states]
         if owner is not None:
@@ -171,17 +173,21 @@ class Jobs:
             log.debug("kill %s: record changed under us, retrying", job_id)
 
 
-def _batches(changes: list[Change], guard_compares: int = 0):
+def _batches(changes: list[Change], guard_compares: int = 0, max_bytes: int = MAX_TXN_BYTES):
     """The changes cut into transactions etcd takes: at most MAX_TXN_OPS operations and as
-    many compares each (etcd limits the two apart); a change's compare is its record's revision."""
+    many compares each (etcd limits the two apart), and at most `max_bytes` of keys and values
+    (etcd limits a request's size: a batch of jobs with large specs goes out in several); a
+    change's compare is its record's revision."""
     batch: list[Change] = []
-    compares, ops = guard_compares, 0
+    compares, ops, size = guard_compares, 0, 0
     for change in changes:
-        if batch and (compares + 1 > MAX_TXN_OPS or ops + len(change.ops) > MAX_TXN_OPS):
+        change_bytes = txn_bytes([], change.ops)
+        if batch and (compares + 1 > MAX_TXN_OPS or ops + len(change.ops) > MAX_TXN_OPS or size + change_bytes > max_bytes):
             yield batch
-            batch, compares, ops = [], guard_compares, 0
+            batch, compares, ops, size = [], guard_compares, 0, 0
         batch.append(change)
         compares += 1
         ops += len(change.ops)
+        size += change_bytes
     if batch:
         yield batch

@@ -7,6 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+# What the writers that batch (group commit, Jobs.commit, pools) put into one transaction, in
+# bytes of keys and values: etcd refuses a request over --max-request-bytes (1.5 MiB by
+# default), whatever its cause, and the rest is headroom for the request's framing. One
+# change bigger than this still goes alone: lclusterd.limits keeps each record far enough below.
+MAX_TXN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,12 @@ class ValueIs:
 
 Op = Put | Delete
 Compare = ModIs | Absent | ValueIs
+
+
+def txn_bytes(compares: list[Compare], ops: list[Op]) -> int:
+    """The keys and values a transaction carries (what MAX_TXN_BYTES bounds)."""
+    size = sum(len(c.key) + len(getattr(c, "value", b"")) for c in compares)
+    return size + sum(len(op.key) + len(getattr(op, "value", b"")) for op in ops)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,30 @@
-"""Where a job's output lives on the node that ran it: <state-dir>/logs/<uuid>.out and .err."""
+"""Where a job's output lives on the node that ran it: <state-dir>/logs/<uuid>.out and .err.
+
+Job ids come from etcd, which is input, and the daemon is root: a name here is made from a
+well-formed job id and nothing else (anything else is a ValueError, never a path), the
+directory is one only root can write (`prepare` checks it and every directory above it), and
+no file is ever opened through a symlink. A job's first attempt on this node creates its
+files exclusively (O_CREAT|O_EXCL|O_NOFOLLOW); a later attempt on this node (after the node
+was declared lost and the job re-queued) appends to them. Once the job has ended for good
+here, its files are sealed (`seal`: no write permission bit; root ignores the bit, so it is
+a mark this module reads): a record re-using that id is refused rather than appended to the
+finished job's log.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Iterator
+
+from lclusterd.records import JOB_ID
+
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO planted here never blocks an open
+
+
+class LogsSealed(OSError):
+    """The job's log files here belong to a job that has ended on this node."""
 
 
 class LogFiles:
@@ -12,32 +32,78 @@ class LogFiles:
         self.directory = Path(directory)
 
     def prepare(self) -> None:
+        """Make the directory (0700) and check that no one but root can change what is in it:
+        it is root's (this process's user's) and not a symlink, and so is every directory above
+        it, none writable by anyone else unless sticky (like /tmp). PermissionError otherwise."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = os.lstat(self.directory)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise PermissionError(f"the log directory {self.directory} must be a directory of uid {os.geteuid()}, "
+                                  "not a symlink or another user's")
+        if st.st_mode & 0o077:
+            os.chmod(self.directory, 0o700)
+        for parent in Path(os.path.realpath(self.directory)).parents:
+            if not _root_only(os.lstat(parent)):
+                raise PermissionError(f"the log directory {self.directory} is inside {parent}, which users other than "
+                                      "root can write or which another user owns: choose a --state-dir only root can change")
 
     def stdout(self, job_id: str) -> Path:
-        return self.directory / f"{job_id}.out"
+        return self._path(job_id, "out")
 
     def stderr(self, job_id: str) -> Path:
-        return self.directory / f"{job_id}.err"
+        return self._path(job_id, "err")
+
+    def _path(self, job_id: str, suffix: str) -> Path:
+        if not JOB_ID.match(job_id):
+            raise ValueError(f"not a job id: {job_id[:40]!r}")
+        return self.directory / f"{job_id}.{suffix}"
 
     def create(self, job_id: str) -> None:
         """Create both files before the job is handed to the runtime; their existence later
-        means "this node may have started the job" (see Worker reconcile)."""
+        means "this node may have started the job" (see Worker reconcile). Existing ones (an
+        earlier attempt's, appended to) are made new again for the log sweep. LogsSealed when
+        they are a finished job's; OSError when they are not plain files."""
         for path in (self.stdout(job_id), self.stderr(job_id)):
             try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            except FileExistsError:  # an earlier attempt's, appended to: new again for the log sweep
-                os.utime(path)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
+                continue
+            except FileExistsError:
+                pass
+            fd = _open_plain(path, os.O_WRONLY)
+            try:
+                if not os.fstat(fd).st_mode & stat.S_IWUSR:
+                    raise LogsSealed(f"the log files of job {job_id} on this node belong to a job that has ended; "
+                                     "a record re-using its id does not run here")
+                os.utime(fd)
+            finally:
+                os.close(fd)
+
+    def seal(self, job_id: str) -> None:
+        """Mark the job's files as a finished job's (see the module docstring): called once its
+        final record is written, or when its record turns out to be final (or gone) when this
+        node lets go of it. Never raises."""
+        for path in (self.stdout(job_id), self.stderr(job_id)):
+            try:
+                fd = _open_plain(path, os.O_RDONLY)
+            except OSError:  # none (it never started here), or not a plain file: nothing to seal
+                continue
+            try:
+                os.fchmod(fd, 0o400)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def last_stderr_line(self, job_id: str, limit: int = 200) -> str:
         """The job's last non-empty line on stderr (at most `limit` characters), or ""."""
         try:
-            with open(self.stderr(job_id), "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 4096))
-                lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+            fd = _open_plain(self.stderr(job_id), os.O_RDONLY)
         except OSError:
             return ""
+        with open(fd, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
         return lines[-1].strip()[:limit] if lines else ""
 
     def read_new(self, job_id: str, offsets: list[int], chunk: int = 64 * 1024) -> Iterator[tuple[int, bytes]]:
@@ -45,25 +111,32 @@ class LogFiles:
         (stream, bytes) with stream 0 for stdout and 1 for stderr; a missing file is empty."""
         for stream, path in enumerate((self.stdout(job_id), self.stderr(job_id))):
             try:
-                with open(path, "rb") as f:
-                    f.seek(offsets[stream])
-                    while data := f.read(chunk):
-                        offsets[stream] += len(data)
-                        yield stream, data
+                fd = _open_plain(path, os.O_RDONLY)
             except FileNotFoundError:
                 continue
+            with open(fd, "rb") as f:
+                f.seek(offsets[stream])
+                while data := f.read(chunk):
+                    offsets[stream] += len(data)
+                    yield stream, data
 
     def exist(self, job_id: str) -> bool:
-        return self.stdout(job_id).exists()
+        """Whether this node made the job's files (False for what is not a job id: an
+        assignment key's last element is input too)."""
+        return bool(JOB_ID.match(job_id)) and os.path.lexists(self.stdout(job_id))
 
     def mark_ended(self, job_id: str) -> None:
         """Set both files' mtime to now: a job that wrote nothing for a long time keeps its logs
         for the retention period after it ended, not after its last write."""
         for path in (self.stdout(job_id), self.stderr(job_id)):
             try:
-                os.utime(path)
-            except FileNotFoundError:
-                pass
+                fd = _open_plain(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.utime(fd)
+            finally:
+                os.close(fd)
 
     def written_before(self, cutoff: float) -> list[str]:
         """Ids of the jobs whose log files were all last written (or marked ended) before `cutoff`."""
@@ -72,7 +145,7 @@ class LogFiles:
             with os.scandir(self.directory) as entries:
                 for entry in entries:
                     job_id, dot, suffix = entry.name.rpartition(".")
-                    if dot and suffix in ("out", "err"):
+                    if dot and suffix in ("out", "err") and JOB_ID.match(job_id):
                         newest[job_id] = max(_mtime(entry), newest.get(job_id, 0.0))
         except FileNotFoundError:
             return []
@@ -84,12 +157,30 @@ class LogFiles:
         removed = 0
         for path in (self.stdout(job_id), self.stderr(job_id)):
             try:
-                if path.stat().st_mtime < cutoff:
+                if os.lstat(path).st_mtime < cutoff:
                     path.unlink()
                     removed += 1
             except FileNotFoundError:
                 pass
         return removed
+
+
+def _open_plain(path: Path, flags: int) -> int:
+    """An fd of the regular file at `path`, never through a symlink (OSError: ELOOP) and never
+    anything but a plain file (OSError naming it)."""
+    fd = os.open(path, flags | _NOFOLLOW)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a plain file")
+    return fd
+
+
+def _root_only(st: os.stat_result) -> bool:
+    """Whether only root (or this process's user) can change a directory's entries."""
+    sticky = st.st_mode & stat.S_ISVTX
+    others_write = st.st_mode & 0o002 and not sticky
+    group_write = st.st_mode & 0o020 and st.st_gid != 0 and not sticky
+    return st.st_uid in (0, os.geteuid()) and not others_write and not group_write
 
 
 def _mtime(entry: os.DirEntry) -> float:

@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from lclusterd.cluster import decode
 from lclusterd.cluster.keys import Keys
-from lclusterd.cluster.kv import Delete, Put
+from lclusterd.cluster.kv import Delete, KeyValue, Put
 from lclusterd.cluster.store import Store
-from lclusterd.errors import NodeNotFound, StoreUnavailable
-from lclusterd.model import JobRecord, NodeInfo
+from lclusterd.errors import NodeNotFound, RecordError, StoreUnavailable
+from lclusterd.model import NODE_NAME, JobRecord, NodeInfo
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,8 @@ class NodeDirectory:
 
 def list_nodes(store: Store, keys: Keys) -> list[NodeView]:
     """Every node that ever registered (members/), live or gone, sorted by name."""
-    live = {Keys.last(kv.key): kv.value for kv in store.get_prefix(keys.nodes_prefix)[0]}
-    members = {Keys.last(kv.key): kv.value for kv in store.get_prefix(keys.members_prefix)[0]}
+    live = {Keys.last(kv.key): kv for kv in store.get_prefix(keys.nodes_prefix)[0]}
+    members = {Keys.last(kv.key): kv for kv in store.get_prefix(keys.members_prefix)[0]}
     draining = {Keys.last(kv.key) for kv in store.get_prefix(keys.drain_prefix, keys_only=True)[0]}
     assigned, _ = store.get_prefix(keys.assign_all_prefix)
     prime = store.get(keys.prime)
@@ -135,9 +136,8 @@ def list_nodes(store: Store, keys: Keys) -> list[NodeView]:
         memory[node] = memory.get(node, 0) + JobRecord.requested_memory(kv.value)
     result = []
     for name in sorted(set(live) | set(members)):
-        try:
-            info = NodeInfo.from_bytes(live.get(name) or members[name])
-        except (ValueError, TypeError, KeyError):
+        info = _first_valid(live.get(name), members.get(name))
+        if info is None:  # a registration that is not a node's is no node
             continue
         if name not in live:
             state = "gone"
@@ -152,13 +152,25 @@ def list_nodes(store: Store, keys: Keys) -> list[NodeView]:
     return result
 
 
+def _first_valid(*kvs: KeyValue | None) -> NodeInfo | None:
+    """The NodeInfo of the first of `kvs` that holds a valid one (the others are logged once)."""
+    for kv in kvs:
+        if kv is not None:
+            try:
+                return decode.node(kv.key, kv.value, kv.mod_revision)
+            except RecordError:
+                continue
+    return None
+
+
 def ready_nodes(store: Store, keys: Keys) -> tuple[list[tuple[str, int]], str]:
     """The nodes that take new jobs now: registered (live lease) and not draining, sorted by
     name, each with the mod revision of its nodes/<name> key (a guard that it is still the same
     registration). With none, the list is empty and the sentence says why."""
     live, _ = store.get_prefix(keys.nodes_prefix, keys_only=True)
     draining = {Keys.last(kv.key) for kv in store.get_prefix(keys.drain_prefix, keys_only=True)[0]}
-    ready = sorted((Keys.last(kv.key), kv.mod_revision) for kv in live if Keys.last(kv.key) not in draining)
+    names = [(Keys.last(kv.key), kv.mod_revision) for kv in live if NODE_NAME.match(Keys.last(kv.key))]  # keys are input
+    ready = sorted((name, revision) for name, revision in names if name not in draining)
     if ready:
         return ready, ""
     return [], "every registered node is draining" if live else "no node is registered"

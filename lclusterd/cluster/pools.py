@@ -34,12 +34,14 @@ import logging
 import time
 from dataclasses import replace
 
+from lclusterd.cluster import decode
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.node import ready_nodes
-from lclusterd.cluster.kv import MAX_TXN_OPS, Absent, Compare, ModIs, Op, Put
+from lclusterd.cluster.kv import MAX_TXN_BYTES, MAX_TXN_OPS, Absent, Compare, ModIs, Op, Put
 from lclusterd.cluster.store import Store
-from lclusterd.errors import InvalidSpec, JobFinished, JobNotFound, LclusterdError, NoReadyNode, StoreUnavailable
+from lclusterd.errors import (InvalidSpec, JobFinished, JobNotFound, LclusterdError, MalformedRecord, NoReadyNode, RecordError,
+                              StoreUnavailable)
 from lclusterd.model import ASSIGNED, LOST, RUNNING, JobRecord, JobSpec, PoolRecord, new_job_id, pool_outcome
 
 log = logging.getLogger(__name__)
@@ -48,12 +50,18 @@ MEMBER_OPS = 2  # puts per member: jobs/<uuid> and queue/<uuid> (and as many com
 MAX_REPLANS = 5  # the ready nodes changed under a write this often in a row: give up ("try again")
 
 
-def plan_chunks(members: int, max_ops: int = MAX_TXN_OPS) -> list[int]:
+def plan_chunks(members: int, max_ops: int = MAX_TXN_OPS, member_bytes: int = 0, pool_bytes: int = 0,
+                max_bytes: int = MAX_TXN_BYTES) -> list[int]:
     """How many members each transaction writes, in order; the last one also writes the pool
     record (1 put + 1 compare), so it holds at most (max_ops - 1) // 2 members, the others
     max_ops // 2. One transaction for up to 63 members (at the default 128); [64, 0] for 64
-    (the pool record alone last)."""
+    (the pool record alone last). With `member_bytes` (what one member's keys and values
+    take) and `pool_bytes` (the pool record's), each also stays within `max_bytes` (at least one
+    member a chunk), so a pool of a large spec is written in smaller chunks."""
     per_chunk, with_pool = max_ops // MEMBER_OPS, (max_ops - 1) // MEMBER_OPS
+    if member_bytes:
+        per_chunk = min(per_chunk, max(1, max_bytes // member_bytes))
+        with_pool = min(with_pool, max(0, (max_bytes - pool_bytes) // member_bytes))
     sizes = []
     left = members
     while left > with_pool:
@@ -62,6 +70,13 @@ def plan_chunks(members: int, max_ops: int = MAX_TXN_OPS) -> list[int]:
         left -= take
     sizes.append(left)
     return sizes
+
+
+def _sizes(pool: PoolRecord, members: dict[str, JobRecord]) -> tuple[int, int]:
+    """(bytes of one member's writes, bytes of the pool record's), keys included, for plan_chunks."""
+    member = next(iter(members.values()))
+    full = PoolRecord(pool.id, pool.spec, pool.created_at, {node: m.id for node, m in members.items()}, pool.owner)
+    return 2 * (len(member.to_bytes()) + 128), len(full.to_bytes()) + 128
 
 
 class Pools:
@@ -89,9 +104,10 @@ class Pools:
         left = sorted(revisions)  # nodes whose member is not written yet
         written: list[str] = []
         replans = 0
+        sizes = _sizes(pool, members)
         try:
             while True:
-                size = plan_chunks(len(left))[0]
+                size = plan_chunks(len(left), MAX_TXN_OPS, *sizes)[0]
                 chunk, last = left[:size], size == len(left)
                 if last:
                     pool.members = {node: members[node].id for node in written + chunk}
@@ -148,22 +164,37 @@ class Pools:
 
     # -- reads -----------------------------------------------------------------------------
     def get(self, pool_id: str) -> PoolRecord | None:
+        """The pool, None if there is none; MalformedRecord (a JobNotFound) if its record is not
+        a valid one of that id."""
         kv = self.store.get(self.keys.pool(pool_id))
-        return PoolRecord.from_bytes(kv.value) if kv is not None else None
+        if kv is None:
+            return None
+        try:
+            return decode.pool(kv.key, kv.value, kv.mod_revision)
+        except RecordError as error:
+            raise MalformedRecord(pool_id, str(error), "pool") from None
 
     def members(self, pool: PoolRecord) -> list[tuple[JobRecord, int]]:
         """Every member's record and mod revision, in node order. A member whose record is gone
-        (deleted by hand) stands in as LOST with revision 0, so the pool can still end."""
+        (deleted by hand), malformed or another pool's (a forged pool record that lists other
+        jobs acts on none of them) stands in as LOST with revision 0, so the pool can still end."""
         ids = pool.member_ids()
         found = self.store.get_many([self.keys.job(job_id) for job_id in ids])
         result = []
         for node, job_id, kv in zip(sorted(pool.members), ids, found):
-            if kv is None:
+            try:
+                record = decode.job_kv(kv) if kv is not None else None
+                missing = "its record is missing from etcd"
+            except RecordError as error:
+                record, missing = None, f"its record in etcd is malformed ({error})"
+            if record is not None and record.pool != pool.id:
+                record, missing = None, f"its record in etcd is not a member of pool {pool.id}"
+            if record is None:
                 stand_in = JobRecord(id=job_id, spec=replace(pool.spec, node=node), state=LOST, node=node,
-                                     created_at=pool.created_at, pool=pool.id, error="its record is missing from etcd")
+                                     created_at=pool.created_at, pool=pool.id, error=missing)
                 result.append((stand_in, 0))
             else:
-                result.append((JobRecord.from_bytes(kv.value), kv.mod_revision))
+                result.append((record, kv.mod_revision))
         return result
 
     def with_kill_requests(self, members: list[JobRecord]) -> list[JobRecord]:

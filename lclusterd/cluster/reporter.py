@@ -73,10 +73,14 @@ class OwnedJobs:
 
 
 class Reporter:
-    def __init__(self, jobs: Jobs, owned: OwnedJobs, on_fenced: Callable[[str], None]):
+    def __init__(self, jobs: Jobs, owned: OwnedJobs, on_fenced: Callable[[str], None],
+                 on_final: Callable[[str], None] = lambda job_id: None):
+        """on_final(job_id): the job's record is final (this node wrote it terminal, or it was
+        found terminal or gone when fenced); it must not raise (the worker seals the logs)."""
         self.jobs = jobs
         self.owned = owned
         self.on_fenced = on_fenced
+        self.on_final = on_final
         self.shutdown_note = ""  # the reason a job the node's shutdown killed gets
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write_loop, name="worker writer", daemon=True)
@@ -176,6 +180,8 @@ class Reporter:
         owned.pending.clear()
         if change.record.terminal or change.record.state == QUEUED:
             self.owned.forget(change.job_id)
+        if change.record.terminal:
+            self.on_final(change.job_id)
 
     def _fenced(self, job_id: str, owned: Owned) -> None:
         """Our guard failed: re-read. If the job is still ours, retry later; else forget it."""
@@ -194,6 +200,8 @@ class Reporter:
                     job_id, owned.record.attempt, f"{record.state}, attempt {record.attempt}" if record else "deleted")
         self.owned.forget(job_id, owned)
         self.on_fenced(job_id)
+        if record is None or record.terminal:
+            self.on_final(job_id)
 
 
 def same_attempt(record: JobRecord, ours: JobRecord) -> bool:

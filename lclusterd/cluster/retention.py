@@ -25,12 +25,13 @@ import threading
 import time
 from typing import Callable
 
+from lclusterd.cluster import decode
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.kv import MAX_TXN_OPS, Delete, KeyValue, ModIs, Op, Put
 from lclusterd.cluster.store import Store
-from lclusterd.errors import JobRemoved, StoreUnavailable
-from lclusterd.model import PoolRecord
+from lclusterd.errors import JobRemoved, RecordError, StoreUnavailable
+from lclusterd.records import JOB_ID
 from lclusterd.units import format_duration
 
 log = logging.getLogger(__name__)
@@ -147,20 +148,56 @@ class Retention:
         """One transaction for a batch of expired ended/ keys; then the pools they emptied."""
         ops: list[Op] = []
         pools: dict[str, float] = {}  # pool -> when its latest member in this batch ended
-        for kv in kvs:
-            try:
-                finished_at, job_id = self.keys.ended_parts(kv.key)
-            except ValueError:  # not written by lclusterd; left in place it would stop every pass here
-                log.warning("retention: removing a malformed index key %s", kv.key)
-                ops.append(Delete(kv.key))
-                continue
-            ops += [Delete(self.keys.job(job_id)), Delete(kv.key),
-                    Put(self.keys.removed(job_id), tombstone(finished_at, now, self.keep), lease)]
-            if kv.value:
-                pools[kv.value.decode()] = finished_at
+        for kv, finished_at, job_id, pool_id in self._expired(kvs):
+            ops.append(Delete(kv.key))
+            if job_id:
+                ops += [Delete(self.keys.job(job_id)), Put(self.keys.removed(job_id), tombstone(finished_at, now, self.keep), lease)]
+            if pool_id:
+                pools[pool_id] = finished_at
         if not self.store.txn(self._guard(), ops).succeeded:
             return False
         return self._remove_empty_pools(pools, lease, now)
+
+    def _expired(self, kvs: list[KeyValue]) -> list[tuple[KeyValue, float, str, str]]:
+        """Each index key with its end time, the job to remove ("" for none) and its pool ("").
+
+        The index is input like the records: a job is removed only when its record is gone
+        already or is a record lclusterd wrote that ended when its key says, so an index key
+        written by hand never removes a queued, running or recent job; such a key (and one
+        that is not an index key at all, which left in place would stop every pass here) is
+        removed alone."""
+        parsed: list[tuple[KeyValue, float, str]] = []
+        for kv in kvs:
+            try:
+                finished_at, job_id = self.keys.ended_parts(kv.key)
+            except ValueError:
+                finished_at, job_id = 0.0, ""
+            if not JOB_ID.match(job_id):
+                log.warning("retention: removing a malformed index key %s", kv.key)
+                job_id = ""
+            parsed.append((kv, finished_at, job_id))
+        found = self.store.get_many([self.keys.job(job_id) for _, _, job_id in parsed if job_id])
+        records = iter(found)
+        expired = []
+        for kv, finished_at, job_id in parsed:
+            record_kv = next(records) if job_id else None
+            pool_id = kv.value.decode(errors="replace")
+            if record_kv is not None:
+                job_id, pool_id = self._ended_as_indexed(kv.key, record_kv, job_id)
+            expired.append((kv, finished_at, job_id, pool_id if JOB_ID.match(pool_id) else ""))
+        return expired
+
+    def _ended_as_indexed(self, index_key: str, record_kv: KeyValue, job_id: str) -> tuple[str, str]:
+        """(job id, pool id) to remove for an index key whose job has a record, or ("", "")."""
+        try:
+            record = decode.job_kv(record_kv)
+        except RecordError:  # logged once; not ours to remove
+            return "", ""
+        if not record.terminal or self.keys.ended(record.finished_at or 0.0, job_id) != index_key:
+            log.warning("retention: removing the index key %s, which does not match job %s (%s)", index_key, job_id,
+                        record.state)
+            return "", ""
+        return job_id, record.pool
 
     def _remove_empty_pools(self, pools: dict[str, float], lease: int, now: float) -> bool:
         """Remove the pool records none of whose members' records is left."""
@@ -170,9 +207,8 @@ class Retention:
             if kv is None:
                 continue
             try:
-                members = PoolRecord.from_bytes(kv.value).member_ids()
-            except (ValueError, TypeError, KeyError):
-                log.warning("retention: ignoring a malformed pool record %s", kv.key)
+                members = decode.pool(kv.key, kv.value, kv.mod_revision).member_ids()
+            except RecordError:  # logged once; left for whoever wrote it
                 continue
             if not any(self.store.get_many([self.keys.job(job_id) for job_id in members])):
                 empty.append((pool_id, finished_at))

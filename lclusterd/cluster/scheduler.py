@@ -27,7 +27,7 @@ from lclusterd.cluster.placement import PRIME_FIRST, Placement, place
 from lclusterd.cluster.store import Store
 from lclusterd.cluster.view import IN_FLIGHT, ClusterView, Reservation
 from lclusterd.cluster.watch import Watches
-from lclusterd.errors import JobNotFound, StoreUnavailable
+from lclusterd.errors import JobNotFound, RecordError, StoreUnavailable
 from lclusterd.model import ASSIGNED, QUEUED, JobRecord, JobSpec
 
 log = logging.getLogger(__name__)
@@ -164,8 +164,7 @@ class Scheduler:
                     continue
                 try:
                     record = entry.record()
-                except Exception as exc:  # a malformed entry: never assign it
-                    log.warning("skipping queue entry %s: %s", job_id, exc)
+                except RecordError:  # not a record lclusterd wrote (logged once): never assign it
                     entry.skip = True
                     continue
                 memory = record.spec.memory_bytes or 0

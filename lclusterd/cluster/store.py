@@ -43,18 +43,18 @@ _CHANNEL_OPTIONS = [
 # transaction's Python work.
 def _compare_message(c: Compare) -> etcdrpc.Compare:
     if isinstance(c, ModIs):
-        return etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.MOD, key=c.key.encode(),
+        return etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.MOD, key=_raw(c.key),
                                mod_revision=c.revision)
     if isinstance(c, Absent):
-        return etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.CREATE, key=c.key.encode(),
+        return etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.CREATE, key=_raw(c.key),
                                create_revision=0)
-    return etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.VALUE, key=c.key.encode(), value=c.value)
+    return etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.VALUE, key=_raw(c.key), value=c.value)
 
 
 def _op_message(op: Op) -> etcdrpc.RequestOp:
     if isinstance(op, Put):
-        return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease))
-    return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=op.key.encode()))
+        return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=_raw(op.key), value=op.value, lease=op.lease))
+    return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=_raw(op.key)))
 
 
 def parse_endpoints(text: str | Iterable[str]) -> list[tuple[str, int]]:
@@ -178,7 +178,7 @@ class Store:
         transaction per MAX_TXN_OPS keys instead of a round trip per key."""
         found: list[KeyValue | None] = []
         for start in range(0, len(keys), MAX_TXN_OPS):
-            gets = [etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key.encode()))
+            gets = [etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=_raw(key)))
                     for key in keys[start:start + MAX_TXN_OPS]]
             request = etcdrpc.TxnRequest(success=gets)
             response = self._client.kvstub.Txn(request, self.timeout)
@@ -188,7 +188,7 @@ class Store:
     @_mapped
     def get_range(self, start: str, end: str, limit: int = 0) -> tuple[list[KeyValue], int]:
         """Keys in [start, end), sorted by key, at most `limit` (0: all), and the revision read."""
-        request = etcdrpc.RangeRequest(key=start.encode(), range_end=end.encode(), limit=limit)
+        request = etcdrpc.RangeRequest(key=_raw(start), range_end=_raw(end), limit=limit)
         response = self._client.kvstub.Range(request, self.timeout)
         return [_kv(kv) for kv in response.kvs], response.header.revision
 
@@ -288,10 +288,20 @@ class WatchStream:
 
 
 def _kv(kv) -> KeyValue:
-    return KeyValue(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.lease)
+    return KeyValue(_key(kv.key), kv.value, kv.mod_revision, kv.create_revision, kv.lease)
+
+
+def _key(raw: bytes) -> str:
+    """A key as read. Keys someone else wrote need not be UTF-8: their bytes survive as
+    surrogates (and _raw gives them back), so readers skip them instead of failing."""
+    return raw.decode(errors="surrogateescape")
+
+
+def _raw(key: str) -> bytes:
+    return key.encode(errors="surrogateescape")
 
 
 def _event(ev) -> Event:
     kind = "delete" if ev.type == 1 else "put"  # mvccpb.Event.DELETE
-    return Event(kind, ev.kv.key.decode(), ev.kv.value, ev.kv.mod_revision, ev.kv.create_revision)
+    return Event(kind, _key(ev.kv.key), ev.kv.value, ev.kv.mod_revision, ev.kv.create_revision)
 

@@ -12,21 +12,20 @@ etcd. Every read and change of it happens under `lock`.
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+from lclusterd.cluster import decode
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Event
 from lclusterd.cluster.placement import Room
 from lclusterd.cluster.store import Store
 from lclusterd.cluster.watch import Callbacks, Watches
+from lclusterd.errors import RecordError
 from lclusterd.model import JobRecord, NodeInfo
-
-log = logging.getLogger(__name__)
 
 IN_FLIGHT = sys.maxsize  # the revision of a reservation whose add transaction has not returned
 
@@ -37,14 +36,16 @@ class QueuedJob:
     again on every pass while other jobs are assigned). `skip`: the scheduler tried it at this
     revision and must not again until the entry changes (a new event makes a new entry)."""
 
-    __slots__ = ("raw", "revision", "_record", "skip")
+    __slots__ = ("key", "raw", "revision", "_record", "skip")
 
-    def __init__(self, raw: bytes, revision: int):
-        self.raw, self.revision, self._record, self.skip = raw, revision, None, False
+    def __init__(self, key: str, raw: bytes, revision: int):
+        self.key, self.raw, self.revision, self._record, self.skip = key, raw, revision, None, False
 
     def record(self) -> JobRecord:
+        """The QUEUED record; RecordError (logged once) when the entry is not a valid record of
+        its key's job: the scheduler then skips it until it changes."""
         if self._record is None:
-            self._record = JobRecord.from_bytes(self.raw)  # never mutated: transitions make copies
+            self._record = decode.job(self.key, self.raw, self.revision)  # never mutated: transitions make copies
         return self._record
 
 
@@ -106,7 +107,7 @@ class ClusterView:
     def _read_queue(self) -> int:
         kvs, revision = self.store.get_prefix(self.keys.queue_prefix)
         with self.lock:
-            self.queue = OrderedDict((Keys.last(kv.key), QueuedJob(kv.value, kv.mod_revision))
+            self.queue = OrderedDict((Keys.last(kv.key), QueuedJob(kv.key, kv.value, kv.mod_revision))
                                      for kv in sorted(kvs, key=lambda kv: kv.create_revision))
         self.on_change()
         return revision
@@ -117,7 +118,7 @@ class ClusterView:
             before = set(self.nodes)
             self.nodes = {}
             for kv in kvs:
-                self._set_node(kv.value)
+                self._set_node(kv.key, kv.value, kv.mod_revision)
             for node in before - set(self.nodes):
                 self.dead.setdefault(node, revision)
         self.on_change()
@@ -142,11 +143,11 @@ class ClusterView:
         self.on_change()
         return revision
 
-    def _set_node(self, raw: bytes) -> None:
+    def _set_node(self, key: str, raw: bytes, revision: int) -> None:
+        """A node's registration; a malformed one is ignored (decode.py logs it)."""
         try:
-            info = NodeInfo.from_bytes(raw)
-        except (ValueError, TypeError, KeyError):
-            log.warning("ignoring a malformed node entry %r", raw[:80])
+            info = decode.node(key, raw, revision)
+        except RecordError:
             return
         self.nodes[info.name] = info
 
@@ -155,7 +156,7 @@ class ClusterView:
             for event in events:
                 job_id = Keys.last(event.key)
                 if event.kind == "put":
-                    self.queue[job_id] = QueuedJob(event.value, event.mod_revision)
+                    self.queue[job_id] = QueuedJob(event.key, event.value, event.mod_revision)
                 else:
                     self.queue.pop(job_id, None)
         self.on_change()
@@ -164,7 +165,7 @@ class ClusterView:
         with self.lock:
             for event in events:
                 if event.kind == "put":
-                    self._set_node(event.value)
+                    self._set_node(event.key, event.value, event.mod_revision)
                 else:  # the lease expired or was revoked: the node is dead (or restarting)
                     name = Keys.last(event.key)
                     self.nodes.pop(name, None)

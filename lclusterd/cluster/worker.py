@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 
-from lclusterd.cluster import outcome
+from lclusterd.cluster import decode, outcome
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Delete, Event
@@ -26,7 +26,7 @@ from lclusterd.cluster.reporter import Owned, OwnedJobs, Reporter, same_attempt
 from lclusterd.cluster.runspec import NodeDefaults, to_runtime_spec
 from lclusterd.cluster.store import Store
 from lclusterd.cluster.watch import Callbacks, Watches
-from lclusterd.errors import InvalidSpec, JobNotFound, RuntimeUnavailable, StoreUnavailable
+from lclusterd.errors import InvalidSpec, JobNotFound, RecordError, RuntimeUnavailable, StoreUnavailable
 from lclusterd.model import ASSIGNED, RUNNING, JobRecord
 from lclusterd.runtime.launcher import Event as RuntimeEvent
 from lclusterd.runtime.launcher import JobStarted, Launcher
@@ -48,7 +48,8 @@ class Worker:
         self.defaults = defaults
         self.logs = logs
         self.owned = OwnedJobs()
-        self.reporter = Reporter(jobs, self.owned, on_fenced=lambda job_id: self.launcher.kill(job_id, 0))
+        self.reporter = Reporter(jobs, self.owned, on_fenced=lambda job_id: self.launcher.kill(job_id, 0),
+                                 on_final=logs.seal)  # no record re-using its id appends to its logs
         self._kills: set[str] = set()  # kill requests for jobs not (yet) seen assigned here
         self._watches: list = []
         self.accepting = False
@@ -66,7 +67,7 @@ class Worker:
         kvs, assign_rev = self.store.get_prefix(self.keys.assign_prefix(self.node), keys_only=True)
         self.accepting = True
         for kv in kvs:
-            self._reconcile(Keys.last(kv.key), swept)
+            self._reconcile(self.keys.assign_parts(kv.key)[1], swept)  # the key's own tail: a forged one is deleted whole
         self._watches = [
             self.watches.watch(self.keys.kill_prefix, kill_rev + 1, Callbacks(self._kill_events, self._resync_kills), "kill"),
             self.watches.watch(self.keys.assign_prefix(self.node), assign_rev + 1,
@@ -156,9 +157,8 @@ class Worker:
             if event.kind != "put" or not self.accepting:
                 continue
             try:
-                record = JobRecord.from_bytes(event.value)
-            except (ValueError, TypeError, KeyError):
-                log.warning("ignoring a malformed assignment %s", event.key)
+                record = decode.job(event.key, event.value, event.mod_revision)
+            except RecordError:  # not a record of the job its key names (logged once)
                 continue
             if record.state != ASSIGNED or record.node != self.node:
                 continue
@@ -228,6 +228,8 @@ class Worker:
             log.warning("fencing job %s: attempt %d is no longer this node's (now %s); killing our copy", job_id,
                         ours.attempt, now)
             self.launcher.kill(job_id, 0)
+            if record is None or record.terminal:
+                self.logs.seal(job_id)
         deadline = time.monotonic() + 10
         while fenced and set(fenced) & self.launcher.running() and time.monotonic() < deadline:
             time.sleep(0.05)

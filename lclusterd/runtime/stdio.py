@@ -53,7 +53,9 @@ def _open_stdin(spec: RuntimeSpec, opened: list[int]) -> int:
 
 
 def _open_log(path: str, flags: int) -> int:
-    # Never through a symlink: the directory is root's, but the name comes from a job id.
+    # Never through a symlink: the directory is root's, but the name comes from a job id. On a
+    # node the worker has made the files already, exclusively, from a validated id
+    # (cluster/logs.py); the runtime's own CLI may be given any path (/dev/null too).
     try:
         return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
     except OSError as error:

@@ -175,6 +175,59 @@ def test_error_lines_and_exit_codes(node, args, code, line):
     assert (result.returncode, result.stderr, result.stdout) == (code, line + "\n", "")
 
 
+BAD_INPUT = {  # name: (arguments, stdin file bytes or None, the line after "lclient: ")
+    "env of 1 MB": ([a for i in range(10) for a in ("-env", f"V{i}=" + "x" * 100_000)], None,
+                    "the environment is 1000040 bytes, more than the limit of 64 KiB (names and values together)"),
+    "env over 64 KiB": (["-env", "A=" + "x" * (64 << 10)], None,
+                        "the environment is 65539 bytes, more than the limit of 64 KiB (names and values together)"),
+    "command over 64 KiB": ([], None, "the command is 70000 bytes, more than the limit of 64 KiB"),
+    "stdin over 256 KiB": (["-stdin"], 300 << 10, "stdin is 307200 bytes, more than the limit of 256 KiB"),
+    "stdin over gRPC's 4 MiB": (["-stdin"], 5 << 20, "the request is too large for lclusterd at {server} (Received "
+                                                      "message larger than max (5242896 vs. 4194304))"),
+    "spec over 512 KiB as stored": (["-env", "A=" + "\x01" * 60_000], None,
+                                    "the job's spec takes 720126 bytes as stored, more than the limit of 512 KiB "
+                                    "(command, environment and stdin together, as JSON with stdin in base64)"),
+    "pids beyond the API": (["-pids", "1000000000000"], None, "bad -pids value '1000000000000': must be at most 2147483647"),
+    "pids beyond the kernel": (["-pids", "5000000"], None, "pids limit must be between 1 and 4194304, not 5000000"),
+    "mem beyond the API": (["-mem", "99999999999G"], None, "bad -mem value '99999999999G': that is more bytes than the API "
+                                                           "can carry"),
+    "mem beyond 1 PiB": (["-mem", "2000T"], None, "memory limit must be between 1 MiB and 1 PiB, not 2199023255552000 bytes"),
+    "command not UTF-8": ([], None, "the command is not valid UTF-8 (byte 0xff at offset 5)"),
+    "env not UTF-8": (["-env", "A=\udcff"], None, "an -env value is not valid UTF-8 (byte 0xff at offset 2)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_one_line_and_exit_2(node, tmp_path, case):
+    """Sizes, counts and encodings out of range are refused before anything is written, with
+    the limit named, never "etcd unavailable" or an internal error (docs/errors.md)."""
+    args, stdin_bytes, line = BAD_INPUT[case]
+    command = {"command over 64 KiB": "x" * 70_000, "command not UTF-8": "echo \udcff",
+               "spec over 512 KiB as stored": "\x01" * 60_000}.get(case, "true")
+    if stdin_bytes is not None:
+        (tmp_path / "in").write_bytes(b"x" * stdin_bytes)
+        args = [*args, str(tmp_path / "in")]
+    result = node.lclient("-add", command, *args)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"lclient: {line.format(server=node.server)}\n")
+    assert node.lclient("-list", "-limit", "1").returncode == 0
+
+
+def test_the_largest_specs_allowed_run_together(node, tmp_path):
+    """Jobs at the size limits queue, are assigned and run even when many of them would share one
+    transaction: the batches are cut by bytes too, under etcd's request size."""
+    stdin = tmp_path / "in"
+    stdin.write_bytes(b"y" * (256 << 10))
+    args = ["-stdin", str(stdin), "-env", "A=" + "z" * 60_000, "-node", "node1"]
+    assert node.lclient("-drain", "node1").returncode == 0  # they queue, then go out in one pass
+    try:
+        jobs = [add(node, "wc -c; echo ${#A}", *args, quiet=True) for _ in range(4)]
+    finally:
+        assert node.lclient("-undrain", "node1").returncode == 0
+    for job in jobs:
+        assert node.lclient("-wait", job).returncode == 0
+        assert node.lclient("-logs", job).stdout.split() == [str(256 << 10), "60000"]
+
+
 def test_unreachable_daemon():
     port = free_port()
     result = run_lclient("-list", server=f"127.0.0.1:{port}")

@@ -45,10 +45,11 @@ def test_a_pool_larger_than_one_transaction_is_written_in_chunks_pool_record_las
     ready = [n for n in names if n not in ("n007", "n042")]
     assert [m.spec.node for m in members] == ready and plan_chunks(len(ready)) == [64, 34]
     stored = store.get(keys.pool(pool.id))
-    assert PoolRecord.from_bytes(stored.value).members == {m.spec.node: m.id for m in members}
+    assert PoolRecord.from_bytes(stored.value, pool.id).members == {m.spec.node: m.id for m in members}
     records = store.get_many([keys.job(m.id) for m in members])
     queued = store.get_many([keys.queue(m.id) for m in members])
-    assert all(JobRecord.from_bytes(kv.value).pool == pool.id and JobRecord.from_bytes(kv.value).state == QUEUED for kv in records)
+    read = [JobRecord.from_bytes(kv.value, Keys.last(kv.key)) for kv in records]
+    assert all(r.pool == pool.id and r.state == QUEUED for r in read)
     assert all(q is not None and q.mod_revision == r.mod_revision for q, r in zip(queued, records))  # the prime's guard
     revisions = sorted({kv.mod_revision for kv in records})
     assert len(revisions) == 2  # two transactions: 64 members, then 34 with the pool record
@@ -69,9 +70,9 @@ def test_a_node_gone_between_read_and_write_is_left_out(world, monkeypatch):
     monkeypatch.setattr(pools_module, "ready_nodes", stale)
     pool, members = pools.add(JobSpec("true"))
     assert len(reads) == 2 and [m.spec.node for m in members] == ["a", "b"]
-    assert sorted(PoolRecord.from_bytes(store.get(keys.pool(pool.id)).value).members) == ["a", "b"]
+    assert sorted(PoolRecord.from_bytes(store.get(keys.pool(pool.id)).value, pool.id).members) == ["a", "b"]
     kvs, _ = store.get_prefix(keys.jobs_prefix)
-    assert sorted(JobRecord.from_bytes(kv.value).spec.node for kv in kvs) == ["a", "b"]  # nothing for ghost
+    assert sorted(JobRecord.from_bytes(kv.value, Keys.last(kv.key)).spec.node for kv in kvs) == ["a", "b"]  # nothing for ghost
 
 
 def test_a_transaction_the_store_applied_twice_counts_once(world, monkeypatch):
@@ -108,7 +109,7 @@ def test_etcd_failing_between_chunks_cancels_the_members_written(world, monkeypa
     with pytest.raises(StoreUnavailable):
         pools.add(JobSpec("true"))
     kvs, _ = store.get_prefix(keys.jobs_prefix)
-    assert len(kvs) == 64 and {JobRecord.from_bytes(kv.value).state for kv in kvs} == {CANCELLED}
+    assert len(kvs) == 64 and {JobRecord.from_bytes(kv.value, Keys.last(kv.key)).state for kv in kvs} == {CANCELLED}
     assert store.get_prefix(keys.queue_prefix)[0] == [] and store.get_prefix(keys.pools_prefix)[0] == []
 
 

@@ -100,3 +100,14 @@ def test_a_transaction_never_exceeds_the_op_limit():
     with ThreadPoolExecutor(16) as pool:
         assert all(r.succeeded for r in pool.map(lambda i: add(group, f"j{i}"), range(16)))
     assert store.txns == [(1, 2), (5, 10), (5, 10), (5, 10)]  # 15 queued: three batches of 5 (10 ops)
+
+
+def test_a_transaction_never_exceeds_the_byte_limit():
+    """Adds of large specs share transactions only as far as etcd's request size allows."""
+    store = FakeStore(hold=7)
+    group = grouped(store, max_bytes=1000)
+    big = lambda i: group.txn([Absent(f"jobs/b{i}")], [Put(f"jobs/b{i}", b"x" * 300)])  # noqa: E731 - ~310 bytes each
+    with ThreadPoolExecutor(8) as pool:
+        assert all(r.succeeded for r in pool.map(big, range(8)))
+    assert store.txns == [(1, 1), (3, 3), (3, 3), (1, 1)]  # 7 queued: at most 3 a transaction
+    assert group.txn([], [Put("jobs/huge", b"x" * 2000)]).succeeded  # one alone larger than the limit still goes

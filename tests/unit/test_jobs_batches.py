@@ -4,7 +4,7 @@ operations and 1 compare each, plus the prime guard) is one transaction, not two
 
 from lclusterd.cluster.jobs import Change, _batches
 from lclusterd.cluster.keys import Keys
-from lclusterd.cluster.kv import MAX_TXN_OPS, Delete, Put
+from lclusterd.cluster.kv import MAX_TXN_BYTES, MAX_TXN_OPS, Delete, Put
 from lclusterd.cluster.scheduler import BATCH
 from lclusterd.model import JobRecord, JobSpec
 
@@ -27,3 +27,18 @@ def test_operations_and_compares_are_counted_apart():
     notes = [change(i, 1) for i in range(MAX_TXN_OPS + 1)]  # 129 compares
     assert [len(b) for b in _batches(notes, guard_compares=1)] == [MAX_TXN_OPS - 1, 2]
     assert list(_batches([])) == []
+
+
+def big_change(i: int, value_bytes: int) -> Change:
+    record = JobRecord(id=f"{i:032x}", spec=JobSpec("true"))
+    return Change(record.id, 1, record, [Put(KEYS.job(record.id), b"x" * value_bytes), Put(KEYS.assign("n1", record.id), b"x" * value_bytes)])
+
+
+def test_large_records_are_cut_by_bytes_too():
+    """Jobs whose specs are near the limit (two records of up to ~512 KiB a change) go out one
+    per transaction instead of one request etcd refuses; small ones still share one."""
+    big = [big_change(i, 500 << 10) for i in range(3)]
+    assert [len(b) for b in _batches(big, guard_compares=1)] == [1, 1, 1]
+    mixed = [big_change(0, 300 << 10), big_change(1, 10), big_change(2, 300 << 10)]
+    assert [len(b) for b in _batches(mixed)] == [2, 1]
+    assert [len(b) for b in _batches(mixed, max_bytes=MAX_TXN_BYTES * 2)] == [3]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import pytest
 
 from lclient import cli, errors
+from lclient.client import JobsClient, Target
 from lclient.units import format_size, parse_cpus, parse_duration, parse_size
 from lclusterd.rpc import lclusterd_pb2 as pb
+from lclusterd.rpc.metadata import ERROR_METADATA_KEY
 
 JOB = "0123456789abcdef0123456789abcdef"
 POOL = "fedcba9876543210fedcba9876543210"
@@ -332,3 +335,46 @@ def test_wait_explains_an_exit_the_daemon_gave_a_reason_for(capsys):
                                    "could not find a command in the rootfs (sh: x: not found)\n")
     code, out, err, _ = run(["-wait", JOB], capsys, job=pb.Job(id=JOB, state="EXITED", exit_code=3))
     assert (code, err) == (3, "")  # a plain non-zero exit speaks for itself
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["-add", "echo \udcff"], "lclient: the command is not valid UTF-8 (byte 0xff at offset 5)"),
+    (["-add", "x", "-env", "A=\udcfe"], "lclient: an -env value is not valid UTF-8 (byte 0xfe at offset 2)"),
+    (["-add", "x", "-node", "n\udcff"], "lclient: the -node name is not valid UTF-8 (byte 0xff at offset 1)"),
+    (["-check", "\udcff"], "lclient: the -check argument is not valid UTF-8 (byte 0xff at offset 0)"),
+    (["-list", "-state", "\udcc3"], "lclient: the -state argument is not valid UTF-8 (byte 0xc3 at offset 0)"),
+])
+def test_arguments_that_are_not_utf8_are_one_line_exit_2(argv, line, capsys):
+    """Invalid UTF-8 on the command line reaches Python as surrogates, which gRPC cannot send."""
+    code, out, err, client = run(argv, capsys)
+    assert (code, out, err) == (2, "", line + "\n")
+    assert client is None or client.calls == []
+
+
+class _RpcError(grpc.RpcError):
+    def __init__(self, code, details, metadata=()):
+        self._code, self._details, self._metadata = code, details, metadata
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+    def trailing_metadata(self):
+        return self._metadata
+
+
+def test_a_request_the_transport_finds_too_large_is_invalid_input():
+    client = JobsClient(Target("127.0.0.1:1"))
+    try:
+        error = client._translate(_RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            "SERVER: Received message larger than max (5000017 vs. 4194304)"))
+        busy = client._translate(_RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "this node already serves 192 waits",
+                                           ((ERROR_METADATA_KEY, "TooBusy"),)))
+    finally:
+        client.close()
+    assert isinstance(error, errors.InvalidRequest) and error.exit_code == 2
+    assert str(error) == ("the request is too large for lclusterd at 127.0.0.1:1 (Received message larger than max "
+                          "(5000017 vs. 4194304))")
+    assert isinstance(busy, errors.Unavailable)

@@ -63,13 +63,13 @@ def test_terminal_move_stamps_finished_at():
 def test_record_round_trip_through_bytes():
     spec = JobSpec("cat", env={"A": "1"}, memory_bytes=1 << 26, cpus=0.5, pids=32, timeout=3.5, stdin_data=b"\x00\xff", retries=2)
     record = JobRecord(id="b" * 32, spec=spec, state=RUNNING, node="n1", created_at=1.5, host_pid=7, exit_code=None)
-    again = JobRecord.from_bytes(record.to_bytes())
+    again = JobRecord.from_bytes(record.to_bytes(), record.id)
     assert again == record
 
 
 def test_node_info_round_trip():
     info = NodeInfo("n1", "localhost:1", 4, "0.1", 2.0)
-    assert NodeInfo.from_bytes(info.to_bytes()) == info
+    assert NodeInfo.from_bytes(info.to_bytes(), "n1") == info
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -87,7 +87,11 @@ def test_node_info_round_trip():
     (JobSpec("x", timeout=400 * 86400), "timeout must be more than 0 and at most 365 days"),
     (JobSpec("x", timeout=float("inf")), "at most 365 days"),
     (JobSpec("x", timeout=float("nan")), "at most 365 days"),
-    (JobSpec("x", stdin_data=b"x" * (1 << 20)), "stdin is larger than"),
+    (JobSpec("x", stdin_data=b"x" * (1 << 20)), "stdin is 1048576 bytes, more than the limit of 256 KiB"),
+    (JobSpec("x" * (65 << 10)), "the command is 66560 bytes, more than the limit of 64 KiB"),
+    (JobSpec("x", env={f"V{i}": "y" * 1000 for i in range(70)}), "the environment is 70340 bytes, more than the limit of 64 KiB"),
+    (JobSpec("\x01" * (60 << 10), env={"A": "\x01" * (60 << 10)}),
+     "the job's spec takes 737406 bytes as stored, more than the limit of 512 KiB"),
     (JobSpec("x", retries=11), "retries must be between 0 and 10"),
 ])
 def test_spec_validation_messages(spec, message):
@@ -102,7 +106,7 @@ def test_with_changes_copies_and_checks_field_names():
     assert copy.spec is record.spec and copy == JobRecord(**{**record.__dict__, "state": "ASSIGNED", "node": "n1"})
     with pytest.raises(TypeError, match="no field 'nope'"):
         record.with_changes(nope=1)
-    assert JobRecord.from_bytes(copy.to_bytes()) == copy
+    assert JobRecord.from_bytes(copy.to_bytes(), copy.id) == copy
 
 
 def test_fields_a_newer_version_wrote_are_kept_and_written_back():
@@ -110,7 +114,7 @@ def test_fields_a_newer_version_wrote_are_kept_and_written_back():
     newer = record.to_json()
     newer["priority"] = 7  # say, a field a later lclusterd adds
     newer["spec"]["gpus"] = 1
-    read = JobRecord.from_json(newer)
+    read = JobRecord.from_json(newer, record.id)
     assert read == record  # what this version knows is the same ...
     moved = read.moved_to(ASSIGNED, node="n1")  # ... and a transition keeps the rest
     again = json.loads(moved.to_bytes())

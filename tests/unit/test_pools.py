@@ -49,7 +49,7 @@ def test_otherwise_the_first_member_that_did_not_decides():
 
 def test_pool_record_round_trip_and_member_order():
     pool = PoolRecord(POOL, JobSpec("uname -n", retries=1), 12.5, {"c": "3" * 32, "a": "1" * 32, "b": "2" * 32})
-    again = PoolRecord.from_bytes(pool.to_bytes())
+    again = PoolRecord.from_bytes(pool.to_bytes(), POOL)
     assert again == pool
     assert again.member_ids() == ["1" * 32, "2" * 32, "3" * 32]  # by node name
     stored = json.loads(pool.to_bytes())
@@ -58,11 +58,11 @@ def test_pool_record_round_trip_and_member_order():
 
 def test_member_records_carry_their_pool_and_others_are_unchanged():
     m = member("a", QUEUED, 1)
-    assert JobRecord.from_bytes(m.to_bytes()).pool == POOL
+    assert JobRecord.from_bytes(m.to_bytes(), m.id).pool == POOL
     plain = JobRecord(id="1" * 32, spec=JobSpec("true"))
     assert "pool" not in json.loads(plain.to_bytes())  # older daemons can still read every other record
     old = json.loads(plain.to_bytes())  # a record written before pools existed
-    assert JobRecord.from_json(old).pool == ""
+    assert JobRecord.from_json(old, plain.id).pool == ""
 
 
 @pytest.mark.parametrize("members, sizes", [
@@ -110,3 +110,11 @@ def test_pool_errors_map_and_read():
     assert str(IsAPool(POOL, 3, "read a member's logs")) == f"{POOL} is a pool of 3 job(s), one per node; read a member's logs"
     assert str(JobFinished(POOL, "EXITED", kind="pool")) == f"pool {POOL} has already finished (EXITED)"
     assert str(WaitTimedOut(POOL, "RUNNING", 2, kind="pool")) == f"pool {POOL} is still RUNNING after 2s"
+
+
+def test_plan_chunks_keep_a_large_spec_within_etcds_request_size():
+    # members of ~600 KB each (two records): one a transaction, the pool record alone last
+    assert plan_chunks(3, MAX_TXN_OPS, member_bytes=600_000, pool_bytes=500_000, max_bytes=1 << 20) == [1, 1, 1, 0]
+    assert plan_chunks(3, MAX_TXN_OPS, member_bytes=600_000, pool_bytes=300_000, max_bytes=1 << 20) == [1, 1, 1]
+    assert plan_chunks(3, MAX_TXN_OPS, member_bytes=300_000, pool_bytes=300_000, max_bytes=1 << 20) == [3, 0]
+    assert plan_chunks(5, MAX_TXN_OPS, member_bytes=1000, pool_bytes=1000, max_bytes=1 << 20) == [5]

@@ -4,16 +4,19 @@ import pytest
 
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.view import IN_FLIGHT, ClusterView, QueuedJob, Reservation
+from lclusterd.errors import RecordError
 from lclusterd.model import JobRecord, JobSpec, NodeInfo
 
 
 def test_a_queue_entry_is_parsed_once_however_often_it_is_looked_at():
     record = JobRecord(id="d" * 32, spec=JobSpec(command="true", node="busy"))
-    entry = QueuedJob(record.to_bytes(), 7)
+    entry = QueuedJob("/t/queue/" + "d" * 32, record.to_bytes(), 7)
     first = entry.record()
     assert first == record and entry.record() is first and entry.revision == 7 and not entry.skip
-    with pytest.raises(ValueError):
-        QueuedJob(b"not json", 8).record()
+    with pytest.raises(RecordError, match="not JSON"):
+        QueuedJob("/t/queue/" + "e" * 32, b"not json", 8).record()
+    with pytest.raises(RecordError, match="names job id"):  # the record of another job under this key
+        QueuedJob("/t/queue/" + "e" * 32, record.to_bytes(), 9).record()
 
 
 def view() -> ClusterView:
@@ -46,10 +49,10 @@ def test_a_settled_reservation_stays_until_the_watch_shows_it_and_an_unwritten_o
 
 def test_an_entry_is_skipped_only_while_it_is_at_the_revision_tried():
     v = view()
-    v.queue["j"] = QueuedJob(b"{}", 3)
+    v.queue["j"] = QueuedJob("/t/queue/j", b"{}", 3)
     v.skip_until_changed("j", 2)
     assert not v.queue["j"].skip
     v.skip_until_changed("j", 3)
     assert v.queue["j"].skip
-    v.queue["j"] = QueuedJob(b"{}", 4)  # a new event makes a new entry
+    v.queue["j"] = QueuedJob("/t/queue/j", b"{}", 4)  # a new event makes a new entry
     assert not v.queue["j"].skip
