@@ -36,8 +36,16 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
               help="gRPC TCP port, or HOST:PORT to bind another address than --namespace (served with --tls-dir or "
                    "--insecure).")
 @click.option("--etcd", default="",
-              help="Comma-separated endpoints of an existing etcd (http://HOST:PORT,...). Empty: start an embedded "
-                   "etcd with its data under --state-dir, on loopback, stopped with the daemon.")
+              help="Comma-separated endpoints of an existing etcd (http://HOST:PORT,... or https:// with the "
+                   "--etcd-* TLS options). Empty: start an embedded etcd with its data under --state-dir, on loopback, "
+                   "TLS with client certificates only root can read (--state-dir/etcd-tls), restarted if it dies, "
+                   "stopped with the daemon.")
+@click.option("--etcd-cacert", default=_D["etcd_cacert"],
+              help="PEM file of the CA that signed the external etcd's certificates (needed for https:// endpoints).")
+@click.option("--etcd-cert", default=_D["etcd_cert"],
+              help="PEM client certificate this node presents to the external etcd (with --etcd-key), when etcd "
+                   "runs with --client-cert-auth.")
+@click.option("--etcd-key", default=_D["etcd_key"], help="PEM private key of --etcd-cert.")
 @click.option("--rootfs", default=_D["rootfs"], help="Root filesystem jobs run in (read-only lower layer of each job's overlay).")
 @click.option("--state-dir", default=_D["state_dir"],
               help="Where this node keeps job logs, runtime state, the Unix socket (lclusterd.sock) and the embedded etcd.")
@@ -98,7 +106,8 @@ def cli(**options) -> None:
 
     Every option can also be set as an environment variable LCLUSTERD_<OPTION> (e.g.
     LCLUSTERD_STATE_DIR) or in the config file. Exit status: 0 after a clean shutdown, 2 on a
-    usage error, 3 when the daemon cannot start (the reason is printed)."""
+    usage error, 3 when the daemon cannot start or stops for want of its fork server or its
+    embedded etcd (the reason is printed)."""
     if not options.get("node_name"):
         options.pop("node_name")
     config = Config(**options)

@@ -6,6 +6,12 @@ node (it serves clients and calls other nodes, so it may act as server and as cl
 job and on the nodes. The CA signs them all; a listener with `--tls-dir` trusts exactly
 that CA. Keys are ECDSA P-256, written 0600; certificates are PEM.
 
+Two more roles are for etcd, never for the API (`holder_of` refuses them, so such a
+certificate cannot act as a node or a user even under a shared CA): "server" for an etcd
+member (it serves clients at its names and addresses and dials its peers with the same
+certificate, so it may act as server and as client) and "client" for a program that only
+calls etcd (lclusterd itself).
+
     DIR/ca.pem, DIR/ca-key.pem         the cluster CA (keep ca-key.pem off the nodes)
     DIR/NAME.pem, DIR/NAME-key.pem     a node's or a user's certificate and key
 """
@@ -25,7 +31,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NODE, USER, ADMIN = "node", "user", "admin"
-ROLES = (NODE, USER, ADMIN)
+ROLES = (NODE, USER, ADMIN)  # who may hold a certificate at the API
+SERVER, CLIENT = "server", "client"
+SERVICE_ROLES = (SERVER, CLIENT)  # etcd's members and its clients
+# The roles that serve (a node, an etcd member): their certificates may act as servers too,
+# named by the addresses they are reached at (SANs); the others' only as clients.
+_SERVES = (NODE, SERVER)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 CA_DAYS = 3650
 DAYS = 365
@@ -66,11 +77,12 @@ def init_ca(directory: str | Path, days: int = CA_DAYS, force: bool = False) -> 
 def issue(directory: str | Path, name: str, role: str, hosts: tuple[str, ...] = (), days: int = DAYS,
           force: bool = False) -> list[Path]:
     """A certificate for `name` in `role`, signed by the CA in `directory`; the files written.
-    `hosts`: the names and addresses a node is reached at (its certificate's SANs)."""
+    `hosts`: the names and addresses a node or an etcd member is reached at (its certificate's
+    SANs, addresses as IP SANs)."""
     if not NAME.match(name or ""):
         raise CertError(f"invalid name {name!r}: letters, digits, '.', '_' or '-' (at most 63)")
-    if role not in ROLES:
-        raise CertError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+    if role not in ROLES + SERVICE_ROLES:
+        raise CertError(f"unknown role {role!r}: expected one of {', '.join(ROLES + SERVICE_ROLES)}")
     directory = Path(directory)
     ca_cert, ca_key = load_ca(directory)
     paths = [directory / f"{name}.pem", directory / f"{name}-key.pem"]
@@ -82,9 +94,9 @@ def issue(directory: str | Path, name: str, role: str, hosts: tuple[str, ...] = 
     builder = _builder(subject, ca_cert.subject, key.public_key(), days)
     builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
     builder = builder.add_extension(_key_usage(cert_sign=False), critical=True)
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if role == NODE else [])
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if role in _SERVES else [])
     builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    if role == NODE:
+    if role in _SERVES:
         builder = builder.add_extension(x509.SubjectAlternativeName(_alt_names((name, *hosts))), critical=False)
     _write(directory, paths, builder.sign(ca_key, hashes.SHA256()), key)
     return paths

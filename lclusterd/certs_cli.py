@@ -1,6 +1,6 @@
-"""`lclusterd certs init|node|user`: make the cluster CA and the certificates of nodes and users
-(certs.py). Each writes its files and says which, one line each; an error is one line on
-stderr and exit status 1 (2 for a usage error)."""
+"""`lclusterd certs init|node|user|server|client`: make the cluster CA and the certificates of
+nodes and users, and of etcd's members and clients (certs.py). Each writes its files and says
+which, one line each; an error is one line on stderr and exit status 1 (2 for a usage error)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,28 @@ def node(directory: str, name: str, hosts: tuple[str, ...], days: int, force: bo
 def user(directory: str, name: str, admin: bool, days: int, force: bool) -> None:
     """A certificate for the user NAME, signed by the CA in DIRECTORY."""
     _report(certs.issue(directory, name, certs.ADMIN if admin else certs.USER, (), days, force))
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("name")
+@click.option("--host", "hosts", multiple=True, metavar="ADDR",
+              help="A name or address the member is reached at (repeatable), e.g. its IP: clients and peers check it.")
+@click.option("--days", default=certs.DAYS, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace a certificate already there.")
+def server(directory: str, name: str, hosts: tuple[str, ...], days: int, force: bool) -> None:
+    """A certificate for the etcd member NAME (its --cert-file and --peer-cert-file), signed by the CA in DIRECTORY."""
+    _report(certs.issue(directory, name, certs.SERVER, hosts, days, force))
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("name")
+@click.option("--days", default=certs.DAYS, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace a certificate already there.")
+def client(directory: str, name: str, days: int, force: bool) -> None:
+    """A client certificate NAME for etcd (a node's --etcd-cert and --etcd-key), signed by the CA in DIRECTORY."""
+    _report(certs.issue(directory, name, certs.CLIENT, (), days, force))
 
 
 def _report(paths) -> None:

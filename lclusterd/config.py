@@ -37,6 +37,11 @@ class Config:
     namespace: str = "localhost"  # the address to bind and advertise (the original's -namespace)
     listen: str = str(DEFAULT_PORT)  # PORT, or HOST:PORT to bind another address than namespace
     etcd: list[str] = field(default_factory=list)  # empty: start an embedded etcd
+    # TLS to an external etcd (etcd_tls.check_external says what goes together); the embedded
+    # etcd makes its own under <state-dir>/etcd-tls
+    etcd_cacert: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
     rootfs: str = DEFAULT_ROOTFS
     state_dir: str = DEFAULT_STATE_DIR
     node_name: str = field(default_factory=socket.gethostname)

@@ -31,6 +31,7 @@ from lclusterd.api.servicer import MAX_BLOCKING, ApiServices, JobsServicer
 from lclusterd.cluster.admission import Admission
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
+from lclusterd.cluster.journal import Journal
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.lookup import Lookup
@@ -40,12 +41,14 @@ from lclusterd.cluster.prime import PrimeElection
 from lclusterd.cluster.retention import LogSweep, Retention
 from lclusterd.cluster.runspec import NodeDefaults
 from lclusterd.cluster.scheduler import Scheduler
-from lclusterd.cluster.store import Store
+from lclusterd.cluster.store import Store, StoreTls
 from lclusterd.cluster.watch import Watches
 from lclusterd.cluster.worker import Worker
 from lclusterd.config import Config, ConfigError
 from lclusterd.errors import LclusterdError, StoreUnavailable
 from lclusterd.etcd_embedded import EmbeddedEtcd, EtcdStartError
+from lclusterd.etcd_supervisor import EtcdSupervisor
+from lclusterd.etcd_tls import ClientFiles, EtcdTlsError, check_external, ensure_embedded
 from lclusterd.model import NodeInfo
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
@@ -60,8 +63,8 @@ from lclusterd.web.server import WebServer, WebStartError, bind_web
 log = logging.getLogger("lclusterd")
 
 EXIT_OK = 0
-# The node could not start, or lost its fork server while running: a supervisor should look
-# at the log (the reason is its last line) and start it again.
+# The node could not start, or lost its fork server or its embedded etcd while running: a
+# supervisor should look at the log (the reason is its last line) and start it again.
 EXIT_FAILURE = 3
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Jobs"].full_name
 
@@ -80,6 +83,7 @@ class Daemon:
         self.stop_requested = threading.Event()
         self._signals = 0
         self.runtime_lost = False  # the fork server died under us: exit non-zero
+        self.etcd_lost = False  # the embedded etcd died and could not be started again: likewise
         self._teardown = ExitStack()
         self._server_stopped = False
         self.gate: UnixGate | None = None
@@ -107,10 +111,14 @@ class Daemon:
         self.state.mkdir(parents=True, exist_ok=True, mode=0o711)
         os.chmod(self.state, 0o711)  # the group's members reach the socket in it; the rest is in 0700 dirs
         self.logs = LogFiles(self.state / "logs")
+        self.journal = Journal(self.state / "journal", c.node_name)
         try:
+            self.etcd_files = check_external(c.etcd, c.etcd_cacert, c.etcd_cert, c.etcd_key)
             self.logs.prepare()
-        except OSError as exc:
+            self.journal.open()  # its OSError names the directory
+        except (EtcdTlsError, OSError) as exc:
             raise StartupError(str(exc)) from None
+        self._teardown.callback(self.journal.close)
 
     def _start_runtime(self) -> None:
         """The fork server, before any thread (gRPC Python does not support fork); then one job
@@ -161,17 +169,10 @@ class Daemon:
 
     def _connect_etcd(self) -> None:
         c = self.config
-        endpoints = c.etcd
-        if not endpoints:
-            etcd = EmbeddedEtcd(self.state)
-            try:
-                endpoints = [etcd.start()]
-            except EtcdStartError as exc:
-                raise StartupError(str(exc)) from None
-            self._teardown.callback(etcd.stop)
-            log.info("embedded etcd at %s (data in %s)", endpoints[0], etcd.data_dir)
+        endpoints, files = (c.etcd, self.etcd_files) if c.etcd else self._start_embedded_etcd()
         try:
-            self.store = Store(endpoints, timeout=c.etcd_timeout)
+            tls = StoreTls.read(files.cacert, files.cert, files.key) if files else None
+            self.store = Store(endpoints, timeout=c.etcd_timeout, tls=tls)
         except ValueError as exc:
             raise StartupError(f"--etcd: {exc}") from None
         self._teardown.callback(self.store.close)
@@ -183,6 +184,21 @@ class Daemon:
             self.watches.share(self.keys.prefix + "/")  # one etcd watch stream for all of them
         except StoreUnavailable as exc:
             raise StartupError(str(exc)) from None
+
+    def _start_embedded_etcd(self) -> tuple[list[str], ClientFiles]:
+        """This node's own etcd, TLS with client certificates only root can read, supervised:
+        restarted if it dies, and this node stopped if it cannot be."""
+        try:
+            tls = ensure_embedded(self.state)
+            etcd = EmbeddedEtcd(self.state, tls)
+            endpoint = etcd.start()
+        except (EtcdTlsError, EtcdStartError) as exc:
+            raise StartupError(str(exc)) from None
+        supervisor = EtcdSupervisor(etcd, self._on_etcd_lost)
+        supervisor.start()
+        self._teardown.callback(supervisor.close)
+        log.info("embedded etcd at %s (data in %s, certificates in %s)", endpoint, etcd.data_dir, tls.directory)
+        return [endpoint], tls.client()
 
     def _join_cluster(self) -> None:
         """This node's services: job events, the log sweep and peers; then its registration,
@@ -203,12 +219,13 @@ class Daemon:
             self.peers = Peers(store, keys, c.node_name, self.tls.channel_credentials() if self.tls else None)
             self._teardown.callback(self.peers.close)
             session = NodeSession(store, keys, self.info, ttl=c.lease_ttl)
-            self.worker = Worker(store, watches, keys, self.jobs, c.node_name, self.launcher, defaults, self.logs)
+            self.worker = Worker(store, watches, keys, self.jobs, c.node_name, self.launcher, defaults, self.logs,
+                                 self.journal)
             session.on_lease_lost(self.worker.fence)
             session.register()
             self._teardown.callback(session.close)
             self.worker.start()
-            self._teardown.callback(self.worker.stop, kill_running=c.on_shutdown == "kill")
+            self._teardown.callback(self._stop_worker)
             self.scheduler = Scheduler(store, watches, keys, self.jobs, c.node_name, c.scheduling)
             retention = Retention(store, keys, c.keep_seconds)
             election = PrimeElection(store, watches, keys, session, *_prime_duties(self.scheduler, retention))
@@ -276,6 +293,18 @@ class Daemon:
         log.error("the runtime helper (fork server) exited unexpectedly; stopping this node")
         self.runtime_lost = True
         self.stop_requested.set()
+
+    def _on_etcd_lost(self, why: str) -> None:
+        # As without the fork server: a node without etcd can neither report nor take jobs.
+        # Its results are journaled; the restart a supervisor makes writes them.
+        log.error("%s; stopping this node", why)
+        self.etcd_lost = True
+        self.stop_requested.set()
+
+    def _stop_worker(self) -> None:
+        # With the embedded etcd gone for good there is nothing to wait for: what cannot be
+        # written is in the journal already.
+        self.worker.stop(kill_running=self.config.on_shutdown == "kill", timeout=3 if self.etcd_lost else 15)
 
     def _wait_for_etcd(self) -> None:
         deadline = time.monotonic() + self.config.etcd_wait
@@ -378,4 +407,4 @@ def run(config: Config) -> int:
         return EXIT_FAILURE
     daemon.wait()
     daemon.stop()
-    return EXIT_FAILURE if daemon.runtime_lost else EXIT_OK
+    return EXIT_FAILURE if daemon.runtime_lost or daemon.etcd_lost else EXIT_OK

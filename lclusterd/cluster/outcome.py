@@ -2,9 +2,9 @@
 machine). Pure.
 
 The node's reports about a job it owns are typed updates (Started, Ended, Cancelled,
-Refused, Lost, GiveBack); `fold` turns the record as last written plus the updates not yet
-written into the record to write, which the worker's reporter (reporter.py) then writes in
-one guarded transaction.
+Refused, Lost, GiveBack, Recovered); `fold` turns the record as last written plus the
+updates not yet written into the record to write, which the worker's reporter (reporter.py)
+then writes in one guarded transaction.
 """
 
 from __future__ import annotations
@@ -61,7 +61,14 @@ class GiveBack:
     """Back to the queue: assigned here, never handed to the runtime, and the node is stopping."""
 
 
-Update = Started | Ended | Cancelled | Refused | Lost | GiveBack
+@dataclass(frozen=True)
+class Recovered:
+    """The terminal record an earlier run of this node journaled (journal.py) and could not write."""
+
+    record: JobRecord
+
+
+Update = Started | Ended | Cancelled | Refused | Lost | GiveBack | Recovered
 
 
 def fold(record: JobRecord, updates: list[Update], kill_requested: bool = False, shutdown_note: str = "",
@@ -92,6 +99,8 @@ def _apply(record: JobRecord, update: Update, kill_requested: bool, shutdown_not
         return cancelled(record, update.reason)
     if isinstance(update, Refused):
         return refused(record, update.reason)
+    if isinstance(update, Recovered):
+        return recovered(record, update.record)
     return lost(record, update.reason)
 
 
@@ -163,3 +172,13 @@ def refused(record: JobRecord, reason: str) -> JobRecord:
 def lost(record: JobRecord, reason: str) -> JobRecord:
     """ASSIGNED/RUNNING -> LOST: the node can no longer say how the job ended."""
     return record.moved_to(LOST, error=reason)
+
+
+def recovered(record: JobRecord, journaled: JobRecord) -> JobRecord:
+    """The journaled terminal record in place of `record`, which must be the same attempt on the
+    same node, still ASSIGNED or RUNNING: the record the earlier run would have written (it
+    folded its own updates from there). InvalidTransition otherwise: that result was rejected."""
+    same = journaled.id == record.id and journaled.attempt == record.attempt and journaled.node == record.node
+    if record.terminal or not journaled.terminal or not same:
+        raise InvalidTransition(record.state, journaled.state)
+    return journaled

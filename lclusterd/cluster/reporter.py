@@ -5,9 +5,12 @@ worker) and written by one thread, in batches: each dirty job's record as last w
 its unwritten updates is folded (outcome.fold) into the record to write, and the changes of a
 batch go out in guarded transactions (Jobs.commit), so a job whose start and end are both
 pending is written once. While etcd is unreachable the updates stay queued and are retried,
-so no result is lost. A guard that fails means someone else (a prime that declared this
-node dead) owns the job now: its record is re-read, and unless it is still this node's
-attempt the job is forgotten and `on_fenced` is told (the worker then kills its copy).
+so no result is lost; and every terminal record is journaled (journal.py) before its first
+try and dropped from the journal once etcd has it (or has rejected it), so a result also
+survives the daemon stopping or dying before etcd answers: the next start writes it. A guard
+that fails means someone else (a prime that declared this node dead) owns the job now: its
+record is re-read, and unless it is still this node's attempt the job is forgotten and
+`on_fenced` is told (the worker then kills its copy).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Callable
 
 from lclusterd.cluster import outcome
 from lclusterd.cluster.jobs import Change, Jobs
+from lclusterd.cluster.journal import Journal
 from lclusterd.cluster.linger import Linger
 from lclusterd.errors import JobNotFound, StoreUnavailable
 from lclusterd.model import ASSIGNED, QUEUED, RUNNING, JobRecord
@@ -73,13 +77,14 @@ class OwnedJobs:
 
 
 class Reporter:
-    def __init__(self, jobs: Jobs, owned: OwnedJobs, on_fenced: Callable[[str], None],
+    def __init__(self, jobs: Jobs, owned: OwnedJobs, on_fenced: Callable[[str], None], journal: Journal,
                  on_final: Callable[[str], None] = lambda job_id: None):
         """on_final(job_id): the job's record is final (this node wrote it terminal, or it was
         found terminal or gone when fenced); it must not raise (the worker seals the logs)."""
         self.jobs = jobs
         self.owned = owned
         self.on_fenced = on_fenced
+        self.journal = journal
         self.on_final = on_final
         self.shutdown_note = ""  # the reason a job the node's shutdown killed gets
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -153,12 +158,23 @@ class Reporter:
                     changes.append(change)
         if not changes:
             return
+        self._journal([change.record for change in changes if change.record.terminal])
         results = self.jobs.commit(changes)  # StoreUnavailable: everything stays dirty
         self._linger.sent()
         with self.owned.lock:
             for change in changes:
                 del dirty[change.job_id]
                 self._written(change, results.get(change.job_id))
+
+    def _journal(self, records: list[JobRecord]) -> None:
+        """Journal each terminal record before it is written. A journal that cannot be written
+        does not hold the write back: the result still goes to etcd, it only loses its
+        protection against the daemon dying before etcd has it."""
+        for record in records:
+            try:
+                self.journal.put(record)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot journal the result of job %s (%s): %s", record.id, record.state, exc)
 
     def _change_for(self, owned: Owned) -> Change | None:
         new = outcome.fold(owned.record, owned.pending, owned.kill_requested, self.shutdown_note, owned.submitted)
@@ -178,6 +194,8 @@ class Reporter:
             return
         owned.record, owned.revision = change.record, revision
         owned.pending.clear()
+        if change.record.terminal:
+            self.journal.remove(change.job_id)
         if change.record.terminal or change.record.state == QUEUED:
             self.owned.forget(change.job_id)
         if change.record.terminal:
@@ -199,6 +217,7 @@ class Reporter:
         log.warning("job %s attempt %d is no longer this node's (%s); its result is rejected and our copy stopped",
                     job_id, owned.record.attempt, f"{record.state}, attempt {record.attempt}" if record else "deleted")
         self.owned.forget(job_id, owned)
+        self.journal.remove(job_id)  # etcd's record is the truth: our result was rejected
         self.on_fenced(job_id)
         if record is None or record.terminal:
             self.on_final(job_id)

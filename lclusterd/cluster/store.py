@@ -1,10 +1,11 @@
 """etcd access for the rest of lclusterd: reads, transactions, leases, compaction, and raw
 watch streams (watch.py makes them resumable and shared).
 
-The ONLY module that imports etcd3. Every etcd or gRPC failure leaves this module as
-StoreUnavailable (one sentence naming the endpoints), so callers handle one error type;
-anything else is a bug and goes up as it is. Callers describe transactions with the values
-of kv.py.
+Speaks plain http or, given a StoreTls, TLS with a client certificate (the embedded etcd
+takes nothing else). The ONLY module that imports etcd3. Every etcd or gRPC failure leaves
+this module as StoreUnavailable (one sentence naming the endpoints), so callers handle one
+error type; anything else is a bug and goes up as it is. Callers describe transactions with
+the values of kv.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from lclusterd.cluster.kv import (MAX_TXN_OPS, Absent, Compare, Event, KeyValue,
                                   TxnResult)
 from lclusterd.errors import StoreUnavailable
 
-__all__ = ["Store", "WatchResponse", "WatchStream", "parse_endpoints"]
+__all__ = ["Store", "StoreTls", "WatchResponse", "WatchStream", "parse_endpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +58,50 @@ def _op_message(op: Op) -> etcdrpc.RequestOp:
     return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=_raw(op.key)))
 
 
-def parse_endpoints(text: str | Iterable[str]) -> list[tuple[str, int]]:
-    """`http://a:2379,b:2379` -> [("a", 2379), ("b", 2379)]; ValueError on a bad entry."""
+def parse_endpoints(text: str | Iterable[str], secure: bool = False) -> list[tuple[str, int]]:
+    """`http://a:2379,b:2379` -> [("a", 2379), ("b", 2379)]; ValueError on a bad entry. With
+    `secure` (TLS), endpoints are https:// ones (or bare HOST:PORT), else http:// (or bare)."""
+    scheme = "https" if secure else "http"
     items = text.split(",") if isinstance(text, str) else list(text)
     result = []
     for item in (i.strip() for i in items):
         if not item:
             continue
-        parts = urlsplit(item if "://" in item else "http://" + item)
-        if parts.scheme not in ("http", "") or not parts.hostname:
-            raise ValueError(f"bad etcd endpoint {item!r}: expected http://HOST:PORT")
+        parts = urlsplit(item if "://" in item else f"{scheme}://{item}")
+        if parts.scheme != scheme or not parts.hostname:
+            raise ValueError(f"bad etcd endpoint {item!r}: expected {scheme}://HOST:PORT"
+                             + (" (TLS is on)" if secure else " (https needs the etcd TLS options)"))
         result.append((parts.hostname, parts.port or 2379))
     if not result:
         raise ValueError("no etcd endpoint given")
     return result
+
+
+@dataclass(frozen=True)
+class StoreTls:
+    """TLS to etcd: the CA (PEM) etcd's certificate must chain to, and the client certificate
+    and key (PEM) to present, if etcd asks for one."""
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    @classmethod
+    def read(cls, cacert: str, cert: str = "", key: str = "") -> StoreTls:
+        """From files; ValueError naming the file that cannot be read."""
+        def load(path: str) -> bytes | None:
+            if not path:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        return cls(load(cacert), load(cert), load(key))
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                            certificate_chain=self.cert)
 
 
 _CONNECTION_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -111,15 +142,18 @@ def _mapped(method):
 class Store:
     """One etcd client shared by all of the daemon's threads (gRPC stubs are thread-safe)."""
 
-    def __init__(self, endpoints: str | Iterable[str], timeout: float = 3.0):
-        self.endpoints = parse_endpoints(endpoints)
+    def __init__(self, endpoints: str | Iterable[str], timeout: float = 3.0, tls: StoreTls | None = None):
+        self.endpoints = parse_endpoints(endpoints, secure=tls is not None)
         self.timeout = timeout
+        self.scheme = "https" if tls else "http"
         multi = len(self.endpoints) > 1
+        credentials = tls.credentials() if tls else None
         self._client = etcd3.MultiEndpointEtcd3Client(
             endpoints=[
                 # time_retry: how long a failed endpoint is skipped; 0 with one endpoint, so
                 # requests succeed again as soon as etcd is back.
-                etcd3.Endpoint(host, port, secure=False, time_retry=2.0 if multi else 0.0, opts=_CHANNEL_OPTIONS)
+                etcd3.Endpoint(host, port, secure=tls is not None, creds=credentials, time_retry=2.0 if multi else 0.0,
+                               opts=_CHANNEL_OPTIONS)
                 for host, port in self.endpoints
             ],
             timeout=timeout,
@@ -152,7 +186,7 @@ class Store:
                 e.last_failed = 0
 
     def describe(self) -> str:
-        return ",".join(f"http://{h}:{p}" for h, p in self.endpoints)
+        return ",".join(f"{self.scheme}://{h}:{p}" for h, p in self.endpoints)
 
     def _unavailable(self, detail: str) -> StoreUnavailable:
         return StoreUnavailable(f"etcd at {self.describe()} is unavailable ({detail})")

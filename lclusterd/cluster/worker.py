@@ -3,10 +3,11 @@ go through its reporter (reporter.py), which writes the records.
 
 Two watches feed it: assign/<me>/ (new jobs: handed to the runtime at once) and kill/ (kill
 requests for jobs it runs). At start it reconciles with etcd: a job this node had assigned
-before a restart is run if it never reached the runtime, else recorded LOST (it may have
-run; it is never run twice). When this node's lease turns out to have expired, `fence` kills
-every job whose record has moved on to another attempt or node before the node registers
-again, so a job never has two live attempts that report.
+before a restart gets the result the earlier run journaled (journal.py) if there is one, is
+run if it never reached the runtime, else is recorded LOST (it may have run; it is never run
+twice). When this node's lease turns out to have expired, `fence` kills every job whose
+record has moved on to another attempt or node before the node registers again, so a job
+never has two live attempts that report.
 
 Who calls what: the daemon creates the Launcher with `on_event=worker.on_runtime_event`,
 then `start()` (reconcile + watches) and, at shutdown, `stop(kill_running)`.
@@ -19,6 +20,7 @@ import time
 
 from lclusterd.cluster import decode, outcome
 from lclusterd.cluster.jobs import Jobs
+from lclusterd.cluster.journal import Journal
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Delete, Event
 from lclusterd.cluster.logs import LogFiles
@@ -38,7 +40,7 @@ SHELL_COULD_NOT_RUN = (126, 127)  # its last stderr line says why: quoted in the
 
 class Worker:
     def __init__(self, store: Store, watches: Watches, keys: Keys, jobs: Jobs, node: str, launcher: Launcher,
-                 defaults: NodeDefaults, logs: LogFiles):
+                 defaults: NodeDefaults, logs: LogFiles, journal: Journal):
         self.store = store
         self.watches = watches
         self.keys = keys
@@ -47,9 +49,10 @@ class Worker:
         self.launcher = launcher
         self.defaults = defaults
         self.logs = logs
+        self.journal = journal
         self.owned = OwnedJobs()
         self.reporter = Reporter(jobs, self.owned, on_fenced=lambda job_id: self.launcher.kill(job_id, 0),
-                                 on_final=logs.seal)  # no record re-using its id appends to its logs
+                                 journal=journal, on_final=logs.seal)  # no record re-using its id appends to its logs
         self._kills: set[str] = set()  # kill requests for jobs not (yet) seen assigned here
         self._watches: list = []
         self.accepting = False
@@ -66,8 +69,11 @@ class Worker:
         self._kills = {Keys.last(kv.key) for kv in kill_kvs}
         kvs, assign_rev = self.store.get_prefix(self.keys.assign_prefix(self.node), keys_only=True)
         self.accepting = True
-        for kv in kvs:
-            self._reconcile(self.keys.assign_parts(kv.key)[1], swept)  # the key's own tail: a forged one is deleted whole
+        # each key's own tail: a forged one is deleted whole
+        assigned = [self.keys.assign_parts(kv.key)[1] for kv in kvs]
+        journaled = self._journaled(set(assigned))
+        for job_id in assigned:
+            self._reconcile(job_id, swept, journaled.get(job_id))
         self._watches = [
             self.watches.watch(self.keys.kill_prefix, kill_rev + 1, Callbacks(self._kill_events, self._resync_kills), "kill"),
             self.watches.watch(self.keys.assign_prefix(self.node), assign_rev + 1,
@@ -83,7 +89,9 @@ class Worker:
         self.launcher.close(kill_running=kill_running, timeout=None)
         self._give_back_unstarted()
         if not self.reporter.stop(timeout):
-            log.error("could not write the results of %d job(s): etcd unavailable", len(self.owned))
+            log.warning("could not write the states of %d job(s) before stopping (etcd unavailable); the results "
+                        "are kept in the journal %s and written when this node starts again", len(self.owned),
+                        self.journal.directory)
 
     def _give_back_unstarted(self) -> None:
         """Return to the queue every job assigned here that this node never handed to the
@@ -129,17 +137,33 @@ class Worker:
             return len(self.owned)
 
     # -- reconcile ---------------------------------------------------------------------------
-    def _reconcile(self, job_id: str, swept: set[str]) -> None:
+    def _journaled(self, assigned: set[str]) -> dict[str, JobRecord]:
+        """The results an earlier run journaled and could not write, by job id. An entry of a
+        job no longer assigned here is done with (etcd has its result after all, or the job
+        moved on and the result was rejected) and removed."""
+        entries = self.journal.entries()
+        for job_id in sorted(entries.keys() - assigned):
+            log.info("journal: job %s is no longer assigned to node %s; its entry is removed", job_id, self.node)
+            self.journal.remove(job_id)
+        return entries
+
+    def _reconcile(self, job_id: str, swept: set[str], journaled: JobRecord | None) -> None:
         try:
             record, revision = self.jobs.get(job_id)
         except JobNotFound:
+            record, revision = None, 0
+        if record is None or record.terminal or record.node != self.node:
             self.store.txn([], [Delete(self.keys.assign(self.node, job_id))])
-            return
-        if record.terminal or record.node != self.node:
-            self.store.txn([], [Delete(self.keys.assign(self.node, job_id))])
+            self._drop_journaled(job_id, journaled, record)
             return
         with self.owned.lock:
             owned = self.owned.add(Owned(record, revision))
+        if journaled is not None and same_attempt(journaled, record):
+            log.info("job %s: writing its result (%s), journaled before lclusterd on node %s restarted", job_id,
+                     journaled.state, self.node)
+            self.reporter.report(job_id, outcome.Recovered(journaled))
+            return
+        self._drop_journaled(job_id, journaled, record)
         if record.state == RUNNING:
             reason = (f"lclusterd on node {self.node} restarted while the job was running; its processes were stopped "
                       "and it was not run again")
@@ -150,6 +174,18 @@ class Worker:
             self.reporter.report(job_id, outcome.Lost(reason))
         else:
             self._launch(owned)
+
+    def _drop_journaled(self, job_id: str, journaled: JobRecord | None, record: JobRecord | None) -> None:
+        """Remove the journaled result of a job whose record ended or moved on (etcd's record is
+        the truth); say so unless that record is this very result."""
+        if journaled is None:
+            return
+        self.journal.remove(job_id)
+        if record is not None and (record.state, record.finished_at) == (journaled.state, journaled.finished_at):
+            return  # it was written after all (the daemon stopped before it could remove the entry)
+        now = f"{record.state}, attempt {record.attempt}, node {record.node or '-'}" if record else "deleted"
+        log.warning("journal: the %s result of job %s attempt %d is not written: its record is now %s", journaled.state,
+                    job_id, journaled.attempt, now)
 
     # -- watches -----------------------------------------------------------------------------
     def _assign_events(self, events: list[Event]) -> None:

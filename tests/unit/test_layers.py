@@ -23,7 +23,10 @@ ALLOWED = {
     # config derives defaults from host facts (memory, pid_max), read by the runtime's host module
     "lclusterd.config": ("lclusterd.model", "lclusterd.units", "lclusterd.limits", "lclusterd.runtime.host",
                          "lclusterd.cluster.placement"),
-    "lclusterd.etcd_embedded": (),
+    # the embedded etcd and its TLS files and supervision, beside the layers (the wiring uses them)
+    "lclusterd.etcd_embedded": ("lclusterd.etcd_tls",),
+    "lclusterd.etcd_supervisor": ("lclusterd.etcd_embedded",),
+    "lclusterd.etcd_tls": ("lclusterd.certs",),
     "lclusterd.rpc": ("lclusterd.rpc",),
     "lclusterd.runtime": ("lclusterd.runtime", "lclusterd.errors", "lclusterd.units", "lclusterd.limits", "lclusterd.states"),
     "lclusterd.units": (),
