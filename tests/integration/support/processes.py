@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from support.host import ROOTFS, job_cgroups_left, remove_cgroup_parent
+from support.etcd_pki import ClientTls, Pki
 
 VENV_BIN = Path(sys.executable).parent
 LCLUSTERD = str(VENV_BIN / "lclusterd")
@@ -46,6 +47,12 @@ def kill_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: fl
         pass
 
 
+def etcdctl_tls(etcd) -> list[str]:
+    """etcdctl's TLS options for `etcd` (anything with client_tls), none for plain http."""
+    tls = getattr(etcd, "client_tls", None)
+    return tls.etcdctl_args() if tls else []
+
+
 def require_etcd() -> None:
     """Fail, saying why, when etcd or etcdctl is not installed (a test that needs etcd never skips)."""
     missing = [tool for tool in ETCD_TOOLS if shutil.which(tool) is None]
@@ -56,22 +63,39 @@ def require_etcd() -> None:
 
 class EtcdProcess:
     """One etcd member on free loopback ports; stop() and start() keep its data. Alone by default;
-    EtcdCluster gives each member its name and the --initial-cluster of all of them."""
+    EtcdCluster gives each member its name and the --initial-cluster of all of them. With a
+    `pki` (support.etcd_pki.Pki) it speaks only TLS, to clients and peers with a certificate of
+    that CA (its own certificate: the pki's member certificate of its name)."""
 
-    def __init__(self, directory: Path, name: str = "test"):
+    def __init__(self, directory: Path, name: str = "test", pki: Pki | None = None):
         self.dir = directory
         self.name = name
+        self.pki = pki
+        self.scheme = "https" if pki else "http"
         self.client_port, self.peer_port = free_port(), free_port()
-        self.initial_cluster = f"{name}=http://127.0.0.1:{self.peer_port}"
+        self.initial_cluster = f"{name}={self.peer_url}"
         self.process: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"{self.scheme}://127.0.0.1:{self.peer_port}"
+
+    @property
+    def client_tls(self) -> ClientTls | None:
+        """The files a client (lclusterd, etcdctl) presents to this etcd; None for plain http."""
+        return self.pki.client() if self.pki else None
+
+    def _tls_args(self) -> list[str]:
+        if self.pki is None:
+            return []
+        ca = str(self.pki.ca)
+        cert, key = (str(p) for p in self.pki.member(self.name))
+        return ["--client-cert-auth", "--trusted-ca-file", ca, "--cert-file", cert, "--key-file", key,
+                "--peer-client-cert-auth", "--peer-trusted-ca-file", ca, "--peer-cert-file", cert, "--peer-key-file", key]
 
     def live_endpoints(self) -> str:
         return self.endpoint  # as EtcdCluster's, for readers that take either
@@ -90,7 +114,7 @@ class EtcdProcess:
              "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", self.initial_cluster,
-             "--log-level", "warn"],
+             "--log-level", "warn", *self._tls_args()],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 
@@ -101,7 +125,7 @@ class EtcdProcess:
             try:
                 with socket.create_connection(("127.0.0.1", self.client_port), timeout=0.2):
                     pass
-                if subprocess.run(["etcdctl", "--endpoints", self.endpoint, "endpoint", "health"],
+                if subprocess.run(["etcdctl", "--endpoints", self.endpoint, *etcdctl_tls(self), "endpoint", "health"],
                                   capture_output=True, env={**os.environ, "ETCDCTL_API": "3"}).returncode == 0:
                     return
             except OSError:
@@ -121,13 +145,15 @@ class EtcdProcess:
 
 class EtcdCluster:
     """`size` etcd members on loopback, one --initial-cluster; `endpoint` lists them all (the
-    daemons' --etcd), so a Cluster can run on it as on one EtcdProcess."""
+    daemons' --etcd), so a Cluster can run on it as on one EtcdProcess. With a `pki` (member
+    certificates m0, m1, ...) every member speaks only TLS."""
 
-    def __init__(self, directory: Path, size: int = 3):
+    def __init__(self, directory: Path, size: int = 3, pki: Pki | None = None):
+        self.pki = pki
         self.members = []
         for i in range(size):
             (directory / f"m{i}").mkdir(parents=True, exist_ok=True)
-            self.members.append(EtcdProcess(directory / f"m{i}", f"m{i}"))
+            self.members.append(EtcdProcess(directory / f"m{i}", f"m{i}", pki))
         initial = ",".join(m.initial_cluster for m in self.members)
         for m in self.members:
             m.initial_cluster = initial
@@ -138,6 +164,10 @@ class EtcdCluster:
 
     def live_endpoints(self) -> str:
         return ",".join(m.endpoint for m in self.members if m.process is not None and m.process.poll() is None)
+
+    @property
+    def client_tls(self) -> ClientTls | None:
+        return self.pki.client() if self.pki else None
 
     def start(self) -> None:
         for m in self.members:
@@ -153,7 +183,8 @@ class EtcdCluster:
         """The live member that is the raft leader (etcdctl endpoint status); waits for an election."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = subprocess.run(["etcdctl", "--endpoints", self.live_endpoints(), "endpoint", "status", "-w", "json"],
+            result = subprocess.run(["etcdctl", "--endpoints", self.live_endpoints(), *etcdctl_tls(self), "endpoint",
+                                     "status", "-w", "json"],
                                     capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30)
             if result.returncode == 0:
                 statuses = json.loads(result.stdout)
@@ -280,6 +311,9 @@ class Cluster:
 
     def daemon(self, name: str = "node1", extra: list[str] | None = None, start: bool = True,
                directory: Path | None = None) -> NodeProcess:
+        """A node on the cluster's etcd (with its client certificate when that etcd runs TLS)."""
+        tls = self.etcd.client_tls if self.etcd else None
+        extra = [*(tls.lclusterd_args() if tls else []), *(extra or [])]
         d = NodeProcess(directory or self.tmp_path / name, self.etcd.endpoint if self.etcd else None, self.prefix, name, extra)
         self.daemons.append(d)
         return d.start() if start else d
