@@ -1,6 +1,6 @@
 """Control-plane benchmark: one command, prints a table. Run as root after `make prep`:
 
-    .venv/bin/python bench/cluster.py [--jobs 500] [--rss-jobs 500]
+    .venv/bin/python bench/cluster.py [--jobs 500] [--rss-jobs 500] [--etcd-tls]
 
 (a) submit latency: Add RPC until the job is durably queued in etcd (p50/p99), one job at a
     time on an idle node, and back to back (then the earlier jobs run on the same 2 cores);
@@ -14,7 +14,8 @@
 Slurm (c) is measured in the same run when `make bench-deps` has installed it: N x
 `sbatch --oversubscribe --wrap true` on a throwaway one-node Slurm (bench/slurm.py, its best
 queue setting batch_sched_delay=0), first submit -> queue empty; else skipped.
-`--only-slurm` measures just that (no etcd, no lclusterd).
+`--only-slurm` measures just that (no etcd, no lclusterd). `--etcd-tls` runs etcd as the
+embedded etcd runs: TLS only, each node presenting a client certificate (made with certs.py).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from support.host import remove_cgroup_parent  # noqa: E402  (the tests' process helpers)
+from support.etcd_pki import Pki  # noqa: E402
 from support.processes import EtcdProcess, NodeProcess  # noqa: E402
 from support.tls import make_pki  # noqa: E402
 
 from bench.slurm import SlurmError, one_node_slurm  # noqa: E402
 from lclient.client import JobsClient, Target  # noqa: E402
-from lclusterd.cluster.store import Store  # noqa: E402
+from lclusterd.cluster.store import Store, StoreTls  # noqa: E402
 from lclusterd.rpc import lclusterd_pb2 as pb  # noqa: E402
 
 
@@ -184,6 +186,7 @@ def main() -> int:
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (median reported)")
     parser.add_argument("--only-slurm", action="store_true", help="measure only Slurm's throughput (--jobs)")
+    parser.add_argument("--etcd-tls", action="store_true", help="etcd speaks only TLS with client certificates")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/cluster.py: run as root", file=sys.stderr)
@@ -200,14 +203,16 @@ def main() -> int:
     # churned, creating a job's two log files cost 0.34 ms each instead of 0.01 ms.
     STATE_PARENT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=STATE_PARENT))
-    etcd = EtcdProcess(work)
+    etcd = EtcdProcess(work, pki=Pki.make(work / "etcd-pki", ["test"]) if args.etcd_tls else None)
     etcd.start()
-    capacity = ["--capacity", str(max(args.rss_jobs + 50, 256)), "--log-level", "warning"]
+    tls = etcd.client_tls
+    capacity = [*(tls.lclusterd_args() if tls else []), "--capacity", str(max(args.rss_jobs + 50, 256)),
+                "--log-level", "warning"]
     pki = make_pki(work / "pki", nodes={"bench": ["127.0.0.1"]}, users={"bench-admin": True})
     daemon = NodeProcess(work / "node", etcd.endpoint, "/bench", "bench",
                          [*capacity, "--tls-dir", str(pki), "--namespace", "127.0.0.1"])
     plain = NodeProcess(work / "plain", etcd.endpoint, "/bench-plain", "bench-plain", capacity)
-    store = Store(etcd.endpoint)
+    store = Store(etcd.endpoint, tls=StoreTls.read(str(tls.cacert), str(tls.cert), str(tls.key)) if tls else None)
     rows = []
     try:
         daemon.start()
@@ -241,7 +246,8 @@ def main() -> int:
         etcd.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"lclusterd control plane, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, submit-latency runs {args.latency_runs}")
+          f"Python {platform.python_version()}, submit-latency runs {args.latency_runs}, etcd "
+          f"{'TLS with client certificates' if args.etcd_tls else 'plain http'}")
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'result':<32}  target")
     for name, value, target in rows:
