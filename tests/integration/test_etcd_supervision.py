@@ -16,6 +16,11 @@ from support.processes import Cluster
 SLEEPERS = 4
 
 
+def journaled(node) -> list[str]:
+    """The job ids the node's journal holds (its dot-names are spare files, not entries)."""
+    return sorted(name for name in os.listdir(node.state_dir / "journal") if not name.startswith("."))
+
+
 def running_sleepers(node) -> tuple[list[str], list[int]]:
     """SLEEPERS jobs `sleep 2; echo i`, running: their ids and host pids."""
     ids = [add(node, f"sleep 2; echo {i}") for i in range(SLEEPERS)]
@@ -30,7 +35,7 @@ def assert_every_result_written(node, view, ids) -> None:
     records = etcd_records(view)  # etcdctl, with the node's client certificate
     assert [(records[j]["state"], records[j]["exit_code"], records[j]["attempt"], records[j]["history"]) for j in ids] \
         == [("EXITED", 0, 1, [])] * len(ids), [records[j] for j in ids]
-    assert os.listdir(node.state_dir / "journal") == []
+    assert journaled(node) == []
 
 
 def test_embedded_etcd_killed_under_a_running_node_is_started_again_and_no_result_is_lost(tmp_path):
@@ -41,8 +46,7 @@ def test_embedded_etcd_killed_under_a_running_node_is_started_again_and_no_resul
         ids, pids = running_sleepers(node)
         hung = view.etcd.signal(signal.SIGSTOP)  # first it hangs: nothing the jobs report can be written
         until(lambda: not any(pid_alive(p) for p in pids), "the jobs to end while etcd hangs")
-        journal = node.state_dir / "journal"
-        until(lambda: sorted(os.listdir(journal)) == sorted(ids), "their results to be journaled")
+        until(lambda: journaled(node) == sorted(ids), "their results to be journaled")
         os.kill(hung, signal.SIGKILL)  # then it dies
         until(lambda: "the embedded etcd is running again" in node.log(), "the node to start etcd again", timeout=60)
 
@@ -77,7 +81,7 @@ def test_a_node_whose_etcd_cannot_be_started_again_exits_3_and_its_next_start_wr
         assert errors[0].endswith("; stopping this node")
         assert node.log().count("; starting it again in ") == 5
         assert not any(pid_alive(p) for p in pids)
-        assert sorted(os.listdir(node.state_dir / "journal")) == sorted(ids)  # the results, kept
+        assert journaled(node) == sorted(ids)  # the results, kept
 
         data.unlink()
         os.rename(held, data)

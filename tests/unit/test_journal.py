@@ -15,6 +15,7 @@ import time
 import pytest
 from memstore import MemStore
 
+from lclusterd.cluster import journal as journal_module
 from lclusterd.cluster import outcome
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.journal import Journal
@@ -79,11 +80,40 @@ def test_a_symlink_in_place_is_replaced_not_written_through(journal, tmp_path):
     target.write_text("untouched")
     record = ended()
     (journal.directory / record.id).symlink_to(target)
-    (journal.directory / f".{record.id}.tmp").symlink_to(target)
+    (journal.directory / f".new-{record.id}").symlink_to(target)
     journal.put(record)
     assert target.read_text() == "untouched"
     assert not (journal.directory / record.id).is_symlink()
     assert journal.entries() == {record.id: record}
+    journal.remove(record.id)  # its file is a spare now; make the spare a symlink
+    (spare,) = journal.directory.glob(".spare-*")
+    spare.unlink()
+    spare.symlink_to(target)
+    journal.put(ended("b" * 32))
+    assert target.read_text() == "untouched" and journal.entries() == {"b" * 32: ended("b" * 32)}
+
+
+def test_removed_entries_are_recycled_not_unlinked(journal, tmp_path):
+    long = ended().with_changes(error="x" * 5000)
+    journal.put(long)
+    inode = (journal.directory / long.id).stat().st_ino
+    journal.remove(long.id)
+    short = ended("b" * 32)
+    journal.put(short)  # written over the spare in place: the same file, cut to its length
+    assert (journal.directory / short.id).stat().st_ino == inode
+    assert (journal.directory / short.id).read_bytes() == short.to_bytes()
+    assert sorted(os.listdir(journal.directory)) == [short.id]
+    ids = [f"{n:032x}" for n in range(1, journal_module.MAX_SPARES + 6)]
+    for job_id in ids:
+        journal.put(ended(job_id))
+    for job_id in ids:
+        journal.remove(job_id)
+    assert len(list(journal.directory.glob(".spare-*"))) == journal_module.MAX_SPARES
+    journal.close()
+    again = Journal(journal.directory, NODE)
+    again.open()  # a new run clears the spares an earlier one left
+    assert sorted(os.listdir(journal.directory)) == [short.id]
+    again.close()
 
 
 def test_malformed_and_foreign_entries_are_skipped_and_logged(journal, tmp_path, caplog):
