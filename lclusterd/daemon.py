@@ -46,9 +46,9 @@ from lclusterd.cluster.watch import Watches
 from lclusterd.cluster.worker import Worker
 from lclusterd.config import Config, ConfigError
 from lclusterd.errors import LclusterdError, StoreUnavailable
-from lclusterd.etcd_embedded import EmbeddedEtcd, EtcdStartError
-from lclusterd.etcd_supervisor import EtcdSupervisor
-from lclusterd.etcd_tls import ClientFiles, EtcdTlsError, check_external, ensure_embedded
+from lclusterd.etcd_embedded import EtcdStartError
+from lclusterd.etcd_supervisor import start_embedded
+from lclusterd.etcd_tls import ClientFiles, EtcdTlsError, check_external
 from lclusterd.model import NodeInfo
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
@@ -186,19 +186,13 @@ class Daemon:
             raise StartupError(str(exc)) from None
 
     def _start_embedded_etcd(self) -> tuple[list[str], ClientFiles]:
-        """This node's own etcd, TLS with client certificates only root can read, supervised:
-        restarted if it dies, and this node stopped if it cannot be."""
+        """This node's own etcd: TLS, root's alone, supervised (etcd_supervisor.py)."""
         try:
-            tls = ensure_embedded(self.state)
-            etcd = EmbeddedEtcd(self.state, tls)
-            endpoint = etcd.start()
+            supervisor = start_embedded(self.state, self._on_etcd_lost)
         except (EtcdTlsError, EtcdStartError) as exc:
             raise StartupError(str(exc)) from None
-        supervisor = EtcdSupervisor(etcd, self._on_etcd_lost)
-        supervisor.start()
         self._teardown.callback(supervisor.close)
-        log.info("embedded etcd at %s (data in %s, certificates in %s)", endpoint, etcd.data_dir, tls.directory)
-        return [endpoint], tls.client()
+        return [supervisor.etcd.endpoint], supervisor.etcd.tls.client()
 
     def _join_cluster(self) -> None:
         """This node's services: job events, the log sweep and peers; then its registration,
@@ -225,7 +219,8 @@ class Daemon:
             session.register()
             self._teardown.callback(session.close)
             self.worker.start()
-            self._teardown.callback(self._stop_worker)
+            # with the embedded etcd lost for good there is nothing to wait for: results are journaled
+            self._teardown.callback(lambda: self.worker.stop(c.on_shutdown == "kill", 3 if self.etcd_lost else 15))
             self.scheduler = Scheduler(store, watches, keys, self.jobs, c.node_name, c.scheduling)
             retention = Retention(store, keys, c.keep_seconds)
             election = PrimeElection(store, watches, keys, session, *_prime_duties(self.scheduler, retention))
@@ -295,16 +290,11 @@ class Daemon:
         self.stop_requested.set()
 
     def _on_etcd_lost(self, why: str) -> None:
-        # As without the fork server: a node without etcd can neither report nor take jobs.
-        # Its results are journaled; the restart a supervisor makes writes them.
+        # As without the fork server: without etcd a node can neither report nor take jobs (its
+        # results are journaled; the restart a supervisor makes writes them).
         log.error("%s; stopping this node", why)
         self.etcd_lost = True
         self.stop_requested.set()
-
-    def _stop_worker(self) -> None:
-        # With the embedded etcd gone for good there is nothing to wait for: what cannot be
-        # written is in the journal already.
-        self.worker.stop(kill_running=self.config.on_shutdown == "kill", timeout=3 if self.etcd_lost else 15)
 
     def _wait_for_etcd(self) -> None:
         deadline = time.monotonic() + self.config.etcd_wait

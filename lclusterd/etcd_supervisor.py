@@ -19,13 +19,29 @@ import threading
 import time
 from typing import Callable
 
+from pathlib import Path
+
 from lclusterd.etcd_embedded import EmbeddedEtcd, EtcdStartError
+from lclusterd.etcd_tls import ensure_embedded
 
 log = logging.getLogger(__name__)
 
 TRIES = 5
 FIRST_DELAY = 0.25  # then 0.5, 1, 2, 4: about 8 s without etcd before the node gives up
 STABLE = 60.0
+
+
+def start_embedded(state_dir: Path, on_lost: Callable[[str], None]) -> EtcdSupervisor:
+    """The node's embedded etcd with its certificates (made once, etcd_tls.py), started, and
+    its supervisor watching it; close() the supervisor to stop both. EtcdTlsError or
+    EtcdStartError when it cannot be started."""
+    tls = ensure_embedded(state_dir)
+    etcd = EmbeddedEtcd(state_dir, tls)
+    endpoint = etcd.start()
+    supervisor = EtcdSupervisor(etcd, on_lost)
+    supervisor.start()
+    log.info("embedded etcd at %s (data in %s, certificates in %s)", endpoint, etcd.data_dir, tls.directory)
+    return supervisor
 
 
 def describe_exit(status: int) -> str:

@@ -25,7 +25,7 @@ ALLOWED = {
                          "lclusterd.cluster.placement"),
     # the embedded etcd and its TLS files and supervision, beside the layers (the wiring uses them)
     "lclusterd.etcd_embedded": ("lclusterd.etcd_tls",),
-    "lclusterd.etcd_supervisor": ("lclusterd.etcd_embedded",),
+    "lclusterd.etcd_supervisor": ("lclusterd.etcd_embedded", "lclusterd.etcd_tls"),
     "lclusterd.etcd_tls": ("lclusterd.certs",),
     "lclusterd.rpc": ("lclusterd.rpc",),
     "lclusterd.runtime": ("lclusterd.runtime", "lclusterd.errors", "lclusterd.units", "lclusterd.limits", "lclusterd.states"),
