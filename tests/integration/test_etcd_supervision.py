@@ -13,7 +13,7 @@ from support.etcd_readers import etcd_records
 from support.jobs import add, check, pid_alive, until
 from support.processes import Cluster
 
-SLEEPERS = 4
+WAITERS = 4
 
 
 def journaled(node) -> list[str]:
@@ -21,11 +21,20 @@ def journaled(node) -> list[str]:
     return sorted(name for name in os.listdir(node.state_dir / "journal") if not name.startswith("."))
 
 
-def running_sleepers(node) -> tuple[list[str], list[int]]:
-    """SLEEPERS jobs `sleep 2; echo i`, running: their ids and host pids."""
-    ids = [add(node, f"sleep 2; echo {i}") for i in range(SLEEPERS)]
+def running_waiters(node) -> tuple[list[str], list[int]]:
+    """WAITERS jobs that run until the test ends them (end_jobs), each then printing its
+    number and exiting 0, so they end while etcd is down however slow a loaded host is:
+    their ids and host pids."""
+    ids = [add(node, f"trap 'echo {i}; exit 0' USR1; while :; do sleep 0.05; done") for i in range(WAITERS)]
     until(lambda: all(check(node, j)["state"] == "RUNNING" for j in ids), "the jobs to run")
     return ids, [check(node, j)["host_pid"] for j in ids]
+
+
+def end_jobs(pids: list[int]) -> None:
+    """End the waiters (their shell is PID 1 of its namespace: it gets the signal it traps)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1)
+    until(lambda: not any(pid_alive(p) for p in pids), "the jobs to end")
 
 
 def assert_every_result_written(node, view, ids) -> None:
@@ -43,9 +52,9 @@ def test_embedded_etcd_killed_under_a_running_node_is_started_again_and_no_resul
     try:
         node = c.daemon("lock-r")
         view = EmbeddedView(node)
-        ids, pids = running_sleepers(node)
+        ids, pids = running_waiters(node)
         hung = view.etcd.signal(signal.SIGSTOP)  # first it hangs: nothing the jobs report can be written
-        until(lambda: not any(pid_alive(p) for p in pids), "the jobs to end while etcd hangs")
+        end_jobs(pids)
         until(lambda: journaled(node) == sorted(ids), "their results to be journaled")
         os.kill(hung, signal.SIGKILL)  # then it dies
         until(lambda: "the embedded etcd is running again" in node.log(), "the node to start etcd again", timeout=60)
@@ -67,12 +76,13 @@ def test_a_node_whose_etcd_cannot_be_started_again_exits_3_and_its_next_start_wr
     try:
         node = c.daemon("lock-x")
         view = EmbeddedView(node)
-        ids, pids = running_sleepers(node)
+        ids, pids = running_waiters(node)
         data = view.etcd.data_dir
         held = data.with_name("etcd.held")
         os.rename(data, held)
         data.write_text("not a directory\n")  # etcd cannot start on this
         view.etcd.kill()
+        end_jobs(pids)  # while the node tries to start etcd again (about 8 s)
         assert node.process.wait(120) == 3
         errors = [line for line in node.log().splitlines() if " ERROR " in line]
         assert len(errors) == 1, errors
@@ -80,13 +90,12 @@ def test_a_node_whose_etcd_cannot_be_started_again_exits_3_and_its_next_start_wr
                                     "last: the embedded etcd exited with status 1: ")
         assert errors[0].endswith("; stopping this node")
         assert node.log().count("; starting it again in ") == 5
-        assert not any(pid_alive(p) for p in pids)
         assert journaled(node) == sorted(ids)  # the results, kept
 
         data.unlink()
         os.rename(held, data)
         again = c.daemon("lock-x", directory=node.dir)
         assert_every_result_written(again, EmbeddedView(again), ids)
-        assert again.log().count("journaled before lclusterd on node lock-x restarted") == SLEEPERS
+        assert again.log().count("journaled before lclusterd on node lock-x restarted") == WAITERS
     finally:
         c.close()
