@@ -107,7 +107,10 @@ def test_the_embedded_etcd_lets_no_one_but_root_read_or_write(open_dir, probe):
         for directory in (tls_dir, etcd.data_dir, node.state_dir / "journal"):
             assert as_user(probe, "ls", str(directory)).returncode != 0, directory
     finally:
-        c.close()
+        try:
+            c.close()
+        finally:
+            EmbeddedView(node).etcd.kill_leftover()
 
 
 def test_the_embedded_etcds_peer_port_takes_only_etcd_itself(open_dir, probe):
@@ -127,7 +130,10 @@ def test_the_embedded_etcds_peer_port_takes_only_etcd_itself(open_dir, probe):
         assert as_user(probe, "curl", "-sk", "--http1.1", "--max-time", "5", members).returncode != 0
         assert subprocess.run(["curl", "-sk", "--http1.1", "--max-time", "5", members], capture_output=True).returncode != 0
     finally:
-        c.close()
+        try:
+            c.close()
+        finally:
+            EmbeddedView(node).etcd.kill_leftover()
 
 
 def test_a_node_on_a_three_member_tls_etcd_runs_jobs_through_a_member_kill(cluster3_tls):

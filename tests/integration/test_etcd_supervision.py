@@ -68,7 +68,10 @@ def test_embedded_etcd_killed_under_a_running_node_is_started_again_and_no_resul
         after = add(node, "echo after")
         assert node.lclient("-wait", after).returncode == 0
     finally:
-        c.close()
+        try:
+            c.close()
+        finally:
+            EmbeddedView(c.daemons[0]).etcd.kill_leftover()
 
 
 def test_a_node_whose_etcd_cannot_be_started_again_exits_3_and_its_next_start_writes_the_results(tmp_path):
@@ -98,4 +101,7 @@ def test_a_node_whose_etcd_cannot_be_started_again_exits_3_and_its_next_start_wr
         assert_every_result_written(again, EmbeddedView(again), ids)
         assert again.log().count("journaled before lclusterd on node lock-x restarted") == WAITERS
     finally:
-        c.close()
+        try:
+            c.close()
+        finally:
+            EmbeddedView(c.daemons[0]).etcd.kill_leftover()
