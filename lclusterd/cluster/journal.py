@@ -30,7 +30,7 @@ import stat
 import threading
 from pathlib import Path
 
-from lclusterd.errors import InvalidSpec
+from lclusterd.errors import InvalidSpec, RecordError
 from lclusterd.model import JobRecord, parse_job_id
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class Journal:
                 continue
             try:
                 found[name] = self._read(name)
-            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            except (OSError, ValueError, RecordError) as exc:
                 log.warning("journal %s: skipping the entry %r: %s", self.directory, name, exc)
         return found
 
@@ -168,8 +168,8 @@ class Journal:
             raw = os.read(fd, MAX_ENTRY_BYTES + 1)
         finally:
             os.close(fd)
-        record = JobRecord.from_bytes(raw)
-        if record.id != name or record.node != self.node or not record.terminal:
+        record = JobRecord.from_bytes(raw, name)  # decoded as strictly as from etcd: RecordError
+        if record.node != self.node or not record.terminal:
             raise ValueError(f"not a terminal record of job {name} on node {self.node} "
-                             f"(job {record.id}, node {record.node or '-'}, {record.state})")
+                             f"(node {record.node or '-'}, {record.state})")
         return record
