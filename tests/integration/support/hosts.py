@@ -21,7 +21,9 @@ class Host:
         self.netns = f"{lan.bridge}-{name}"
 
     def command(self, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *argv]
+        """argv run in the host's network namespace, and only there: `ip netns exec` would also
+        give it a mount namespace with a /sys of its own, without the cgroup mounts a node needs."""
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
 
     def popen(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
         with open(log, "ab") as out:
