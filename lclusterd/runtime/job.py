@@ -8,13 +8,22 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Container
+from typing import TYPE_CHECKING, Container
 
 from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
+from lclusterd.runtime.reasons import describe
 from lclusterd.runtime.relay import LogRelay
 from lclusterd.runtime.result import RunFacts
 from lclusterd.runtime.spares import SpareInit
 from lclusterd.runtime.spec import RuntimeSpec
+
+if TYPE_CHECKING:  # network.py imports pyroute2, which a node without a job network never loads
+    from lclusterd.runtime.network import BridgeNetwork, JobNet
+
+# How long a finished job's veth may outlive it: the kernel removes it with the job's network
+# namespace about a millisecond after its last process, unless something else holds that
+# namespace (a process that entered it); then the fork server deletes the veth itself.
+LINK_GRACE = 2.0
 
 
 @dataclass
@@ -28,6 +37,8 @@ class RunningJob:
     status_buf: bytes = b""
     status_closed: bool = False
     kill_at: float | None = None  # monotonic time to escalate SIGTERM to SIGKILL
+    net: JobNet | None = None  # its share of the node's bridge (net="bridge")
+    link_deadline: float | None = None  # monotonic time to stop waiting for its veth to go
 
     @property
     def host_pid(self) -> int:
@@ -35,7 +46,17 @@ class RunningJob:
 
     @property
     def is_done(self) -> bool:
+        return self.has_ended and (self.net is None or self.net.gone)
+
+    @property
+    def has_ended(self) -> bool:
+        """Its init exec'd or failed, was reaped, and its output pipes are closed."""
         return self.status_closed and self.facts.wait_status is not None and not self.relays
+
+    @property
+    def waits_for_link(self) -> bool:
+        """Ended, but its veth is still on the host (the kernel removes it shortly)."""
+        return self.has_ended and self.net is not None and not self.net.gone
 
 
 def begin_kill(job: RunningJob, reason: str, grace: float) -> None:
@@ -65,6 +86,24 @@ def kill_now(job: RunningJob) -> None:
     except ProcessLookupError:
         pass
     job.cgroup.kill_all()
+
+
+def answer_network(network: BridgeNetwork, job: RunningJob, upper: str) -> None:
+    """The job's init waits in its network step (plan.py): give its namespace its link,
+    address, route and /etc files, then let it go on ("G"). If that fails, the init gives up
+    ("X": it reports the step failed, this says why)."""
+    assert job.net is not None
+    ids = job.spare.slot.ids if job.spare.slot is not None else None
+    try:
+        network.connect(job.net, job.host_pid, ids, job.spec.effective_hostname, upper)
+        answer = b"G"
+    except OSError as error:
+        job.facts.notes.append(f"setting up its network failed: {describe(error)}")
+        answer = b"X"
+    try:
+        job.spare.sock.send(answer)
+    except OSError:
+        pass  # the init is gone: its end is reported as usual
 
 
 def remove_empty_cgroup(cgroup: JobCgroup) -> None:

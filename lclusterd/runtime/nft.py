@@ -1,0 +1,167 @@
+"""The runtime's nftables rules, and the one way it changes them: `nft -j -f -`.
+
+One table of our own, `inet lclusterd`, shared by every bridge on the host; each rule
+carries a comment saying whose it is, so it can be found and removed exactly:
+
+    "lclusterd bridge BR"              a bridge's own rules, while any fork server uses it
+    "lclusterd job BR ADDRESS JOBID"   a job's published port (two rules per port)
+
+    prerouting  nat, dstnat     published ports: fib daddr type local, th dport H -> dnat to
+                                the job's address and port (traffic from other hosts and jobs)
+    output      nat, -100       the same, for connections made on this host (127.0.0.1:H)
+    postrouting nat, srcnat     a bridge's: masquerade its subnet leaving by another interface
+                                (outbound NAT); masquerade 127.0.0.0/8 and the subnet when a
+                                published port sends them into the bridge, so the job answers
+                                through the host (its loopback is its own; a job that reached
+                                another through a node address expects the answer from there)
+    guard       filter, raw     a bridge's: drop what comes in from it for 127.0.0.0/8, which
+                                route_localnet (needed for 127.0.0.1:H) would otherwise let a
+                                job with NET_RAW send to the host's loopback services
+
+The JSON interface and not the python3-nftables bindings: those live in the system's Python
+path, which the project's venv does not see, while the JSON is the same either way and the
+nft binary (package nftables) costs about 2 ms an exec, paid at a bridge's set-up and
+teardown and by jobs that publish ports, never by others. Builders here are pure; run() is
+the only call out.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+FAMILY, TABLE = "inet", "lclusterd"
+NFT_PATHS = ("/usr/sbin/nft", "/sbin/nft")
+Command = dict[str, Any]
+
+
+class NftError(OSError):
+    """nft refused a batch (the batch changed nothing: nft applies one atomically)."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule as found in the table: enough to delete it and to say whose it is."""
+
+    chain: str
+    handle: int
+    comment: str
+
+
+def find_nft() -> str | None:
+    return next((path for path in NFT_PATHS if shutil.which(path)), None) or shutil.which("nft")
+
+
+def run(nft: str, commands: list[Command], echo: bool = False) -> list[Command]:
+    """Apply the commands as one transaction. echo: return them as nft added them, with their
+    handles. Raises NftError with nft's own message."""
+    argv = [nft, "-j", *(("-e", "-a") if echo else ()), "-f", "-"]
+    done = subprocess.run(argv, input=json.dumps({"nftables": commands}), capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise NftError(done.returncode, f"nft: {done.stderr.strip() or 'failed'}")
+    return json.loads(done.stdout).get("nftables", []) if echo and done.stdout.strip() else []
+
+
+def list_rules(nft: str) -> list[Rule] | None:
+    """Every rule of our table; None when there is no table."""
+    done = subprocess.run([nft, "-j", "-a", "list", "table", FAMILY, TABLE], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        return None
+    found = []
+    for item in json.loads(done.stdout).get("nftables", []):
+        rule = item.get("rule")
+        if rule is not None:
+            found.append(Rule(rule["chain"], rule["handle"], rule.get("comment", "")))
+    return found
+
+
+def handles_of(echoed: list[Command]) -> list[tuple[str, int]]:
+    """(chain, handle) of each rule in run(..., echo=True)'s answer."""
+    return [(item["add"]["rule"]["chain"], item["add"]["rule"]["handle"])
+            for item in echoed if "rule" in item.get("add", {})]
+
+
+def delete_rules(rules: list[tuple[str, int]]) -> list[Command]:
+    return [{"delete": {"rule": {"family": FAMILY, "table": TABLE, "chain": chain, "handle": handle}}}
+            for chain, handle in rules]
+
+
+# -- the table and a bridge's own rules -------------------------------------------------------
+
+def bridge_comment(bridge: str) -> str:
+    return f"lclusterd bridge {bridge}"
+
+
+def job_comment(bridge: str, address: IPv4Address, job_id: str) -> str:
+    return f"lclusterd job {bridge} {address} {job_id}"
+
+
+def job_address(comment: str, bridge: str) -> IPv4Address | None:
+    """The address a job rule of this bridge is for, or None for any other rule."""
+    words = comment.split()
+    if len(words) != 5 or words[:3] != ["lclusterd", "job", bridge]:
+        return None
+    try:
+        return IPv4Address(words[3])
+    except ValueError:
+        return None
+
+
+def table() -> list[Command]:
+    """Our table and its chains: `add` leaves existing ones as they are."""
+    def chain(name: str, kind: str, hook: str, priority: int) -> Command:
+        return {"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name, "type": kind, "hook": hook,
+                                  "prio": priority, "policy": "accept"}}}
+    return [{"add": {"table": {"family": FAMILY, "name": TABLE}}},
+            chain("prerouting", "nat", "prerouting", -100), chain("output", "nat", "output", -100),
+            chain("postrouting", "nat", "postrouting", 100), chain("guard", "filter", "prerouting", -300)]
+
+
+def bridge_rules(bridge: str, subnet: IPv4Network) -> list[Command]:
+    """A bridge's own rules (see the module docstring)."""
+    comment = bridge_comment(bridge)
+    source = _match(_payload("ip", "saddr"), _prefix(subnet))
+    to_bridge = _match({"meta": {"key": "oifname"}}, bridge)
+    dnat = _match({"ct": {"key": "status"}}, "dnat", op="in")
+    return [
+        _rule("postrouting", comment, source, _match({"meta": {"key": "oifname"}}, bridge, op="!="), {"masquerade": None}),
+        _rule("postrouting", comment, to_bridge, dnat, _match(_payload("ip", "saddr"), _prefix(IPv4Network("127.0.0.0/8"))),
+              {"masquerade": None}),
+        _rule("postrouting", comment, to_bridge, dnat, source, {"masquerade": None}),
+        _rule("guard", comment, _match({"meta": {"key": "iifname"}}, bridge),
+              _match(_payload("ip", "daddr"), _prefix(IPv4Network("127.0.0.0/8"))), {"drop": None}),
+    ]
+
+
+def publish_rules(comment: str, host_port: int, address: IPv4Address, port: int, protocol: str) -> list[Command]:
+    """A published port: the node's addresses' host_port to the job's address and port, for
+    traffic arriving (prerouting) and made on this host (output)."""
+    local = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+    return [_rule(chain, comment, _match({"meta": {"key": "nfproto"}}, "ipv4"), local,
+                  _match({"meta": {"key": "l4proto"}}, protocol), _match(_payload("th", "dport"), host_port),
+                  {"dnat": {"family": "ip", "addr": str(address), "port": port}})
+            for chain in ("prerouting", "output")]
+
+
+def delete_table() -> list[Command]:
+    return [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
+
+
+def _rule(chain: str, comment: str, *expr: Command) -> Command:
+    return {"add": {"rule": {"family": FAMILY, "table": TABLE, "chain": chain, "comment": comment, "expr": list(expr)}}}
+
+
+def _match(left: Command, right: Any, op: str = "==") -> Command:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _payload(protocol: str, field: str) -> Command:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _prefix(network: IPv4Network) -> Command:
+    return {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
