@@ -29,8 +29,8 @@ from lclusterd.runtime import caps, channel, kernel, plan, protocol
 from lclusterd.runtime.cgroups import Limits, NodeLimits, detect
 from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
 from lclusterd.runtime.mounts import Scratch
-from lclusterd.runtime.job import (LINK_GRACE, RunningJob, answer_network, begin_kill, failure_report, kill_now,
-                                   remove_empty_cgroup, sweep_leftovers)
+from lclusterd.runtime.job import (RunningJob, answer_network, begin_kill, failure_report, kill_now, remove_empty_cgroup,
+                                   sweep_leftovers)
 from lclusterd.runtime.netconf import NetworkConfig, NoNetwork, open_network
 from lclusterd.runtime.reasons import close_all as _close_all, describe, note_cleanup as _note_cleanup, reason as _reason
 from lclusterd.runtime.relay import LogRelay
@@ -74,8 +74,8 @@ class ForkServer:
             signal.signal(signum, lambda *_: None)  # the wakeup fd carries the news
         self.selector.register(self.sock, selectors.EVENT_READ, self._on_request)
         self.selector.register(wake_r, selectors.EVENT_READ, lambda: self._on_signals(os.read(wake_r, 512)))
-        if self.network.watch is not None:
-            self.selector.register(self.network.watch, selectors.EVENT_READ, self._on_links)
+        if self.network.watch is not None:  # the kernel removed finished jobs' veths: their addresses are free
+            self.selector.register(self.network.watch, selectors.EVENT_READ, self.network.on_links)
         self._send(protocol.Ready(os.getpid(), self.driver.version))
         while not (self.stopping and not self.jobs):
             for key, _ in self.selector.select(self._next_timer()):
@@ -92,6 +92,9 @@ class ForkServer:
         try:
             self.driver.leave_device_rules()
             self.driver.remove_parent()
+        except OSError as error:
+            log.warning("%s", describe(error))
+        try:  # apart: a busy cgroup must not leave the network's addresses and bridge behind
             self.network.close()
         except OSError as error:
             log.warning("%s", describe(error))
@@ -266,13 +269,6 @@ class ForkServer:
     def _finish_if_done(self, job: RunningJob) -> None:
         if job.is_done and job.spec.job_id in self.jobs:
             self._finish(job)
-        elif job.waits_for_link and job.link_deadline is None:
-            job.link_deadline = time.monotonic() + LINK_GRACE
-
-    def _on_links(self) -> None:
-        for net in self.network.gone_links():  # the kernel removed these jobs' veths with their namespaces
-            if net.job_id in self.jobs:
-                self._finish_if_done(self.jobs[net.job_id])
 
     def _finish(self, job: RunningJob) -> None:
         """Read the job's accounting, then remove its cgroup and free its ids. Its mounts
@@ -297,7 +293,9 @@ class ForkServer:
     # -- ending jobs ----------------------------------------------------------------------
 
     def _next_timer(self) -> float | None:
-        times = [t for job in self.jobs.values() for t in (job.deadline, job.kill_at, job.link_deadline) if t is not None]
+        times = [t for job in self.jobs.values() for t in (job.deadline, job.kill_at) if t is not None]
+        if self.network.deadline is not None:  # a finished job's veth to delete
+            times.append(self.network.deadline)
         if not times:
             return None
         # epoll takes its timeout in int milliseconds (under 25 days): wake up now and then
@@ -306,6 +304,7 @@ class ForkServer:
 
     def _fire_timers(self) -> None:
         now = time.monotonic()
+        self.network.expire(now)
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
@@ -314,8 +313,6 @@ class ForkServer:
             elif job.deadline is not None and now >= job.deadline:
                 job.deadline = None
                 begin_kill(job, TIMED_OUT, job.spec.grace)
-            if job.link_deadline is not None and now >= job.link_deadline and job.spec.job_id in self.jobs:
-                self._finish(job)  # something holds its namespace: release() deletes the veth
 
     def _stop(self, kill: bool) -> None:
         self.stopping = True

@@ -20,11 +20,6 @@ from lclusterd.runtime.spec import RuntimeSpec
 if TYPE_CHECKING:  # network.py imports pyroute2, which a node without a job network never loads
     from lclusterd.runtime.network import BridgeNetwork, JobNet
 
-# How long a finished job's veth may outlive it: the kernel removes it with the job's network
-# namespace about a millisecond after its last process, unless something else holds that
-# namespace (a process that entered it); then the fork server deletes the veth itself.
-LINK_GRACE = 2.0
-
 
 @dataclass
 class RunningJob:
@@ -38,7 +33,6 @@ class RunningJob:
     status_closed: bool = False
     kill_at: float | None = None  # monotonic time to escalate SIGTERM to SIGKILL
     net: JobNet | None = None  # its share of the node's bridge (net="bridge")
-    link_deadline: float | None = None  # monotonic time to stop waiting for its veth to go
 
     @property
     def host_pid(self) -> int:
@@ -46,17 +40,7 @@ class RunningJob:
 
     @property
     def is_done(self) -> bool:
-        return self.has_ended and (self.net is None or self.net.gone)
-
-    @property
-    def has_ended(self) -> bool:
-        """Its init exec'd or failed, was reaped, and its output pipes are closed."""
         return self.status_closed and self.facts.wait_status is not None and not self.relays
-
-    @property
-    def waits_for_link(self) -> bool:
-        """Ended, but its veth is still on the host (the kernel removes it shortly)."""
-        return self.has_ended and self.net is not None and not self.net.gone
 
 
 def begin_kill(job: RunningJob, reason: str, grace: float) -> None:

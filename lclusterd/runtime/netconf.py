@@ -70,7 +70,7 @@ class NoNetwork:
     """The job network of a fork server started without a bridge: jobs with net="bridge" are
     refused, and the others cost nothing (network.BridgeNetwork is the other kind)."""
 
-    watch = None
+    watch = deadline = None
 
     @staticmethod
     def reserve(spec: Any) -> None:
@@ -79,6 +79,10 @@ class NoNetwork:
 
     @staticmethod
     def release(net: None) -> None:
+        pass
+
+    @staticmethod
+    def expire(now: float) -> None:
         pass
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,8 +94,17 @@ class RuntimeUnderTest:
         self.host_routes = host_routes()
         self.rules = our_rules()
 
-    def leftovers(self) -> list[str]:
-        """Everything a finished job could leave behind, described; empty when clean."""
+    def leftovers(self, settle: float = 10.0) -> list[str]:
+        """Everything a finished job could leave behind, described; empty when clean. A bridge
+        job's veth (and so its address lease) goes with its network namespace, which the kernel
+        tears down a moment after the job's last process: this waits up to `settle` seconds for
+        that, as for any condition a test cannot be told about."""
+        deadline = time.monotonic() + settle
+        while (found := self._leftovers()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return found
+
+    def _leftovers(self) -> list[str]:
         found = []
         # The state dir holds only the shared (empty) mount point: jobs keep their
         # scratch space in their own mount namespaces.

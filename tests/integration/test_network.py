@@ -64,6 +64,15 @@ def wait_for_output(job: RuntimeSpec, text: str, timeout: float = 60) -> str:
     raise AssertionError(f"{text!r} never appeared in the job's output: {output(job)!r}")
 
 
+def until(predicate, timeout: float = 60):
+    """predicate's first true value, polled (the event it waits for arrives on another thread)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return value
+
+
 def end(runtime, job: RuntimeSpec) -> RunResult:
     runtime.launcher.kill(job.job_id, grace=0)
     return runtime.launcher.wait(job.job_id, timeout=60)
@@ -158,7 +167,7 @@ def test_a_crashed_fork_servers_network_is_swept_by_the_next(runtime, rootfs, tm
     job = bridge_job(rootfs, "echo ready; sleep 600", tmp_path, publish=["18084:80"])
     crashed.submit(job)
     wait_for_output(job, "ready")
-    address = next(IPv4Address(e.address) for e in events if isinstance(e, JobStarted))
+    address = IPv4Address(until(lambda: next((e.address for e in events if isinstance(e, JobStarted)), None)))
     os.kill(crashed.helper_pid, signal.SIGKILL)  # the job outlives its helper, and so does its network
     assert crashed.wait(job.job_id, timeout=30).status == "FAILED"
     assert netconf.veth_name(address) in host_links()

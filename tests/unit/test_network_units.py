@@ -186,14 +186,19 @@ def test_the_handles_nft_echoes_are_what_a_delete_takes():
 # -- the link watcher ------------------------------------------------------------------------------------
 
 
-def _link_message(kind: int, index: int) -> bytes:
-    body = struct.pack("=BxHiII", 0, 1, index, 0, 0) + b"\x08\x00\x03\x00eth\x00"  # ifinfomsg + an attribute
+def _link_message(kind: int, name: bytes) -> bytes:
+    """An ifinfomsg with an MTU attribute, then IFLA_IFNAME (NUL-terminated, padded to 4)."""
+    mtu = struct.pack("=HHI", 8, 4, 1500)
+    ifname = struct.pack("=HH", 4 + len(name) + 1, 3) + name + b"\0"
+    ifname += b"\0" * (-len(ifname) % 4)
+    body = struct.pack("=BxHiII", 0, 1, 9, 0, 0) + mtu + ifname
     return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
 
 
-def test_the_link_watcher_reads_the_index_of_each_deleted_link():
-    datagram = _link_message(16, 7) + _link_message(linkwatch.RTM_DELLINK, 42) + _link_message(linkwatch.RTM_DELLINK, 43)
-    assert linkwatch.deleted_links(datagram) == [42, 43]
+def test_the_link_watcher_reads_the_name_of_each_deleted_link():
+    datagram = (_link_message(16, b"lv0a580007") + _link_message(linkwatch.RTM_DELLINK, b"lv0a580005")
+                + _link_message(linkwatch.RTM_DELLINK, b"eth0"))
+    assert linkwatch.deleted_links(datagram) == ["lv0a580005", "eth0"]
     assert linkwatch.deleted_links(struct.pack("=IHHII", 0, 17, 0, 0, 0)) == []  # malformed: no endless loop
 
 
