@@ -20,8 +20,15 @@ APT_PACKAGES := etcd-server etcd-client busybox-static python3-venv python3-dev 
 JOBINIT := lclusterd/runtime/jobinit/lclusterd-jobinit
 BUSYBOX := build/busybox
 BENCH_PACKAGES := runc bubblewrap slurm-wlm munge
+# What only the tests need: nftables for jobs with net=bridge (the runtime CLI's --net bridge;
+# the daemon runs none until lclient can ask for one) and for the tests' look at its rules.
+TEST_APT_PACKAGES := nftables
+# The cgroup v2 VM's image lacks these (nftables and the libraries it needs beyond the image's):
+# their .debs are fetched on the host and installed in the guest, which has no network.
+V2_DEBS := nftables libnftables1 libnftnl11 libjansson4 libedit2
+UDP_ECHO := build/udp-echo
 
-.PHONY: prep run test test-unit test-integration test-v2 rootfs links users proto bench bench-deps clean
+.PHONY: prep run test test-unit test-integration test-v2 rootfs links users proto bench bench-deps test-deps clean
 
 prep: $(STAMPS)/apt $(STAMPS)/venv $(JOBINIT) rootfs links users
 
@@ -70,22 +77,42 @@ links: $(STAMPS)/venv
 run: prep
 	$(VENV)/bin/lclusterd --rootfs $(ROOTFS_DIR)
 
-test: prep
+test: prep test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMPS)/venv $(JOBINIT)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: prep
+test-integration: prep test-deps
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# As $(STAMPS)/apt, for TEST_APT_PACKAGES.
+test-deps: $(STAMPS)/apt
+	@missing=$$(for p in $(TEST_APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "test-deps: installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# A UDP server for the network tests' jobs (the rootfs's busybox has none), static: the v2 VM
+# has no compiler, so it is built here and copied in with the tree.
+$(UDP_ECHO): tests/integration/data/udp_echo.c $(STAMPS)/apt
+	@mkdir -p $(dir $@)
+	musl-gcc -static -O2 -o $@ $<
+
+build/v2-debs/.fetched: Makefile
+	@rm -rf $(dir $@) && mkdir -p $(dir $@)
+	cd $(dir $@) && apt-get download -q -o APT::Sandbox::User=root $(V2_DEBS)
+	@touch $@
 
 # The venv is made on the host with Debian's python3, which the guest also has, so it
 # works there unchanged; the rootfs is built inside the guest from the copied build/busybox.
-test-v2: prep
+test-v2: prep $(UDP_ECHO) build/v2-debs/.fetched
 	@[ -x $(V2VM)/run-v2.sh ] || { echo "test-v2: $(V2VM)/run-v2.sh not found"; exit 1; }
 	$(V2VM)/run-v2.sh -t 1200 -x ./.stamps -x ./.pytest_cache $(CURDIR) \
 		'set -e; make users; BUSYBOX=$(BUSYBOX) sh rootfs/build.sh busybox /var/lib/lclusterd/rootfs; \
-		 $(PY) -m pytest -p no:cacheprovider tests/integration/test_runtime.py tests/integration/test_cgroups_real.py tests/unit/test_cgroups.py tests/unit/test_runtime_units.py $(PYTEST_ARGS); \
+		 dpkg -i build/v2-debs/*.deb >/dev/null; \
+		 $(PY) -m pytest -p no:cacheprovider tests/integration/test_runtime.py tests/integration/test_cgroups_real.py tests/unit/test_cgroups.py tests/unit/test_runtime_units.py tests/integration/test_network.py tests/unit/test_network_units.py $(PYTEST_ARGS); \
 		 $(PY) -m pytest -p no:cacheprovider -m v2vm tests/integration/test_containment.py $(PYTEST_ARGS)'
 
 proto: $(STAMPS)/venv

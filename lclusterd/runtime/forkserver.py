@@ -31,7 +31,7 @@ from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
 from lclusterd.runtime.mounts import Scratch
 from lclusterd.runtime.job import (RunningJob, answer_network, begin_kill, failure_report, kill_now, remove_empty_cgroup,
                                    sweep_leftovers)
-from lclusterd.runtime.netconf import NetworkConfig, NoNetwork, open_network
+from lclusterd.runtime.netconf import DEFAULT_BRIDGE, NetworkConfig, NoNetwork, open_network
 from lclusterd.runtime.reasons import close_all as _close_all, describe, note_cleanup as _note_cleanup, reason as _reason
 from lclusterd.runtime.relay import LogRelay
 from lclusterd.runtime.result import RunFacts, result_of
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--userns-gids", type=_id_range, help="START:COUNT host gids for jobs' user namespaces")
     parser.add_argument("--node-memory", type=int, help="memory ceiling of all jobs together (bytes)")
     parser.add_argument("--node-pids", type=int, help="pids ceiling of all jobs together")
-    parser.add_argument("--bridge", help="the job network's bridge (with --subnet)")
+    parser.add_argument("--bridge", default=DEFAULT_BRIDGE, help="the job network's bridge (with --subnet)")
     parser.add_argument("--subnet", help="the job network's IPv4 subnet: jobs with net=bridge get addresses of it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="lclusterd: forkserver: %(levelname)s %(message)s")

@@ -81,7 +81,7 @@ def answer_network(network: BridgeNetwork, job: RunningJob, upper: str) -> None:
     try:
         network.connect(job.net, job.host_pid, ids, job.spec.effective_hostname, upper)
         answer = b"G"
-    except OSError as error:
+    except Exception as error:  # noqa: BLE001 - whatever it was, the init must not wait forever
         job.facts.notes.append(f"setting up its network failed: {describe(error)}")
         answer = b"X"
     try:

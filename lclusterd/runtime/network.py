@@ -153,29 +153,34 @@ class BridgeNetwork:
         /etc/resolv.conf in the writable layer at `upper`. Raises OSError."""
         netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            name = netconf.veth_name(net.address)
-            self.rtnl.add_veth(name, self.bridge_index, "eth0", netns)
-            net.veth = name
-            self.links[name] = net
-            self._configure(netns, net.address)
+            with self._enter(netns) as inner:
+                name = netconf.veth_name(net.address)
+                self.rtnl.add_veth(name, self.bridge_index, "eth0", netns)
+                net.veth = name
+                self.links[name] = net
+                index = inner.link_index("eth0")
+                inner.add_address(index, net.address, self.config.network.prefixlen)
+                inner.set_up(index)
+                inner.add_default_route(self.config.gateway)
         finally:
             os.close(netns)
         write_etc(f"/proc/{pid}/root{upper}", ids, netconf.hosts_file(net.address, hostname), _host_resolv())
 
-    def _configure(self, netns: int, address: IPv4Address) -> None:
-        """eth0 up with the job's address and a default route via the bridge, in the job's
-        namespace: through a netlink socket opened there (a socket keeps the namespace it was
-        made in)."""
+    def _enter(self, netns: int) -> Rtnl:
+        """A netlink socket in the job's namespace (a socket keeps the namespace it was made in),
+        made there with setns and back; and, while there, IPv6 off for the links made in it
+        from now on (its eth0): the job's network is IPv4, and an IPv6 link coming up costs
+        the kernel addresses, DAD and MLD, and the bridge their packets."""
         kernel.setns(netns, kernel.CLONE_NEWNET)
         try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+            try:
+                with open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as sysctl:
+                    sysctl.write("1")
+            except FileNotFoundError:
+                pass  # a kernel without IPv6
+            return Rtnl(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0))
         finally:
             kernel.setns(self.own_netns, kernel.CLONE_NEWNET)
-        with Rtnl(sock) as inner:
-            index = inner.link_index("eth0")
-            inner.add_address(index, address, self.config.network.prefixlen)
-            inner.set_up(index)
-            inner.add_default_route(self.config.gateway)
 
     def release(self, net: JobNet | None) -> None:
         """The job ended: remove its rules, let its host ports go, and free its address once

@@ -62,7 +62,7 @@ class Nft:
         try:
             self.lib = _library()
         except OSError:
-            raise OSError(f"{LIBRARY} not found: bridge networks need nftables (make prep installs it)") from None
+            raise OSError(f"{LIBRARY} not found: bridge networks need nftables (apt-get install nftables)") from None
         self.ctx = self.lib.nft_ctx_new(0)
         if not self.ctx:
             raise OSError("nft_ctx_new failed")

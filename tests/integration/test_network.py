@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from lclusterd.runtime import kernel, leases, netconf
-from lclusterd.runtime.launcher import JobStarted, Launcher
+from lclusterd.runtime.launcher import JobStarted, Launcher, NetworkConfig
 from lclusterd.runtime.spec import RunResult, RuntimeSpec
 
 from conftest import cgroup_parent_dirs, host_links, network_for, our_rules, user_namespaces
@@ -182,6 +182,30 @@ def test_a_crashed_fork_servers_network_is_swept_by_the_next(runtime, rootfs, tm
     assert cgroup_parent_dirs(parent) == []
 
 
+def test_a_network_that_cannot_be_set_up_fails_the_job_with_the_reason(runtime, rootfs, tmp_path):
+    # Every address of a /29 has its veth name taken (links the test makes after the
+    # fork server's start-up sweep), so the job's init is told its network failed.
+    wide = network_for("userns" if runtime.userns else "no-userns", salt=9000)
+    network = NetworkConfig(wide.bridge[:-1] + "x", str(next(wide.network.subnets(new_prefix=29))))
+    parent = f"lclusterd-test-netfail-{os.getpid()}"
+    ids = user_namespaces() if runtime.userns else None
+    with Launcher(tmp_path / "state", cgroup_parent=parent, network=network, userns=ids) as launcher:
+        taken = [netconf.veth_name(IPv4Address(a)) for a in network.job_addresses()]
+        try:
+            for name in taken:
+                subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+            result = launcher.run(bridge_job(rootfs, "echo ran", tmp_path, publish=["18089:80"]), timeout=60)
+        finally:
+            for name in taken:
+                subprocess.run(["ip", "link", "del", name], stderr=subprocess.DEVNULL)
+        assert not list(Path(leases.LOCK_DIR, network.bridge).glob("10.*"))  # its address is free again
+    assert (result.status, result.address) == ("FAILED", None)
+    assert result.error.startswith("network: the fork server could not set up the job's network; "
+                                   f"setting up its network failed: add veth lv")
+    assert result.error.endswith(": File exists") and not any("ran" in p.read_text() for p in tmp_path.glob("*.out"))
+    assert network.bridge not in host_links() and not any(network.bridge in rule for rule in our_rules())
+
+
 # -- between jobs, and beyond the host ------------------------------------------------------------
 
 def test_two_bridge_jobs_reach_each_other_by_address(runtime, rootfs, tmp_path):
@@ -270,7 +294,8 @@ def test_other_hosts_reach_a_published_port_on_the_hosts_address(runtime, rootfs
 # -- what a job sees ----------------------------------------------------------------------------
 
 def test_a_bridge_job_has_eth0_a_default_route_and_its_own_etc_files(runtime, rootfs, tmp_path):
-    job = bridge_job(rootfs, "ls /sys/class/net; ip -4 -o addr show eth0; ip route; echo ---; cat /etc/hosts; echo ---;"
+    job = bridge_job(rootfs, "ls /sys/class/net; ip -4 -o addr show eth0; ip route; cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6;"
+                             " echo ---; cat /etc/hosts; echo ---;"
                              " cat /etc/resolv.conf; echo ---; stat -c '%u %g %a' /etc /etc/hosts /etc/resolv.conf;"
                              " echo more >> /etc/hosts && echo writable", tmp_path, hostname="named")
     result = runtime.launcher.run(job, timeout=60)
@@ -279,6 +304,7 @@ def test_a_bridge_job_has_eth0_a_default_route_and_its_own_etc_files(runtime, ro
     prefix = f"{result.address}/{network.network.prefixlen}"
     assert result.status == "EXITED" and links.split()[:2] == ["eth0", "lo"]
     assert f"eth0    inet {prefix} " in links and f"default via {network.gateway} dev eth0" in links
+    assert links.splitlines()[-1] == "1"  # no IPv6 on eth0: the network is IPv4
     assert hosts == netconf.hosts_file(IPv4Address(result.address), "named")
     host_resolv = Path("/etc/resolv.conf").read_text() if Path("/etc/resolv.conf").exists() else ""
     assert resolv == netconf.resolv_conf(host_resolv)

@@ -27,7 +27,9 @@ ALLOWED = {
     "lclusterd.units": (),
 }
 THIRD_PARTY_ONLY_IN = {"etcd3": ("lclusterd.cluster.store",), "grpc": ("lclient", "lclusterd.api", "lclusterd.rpc",
-                                                                        "lclusterd.daemon", "lclusterd.cluster.store")}
+                                                                        "lclusterd.daemon", "lclusterd.cluster.store"),
+                       # links, addresses and routes: the bridge's (IPRoute) and each job's (its messages)
+                       "pyroute2": ("lclusterd.runtime.bridge", "lclusterd.runtime.rtnl")}
 
 
 def modules():
