@@ -276,6 +276,7 @@ class BridgeNetwork:
             self.nft.close()
             os.close(self.own_netns)
 
+
 def write_etc(root: str, ids: IdMap | None, hosts: str, resolv: str) -> None:
     """/etc/hosts and /etc/resolv.conf into the job's writable layer (`root`: its upper
     directory, as the fork server reaches it), owned by the job's root as a copy-up would be."""

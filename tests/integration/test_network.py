@@ -201,7 +201,7 @@ def test_a_network_that_cannot_be_set_up_fails_the_job_with_the_reason(runtime, 
         assert not list(Path(leases.LOCK_DIR, network.bridge).glob("10.*"))  # its address is free again
     assert (result.status, result.address) == ("FAILED", None)
     assert result.error.startswith("network: the fork server could not set up the job's network; "
-                                   f"setting up its network failed: add veth lv")
+                                   "setting up its network failed: add veth lv")
     assert result.error.endswith(": File exists") and not any("ran" in p.read_text() for p in tmp_path.glob("*.out"))
     assert network.bridge not in host_links() and not any(network.bridge in rule for rule in our_rules())
 
@@ -365,6 +365,19 @@ def test_cli_runs_a_bridge_job_with_a_published_port_beside_the_nodes(runtime, r
     assert line.startswith("lclusterd.runtime: KILLED ") and cli.returncode > 128, err
     assert IPv4Address(re.search(r" address=(\S+)", line)[1]) in network.network
     assert network.bridge in host_links()  # still the runtime fixture's
+
+
+def test_a_bridge_in_use_with_another_subnet_is_refused_at_start(runtime, rootfs):
+    network = runtime.network
+    elsewhere = network_for("userns" if runtime.userns else "no-userns", salt=3200).network  # no other test's
+    done = subprocess.run([sys.executable, "-m", "lclusterd.runtime", "run", "--rootfs", rootfs, "--net", "bridge",
+                           "--bridge", network.bridge, "--subnet", str(elsewhere), "--", "true"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125
+    assert done.stderr.splitlines()[-1] == (
+        f"lclusterd.runtime: the runtime helper could not start: network: bridge {network.bridge} has the address "
+        f"{network.gateway}/25, not {elsewhere.network_address + 1}/25 (another runtime uses it with another subnet)")
+    assert network.bridge in host_links()  # still the fixture's, untouched
 
 
 def test_cli_refuses_a_publish_without_a_network(runtime, rootfs):
