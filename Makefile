@@ -22,9 +22,14 @@ JOBINIT := lclusterd/runtime/jobinit/lclusterd-jobinit
 BUSYBOX := build/busybox
 BENCH_PACKAGES := runc bubblewrap slurm-wlm munge
 # Only the tests need these (they build the images they import: umoci an OCI layout, skopeo
-# its docker save twin; the web page's tests drive chromium through chromium-driver); make test
-# installs them, make prep and make run do not.
-TEST_PACKAGES := umoci skopeo chromium chromium-driver
+# its docker save twin; the web page's tests drive chromium through chromium-driver; nftables
+# for jobs with net=bridge and the tests' look at its rules); make test installs them, make
+# prep and make run do not.
+TEST_PACKAGES := umoci skopeo chromium chromium-driver nftables
+# The cgroup v2 VM's image lacks these (nftables and the libraries it needs beyond the image's):
+# their .debs are fetched on the host and installed in the guest, which has no network.
+V2_DEBS := nftables libnftables1 libnftnl11 libjansson4 libedit2
+UDP_ECHO := build/udp-echo
 
 .PHONY: prep run test test-unit test-integration test-v2 rootfs links users proto bench bench-deps clean
 
@@ -93,13 +98,25 @@ test-unit: $(STAMPS)/venv $(JOBINIT)
 test-integration: prep $(STAMPS)/test-apt
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+# A UDP server for the network tests' jobs (the rootfs's busybox has none), static: the v2 VM
+# has no compiler, so it is built here and copied in with the tree.
+$(UDP_ECHO): tests/integration/data/udp_echo.c $(STAMPS)/apt
+	@mkdir -p $(dir $@)
+	musl-gcc -static -O2 -o $@ $<
+
+build/v2-debs/.fetched: Makefile
+	@rm -rf $(dir $@) && mkdir -p $(dir $@)
+	cd $(dir $@) && apt-get download -q -o APT::Sandbox::User=root $(V2_DEBS)
+	@touch $@
+
 # The venv is made on the host with Debian's python3, which the guest also has, so it
 # works there unchanged; the rootfs is built inside the guest from the copied build/busybox.
-test-v2: prep
+test-v2: prep $(UDP_ECHO) build/v2-debs/.fetched
 	@[ -x $(V2VM)/run-v2.sh ] || { echo "test-v2: $(V2VM)/run-v2.sh not found"; exit 1; }
 	$(V2VM)/run-v2.sh -t 1200 -x ./.stamps -x ./.pytest_cache $(CURDIR) \
 		'set -e; make users; BUSYBOX=$(BUSYBOX) sh rootfs/build.sh busybox /var/lib/lclusterd/rootfs; \
-		 $(PY) -m pytest -p no:cacheprovider tests/integration/test_runtime.py tests/integration/test_cgroups_real.py tests/unit/test_cgroups.py tests/unit/test_runtime_units.py $(PYTEST_ARGS); \
+		 dpkg -i build/v2-debs/*.deb >/dev/null; \
+		 $(PY) -m pytest -p no:cacheprovider tests/integration/test_runtime.py tests/integration/test_cgroups_real.py tests/unit/test_cgroups.py tests/unit/test_runtime_units.py tests/integration/test_network.py tests/unit/test_network_units.py $(PYTEST_ARGS); \
 		 $(PY) -m pytest -p no:cacheprovider -m v2vm tests/integration/test_containment.py $(PYTEST_ARGS)'
 
 proto: $(STAMPS)/venv

@@ -10,6 +10,10 @@ In one run, side by side:
                   and stderr through capped log relays into files
   ours-no-userns  the same with --userns off
   ours-no-relay   the same with the job's output to /dev/null (no pipes, no relays)
+  ours-bridge     the first with net="bridge": a veth on a bridge of the benchmark's own, an
+                  address, a default route, /etc/hosts and /etc/resolv.conf
+  ours-publish    the same with one published port (HOSTPORT:80, two nftables rules added and
+                  removed per job, a held host port)
   runc            `runc run --bundle B <id>` (create + start + wait + delete), generated OCI bundle
   bwrap           `bwrap --unshare-all --ro-bind ROOTFS / --proc /proc --dev /dev /bin/true`
 Each tool: a few warm-up runs (not counted), N sequential runs (p50/p90/p99 and runs/s),
@@ -42,10 +46,12 @@ if REPO not in sys.path:
 from bench import peers  # noqa: E402
 
 DEFAULT_ROOTFS = "/var/lib/lclusterd/rootfs"
-TOOLS = ("ours", "ours-no-userns", "ours-no-relay", "runc", "bwrap")
+TOOLS = ("ours", "ours-no-userns", "ours-no-relay", "ours-bridge", "ours-publish", "runc", "bwrap")
 JOB_MEMORY = 1 << 30  # what a node gives a job without -mem (lclusterd --default-mem)
 LOG_CAP = 100 << 20  # lclusterd --max-log-size
 CGROUP_PARENT = "lclusterd-bench"
+BRIDGE, SUBNET = "lclbench0", "10.199.0.0/16"  # apart from a node's lcl0 and 10.88.0.0/16
+PUBLISH_PORTS = range(21000, 21100)  # each run publishes the next, so parallel streams never share one
 
 
 # --- machine description ------------------------------------------------------------------
@@ -128,6 +134,8 @@ class Ours(Tool):
         "ours": "lclusterd runtime as a node runs a job (user namespace, device rules, memory limit, log relays)",
         "ours-no-userns": "lclusterd runtime, --userns off (rest as above)",
         "ours-no-relay": "lclusterd runtime, output to /dev/null (no log relays; rest as the first row)",
+        "ours-bridge": "lclusterd runtime, net=bridge (veth, address, route, /etc files; rest as the first row)",
+        "ours-publish": "lclusterd runtime, net=bridge with one published port (nftables rules per job)",
     }
 
     def __init__(self, rootfs: str, tmp: str, variant: str = "ours"):
@@ -137,12 +145,16 @@ class Ours(Tool):
         self.launcher = None
         self.label = self.LABELS[variant]
         self.userns = variant != "ours-no-userns"
+        self.net = "bridge" if variant in ("ours-bridge", "ours-publish") else "none"
+        self.publish = variant == "ours-publish"
+        self._runs = 0
+        self._lock = threading.Lock()
         # One pair of log files for every run: creating a job's files is the daemon's cost, not the runtime's.
         self.logs = None if variant == "ours-no-relay" else (os.path.join(tmp, f"{variant}.out"), os.path.join(tmp, f"{variant}.err"))
 
     def setup(self) -> None:
         from lclusterd.runtime import userns
-        from lclusterd.runtime.launcher import Launcher
+        from lclusterd.runtime.launcher import Launcher, NetworkConfig
         from lclusterd.runtime.spec import RuntimeSpec
 
         self._spec = RuntimeSpec
@@ -150,13 +162,21 @@ class Ours(Tool):
         ranges = userns.subordinate_ranges() if self.userns else None
         if self.userns and ranges is None:
             raise RuntimeError(userns.MISSING_RANGES)
-        self.launcher = Launcher(state_dir=self.state_dir, cgroup_parent=f"{CGROUP_PARENT}-{self.name}", userns=ranges)
+        network = NetworkConfig(BRIDGE, SUBNET) if self.net == "bridge" else None
+        self.launcher = Launcher(state_dir=self.state_dir, cgroup_parent=f"{CGROUP_PARENT}-{self.name}", userns=ranges,
+                                 network=network)
         self.launcher.start()
 
     def _job(self, argv: list[str]):
         out, err = self.logs or (None, None)
+        publish = []
+        if self.publish:
+            with self._lock:
+                self._runs += 1
+                publish = [f"{PUBLISH_PORTS[self._runs % len(PUBLISH_PORTS)]}:80"]
         return self._spec(job_id=uuid.uuid4().hex, argv=argv, rootfs=self.rootfs, memory_bytes=JOB_MEMORY,
-                          stdout_path=out, stderr_path=err, max_log_bytes=LOG_CAP if self.logs else None)
+                          stdout_path=out, stderr_path=err, max_log_bytes=LOG_CAP if self.logs else None,
+                          net=self.net, publish=publish)
 
     def run_once(self) -> None:
         result = self.launcher.run(self._job(["/bin/true"]))

@@ -117,3 +117,39 @@ def check_timeout(timeout: float | None) -> None:
 def check_grace(grace: float) -> None:
     if not (_finite(grace) and 0 <= grace <= MAX_GRACE_SECONDS):
         raise InvalidSpec(f"grace period must be between 0 and {MAX_GRACE_SECONDS:g} s, not {_show(grace)}")
+
+
+# A job's network: "none" (loopback only) or "bridge" (an address on the node's bridge, outbound
+# NAT, and ports published on the node's addresses). The runtime's module netconf.py says how.
+NET_MODES = ("none", "bridge")
+MAX_PUBLISH = 64  # published ports per job: each is two nftables rules and a held host port
+_PUBLISH = re.compile(r"^([0-9]{1,5}):([0-9]{1,5})(?:/(tcp|udp))?$")
+
+
+def parse_publish(entry: str) -> tuple[int, int, str]:
+    """`HOSTPORT:PORT[/tcp|/udp]` as (host port, the job's port, protocol); InvalidSpec otherwise."""
+    match = _PUBLISH.match(entry) if isinstance(entry, str) else None
+    if match is None:
+        raise InvalidSpec(f"publish takes HOSTPORT:PORT or HOSTPORT:PORT/udp, not {entry!r}")
+    host_port, port = int(match[1]), int(match[2])
+    for value in (host_port, port):
+        if not 1 <= value <= 65535:
+            raise InvalidSpec(f"ports are between 1 and 65535, not {value} (in {entry!r})")
+    return host_port, port, match[3] or "tcp"
+
+
+def check_network(net: str, publish: list[str]) -> None:
+    """A network mode the runtime knows, and published ports only with a network to publish into,
+    each host port and protocol once."""
+    if net not in NET_MODES:
+        raise InvalidSpec(f"net must be {' or '.join(NET_MODES)}, not {net!r}")
+    if publish and net != "bridge":
+        raise InvalidSpec("publishing a port needs net=bridge (a job without a network has only loopback)")
+    if len(publish) > MAX_PUBLISH:
+        raise InvalidSpec(f"at most {MAX_PUBLISH} published ports per job, not {len(publish)}")
+    seen: set[tuple[int, str]] = set()
+    for entry in publish:
+        host_port, _, protocol = parse_publish(entry)
+        if (host_port, protocol) in seen:
+            raise InvalidSpec(f"host port {host_port}/{protocol} is published twice")
+        seen.add((host_port, protocol))

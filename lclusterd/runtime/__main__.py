@@ -1,4 +1,4 @@
-"""`python -m lclusterd.runtime run [--mem 64M --pids 32 --cpus 0.5 --timeout 5s] -- CMD...`
+"""`python -m lclusterd.runtime run [--mem 64M --pids 32 --cpus 0.5 --timeout 5s] [--net bridge --publish 8080:80] -- CMD...`
 
 Runs one command through the runtime alone (no etcd, no gRPC): the handle for tests
 and benchmarks. The job's stdout and stderr go to this command's own (or to files);
@@ -22,6 +22,7 @@ from lclusterd.errors import LclusterdError, SetupFailed
 from lclusterd.runtime import userns
 from lclusterd.runtime.host import DEFAULT_ROOTFS
 from lclusterd.runtime.launcher import IdRanges, Launcher
+from lclusterd.runtime.netconf import DEFAULT_BRIDGE, DEFAULT_SUBNET, NetworkConfig
 from lclusterd.runtime.spec import FAILED, TIMED_OUT, RunResult, RuntimeSpec
 from lclusterd.units import format_size, parse_duration, parse_size
 
@@ -53,12 +54,18 @@ def cli() -> None:
 @click.option("--sh", "shell", help="Run this command line with /bin/sh -c instead of CMD.")
 @click.option("--userns", type=click.Choice(["on", "off"]), default="on", show_default=True,
               help="Run the job in a user namespace of its own (its root is an unprivileged host uid).")
+@click.option("--net", type=click.Choice(["none", "bridge"]), default="none", show_default=True,
+              help="none: loopback only; bridge: an address on the bridge, outbound NAT, published ports.")
+@click.option("--publish", multiple=True, help="HOSTPORT:PORT[/udp]: the host's port to the job's (with --net bridge), repeatable.")
+@click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True, help="The bridge of --net bridge (shared with other runtimes).")
+@click.option("--subnet", default=DEFAULT_SUBNET, show_default=True, help="The bridge's IPv4 subnet; jobs take addresses of it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.argument("command", nargs=-1)
 def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpus: float | None,
         pids: int | None, timeout: str | None, grace: str, env: tuple[str, ...], cwd: str,
         hostname: str | None, stdin_file: object, stdout_path: str, stderr_path: str,
-        shell: str | None, userns: str, as_json: bool, command: tuple[str, ...]) -> None:
+        shell: str | None, userns: str, net: str, publish: tuple[str, ...], bridge: str, subnet: str,
+        as_json: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND (after --) isolated in its own namespaces, cgroup and rootfs."""
     try:
         if bool(shell) == bool(command):
@@ -75,9 +82,12 @@ def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpu
             memory_bytes=_parse("--mem", memory, parse_size), cpus=cpus, pids=pids,
             timeout=_parse("--timeout", timeout, parse_duration), grace=_parse("--grace", grace, parse_grace),
             stdin_data=stdin_file.read() if stdin_file else None,  # type: ignore[attr-defined]
-            stdout_path=stdout_path, stderr_path=stderr_path)
+            stdout_path=stdout_path, stderr_path=stderr_path, net=net, publish=list(publish))
         spec.validate()
-    except LclusterdError as error:
+        network = NetworkConfig(bridge, subnet) if net == "bridge" else None  # none: no bridge is touched
+        if network is not None:
+            network.validate()
+    except (LclusterdError, ValueError) as error:
         raise click.UsageError(str(error)) from None
     # Without files or stdin data the job shares this command's own stdio.
     stdio = None
@@ -87,7 +97,7 @@ def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpu
         raise click.UsageError("give both --stdout and --stderr, or neither")
     try:
         ids = user_namespaces() if userns == "on" else None
-        with Launcher(state_dir, cgroup_parent=cgroup_parent, userns=ids) as launcher:
+        with Launcher(state_dir, cgroup_parent=cgroup_parent, userns=ids, network=network) as launcher:
             # Ctrl-C kills the job (and the run ends as KILLED) instead of leaving it.
             signal.signal(signal.SIGINT, lambda *_: launcher.kill(spec.job_id))
             result = launcher.run(spec, stdio=stdio)
@@ -132,6 +142,8 @@ def describe(result: RunResult) -> str:
     parts.append(f"peak_memory={format_size(result.peak_memory_bytes)}")
     if result.cpu_seconds is not None:
         parts.append(f"cpu={result.cpu_seconds:.3f}s")
+    if result.address:
+        parts.append(f"address={result.address}")
     if result.error:
         parts.append(f"({result.error})")
     return " ".join(parts)

@@ -22,14 +22,17 @@ import signal
 import socket
 import sys
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from lclusterd.errors import LclusterdError, SetupFailed
 from lclusterd.runtime import caps, channel, kernel, plan, protocol
 from lclusterd.runtime.cgroups import Limits, NodeLimits, detect
 from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
 from lclusterd.runtime.mounts import Scratch
-from lclusterd.runtime.job import RunningJob, begin_kill, failure_report, kill_now, remove_empty_cgroup, sweep_leftovers
+from lclusterd.runtime.job import (RunningJob, answer_network, begin_kill, failure_report, kill_now, remove_empty_cgroup,
+                                   sweep_leftovers)
+from lclusterd.runtime.netconf import DEFAULT_BRIDGE, NetworkConfig, NoNetwork, open_network
+from lclusterd.runtime.reasons import close_all as _close_all, describe, note_cleanup as _note_cleanup, reason as _reason
 from lclusterd.runtime.relay import LogRelay
 from lclusterd.runtime.result import RunFacts, result_of
 from lclusterd.runtime.spares import SpareInit, SparePool, SpareSetup
@@ -37,14 +40,19 @@ from lclusterd.runtime.spec import FAILED, KILLED, TIMED_OUT, RunResult, Runtime
 from lclusterd.runtime.stdio import open_stdio
 from lclusterd.runtime.userns import IdRange, Slots
 
+if TYPE_CHECKING:  # imported at start only by a fork server with a job network (pyroute2 is big)
+    from lclusterd.runtime.network import BridgeNetwork
+
 log = logging.getLogger("lclusterd.forkserver")
 
 MAX_SELECT_WAIT = 3600.0
 
 
 class ForkServer:
-    def __init__(self, sock: socket.socket, driver: CgroupDriver, pool: SparePool, keep_caps: int, cap_last: int):
+    def __init__(self, sock: socket.socket, driver: CgroupDriver, pool: SparePool, keep_caps: int, cap_last: int,
+                 network: BridgeNetwork | NoNetwork):
         self.sock = sock
+        self.network = network  # the node's bridge for jobs with net="bridge", or none to refuse them
         self.driver = driver
         self.pool = pool
         self.scratch: Scratch = pool.setup.scratch
@@ -66,6 +74,8 @@ class ForkServer:
             signal.signal(signum, lambda *_: None)  # the wakeup fd carries the news
         self.selector.register(self.sock, selectors.EVENT_READ, self._on_request)
         self.selector.register(wake_r, selectors.EVENT_READ, lambda: self._on_signals(os.read(wake_r, 512)))
+        if self.network.watch is not None:  # the kernel removed finished jobs' veths: their addresses are free
+            self.selector.register(self.network.watch, selectors.EVENT_READ, self.network.on_links)
         self._send(protocol.Ready(os.getpid(), self.driver.version))
         while not (self.stopping and not self.jobs):
             for key, _ in self.selector.select(self._next_timer()):
@@ -82,6 +92,10 @@ class ForkServer:
         try:
             self.driver.leave_device_rules()
             self.driver.remove_parent()
+        except OSError as error:
+            log.warning("%s", describe(error))
+        try:  # apart: a busy cgroup must not leave the network's addresses and bridge behind
+            self.network.close()
         except OSError as error:
             log.warning("%s", describe(error))
         self._send(protocol.Bye())
@@ -161,27 +175,29 @@ class ForkServer:
         opened = stdio  # one list: whatever is opened here is closed with the caller's fds
         relays: list[LogRelay] = []
         cgroup: JobCgroup | None = None
+        net = self.network.reserve(spec)  # first: a port in use refuses the job before anything is made
         try:
             cgroup = self.driver.create(spec.job_id, Limits(spec.memory_bytes, spec.cpus, spec.pids))
             fds = stdio or open_stdio(spec, opened, relays, self.devnull)
-            spare = self._hand_over(spec, cgroup, fds)
+            spare = self._hand_over(spec, cgroup, fds, net is not None)
         except BaseException as error:
             _close_all(opened)
             for relay in relays:
                 relay.close()
             _note_cleanup(error, lambda: cgroup.remove() if cgroup else None)
+            _note_cleanup(error, lambda: self.network.release(net))
             raise
         _close_all(opened)  # the job holds its own copies now
         deadline = time.monotonic() + spec.timeout if spec.timeout else None
-        facts = RunFacts(spec.job_id, spare.pid, started_at, spec.timeout)
-        job = RunningJob(spec, cgroup, spare, facts, deadline, relays)
+        facts = RunFacts(spec.job_id, spare.pid, started_at, spec.timeout, address=net and str(net.address))
+        job = RunningJob(spec, cgroup, spare, facts, deadline, relays, net=net)
         self.jobs[spec.job_id] = job
         self.by_pid[spare.pid] = job
         self.selector.register(spare.sock, selectors.EVENT_READ, lambda: self._on_status(job))
         for relay in relays:
             self.selector.register(relay.fileno(), selectors.EVENT_READ, _bind(self._on_output, job, relay))
 
-    def _hand_over(self, spec: RuntimeSpec, cgroup: JobCgroup, stdio: list[int]) -> SpareInit:
+    def _hand_over(self, spec: RuntimeSpec, cgroup: JobCgroup, stdio: list[int], network: bool) -> SpareInit:
         """Give the job's plan to a waiting spare (or a new one). A spare that died while
         waiting is dropped and a fresh one spawned (with its own ids: the plan is rebuilt)."""
         for attempt in (1, 2):
@@ -190,7 +206,7 @@ class ForkServer:
                 job_id=spec.job_id, argv=spec.argv, env=spec.job_environment(), cwd=spec.cwd,
                 hostname=spec.effective_hostname, rootfs=spec.rootfs, cgroup_procs=cgroup.procs_files,
                 keep_caps=self.keep_caps, cap_last=self.cap_last, ids=spare.slot.ids if spare.slot else None,
-                writable_bytes=spec.memory_bytes // 2 if spec.memory_bytes else None)
+                writable_bytes=spec.memory_bytes // 2 if spec.memory_bytes else None, network=network)
             try:
                 channel.send_bytes(spare.sock, plan.encode(plan.job_plan(prepared, self.scratch)), stdio)
                 return spare
@@ -208,6 +224,11 @@ class ForkServer:
         except ConnectionResetError:
             # Killed before it read its job: a socket closed with unread data resets.
             data = b""
+        if data[:1] == b"N" and job.net is not None and not job.status_buf:  # its init waits in op network
+            answer_network(self.network, job, self.scratch.upper)
+            if len(data) == 1:
+                return
+            data = data[1:]
         if data:
             job.status_buf += data
             return
@@ -217,7 +238,7 @@ class ForkServer:
         if job.status_buf.startswith(b"E"):
             job.facts.failure = failure_report(job.status_buf[1:])
         else:
-            self._send(protocol.JobStarted(job.spec.job_id, job.host_pid, job.facts.started_at))
+            self._send(protocol.JobStarted(job.spec.job_id, job.host_pid, job.facts.started_at, job.facts.address))
         self._finish_if_done(job)
 
     def _on_output(self, job: RunningJob, relay: LogRelay) -> None:
@@ -263,12 +284,18 @@ class ForkServer:
             job.facts.notes.append(f"removing the cgroup failed: {describe(error)}")
             log.warning("job %s: %s", job.spec.job_id, job.facts.notes[-1])
         SparePool.release(job.spare)
+        try:
+            self.network.release(job.net)
+        except OSError as error:
+            job.facts.notes.append(f"releasing the job's network failed: {describe(error)}")
         self._send_result(result_of(job.facts, time.time()))
 
     # -- ending jobs ----------------------------------------------------------------------
 
     def _next_timer(self) -> float | None:
         times = [t for job in self.jobs.values() for t in (job.deadline, job.kill_at) if t is not None]
+        if self.network.deadline is not None:  # a finished job's veth to delete
+            times.append(self.network.deadline)
         if not times:
             return None
         # epoll takes its timeout in int milliseconds (under 25 days): wake up now and then
@@ -277,6 +304,7 @@ class ForkServer:
 
     def _fire_timers(self) -> None:
         now = time.monotonic()
+        self.network.expire(now)
         for job in list(self.jobs.values()):
             if job.kill_at is not None and now >= job.kill_at:
                 job.kill_at = None
@@ -297,42 +325,25 @@ def _bind(method: Callable[..., None], *args: object) -> Callable[[], None]:
     return lambda: method(*args)
 
 
-def describe(error: BaseException) -> str:
-    """A one-line reason: OSErrors without the "[Errno N]" prefix, with the file named."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    return str(error) or type(error).__name__
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    del fds[:]
-
-
-def _reason(error: BaseException) -> str:
-    return str(error) if isinstance(error, LclusterdError) else describe(error)
-
-
-def _note_cleanup(error: BaseException, cleanup: Callable[[], object]) -> None:
-    """Run a cleanup step; its failure is added to the error as a note, never replaces it."""
-    try:
-        cleanup()
-    except OSError as cleanup_error:
-        error.add_note(f"cleanup also failed: {describe(cleanup_error)}")
-
-
 def _id_range(text: str) -> IdRange:
     start, _, count = text.partition(":")
     return IdRange(int(start), int(count))
 
 
-def _setup(args: argparse.Namespace) -> tuple[CgroupDriver, SparePool]:
+def _setup(args: argparse.Namespace) -> tuple[CgroupDriver, SparePool, BridgeNetwork | NoNetwork]:
+    """The job network first (a subnet in use or no nft fails before anything is made), then
+    the rest. Raises LclusterdError or OSError with the reason."""
+    network = open_network(NetworkConfig(args.bridge, args.subnet) if args.subnet else None)
+    try:
+        return (*_setup_jobs(args), network)
+    except BaseException:
+        network.close()
+        raise
+
+
+def _setup_jobs(args: argparse.Namespace) -> tuple[CgroupDriver, SparePool]:
     """The cgroup driver (its parent made now, so a host without the controllers fails at
-    start) and the spare pool. Raises LclusterdError or OSError with the reason."""
+    start) and the spare pool."""
     if not os.access(plan.JOBINIT, os.X_OK):
         raise SetupFailed("job init", f"{plan.JOBINIT} is missing or not executable (build it with `make prep`)")
     driver = detect(parent=args.cgroup_parent)
@@ -356,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--userns-gids", type=_id_range, help="START:COUNT host gids for jobs' user namespaces")
     parser.add_argument("--node-memory", type=int, help="memory ceiling of all jobs together (bytes)")
     parser.add_argument("--node-pids", type=int, help="pids ceiling of all jobs together")
+    parser.add_argument("--bridge", default=DEFAULT_BRIDGE, help="the job network's bridge (with --subnet)")
+    parser.add_argument("--subnet", help="the job network's IPv4 subnet: jobs with net=bridge get addresses of it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="lclusterd: forkserver: %(levelname)s %(message)s")
     sock = socket.socket(fileno=args.fd)
@@ -367,11 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     # If the daemon dies without telling us, end the jobs rather than orphan them.
     kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGTERM)
     try:
-        driver, pool = _setup(args)
+        driver, pool, network = _setup(args)
     except (LclusterdError, OSError, ValueError) as error:
         channel.send(sock, protocol.encode(protocol.NotReady(_reason(error))))
         return 1
-    server = ForkServer(sock, driver, pool, pool.setup.keep_caps, pool.setup.cap_last)
+    server = ForkServer(sock, driver, pool, pool.setup.keep_caps, pool.setup.cap_last, network)
     server.serve()
     return 0
 

@@ -8,13 +8,17 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Container
+from typing import TYPE_CHECKING, Container
 
 from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
+from lclusterd.runtime.reasons import describe
 from lclusterd.runtime.relay import LogRelay
 from lclusterd.runtime.result import RunFacts
 from lclusterd.runtime.spares import SpareInit
 from lclusterd.runtime.spec import RuntimeSpec
+
+if TYPE_CHECKING:  # network.py imports pyroute2, which a node without a job network never loads
+    from lclusterd.runtime.network import BridgeNetwork, JobNet
 
 
 @dataclass
@@ -28,6 +32,7 @@ class RunningJob:
     status_buf: bytes = b""
     status_closed: bool = False
     kill_at: float | None = None  # monotonic time to escalate SIGTERM to SIGKILL
+    net: JobNet | None = None  # its share of the node's bridge (net="bridge")
 
     @property
     def host_pid(self) -> int:
@@ -65,6 +70,24 @@ def kill_now(job: RunningJob) -> None:
     except ProcessLookupError:
         pass
     job.cgroup.kill_all()
+
+
+def answer_network(network: BridgeNetwork, job: RunningJob, upper: str) -> None:
+    """The job's init waits in its network step (plan.py): give its namespace its link,
+    address, route and /etc files, then let it go on ("G"). If that fails, the init gives up
+    ("X": it reports the step failed, this says why)."""
+    assert job.net is not None
+    ids = job.spare.slot.ids if job.spare.slot is not None else None
+    try:
+        network.connect(job.net, job.host_pid, ids, job.spec.effective_hostname, upper)
+        answer = b"G"
+    except Exception as error:  # noqa: BLE001 - whatever it was, the init must not wait forever
+        job.facts.notes.append(f"setting up its network failed: {describe(error)}")
+        answer = b"X"
+    try:
+        job.spare.sock.send(answer)
+    except OSError:
+        pass  # the init is gone: its end is reported as usual
 
 
 def remove_empty_cgroup(cgroup: JobCgroup) -> None:

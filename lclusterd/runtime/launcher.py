@@ -23,11 +23,12 @@ from typing import Callable
 from lclusterd.errors import InvalidSpec, RuntimeUnavailable
 from lclusterd.runtime import channel, protocol
 from lclusterd.runtime.cgroups import NodeLimits
+from lclusterd.runtime.netconf import NetworkConfig
 from lclusterd.runtime.protocol import JobFinished, JobStarted
 from lclusterd.runtime.spec import FAILED, RunResult, RuntimeSpec
 from lclusterd.runtime.userns import IdRanges
 
-__all__ = ["Event", "IdRanges", "JobFinished", "JobStarted", "Launcher"]
+__all__ = ["Event", "IdRanges", "JobFinished", "JobStarted", "Launcher", "NetworkConfig"]
 
 KEEP_RESULTS = 10_000  # finished results kept for wait(); the oldest go first
 
@@ -38,17 +39,20 @@ class Launcher:
     def __init__(self, state_dir: str | Path, cgroup_parent: str = "lclusterd",
                  on_event: Callable[[Event], None] | None = None,
                  on_helper_exit: Callable[[], None] | None = None,
-                 userns: IdRanges | None = None, node_limits: NodeLimits | None = None):
+                 userns: IdRanges | None = None, node_limits: NodeLimits | None = None,
+                 network: NetworkConfig | None = None):
         """on_event gets every JobStarted/JobFinished on the reader thread and must not
         block. on_helper_exit is called (on the reader thread) if the fork server dies
         without close(): its running jobs have then been reported FAILED, and every
         later submit raises RuntimeUnavailable. userns: run every job in a user namespace
         of its own with ids from these ranges (None: jobs' root is the host's root).
-        node_limits: ceilings for all jobs together, on their parent cgroup."""
+        node_limits: ceilings for all jobs together, on their parent cgroup. network: the
+        node's bridge and subnet for jobs with net="bridge" (None: such jobs are refused)."""
         self.state_dir = str(state_dir)
         self.cgroup_parent = cgroup_parent
         self.userns = userns
         self.node_limits = node_limits
+        self.network = network
         self.on_event = on_event
         self.on_helper_exit = on_helper_exit
         self.helper_pid: int | None = None
@@ -101,6 +105,8 @@ class Launcher:
             argv += ["--node-memory", str(limits.memory_bytes)]
         if limits is not None and limits.pids is not None:
             argv += ["--node-pids", str(limits.pids)]
+        if self.network is not None:
+            argv += self.network.to_args()
         return argv
 
     def close(self, kill_running: bool = True, timeout: float | None = 60.0) -> None:

@@ -58,7 +58,7 @@ ARITY = {
     "step": 1, "name": 1, "pdeathsig": 1, "closefds": 0, "setsid": 0, "unshare": 1,
     "mount": 5, "mkdir": 2, "file": 1, "symlink": 2, "mask": 1, "readonly": 1,
     "loopback": 0, "bounding": 2, "capset": 1, "cgroup": 1, "stdio": 0, "umask": 1,
-    "pivot": 1, "hostname": 1, "nnp": 0, "seccomp": 1, "wait": 0, "exec": -1,
+    "pivot": 1, "hostname": 1, "nnp": 0, "seccomp": 1, "wait": 0, "exec": -1, "network": 0,
 }
 
 
@@ -166,6 +166,7 @@ class PreparedJob:
     cap_last: int = 40  # the kernel's highest capability number
     ids: IdMap | None = None  # the job's user namespace (made by its spare); None: none
     writable_bytes: int | None = None  # size of the scratch tmpfs (its writable layer and /tmp)
+    network: bool = False  # net="bridge": the fork server sets its network up when asked (op network)
 
 
 def spare_plan(scratch: Scratch, keep_caps: int, cap_last: int, ids: IdMap | None = None) -> list[str]:
@@ -213,6 +214,8 @@ def job_plan(job: PreparedJob, scratch: Scratch) -> list[str]:
     if job.ids is not None:
         plan += ["step", "idmapped rootfs", "idmap", job.rootfs, scratch.lower]
         lowerdir = scratch.lower
+    if job.network:  # the network namespace and the writable layer exist; /etc/hosts goes in before the overlay
+        plan += ["step", "network", "network"]
     plan += ["step", "mount rootfs"]
     for op in mounts.plan_before_pivot(scratch, lowerdir):
         plan += _op_tokens(op)

@@ -65,6 +65,7 @@ class JobStarted:
     job_id: str
     host_pid: int
     started_at: float
+    address: str | None = None  # its address on the node's bridge (net="bridge")
 
 
 @dataclass(frozen=True)

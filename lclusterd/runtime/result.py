@@ -29,12 +29,13 @@ class RunFacts:
     stats: CgroupStats | None = None
     dropped: dict[str, int] = field(default_factory=dict)  # stream -> bytes the log cap dropped
     notes: list[str] = field(default_factory=list)  # clean-up trouble worth telling
+    address: str | None = None  # its address on the node's bridge (net="bridge")
 
 
 def result_of(facts: RunFacts, finished_at: float) -> RunResult:
     result = RunResult(job_id=facts.job_id, status=EXITED, host_pid=facts.host_pid, started_at=facts.started_at,
                        finished_at=finished_at, stdout_dropped_bytes=facts.dropped.get("stdout", 0),
-                       stderr_dropped_bytes=facts.dropped.get("stderr", 0))
+                       stderr_dropped_bytes=facts.dropped.get("stderr", 0), address=facts.address)
     if facts.stats is not None:
         result.oom_kills = facts.stats.oom_kills
         result.peak_memory_bytes = facts.stats.peak_memory_bytes
@@ -45,7 +46,7 @@ def result_of(facts: RunFacts, finished_at: float) -> RunResult:
         else:
             result.exit_code = os.waitstatus_to_exitcode(facts.wait_status)
     if facts.failure is not None:  # it never ran: no exit code, signal or pid of its own
-        result.status, result.exit_code, result.signal, result.host_pid = FAILED, None, None, None
+        result.status, result.exit_code, result.signal, result.host_pid, result.address = FAILED, None, None, None, None
         result.error = f"{facts.failure.get('step')}: {facts.failure.get('detail')}"
     elif facts.end_reason == TIMED_OUT:
         result.status = TIMED_OUT

@@ -50,6 +50,10 @@ class RuntimeSpec:
     # Most bytes kept of stdout and of stderr each; the rest is dropped after a marker line.
     # None: no cap (the job writes straight into the files).
     max_log_bytes: int | None = None
+    # "none": loopback only; "bridge": an address on the node's bridge, outbound NAT, and the
+    # `publish` entries (HOSTPORT:PORT[/udp]) forwarded from the node's addresses.
+    net: str = "none"
+    publish: list[str] = field(default_factory=list)
 
     @staticmethod
     def shell(job_id: str, command: str, rootfs: str, **kw: Any) -> RuntimeSpec:
@@ -87,6 +91,7 @@ class RuntimeSpec:
                 raise InvalidSpec(f"log paths must be absolute, not {path!r}")
         if self.max_log_bytes is not None and self.max_log_bytes < limits.MIN_LOG_BYTES:
             raise InvalidSpec(f"the log cap must be at least {limits.MIN_LOG_BYTES} bytes, not {self.max_log_bytes}")
+        limits.check_network(self.net, self.publish)
 
     @property
     def effective_hostname(self) -> str:
@@ -123,7 +128,7 @@ _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "job_id": _STR, "argv": (list,), "rootfs": _STR, "env": (dict,), "cwd": _STR, "hostname": _STR + _NONE,
     "memory_bytes": _INT + _NONE, "cpus": _NUM + _NONE, "pids": _INT + _NONE, "timeout": _NUM + _NONE,
     "grace": _NUM, "stdin_data": _STR + _NONE, "stdout_path": _STR + _NONE, "stderr_path": _STR + _NONE,
-    "max_log_bytes": _INT + _NONE,
+    "max_log_bytes": _INT + _NONE, "net": _STR, "publish": (list,),
 }
 _REQUIRED = ("job_id", "argv", "rootfs")
 
@@ -143,6 +148,8 @@ def _typed(data: Any, types: dict[str, tuple[type, ...]], what: str) -> dict[str
             raise InvalidSpec(f"{what} field {name} has the wrong type ({type(value).__name__})")
     if not all(isinstance(a, str) for a in data["argv"]):
         raise InvalidSpec(f"{what} field argv must hold strings only")
+    if not all(isinstance(p, str) for p in data.get("publish", [])):
+        raise InvalidSpec(f"{what} field publish must hold strings only")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.get("env", {}).items()):
         raise InvalidSpec(f"{what} field env must map strings to strings")
     return dict(data)
@@ -168,6 +175,7 @@ class RunResult:
     oom_kills: int = 0
     stdout_dropped_bytes: int = 0  # what the log cap (RuntimeSpec.max_log_bytes) dropped
     stderr_dropped_bytes: int = 0
+    address: str | None = None  # the job's IPv4 address on the node's bridge (net="bridge")
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -5,18 +5,22 @@ in support/ (see support/__init__.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
 
-from lclusterd.runtime import userns
+from lclusterd.runtime import leases, nft, userns
 from lclusterd.runtime.cgroups import detect
 from lclusterd.runtime.launcher import IdRanges, Launcher
+from lclusterd.runtime.netconf import NetworkConfig
 
 # Before anything imports them: the helpers' asserts explain their failures as a test's do.
 pytest.register_assert_rewrite("support", "prime_stream")
@@ -52,30 +56,55 @@ def user_namespaces() -> IdRanges:
 @pytest.fixture(scope="session", params=["userns", "no-userns"], ids=lambda mode: f"{DRIVER_ID}-{mode}")
 def runtime(request: pytest.FixtureRequest) -> Iterator[RuntimeUnderTest]:
     """One fork server per user-namespace mode for the whole session (as the daemon has),
-    under its own cgroup parent and state directory. Ids say the driver and the mode:
-    `cgroup-v1-real-userns` (jobs' root is an unprivileged host uid, the default) or
+    under its own cgroup parent and state directory, with a job network of its own (bridge
+    and subnet apart from the default lcl0 and from other runs). Ids say the driver and the
+    mode: `cgroup-v1-real-userns` (jobs' root is an unprivileged host uid, the default) or
     `...-no-userns` (`--userns off`)."""
     state_dir = tempfile.mkdtemp(prefix="lclusterd-test-", dir="/var/tmp")
     parent = f"lclusterd-test-{os.getpid()}-{request.param}"
-    launcher = Launcher(state_dir, cgroup_parent=parent,
+    network = network_for(request.param)
+    launcher = Launcher(state_dir, cgroup_parent=parent, network=network,
                         userns=user_namespaces() if request.param == "userns" else None)
     launcher.start()
-    yield RuntimeUnderTest(launcher, Path(state_dir), parent, request.param == "userns")
+    yield RuntimeUnderTest(launcher, Path(state_dir), parent, request.param == "userns", network)
     launcher.close()
     shutil.rmtree(state_dir, ignore_errors=True)
     assert cgroup_parent_dirs(parent) == [], "the runtime left its parent cgroup behind"
+    assert network.bridge not in host_links(), "the runtime left its bridge behind"
+    assert [r for r in our_rules() if network.bridge in r] == [], "the runtime left its nftables rules behind"
+
+
+def network_for(mode: str, salt: int = 0) -> NetworkConfig:
+    """A bridge and a /25 for one fork server of this test run: named and numbered after the
+    pid, so concurrent runs (and the node default lcl0, 10.88.0.0/16) never meet."""
+    n = (os.getpid() + salt) % 12800
+    half = 0 if mode == "userns" else 128
+    return NetworkConfig(f"lclt{n}{mode[0]}", f"10.{200 + n // 256}.{n % 256}.{half}/25")
 
 
 class RuntimeUnderTest:
-    def __init__(self, launcher: Launcher, state_dir: Path, cgroup_parent: str, userns: bool):
+    def __init__(self, launcher: Launcher, state_dir: Path, cgroup_parent: str, userns: bool, network: NetworkConfig):
         self.launcher = launcher
         self.state_dir = state_dir
         self.cgroup_parent = cgroup_parent
         self.userns = userns
+        self.network = network
         self.host_links = host_links()
+        self.host_addresses = host_addresses()
+        self.host_routes = host_routes()
+        self.rules = our_rules()
 
-    def leftovers(self) -> list[str]:
-        """Everything a finished job could leave behind, described; empty when clean."""
+    def leftovers(self, settle: float = 10.0) -> list[str]:
+        """Everything a finished job could leave behind, described; empty when clean. A bridge
+        job's veth (and so its address lease) goes with its network namespace, which the kernel
+        tears down a moment after the job's last process: this waits up to `settle` seconds for
+        that, as for any condition a test cannot be told about."""
+        deadline = time.monotonic() + settle
+        while (found := self._leftovers()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return found
+
+    def _leftovers(self) -> list[str]:
         found = []
         # The state dir holds only the shared (empty) mount point: jobs keep their
         # scratch space in their own mount namespaces.
@@ -85,6 +114,11 @@ class RuntimeUnderTest:
             found += [f"mount {line.split()[4]}" for line in f if str(self.state_dir) in line]
         found += [f"running job {j}" for j in self.launcher.running()]
         found += [f"network interface {name}" for name in host_links() - self.host_links]
+        found += [f"host address {a}" for a in host_addresses() - self.host_addresses]
+        found += [f"host route {r}" for r in host_routes() - self.host_routes]
+        found += [f"nftables rule {r}" for r in our_rules() if r not in self.rules]
+        lease_dir = Path(leases.LOCK_DIR, self.network.bridge)
+        found += [f"address lease {p.name}" for p in lease_dir.iterdir() if p.name != leases.USERS]
         return found
 
 
@@ -92,6 +126,28 @@ def host_links() -> set[str]:
     """The host's network interfaces (a job must never add one, e.g. a veth)."""
     with IPRoute() as ipr:
         return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def host_addresses() -> set[str]:
+    """Every address on the host's interfaces, with the interface's index."""
+    with IPRoute() as ipr:
+        return {f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']} on {m['index']}" for m in ipr.get_addr()}
+
+
+def host_routes() -> set[str]:
+    """The host's IPv4 routes in every table, without their flags (`linkdown` comes and goes
+    with the bridge's carrier: the kernel reports a bridge without ports a moment late)."""
+    done = subprocess.run(["ip", "-j", "route", "show", "table", "all"], capture_output=True, text=True, check=True)
+    return {json.dumps({k: v for k, v in route.items() if k != "flags"}, sort_keys=True) for route in json.loads(done.stdout)}
+
+
+def our_rules() -> list[str]:
+    """The rules of the runtime's nftables table, each as chain, comment and what it does."""
+    done = subprocess.run(["nft", "-j", "list", "table", nft.FAMILY, nft.TABLE], capture_output=True, text=True)
+    if done.returncode != 0:
+        return []  # no table: no rules
+    return [json.dumps({k: v for k, v in item["rule"].items() if k != "handle"}, sort_keys=True)
+            for item in json.loads(done.stdout)["nftables"] if "rule" in item]
 
 
 def cgroup_parent_dirs(parent: str) -> list[Path]:

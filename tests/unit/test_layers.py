@@ -37,7 +37,9 @@ ALLOWED = {
 }
 THIRD_PARTY_ONLY_IN = {"etcd3": ("lclusterd.cluster.store",), "grpc": ("lclient", "lclusterd.api", "lclusterd.rpc",
                                                                         "lclusterd.daemon", "lclusterd.cluster.store"),
-                      "flask": ("lclusterd.web",), "werkzeug": ("lclusterd.web",), "cheroot": ("lclusterd.web.server",)}
+                      "flask": ("lclusterd.web",), "werkzeug": ("lclusterd.web",), "cheroot": ("lclusterd.web.server",),
+                      # links, addresses and routes: the bridge's (IPRoute) and each job's (its messages)
+                      "pyroute2": ("lclusterd.runtime.bridge", "lclusterd.runtime.rtnl")}
 
 
 def modules():

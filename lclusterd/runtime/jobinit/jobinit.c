@@ -36,7 +36,6 @@
 
 #include "jobinit.h"
 
-#define STATUS_FD 3
 #define MAX_MESSAGE (16 << 20)
 
 const char *step = "init";
@@ -198,6 +197,7 @@ static const struct op {
     {"loopback", 0, op_loopback}, {"bounding", 2, op_bounding}, {"capset", 1, op_capset}, {"cgroup", 1, op_cgroup},
     {"stdio", 0, op_stdio}, {"umask", 1, op_umask}, {"pivot", 1, op_pivot}, {"hostname", 1, op_hostname},
     {"nnp", 0, op_nnp}, {"seccomp", 1, op_seccomp}, {"wait", 0, NULL}, {"exec", -1, op_exec},
+    {"network", 0, op_network},
 };
 
 static const struct op *find_op(const char *name) {

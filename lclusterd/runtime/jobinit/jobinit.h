@@ -9,6 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The socket to the fork server: the job's plan comes in on it, its status goes out. */
+#define STATUS_FD 3
+
 /* ---- failure reporting (jobinit.c) ------------------------------------------------- */
 
 /* The step being run: named in a failure report. */
@@ -61,6 +64,7 @@ int op_unshare(char **a, int n);
 int op_umask(char **a, int n);
 int op_hostname(char **a, int n);
 int op_nnp(char **a, int n);
+int op_network(char **a, int n);
 
 /* ---- the seccomp filter compiler (seccomp.c) ---------------------------------------- */
 

@@ -44,6 +44,24 @@ int op_loopback(char **a, int n) {
     return rc < 0 ? fail(err, "ioctl(lo, IFF_UP)") : 0;
 }
 
+/* network: the fork server gives a job's network namespace its link, address and route, and
+ * writes /etc/hosts and /etc/resolv.conf into its writable layer, once the namespace and the
+ * layer exist (the spare's plan is done) and before the overlay is mounted over the layer. So
+ * the init asks for it ("N" on the status socket) and waits for the answer: "G" to go on. */
+int op_network(char **a, int n) {
+    (void)a, (void)n;
+    if (write(STATUS_FD, "N", 1) != 1)
+        return fail(errno, "write(status socket)");
+    char answer = 0;
+    ssize_t got;
+    do
+        got = read(STATUS_FD, &answer, 1);
+    while (got < 0 && errno == EINTR);
+    if (got != 1 || answer != 'G')
+        return refuse(ENETDOWN, "the fork server could not set up the job's network");
+    return 0;
+}
+
 /* Drop every capability not in keep from the bounding set and clear the ambient set, so
  * no exec can regain one. The effective set stays until "capset" (mounts need it). */
 int op_bounding(char **a, int n) {
