@@ -1,6 +1,7 @@
 # lclusterd — set-up, run and test on Debian 12, as root.
 #   make prep      system packages, .venv, default rootfs, lclusterd/lclient on PATH (idempotent)
 #   make run       prep, then the daemon in the foreground with an embedded etcd
+#   make install   prep, then the systemd unit, a commented config file and lclient's shell completions
 #   make test      prep, then the whole test suite
 #   make test-v2   the runtime's integration tests inside a pure cgroup v2 VM (../shared/v2vm)
 #   make bench     the benchmarks under bench/ (make bench-deps installs the peer tools)
@@ -14,6 +15,11 @@ ROOTFS_DIR ?= /var/lib/lclusterd/rootfs
 STATE_DIR ?= /var/lib/lclusterd
 BINDIR ?= /usr/local/bin
 STAMPS := .stamps
+DESTDIR ?=
+SYSTEMD_DIR ?= /etc/systemd/system
+CONFIG_DIR ?= /etc/lclusterd
+BASH_COMPLETION_DIR ?= /usr/share/bash-completion/completions
+ZSH_COMPLETION_DIR ?= /usr/share/zsh/vendor-completions
 V2VM ?= $(CURDIR)/../shared/v2vm
 PYTEST_ARGS ?=
 
@@ -23,15 +29,18 @@ BUSYBOX := build/busybox
 BENCH_PACKAGES := runc bubblewrap slurm-wlm munge
 # Only the tests need these (they build the images they import: umoci an OCI layout, skopeo
 # its docker save twin; the web page's tests drive chromium through chromium-driver; nftables
-# for jobs with net=bridge and the tests' look at its rules); make test installs them, make
-# prep and make run do not.
-TEST_PACKAGES := umoci skopeo chromium chromium-driver nftables
+# for jobs with net=bridge and the tests' look at its rules; systemd-analyze checks the unit);
+# make test installs them, make prep and make run do not.
+TEST_PACKAGES := umoci skopeo chromium chromium-driver nftables systemd
+# The metrics test starts its own Prometheus server on free ports: Debian's, without its
+# recommends (node exporter, ...), and the service the package would start stays off.
+TEST_SERVICES := prometheus
 # The cgroup v2 VM's image lacks these (nftables and the libraries it needs beyond the image's):
 # their .debs are fetched on the host and installed in the guest, which has no network.
 V2_DEBS := nftables libnftables1 libnftnl11 libjansson4 libedit2
 UDP_ECHO := build/udp-echo
 
-.PHONY: prep run test test-unit test-integration test-v2 rootfs links users proto bench bench-deps clean
+.PHONY: prep run install install-files test test-unit test-integration test-v2 rootfs links users proto bench bench-deps clean
 
 prep: $(STAMPS)/apt $(STAMPS)/venv $(JOBINIT) rootfs links users
 
@@ -46,8 +55,18 @@ $(STAMPS)/apt: Makefile
 	@$(call apt_install,$(APT_PACKAGES),prep)
 	@mkdir -p $(STAMPS) && touch $@
 
+# As apt_install, without recommends, and what the packages' services started is stopped and
+# disabled again (where systemd runs; in a container policy-rc.d usually keeps them from starting).
+apt_install_off = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "$(2): installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing && \
+		if [ -d /run/systemd/system ]; then systemctl disable --now $$missing 2>/dev/null || true; fi; \
+	fi
+
 $(STAMPS)/test-apt: Makefile $(STAMPS)/apt
 	@$(call apt_install,$(TEST_PACKAGES),test)
+	@$(call apt_install_off,$(TEST_SERVICES),test)
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
@@ -88,6 +107,28 @@ links: $(STAMPS)/venv
 
 run: prep
 	$(VENV)/bin/lclusterd --rootfs $(ROOTFS_DIR)
+
+# The node as a systemd service (dist/lclusterd.service: Restart=on-failure, its exit statuses),
+# /etc/lclusterd/lclusterd.toml with every option commented out at its default (generated
+# from the daemon's options, so it never drifts; an existing one is kept), and lclient's bash
+# and zsh completions. Then: systemctl enable --now lclusterd. See docs/operations.md.
+install: prep install-files
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "install: start the node with: systemctl enable --now lclusterd"
+
+# The files alone (under DESTDIR when given), from the venv's lclusterd and lclient.
+install-files:
+	@[ -x $(VENV)/bin/lclusterd ] || { echo "install-files: no $(VENV)/bin/lclusterd (make prep first)"; exit 1; }
+	install -d $(DESTDIR)$(SYSTEMD_DIR) $(DESTDIR)$(CONFIG_DIR) $(DESTDIR)$(BASH_COMPLETION_DIR) $(DESTDIR)$(ZSH_COMPLETION_DIR)
+	sed 's|@BINDIR@|$(BINDIR)|g' dist/lclusterd.service > $(DESTDIR)$(SYSTEMD_DIR)/lclusterd.service
+	chmod 644 $(DESTDIR)$(SYSTEMD_DIR)/lclusterd.service
+	@config=$(DESTDIR)$(CONFIG_DIR)/lclusterd.toml; \
+	if [ -e $$config ]; then echo "install-files: kept $$config (lclusterd config-template prints every option)"; \
+	else $(VENV)/bin/lclusterd config-template > $$config.new && chmod 644 $$config.new && mv $$config.new $$config; \
+		echo "wrote $$config"; fi
+	_LCLIENT_COMPLETE=bash_source $(VENV)/bin/lclient > $(DESTDIR)$(BASH_COMPLETION_DIR)/lclient
+	_LCLIENT_COMPLETE=zsh_source $(VENV)/bin/lclient > $(DESTDIR)$(ZSH_COMPLETION_DIR)/_lclient
+	chmod 644 $(DESTDIR)$(BASH_COMPLETION_DIR)/lclient $(DESTDIR)$(ZSH_COMPLETION_DIR)/_lclient
 
 test: prep $(STAMPS)/test-apt
 	$(PY) -m pytest $(PYTEST_ARGS)

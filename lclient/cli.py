@@ -1,6 +1,7 @@
 """`lclient`: the original's `-add 'cmd'`, `-check UUID`, `-kill UUID`, plus -list, -nodes,
 -logs, -wait, `-add 'cmd' -follow` (run it: its output as it comes, then its exit status),
-and `-add 'cmd' -all-nodes` pools (whose uuid -check, -wait and -kill take). One action per call; each error is one line on stderr and an exit status:
+`-add 'cmd' -all-nodes` pools (whose uuid -check, -wait and -kill take), and -events (job
+state changes as they happen). One action per call; each error is one line on stderr and an exit status:
 
     0   ok (for -wait: the job's own exit code, 128+N when signal N ended it; for a pool, that
         of its first member, by node, that did not exit 0)
@@ -22,11 +23,13 @@ import click
 
 from lclient import errors
 from lclient.client import SERVER_ENV, TLS_DIR_ENV, USER_ENV, JobsClient, Target
-from lclient.format import dumps, job_json, job_text, jobs_table, members_table, node_json, nodes_table, outcome
+from lclient.format import (dumps, event_json, event_text, job_json, job_text, jobs_table, members_table, node_json,
+                            nodes_table, outcome)
 from lclient.units import parse_count, parse_cpus, parse_duration, parse_memory
 from lclusterd.rpc import lclusterd_pb2 as pb
+from lclusterd.states import STATES
 
-ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain", "-web")
+ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain", "-web", "-events")
 _WAIT_FOR_ADDED = "\0added"  # -wait given with no uuid: wait for the job this call adds
 
 ClientFactory = Callable[[Target], JobsClient]
@@ -55,11 +58,15 @@ def _opt(*names: str, **kw):
       help="Show the job's state and details (for a pool: its state and a row per member).")
 @_opt("-kill", "--kill", "kill", metavar="UUID", help="Stop the job (a queued one is cancelled); for a pool, every member.")
 @_opt("-list", "--list", "list_", is_flag=True, help="List jobs, oldest first.")
-@_opt("-state", "--state", "states", multiple=True, metavar="STATE", help="With -list: only jobs in STATE (repeatable).")
+@_opt("-state", "--state", "states", multiple=True, metavar="STATE", help="With -list: only jobs in STATE (repeatable).",
+      shell_complete=lambda _ctx, _param, incomplete: [s for s in STATES if s.startswith(incomplete.upper())])
 @_opt("-limit", "--limit", "limit", default="0", metavar="N", help="With -list: only the newest N jobs.")
 @_opt("-nodes", "--nodes", "nodes", is_flag=True, help="List the cluster's nodes.")
 @_opt("-drain", "--drain", "drain", metavar="NODE", help="Stop assigning new jobs to NODE; its jobs run to the end.")
 @_opt("-undrain", "--undrain", "undrain", metavar="NODE", help="Let NODE take new jobs again.")
+@_opt("-events", "--events", "events", is_flag=True,
+      help="Print each change of a job's state as it happens, one line each (yours, or everyone's for an admin), "
+           "until Ctrl-C.")
 @_opt("-logs", "--logs", "logs", metavar="UUID", help="Print the job's stdout and stderr.")
 @_opt("-follow", "--follow", "follow", is_flag=True,
       help="With -logs: keep printing until the job ends. With -add or -wait UUID: print the job's output as it "
@@ -74,7 +81,8 @@ def _opt(*names: str, **kw):
 @_opt("-timeout", "--timeout", "timeout", metavar="DURATION",
       help="With -add: the job's run-time limit (TIMED_OUT after it), e.g. 30s, 5m. With -wait UUID: how long to wait.")
 @_opt("-env", "--env", "env", multiple=True, metavar="NAME=VALUE", help="With -add: an environment variable (repeatable).")
-@_opt("-stdin", "--stdin", "stdin", metavar="FILE", help="With -add: the job's standard input ('-' = this one's).")
+@_opt("-stdin", "--stdin", "stdin", metavar="FILE", help="With -add: the job's standard input ('-' = this one's).",
+      type=click.Path(allow_dash=True))  # (a file name: the shell completes it)
 @_opt("-retries", "--retries", "retries", metavar="N", help="With -add: extra attempts if its node is lost (default 0).")
 @_opt("-node", "--node", "node", metavar="NAME", help="With -add: run it on node NAME only (it waits while NAME is full or away).")
 @_opt("-all-nodes", "--all-nodes", "all_nodes", is_flag=True,
@@ -97,14 +105,15 @@ def _opt(*names: str, **kw):
 @click.pass_context
 def cli(ctx: click.Context, **o) -> int:
     """Submit and manage lclusterd jobs. Exactly one of -add, -check, -kill, -list, -nodes,
-    -logs, -wait (or -add with -wait), -drain, -undrain, -web. -add CMD -all-nodes queues a pool, one
+    -logs, -wait (or -add with -wait), -drain, -undrain, -web, -events. -add CMD -all-nodes queues a pool, one
     copy of CMD on every ready node, under one uuid that -check, -wait and -kill take.
 
     Exit status: 0 ok (-wait: the job's own status, 128+N for signal N); 1 job failed or not
     found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 4 refused (who you are,
     or not yours to do); 124 -wait timed out."""
     factory: ClientFactory = ctx.obj or JobsClient
-    chosen = [name for name, key in zip(ACTIONS, ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain", "web"))
+    keys = ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain", "web", "events")
+    chosen = [name for name, key in zip(ACTIONS, keys)
               if o[key] not in (None, False)]
     if chosen == ["-add", "-wait"] and o["wait"] == _WAIT_FOR_ADDED:
         chosen = ["-add"]
@@ -162,6 +171,16 @@ def _nodes(client: JobsClient, o: dict) -> int:
 def _drain(client: JobsClient, o: dict) -> int:
     node = client.drain(o["drain"] or o["undrain"], bool(o["drain"]))
     click.echo(dumps(node_json(node)) if o["as_json"] else nodes_table([node]))
+    return errors.EXIT_OK
+
+
+def _events(client: JobsClient, o: dict) -> int:
+    """One line (or JSON object) per change until Ctrl-C, which is how it ends: quietly, 130."""
+    try:
+        for event in client.events():
+            click.echo(dumps(event_json(event)) if o["as_json"] else event_text(event))
+    except KeyboardInterrupt:
+        return errors.EXIT_INTERRUPTED
     return errors.EXIT_OK
 
 
@@ -309,7 +328,7 @@ def _web(client: JobsClient, o: dict) -> int:
 HANDLERS: dict[str, Callable[[JobsClient, dict], int]] = {
     "-add": lambda client, o: _add(client, o), "-check": _check, "-kill": _kill, "-list": _list, "-nodes": _nodes,
     "-logs": lambda client, o: _logs(client, o["logs"], o["follow"]), "-wait": _wait_action,
-    "-drain": _drain, "-undrain": _drain, "-web": _web,
+    "-drain": _drain, "-undrain": _drain, "-web": _web, "-events": _events,
 }
 
 

@@ -164,6 +164,17 @@ class JobsClient:
         finally:
             stream.cancel()
 
+    def events(self) -> Iterator[pb.JobEvent]:
+        """Every change of a job's state from now on (the caller's jobs, or all for an admin),
+        until the caller stops iterating."""
+        stream = self._stub.Events(pb.EventsRequest(), timeout=None)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise self._translate(exc) from None
+        finally:
+            stream.cancel()
+
     def wait(self, job_id: str, timeout: float | None = None) -> pb.Job:
         deadline = None if timeout is None else timeout + self.timeout
         return self._call(self._stub.Wait, pb.WaitRequest(id=job_id, timeout_seconds=timeout or 0), deadline)

@@ -93,6 +93,23 @@ def node_json(node: pb.Node) -> dict[str, Any]:
             "version": node.version, "started_at": node.started_at or None}
 
 
+def event_json(event: pb.JobEvent) -> dict[str, Any]:
+    """-events -json: one change of a job's state."""
+    job = event.job
+    return {"schema_version": SCHEMA_VERSION, "time": event.time, "id": job.id, "state": job.state,
+            "previous_state": event.previous_state or None, "node": job.node or None, "owner": job.owner or None,
+            "attempt": job.attempt, "exit_code": job.exit_code if job.HasField("exit_code") else None,
+            "signal": job.signal if job.HasField("signal") else None,
+            "signal_name": signal_name(job.signal) if job.HasField("signal") else None,
+            "error": job.error or None, "pool": job.pool or None}
+
+
+def event_text(event: pb.JobEvent) -> str:
+    """-events: `TIME ID STATE (exit code N | SIGNAL) node=NODE owner=OWNER`."""
+    job = event.job
+    return f"{_when(event.time)}  {job.id}  {outcome(job)}  node={job.node or '-'}  owner={job.owner or '-'}"
+
+
 def dumps(data: Any) -> str:
     return json.dumps(data, sort_keys=True)
 

@@ -43,8 +43,16 @@ def parse_memory(text: str) -> int:
     return value
 
 
+_UNITS = (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10))
+
+
 def format_size(value: int) -> str:
-    for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+    """64M, 1G: a whole number of a unit as -mem takes it; else one decimal of the largest
+    unit it reaches (21.6G, 1.5K), so a node's default --memory reads as memory does."""
+    for unit, factor in _UNITS:
         if value >= factor and value % factor == 0:
             return f"{value // factor}{unit}"
-    return f"{value}B" if value < 1 << 10 else f"{value / (1 << 20):.1f}M"
+    for unit, factor in _UNITS:
+        if value >= factor:
+            return f"{value / factor:.1f}{unit}"
+    return f"{value}B"

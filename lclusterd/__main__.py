@@ -10,8 +10,8 @@ import click
 
 from lclusterd import __version__
 from lclusterd.cluster.placement import POLICIES
-from lclusterd.config import (DEFAULT_CONFIG_FILE, LOG_LEVELS, SHUTDOWN_MODES, USERNS_MODES, Config, ConfigError,
-                              defaults, load_file)
+from lclusterd.config import (DEFAULT_CONFIG_FILE, LOG_FORMATS, LOG_LEVELS, SHUTDOWN_MODES, USERNS_MODES, Config,
+                              ConfigError, commented_file, defaults, load_file, option_names)
 
 _D = defaults()  # each option's default lives in Config, once
 
@@ -97,7 +97,14 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
 @click.option("--memory", default=_D["memory"], help="Memory this node offers to jobs (e.g. 4G), fitted against their -mem, and "
                                            "the limit of all of them together (their parent cgroup).  [default: the "
                                            "host's MemTotal less 10 %, at least 512M less]")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=_D["log_level"])
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=_D["log_level"], help="Least severe log lines shown.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=_D["log_format"],
+              help="Log lines on stderr: text (\"lclusterd: LEVEL message\"; under systemd with the journal's "
+                   "priority prefix instead) or json (one object per line: time, level, logger, message and "
+                   "structured fields).")
+@click.option("--metrics-listen", default=_D["metrics_listen"],
+              help="HOST:PORT serving Prometheus metrics over plain HTTP (counts and times, no job ids, commands or "
+                   "output); empty turns them off. Keep it on loopback unless whoever can reach it may read them.")
 @click.version_option(__version__, "--version")
 def cli(**options) -> None:
     """Run an lclusterd node: takes jobs over gRPC (its Unix socket, for root and the group
@@ -105,9 +112,10 @@ def cli(**options) -> None:
     assigned to it in isolated containers.
 
     Every option can also be set as an environment variable LCLUSTERD_<OPTION> (e.g.
-    LCLUSTERD_STATE_DIR) or in the config file. Exit status: 0 after a clean shutdown, 2 on a
-    usage error, 3 when the daemon cannot start or stops for want of its fork server or its
-    embedded etcd (the reason is printed)."""
+    LCLUSTERD_STATE_DIR) or in the config file (`lclusterd config-template` prints one with
+    every option at its default). Exit status: 0 after a clean shutdown, 2 on a usage error, 3
+    when the daemon cannot start or stops for want of its fork server or its embedded etcd
+    (the reason is logged)."""
     if not options.get("node_name"):
         options.pop("node_name")
     config = Config(**options)
@@ -148,7 +156,16 @@ def image_main(argv: list[str]) -> int:
     return images_run(argv, **where)
 
 
+def config_template() -> str:
+    """Every option of the daemon commented out at its default, under its help (a TOML file)."""
+    known = set(option_names())
+    return commented_file([(p.name, p.default, p.help or "") for p in cli.params if p.name in known])
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["config-template"]:
+        click.echo(config_template(), nl=False)
+        sys.exit(0)
     if sys.argv[1:2] in (["drain"], ["undrain"]):
         sys.exit(drain_main(sys.argv[1:]))
     if sys.argv[1:2] == ["certs"]:

@@ -4,7 +4,9 @@ that some defaults are derived from."""
 
 from __future__ import annotations
 
+import json
 import socket
+import textwrap
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -26,6 +28,8 @@ DEFAULT_JOB_MEMORY = 1 << 30  # a job that sets no -mem; less where the node off
 HOST_RESERVE = 512 << 20  # memory a node keeps back for its host by default (or 10 %, if more)
 DEFAULT_MAX_LOG_SIZE = "100M"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"  # loopback: docs/operations.md, "Who may read metrics"
 
 
 class ConfigError(ValueError):
@@ -58,6 +62,8 @@ class Config:
     etcd_timeout: float = 3.0
     etcd_wait: float = 30.0  # how long start-up waits for etcd to answer
     log_level: str = "info"
+    log_format: str = "text"  # stderr: "lclusterd: LEVEL message" lines, or one JSON object per line
+    metrics_listen: str = DEFAULT_METRICS_LISTEN  # HOST:PORT of the Prometheus endpoint; empty: none
     scheduling: str = "prime-first"  # how the prime (when this node is prime) places jobs
     memory: str = ""  # memory offered to jobs, e.g. 4G; empty: the host's MemTotal less a reserve
     default_mem: str = ""  # memory limit of a job that sets none; empty: 1 GiB (or --memory, if less)
@@ -89,6 +95,18 @@ class Config:
         """host:port clients and peers use to reach this node (what nodes/<name> advertises);
         "" when it serves no TCP."""
         return f"{self.namespace}:{self.port}" if self.serves_tcp else ""
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) the metrics are served on; None when --metrics-listen is empty."""
+        text = str(self.metrics_listen).strip()
+        if not text:
+            return None
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"--metrics-listen must be HOST:PORT (e.g. {DEFAULT_METRICS_LISTEN}) or empty, not {text!r}")
+        return host, int(port)
 
     @property
     def private_socket_path(self) -> str:
@@ -209,6 +227,9 @@ class Config:
         if self.userns not in USERNS_MODES:
             raise ConfigError(f"--userns must be on or off, not {self.userns!r}")
         self.web_address  # raises ConfigError on a bad --web-listen
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
+        self.metrics_address  # raises ConfigError on a bad --metrics-listen
         self._validate_ceilings()
 
     def _validate_ceilings(self) -> None:
@@ -266,3 +287,25 @@ def load_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: unknown option {key!r}")
         result[name] = ",".join(value) if name == "etcd" and isinstance(value, list) else value
     return result
+
+
+def commented_file(options: list[tuple[str, Any, str]]) -> str:
+    """The text of a config file with every option of `options` ((name, default, help), in
+    the order the command line lists them) commented out at its default, each under its
+    help: what `lclusterd config-template` prints and `make install` puts in place. Pure."""
+    lines = ["# lclusterd's configuration (TOML). Every option is shown commented out at its default;",
+             "# uncomment and change the ones you need. The command line and LCLUSTERD_<OPTION>",
+             "# environment variables override this file. Written by `lclusterd config-template`."]
+    for name, default, text in options:
+        lines.append("")
+        lines += ["# " + line for line in textwrap.wrap(text, 88, break_on_hyphens=False, break_long_words=False)]
+        lines.append(f"# {name.replace('_', '-')} = {_toml_value(default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps("" if value is None else str(value))  # a TOML basic string: JSON's escapes are TOML's

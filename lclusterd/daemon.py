@@ -37,7 +37,7 @@ from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.lookup import Lookup
 from lclusterd.cluster.node import NodeDirectory, NodeSession
 from lclusterd.cluster.pools import Pools
-from lclusterd.cluster.prime import PrimeElection
+from lclusterd.cluster.prime import PrimeElection, prime_duties
 from lclusterd.cluster.retention import LogSweep, Retention
 from lclusterd.cluster.runspec import NodeDefaults
 from lclusterd.cluster.scheduler import Scheduler
@@ -50,6 +50,7 @@ from lclusterd.etcd_embedded import EtcdStartError
 from lclusterd.etcd_supervisor import start_embedded
 from lclusterd.etcd_tls import ClientFiles, EtcdTlsError, check_external
 from lclusterd.model import NodeInfo
+from lclusterd.operations import MetricsStartError, NodeOperations, configure_logging
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 from lclusterd.runtime import host, userns
@@ -155,6 +156,7 @@ class Daemon:
             raise StartupError(f"cannot listen on unix:{c.socket_path}: {exc.strerror}") from None
         self.gate = gate
         self._bind_web()
+        self.operations = self._started(NodeOperations(c), NodeOperations.stop)  # the metrics endpoint
 
     def _bind_web(self) -> None:
         """The web page's port (--web-listen) and its token key; serving starts in _serve."""
@@ -223,8 +225,9 @@ class Daemon:
             self._teardown.callback(lambda: self.worker.stop(c.on_shutdown == "kill", 3 if self.etcd_lost else 15))
             self.scheduler = Scheduler(store, watches, keys, self.jobs, c.node_name, c.scheduling)
             retention = Retention(store, keys, c.keep_seconds)
-            election = PrimeElection(store, watches, keys, session, *_prime_duties(self.scheduler, retention))
-            self._started(election, PrimeElection.stop)
+            election = PrimeElection(store, watches, keys, session, *prime_duties(self.scheduler, retention))
+            self.election = self._started(election, PrimeElection.stop)
+            self.states = self.operations.follow_jobs(store, watches, keys, self._teardown)  # the last share
         except StoreUnavailable as exc:
             raise StartupError(str(exc)) from None
 
@@ -232,7 +235,7 @@ class Daemon:
         c = self.config
         services = ApiServices(node=c.node_name, jobs=self.jobs, admission=Admission(self.jobs, self.info, self.scheduler),
                                lookup=Lookup(self.jobs, Pools(self.jobs)), nodes=NodeDirectory(self.store, self.keys),
-                               events=self.events, logs=self.logs, peers=self.peers,
+                               events=self.events, logs=self.logs, peers=self.peers, states=self.states,
                                web=self.web_page)
         pb_grpc.add_JobsServicer_to_server(JobsServicer(services, Authenticator(self.gate.identity)), self.server)
         self.server.start()
@@ -244,8 +247,9 @@ class Daemon:
         self._teardown.callback(self.health.enter_graceful_shutdown)
         tcp = f"{c.bind_host}:{c.port} ({'mutual TLS' if c.tls_dir else 'plain, --insecure'}) and " if c.serves_tcp else ""
         web = f"; web page {c.web_url}" if self.web is not None else ""
-        log.info("node %s serving on %sunix:%s; etcd at %s; rootfs %s%s",
-                 c.node_name, tcp, c.socket_path, self.store.describe(), c.rootfs, web)
+        self.operations.serving(self.launcher.running, self.worker.memory_requested, lambda: self.election.is_prime)
+        log.info("node %s serving on %sunix:%s; etcd at %s; rootfs %s%s", c.node_name, tcp, c.socket_path,
+                 self.store.describe(), c.rootfs, web + self.operations.where)
 
     def _started(self, service, stop):
         """Start `service` and have shutdown call `stop(service)`."""
@@ -375,23 +379,15 @@ def bind_server(c: Config, tls: TlsFiles | None) -> tuple[grpc.Server, health.He
     return server, health_servicer
 
 
-def _prime_duties(*duties):
-    """PrimeElection's on_elected and on_deposed for several duties that run only on the prime
-    (each with start(prime_revision) and stop())."""
-    return lambda revision: [d.start(revision) for d in duties], lambda: [d.stop() for d in duties]
-
-
 def run(config: Config) -> int:
     """Run a node until SIGTERM/SIGINT; returns the process exit status."""
-    logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.INFO),
-                        format="lclusterd: %(levelname)s %(message)s")
-    logging.getLogger("etcd3").setLevel(logging.CRITICAL)
+    configure_logging(config.log_level, config.log_format, quiet=("etcd3",))
     daemon = Daemon(config)
     signal.signal(signal.SIGTERM, daemon.handle_signal)
     signal.signal(signal.SIGINT, daemon.handle_signal)
     try:
         daemon.start()
-    except StartupError as exc:
+    except (StartupError, MetricsStartError) as exc:
         logging.getLogger("lclusterd").error("%s", exc)
         daemon.stop()
         return EXIT_FAILURE

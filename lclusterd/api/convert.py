@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from lclusterd.cluster.jobstates import StateChange
 from lclusterd.cluster.node import NodeView
-from lclusterd.model import EXITED, JobRecord, JobSpec, PoolRecord, pool_outcome
+from lclusterd.model import ASSIGNED, EXITED, QUEUED, RUNNING, JobRecord, JobSpec, PoolRecord, pool_outcome
 from lclusterd.rpc import lclusterd_pb2 as pb
 
 
@@ -105,3 +106,27 @@ def node_to_proto(view: NodeView) -> pb.Node:
     return pb.Node(name=info.name, address=info.address, capacity=info.capacity, running=view.running,
                    prime=view.prime, version=info.version, started_at=info.started_at, state=view.state,
                    memory_bytes=info.memory_bytes, memory_used_bytes=view.memory_used)
+
+
+def events_of(change: StateChange) -> list[pb.JobEvent]:
+    """The Events messages of one state change: one, or two when the record went from not
+    running to its end in one write (a short job's start and end are written together) and
+    did start: RUNNING at its start time, then the end. Each at the time the record gives for
+    its state, else when the node saw it."""
+    record = change.record
+    job = job_to_proto(record)
+    previous = change.previous
+    events = []
+    if record.terminal and record.started_at and previous in ("", QUEUED, ASSIGNED):
+        running = pb.Job()
+        running.CopyFrom(job)
+        running.state, running.finished_at = RUNNING, 0.0
+        for name in ("exit_code", "signal", "peak_memory_bytes", "cpu_seconds"):
+            running.ClearField(name)
+        running.error, running.oom_killed = "", False
+        events.append(pb.JobEvent(time=record.started_at, previous_state=previous, job=running))
+        previous = RUNNING
+    when = {QUEUED: record.created_at if not change.previous else None, ASSIGNED: record.assigned_at,
+            RUNNING: record.started_at}.get(record.state, record.finished_at)
+    events.append(pb.JobEvent(time=when or change.seen_at, previous_state=previous, job=job))
+    return events

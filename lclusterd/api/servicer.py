@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import grpc
 
 from lclusterd.api import access
-from lclusterd.api.convert import job_to_proto, node_to_proto, pool_to_proto, spec_from_proto
+from lclusterd.api.convert import events_of, job_to_proto, node_to_proto, pool_to_proto, spec_from_proto
 from lclusterd.api.errors import maps_errors, maps_stream_errors
 from lclusterd.api.identity import Authenticator
 from lclusterd.api.peers import Peers
@@ -21,6 +21,7 @@ from lclusterd.cluster.admission import Admission
 from lclusterd.cluster import decode
 from lclusterd.cluster.events import JobEvents, Subscription
 from lclusterd.cluster.jobs import Jobs
+from lclusterd.cluster.jobstates import FEED_LIMIT, JobStates
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.lookup import FoundJob, FoundPool, Lookup
 from lclusterd.cluster.node import NodeDirectory
@@ -32,6 +33,7 @@ from lclusterd.rpc.metadata import PROXIED_KEY
 
 FOLLOW_TICK = 0.1  # how often a followed job's log files are read again
 WAIT_TICK = 1.0  # a waiter re-reads the record at least this often (in case a wake-up was missed)
+EVENTS_TICK = 1.0  # an Events stream looks at least this often whether its client is still there
 # Wait and Logs(follow) hold a server thread each; past this many, they are refused at once
 # (RESOURCE_EXHAUSTED) so the threads left keep add/check/kill answering.
 MAX_BLOCKING = 192
@@ -49,6 +51,7 @@ class ApiServices:
     events: JobEvents
     logs: LogFiles
     peers: Peers
+    states: JobStates
     web: WebPage | None = None  # this node's web page (--web-listen), None when it serves none
 
 
@@ -71,6 +74,7 @@ class JobsServicer(pb_grpc.JobsServicer):
         self.logs = services.logs
         self.peers = services.peers
         self.web = services.web
+        self.states = services.states
         self._blocking = threading.BoundedSemaphore(MAX_BLOCKING)
 
     @contextmanager
@@ -199,6 +203,18 @@ class JobsServicer(pb_grpc.JobsServicer):
             return decode.job(self.jobs.keys.job(job_id), flag.latest, flag.revision)
         except RecordError:
             return None
+
+    @maps_stream_errors
+    def Events(self, request: pb.EventsRequest, context) -> Iterator[pb.JobEvent]:
+        owner = access.owner_filter(self.authenticator.identify(context))  # as List: a user's own jobs only
+        with self._blocking_slot(), self.states.listen() as feed:
+            context.add_callback(feed.wake)  # the client went away: stop waiting at once
+            while context.is_active():
+                for change in feed.take(EVENTS_TICK):
+                    if owner is None or change.record.owner == owner:
+                        yield from events_of(change)
+                if feed.overflowed:
+                    raise TooBusy(f"this events stream fell more than {FEED_LIMIT} changes behind; start it again")
 
     def _read_new(self, job_id: str, offsets: list[int]) -> Iterator[pb.LogChunk]:
         for stream, data in self.logs.read_new(job_id, offsets):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from lclusterd import metrics
 from lclusterd.cluster import decode
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
@@ -63,6 +64,12 @@ class Admission:
 
     def add(self, spec: JobSpec, owner: str) -> JobRecord:
         """Admit and write `owner`'s job; its record as written (QUEUED, or ASSIGNED when placed now)."""
+        started = time.perf_counter()
+        record = self._add(spec, owner)
+        metrics.job_submitted(1, time.perf_counter() - started)
+        return record
+
+    def _add(self, spec: JobSpec, owner: str) -> JobRecord:
         self.check(spec)
         record = JobRecord(id=new_job_id(), spec=spec, created_at=time.time(), owner=owner)
         placement = self.placer.reserve(record.id, spec)
@@ -78,8 +85,11 @@ class Admission:
 
     def add_pool(self, spec: JobSpec, owner: str) -> tuple[PoolRecord, list[JobRecord]]:
         """Admit and write `owner`'s pool: one member per ready node (pools.py)."""
+        started = time.perf_counter()
         self.check(spec)
-        return self.pools.add(spec, owner)
+        pool, members = self.pools.add(spec, owner)
+        metrics.job_submitted(len(members), time.perf_counter() - started)
+        return pool, members
 
     def check(self, spec: JobSpec) -> None:
         """InvalidSpec with the reason when the spec is malformed or no node could run it."""

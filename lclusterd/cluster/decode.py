@@ -19,6 +19,7 @@ import logging
 import threading
 from collections import OrderedDict
 
+from lclusterd import metrics
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import KeyValue
 from lclusterd.errors import MalformedRecord, RecordError
@@ -27,6 +28,8 @@ from lclusterd.model import JobRecord, NodeInfo, PoolRecord
 log = logging.getLogger(__name__)
 
 LOGGED_ONCE = 4096
+# what a skipped value is, by the key's section (metrics' `kind` label)
+_KINDS = {"jobs": "job", "queue": "queue", "assign": "assignment", "pools": "pool", "nodes": "node", "members": "node"}
 
 _logged: OrderedDict[tuple[str, int], None] = OrderedDict()
 _lock = threading.Lock()
@@ -85,12 +88,22 @@ def job_or_missing(kv: KeyValue, job_id: str, kind: str = "job") -> JobRecord:
 
 
 def skipped(key: str, revision: int, error: RecordError) -> None:
-    """Log that the value at `key` (mod revision `revision`) is ignored, unless already logged."""
+    """Log that the value at `key` (mod revision `revision`) is ignored, and count it in the
+    metrics (lclusterd_records_skipped_total), unless already done."""
     with _lock:
         if (key, revision) in _logged:
             return
         _logged[(key, revision)] = None
         if len(_logged) > LOGGED_ONCE:
             _logged.popitem(last=False)
+    metrics.record_skipped(_kind(key))
     log.warning("ignoring the value of %s (revision %d), which is not a record lclusterd wrote: %s", key[:200],
                 revision, error)
+
+
+def _kind(key: str) -> str:
+    """<prefix>/assign/<node>/<uuid> (whatever the node is called) or <prefix>/jobs/<uuid>, ..."""
+    parts = key.split("/")
+    if parts[-3:-2] == ["assign"]:
+        return "assignment"
+    return _KINDS.get(parts[-2], "other") if len(parts) > 1 else "other"

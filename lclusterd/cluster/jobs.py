@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 
+from lclusterd import metrics
 from lclusterd.cluster import decode
 from lclusterd.cluster.groupcommit import GroupCommit
 from lclusterd.cluster.keys import Keys
@@ -92,19 +93,24 @@ class Jobs:
         prime key is still ours", does not hold). Raises StoreUnavailable."""
         results: dict[str, int | None] = {}
         guard = list(guard)
-        for batch in _batches(changes, len(guard)):
-            compares = guard + [ModIs(self.keys.job(c.job_id), c.expect_revision) for c in batch]
-            ops = [op for c in batch for op in c.ops]
-            outcome = self.store.txn(compares, ops)
-            if outcome.succeeded:
-                results.update((c.job_id, outcome.revision) for c in batch)
-                continue
-            for c in batch:
-                if len(batch) == 1:
-                    results[c.job_id] = None
-                    break
-                single = self.store.txn(guard + [ModIs(self.keys.job(c.job_id), c.expect_revision)], c.ops)
-                results[c.job_id] = single.revision if single.succeeded else None
+        try:
+            for batch in _batches(changes, len(guard)):
+                compares = guard + [ModIs(self.keys.job(c.job_id), c.expect_revision) for c in batch]
+                ops = [op for c in batch for op in c.ops]
+                outcome = self.store.txn(compares, ops)
+                if outcome.succeeded:
+                    results.update((c.job_id, outcome.revision) for c in batch)
+                    continue
+                for c in batch:
+                    if len(batch) == 1:
+                        results[c.job_id] = None
+                        break
+                    single = self.store.txn(guard + [ModIs(self.keys.job(c.job_id), c.expect_revision)], c.ops)
+                    results[c.job_id] = single.revision if single.succeeded else None
+        finally:  # the ends written, also when a later batch found etcd gone
+            for c in changes:
+                if c.record.terminal and results.get(c.job_id) is not None:
+                    metrics.job_ended(c.record.state)
         return results
 
     # -- user requests -----------------------------------------------------------------------
@@ -169,6 +175,8 @@ class Jobs:
                 new = replace(record, kill_requested=True)
                 ops = [Put(self.keys.kill(job_id), record.node.encode())]
             if self.store.txn(guard, ops).succeeded:
+                if new.terminal:
+                    metrics.job_ended(new.state)
                 return new
             log.debug("kill %s: record changed under us, retrying", job_id)
 

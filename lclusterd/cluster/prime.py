@@ -114,3 +114,9 @@ class PrimeElection:
                 self.store.txn([ModIs(self.keys.prime, kv.mod_revision)], [Delete(self.keys.prime)])
         except StoreUnavailable:
             pass
+
+
+def prime_duties(*duties):
+    """PrimeElection's on_elected and on_deposed for several duties that run only on the prime
+    (each with start(prime_revision) and stop())."""
+    return lambda revision: [d.start(revision) for d in duties], lambda: [d.stop() for d in duties]

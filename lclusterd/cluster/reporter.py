@@ -42,6 +42,7 @@ class Owned:
     record: JobRecord
     revision: int
     submitted: bool = False  # handed to the runtime
+    submitted_at: float = 0.0  # when (time.monotonic), for the spawn latency
     kill_requested: bool = False
     pending: list[outcome.Update] = field(default_factory=list)  # not yet written
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterable
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ import etcd3.exceptions
 import etcd3.utils
 import grpc
 
+from lclusterd import metrics
 from lclusterd.cluster.kv import (MAX_TXN_OPS, Absent, Compare, Event, KeyValue, ModIs, Op, Put,
                                   TxnResult)
 from lclusterd.errors import StoreUnavailable
@@ -232,9 +234,20 @@ class Store:
         return self._client.get_response("/", keys_only=True).header.revision
 
     # -- writes ----------------------------------------------------------------------------
-    @_mapped
     def txn(self, compares: list[Compare], ops: list[Op], else_ops: list[Op] = ()) -> TxnResult:
-        """One etcd transaction: `ops` if every compare holds, else `else_ops`."""
+        """One etcd transaction: `ops` if every compare holds, else `else_ops`. Counted and
+        timed for the metrics, retries on other members included."""
+        started = time.perf_counter()
+        try:
+            result = self._txn(compares, ops, else_ops)
+        except StoreUnavailable:
+            metrics.etcd_txn(time.perf_counter() - started, "error")
+            raise
+        metrics.etcd_txn(time.perf_counter() - started, "committed" if result.succeeded else "guard_failed")
+        return result
+
+    @_mapped
+    def _txn(self, compares: list[Compare], ops: list[Op], else_ops: list[Op]) -> TxnResult:
         request = etcdrpc.TxnRequest(compare=[_compare_message(c) for c in compares],
                                      success=[_op_message(o) for o in ops],
                                      failure=[_op_message(o) for o in else_ops])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
+from lclusterd import metrics
 from lclusterd.cluster import decode, outcome
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.journal import Journal
@@ -135,6 +136,10 @@ class Worker:
     def running_count(self) -> int:
         with self.owned.lock:
             return len(self.owned)
+
+    def memory_requested(self) -> int:
+        """Bytes requested (-mem) by the jobs this node owns (assigned here or running)."""
+        return sum(record.spec.memory_bytes or 0 for record in self.owned.records().values())
 
     # -- reconcile ---------------------------------------------------------------------------
     def _journaled(self, assigned: set[str]) -> dict[str, JobRecord]:
@@ -281,7 +286,7 @@ class Worker:
             self.logs.create(job_id)
             spec = to_runtime_spec(job_id, owned.record.spec, self.defaults,
                                    str(self.logs.stdout(job_id)), str(self.logs.stderr(job_id)))
-            owned.submitted = True
+            owned.submitted, owned.submitted_at = True, time.monotonic()
             self.launcher.submit(spec)
         except (InvalidSpec, RuntimeUnavailable, OSError) as exc:
             owned.submitted = False
@@ -292,8 +297,21 @@ class Worker:
         """Called on the launcher's reader thread."""
         if isinstance(event, JobStarted):
             self.reporter.report(event.job_id, outcome.Started(event.host_pid, event.started_at))
+            self._count_start(event)
             return
         result = event.result
+        ran = result.finished_at - result.started_at if result.host_pid and result.started_at and result.finished_at else None
+        metrics.run_finished(ran, {"stdout": result.stdout_bytes, "stderr": result.stderr_bytes},
+                             {"stdout": result.stdout_dropped_bytes, "stderr": result.stderr_dropped_bytes})
         self.logs.mark_ended(result.job_id)  # the log sweep keeps them --keep from now
         tail = self.logs.last_stderr_line(result.job_id) if result.exit_code in SHELL_COULD_NOT_RUN else ""
         self.reporter.report(result.job_id, outcome.Ended(result, tail))
+
+    def _count_start(self, event: JobStarted) -> None:
+        owned = self.owned.get(event.job_id)  # a dict read: no lock needed for the numbers
+        if owned is None:
+            metrics.job_started(None, None)
+            return
+        created, submitted = owned.record.created_at, owned.submitted_at
+        metrics.job_started(event.started_at - created if created else None,
+                            time.monotonic() - submitted if submitted else None)

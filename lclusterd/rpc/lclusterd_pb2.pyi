@@ -235,3 +235,17 @@ class WaitRequest(_message.Message):
     id: str
     timeout_seconds: float
     def __init__(self, id: _Optional[str] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class EventsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("time", "previous_state", "job")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_STATE_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    previous_state: str
+    job: Job
+    def __init__(self, time: _Optional[float] = ..., previous_state: _Optional[str] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...

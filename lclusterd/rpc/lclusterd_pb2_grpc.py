@@ -83,6 +83,11 @@ class JobsStub:
                 request_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.DrainRequest.SerializeToString,
                 response_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.Node.FromString,
                 _registered_method=True)
+        self.Events = channel.unary_stream(
+                '/lclusterd.v1.Jobs/Events',
+                request_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.EventsRequest.SerializeToString,
+                response_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.JobEvent.FromString,
+                _registered_method=True)
 
 
 class JobsServicer:
@@ -161,6 +166,15 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Events(self, request, context):
+        """Every change of a job's state from now on, as this node's watch of etcd sees it, until
+        the client cancels (like docker events). A user gets their own jobs' changes, an admin
+        everyone's. A client that falls far behind is cut off (RESOURCE_EXHAUSTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +222,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.DrainRequest.FromString,
                     response_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.Node.SerializeToString,
+            ),
+            'Events': grpc.unary_stream_rpc_method_handler(
+                    servicer.Events,
+                    request_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.EventsRequest.FromString,
+                    response_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.JobEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -457,6 +476,33 @@ class Jobs:
             '/lclusterd.v1.Jobs/Drain',
             lclusterd_dot_rpc_dot_lclusterd__pb2.DrainRequest.SerializeToString,
             lclusterd_dot_rpc_dot_lclusterd__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Events(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lclusterd.v1.Jobs/Events',
+            lclusterd_dot_rpc_dot_lclusterd__pb2.EventsRequest.SerializeToString,
+            lclusterd_dot_rpc_dot_lclusterd__pb2.JobEvent.FromString,
             options,
             channel_credentials,
             insecure,

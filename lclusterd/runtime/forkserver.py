@@ -247,6 +247,7 @@ class ForkServer:
         self.selector.unregister(relay.fileno())
         relay.close()
         job.relays.remove(relay)
+        job.facts.written[relay.stream] = relay.written
         if relay.dropped:
             job.facts.dropped[relay.stream] = relay.dropped
         self._finish_if_done(job)

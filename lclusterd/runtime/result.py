@@ -28,6 +28,7 @@ class RunFacts:
     end_reason: str | None = None  # KILLED or TIMED_OUT once the runtime started ending it
     stats: CgroupStats | None = None
     dropped: dict[str, int] = field(default_factory=dict)  # stream -> bytes the log cap dropped
+    written: dict[str, int] = field(default_factory=dict)  # stream -> bytes kept in the log file
     notes: list[str] = field(default_factory=list)  # clean-up trouble worth telling
     address: str | None = None  # its address on the node's bridge (net="bridge")
 
@@ -35,7 +36,8 @@ class RunFacts:
 def result_of(facts: RunFacts, finished_at: float) -> RunResult:
     result = RunResult(job_id=facts.job_id, status=EXITED, host_pid=facts.host_pid, started_at=facts.started_at,
                        finished_at=finished_at, stdout_dropped_bytes=facts.dropped.get("stdout", 0),
-                       stderr_dropped_bytes=facts.dropped.get("stderr", 0), address=facts.address)
+                       stderr_dropped_bytes=facts.dropped.get("stderr", 0), address=facts.address,
+                       stdout_bytes=facts.written.get("stdout", 0), stderr_bytes=facts.written.get("stderr", 0))
     if facts.stats is not None:
         result.oom_kills = facts.stats.oom_kills
         result.peak_memory_bytes = facts.stats.peak_memory_bytes

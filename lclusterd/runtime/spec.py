@@ -176,6 +176,8 @@ class RunResult:
     stdout_dropped_bytes: int = 0  # what the log cap (RuntimeSpec.max_log_bytes) dropped
     stderr_dropped_bytes: int = 0
     address: str | None = None  # the job's IPv4 address on the node's bridge (net="bridge")
+    stdout_bytes: int = 0  # what the log relays kept in the log files (0 without a cap: not counted)
+    stderr_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

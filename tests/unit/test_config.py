@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 import lclusterd.__main__ as main
-from lclusterd.config import Config, ConfigError, load_file
+from lclusterd.config import Config, ConfigError, load_file, option_names
 
 
 def test_defaults():
@@ -30,6 +30,9 @@ def test_listen_host_port_and_etcd_list():
     ({"rootfs": "rel"}, "--rootfs"),
     ({"keep": "soon"}, "bad --keep value 'soon': expected a duration like 30s, 5m or 1h"),
     ({"keep": "0s"}, "bad --keep value '0s': the duration must be positive"),
+    ({"metrics_listen": "9464"}, "--metrics-listen must be HOST:PORT"),
+    ({"metrics_listen": "localhost:99999"}, "--metrics-listen must be HOST:PORT"),
+    ({"log_format": "xml"}, "--log-format must be one of text, json"),
 ])
 def test_bad_values(kw, message):
     with pytest.raises(ConfigError, match=message):
@@ -85,3 +88,26 @@ def test_help_explains_every_option():
     for option in ("--namespace", "--listen", "--etcd", "--rootfs", "--state-dir", "--node-name", "--capacity", "--prefix",
                    "--insecure", "--on-shutdown", "--keep"):
         assert option in result.output
+
+
+def test_metrics_address():
+    assert Config(node_name="n").metrics_address == ("127.0.0.1", 9464)
+    assert Config(node_name="n", metrics_listen="").metrics_address is None
+    assert Config(node_name="n", metrics_listen="[::1]:9000").metrics_address == ("::1", 9000)
+    assert Config(node_name="n", metrics_listen="0.0.0.0:9000").metrics_address == ("0.0.0.0", 9000)
+
+
+def test_the_config_template_has_every_option_commented_out_at_its_default(monkeypatch, tmp_path):
+    text = main.config_template()
+    commented = [line[2:] for line in text.splitlines() if line.startswith("# ") and " = " in line]
+    names = [line.split(" = ")[0].replace("-", "_") for line in commented]
+    assert sorted(names) == sorted(option_names())  # every option, once
+    assert load_file(_written(tmp_path, text)) == {}  # as installed: nothing set
+    uncommented = _written(tmp_path, "\n".join(commented) + "\n")
+    assert _parsed(monkeypatch, ["--config", str(uncommented)]) == _parsed(monkeypatch, [])
+
+
+def _written(tmp_path, text: str):
+    path = tmp_path / f"c{len(text)}.toml"
+    path.write_text(text)
+    return path

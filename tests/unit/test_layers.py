@@ -14,7 +14,11 @@ ALLOWED = {
                       "lclusterd.states", "lclusterd.certs"),
     "lclusterd.certs": (),
     "lclusterd.cluster": ("lclusterd.cluster", "lclusterd.runtime.launcher", "lclusterd.runtime.spec", "lclusterd.model",
-                          "lclusterd.records", "lclusterd.errors", "lclusterd.units", "lclusterd.limits", "lclusterd.states"),
+                          "lclusterd.records", "lclusterd.errors", "lclusterd.units", "lclusterd.limits", "lclusterd.states",
+                          "lclusterd.metrics"),
+    # the instruments and the plain functions every layer may call to feed them
+    "lclusterd.metrics": ("lclusterd.metrics", "lclusterd.states"),
+    "lclusterd.logformat": (),
     "lclusterd.model": ("lclusterd.errors", "lclusterd.limits", "lclusterd.records", "lclusterd.states"),
     "lclusterd.records": ("lclusterd.errors", "lclusterd.states"),
     "lclusterd.states": (),
@@ -39,7 +43,8 @@ THIRD_PARTY_ONLY_IN = {"etcd3": ("lclusterd.cluster.store",), "grpc": ("lclient"
                                                                         "lclusterd.daemon", "lclusterd.cluster.store"),
                       "flask": ("lclusterd.web",), "werkzeug": ("lclusterd.web",), "cheroot": ("lclusterd.web.server",),
                       # links, addresses and routes: the bridge's (IPRoute) and each job's (its messages)
-                      "pyroute2": ("lclusterd.runtime.bridge", "lclusterd.runtime.rtnl")}
+                      "pyroute2": ("lclusterd.runtime.bridge", "lclusterd.runtime.rtnl"),
+                      "prometheus_client": ("lclusterd.metrics",)}
 
 
 def modules():

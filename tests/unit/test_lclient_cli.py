@@ -197,8 +197,8 @@ def test_tables(capsys):
 
 
 @pytest.mark.parametrize("argv, line", [
-    ([], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web (given: none); see lclient -help"),
-    (["-check", JOB, "-kill", JOB], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web "
+    ([], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events (given: none); see lclient -help"),
+    (["-check", JOB, "-kill", JOB], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events "
                                     "(given: -check, -kill); see lclient -help"),
     (["-check"], "lclient: Option '-check' requires an argument."),
     (["-add", "x", "-mem", "lots"], "lclient: bad -mem value 'lots': expected a size like 64M or 1G"),
@@ -257,6 +257,8 @@ def test_parse_rejects(parser, text):
 
 def test_format_size():
     assert (format_size(64 << 20), format_size(1 << 30), format_size(100)) == ("64M", "1G", "100B")
+    # not a whole number of a unit (a node's default --memory: MemTotal less 10 %): one decimal
+    assert (format_size(int(21.6 * (1 << 30))), format_size(1500), format_size((3 << 39) + 1)) == ("21.6G", "1.5K", "1.5T")
 
 
 def member(node, job_id, state, **fields):

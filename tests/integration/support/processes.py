@@ -204,6 +204,7 @@ class NodeProcess:
         self.dir = directory
         self.state_dir = directory / "state"
         self.port = free_port()
+        self.metrics_port = free_port()  # every node serves its metrics, each on a port of its own
         self.etcd_endpoint = etcd_endpoint
         self.prefix = prefix
         self.name = name
@@ -227,6 +228,8 @@ class NodeProcess:
             argv.append("--insecure")
         if "--web-listen" not in self.extra:  # nodes on one host would share the default port
             argv += ["--web-listen", ""]
+        if "--metrics-listen" not in self.extra:
+            argv += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
         if self.etcd_endpoint:
             argv += ["--etcd", self.etcd_endpoint]
         return argv
