@@ -256,48 +256,56 @@ class LeftmostFit:
     """first-fit: the first name whose free memory holds the job. A max tree over the live
     nodes in name order (leaves: free memory, NO_ROOM for a full or draining node) finds the
     leftmost fitting leaf in O(log N). Positions are fixed between rebuilds, so a job counted
-    on or off a node is one leaf update; a node seen for the first time marks the tree stale and
-    the next pick rebuilds it in O(N) (registrations are rare next to placements), dropping the
-    leaves of nodes that left since."""
+    on or off a node is one leaf update. A name seen for the first time waits among `_new`,
+    looked at one by one at each pick, until there are more than √N of them; then the next
+    pick rebuilds the tree in O(N), dropping the leaves of nodes that left since. So a fleet
+    registering node by node while jobs are placed costs O(√N) per registration, not O(N)."""
 
     def __init__(self) -> None:
         self._live: set[str] = set()
         self._free: dict[str, int] = {}  # live node with a free slot -> its free memory
         self._names: list[str] = []  # leaf i is _names[i]
         self._at: dict[str, int] = {}
+        self._new: set[str] = set()  # live, not in the tree yet
         self._size = 1
         self._tree = [NO_ROOM, NO_ROOM]  # 1-based heap layout, leaves from _size on
-        self._stale = False
 
     def enter(self, name: str) -> None:
         self._live.add(name)
         if name not in self._at:
-            self._stale = True
+            self._new.add(name)
 
     def leave(self, name: str) -> None:
         """(Its leaf is NO_ROOM already: Rooms moves a node out before it leaves.)"""
         self._live.discard(name)
+        self._new.discard(name)
 
     def move(self, name: str, old: tuple[int, int] | None, new: tuple[int, int] | None) -> None:
         if new is None:
             self._free.pop(name, None)
         else:
             self._free[name] = new[1]
-        if not self._stale:
-            self._set(self._at[name], NO_ROOM if new is None else new[1])
+        leaf = self._at.get(name)
+        if leaf is not None:
+            self._set(leaf, NO_ROOM if new is None else new[1])
 
     def pick(self, memory: int, avoid: Collection[str]) -> str | None:
-        if self._stale:
+        if len(self._new) ** 2 > len(self._names):
             self._rebuild()
+        fits = sorted(name for name in self._new if self._free.get(name, NO_ROOM) >= memory)
         fallback = None
         leaf = self._leftmost(memory, 0)
         while leaf >= 0:
             name = self._names[leaf]
             if name not in avoid:
-                return name
+                fits.append(name)
+                break
             fallback = fallback or name
             leaf = self._leftmost(memory, leaf + 1)
-        return fallback
+        chosen = [name for name in fits if name not in avoid]
+        if chosen:
+            return min(chosen)
+        return min(fits + [fallback] if fallback else fits, default=None)
 
     def _rebuild(self) -> None:
         self._names = sorted(self._live)
@@ -308,7 +316,8 @@ class LeftmostFit:
             tree[size + i] = self._free.get(name, NO_ROOM)
         for i in range(size - 1, 0, -1):
             tree[i] = max(tree[2 * i], tree[2 * i + 1])
-        self._tree, self._stale = tree, False
+        self._tree = tree
+        self._new = set()
 
     def _set(self, leaf: int, value: int) -> None:
         tree = self._tree

@@ -221,3 +221,25 @@ def test_best_fit_takes_the_tightest_then_the_first_name():
     assert rooms.place(3 * G) == ("c", "") and rooms.place(4 * G) == ("d", "")
     rooms.use("d", 1, 0)
     assert rooms.place(4 * G) == (None, "")  # it would fit d's offer, but d is full: wait
+
+
+def test_first_fit_rebuilds_its_tree_once_per_square_root_of_the_fleet_of_new_names():
+    rooms = Rooms(FIRST_FIT, "")
+    order = rooms._order
+    rebuilds = []
+    rebuild = order._rebuild
+    order._rebuild = lambda: (rebuilds.append(len(order._live)), rebuild())
+    for i in range(2500):  # a fleet registering node by node while jobs are placed
+        rooms.set_node(f"n{i:04d}", 1, G)
+        assert rooms.place() == ("n0000", "")
+    assert len(rebuilds) < 2 * 50  # not once per registration: about √N times
+    assert order._new and all(name not in order._at for name in order._new)
+    for name in list(order._new):
+        rooms.remove_node(name)
+    assert not order._new  # a node that left waits for nothing
+    rooms.set_node("m", 1, G)
+    rooms.set_node("zz", 1, G)
+    rooms.use("n0000", 1, 0)
+    assert rooms.place() == ("m", "") and rooms.place(avoid=["m"]) == ("n0001", "")
+    order._rebuild()
+    assert not order._new and rooms.place(avoid=["m", "n0001"]) == ("n0002", "")
