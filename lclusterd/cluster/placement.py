@@ -4,6 +4,11 @@ A Room is what a node can still take. `place` answers (node, "") or (None, why):
 `why` means "every node that could run it is busy: wait for a slot" (no need to tell anyone);
 a sentence means the job cannot run anywhere as things stand (too big, pinned to a node that is
 gone or draining), and the prime writes it into the record so `-check` shows it.
+
+`place` looks at every node, so it is the reference, not what the prime runs: the prime asks
+Rooms (rooms.py), which keeps the same answers in ordered structures and finds them in O(log N);
+tests/unit/test_rooms_equivalence.py holds the two to the same node and the same sentence. The
+sentences and the pinned case live here once, for both.
 """
 
 from __future__ import annotations
@@ -50,20 +55,12 @@ def place(policy: str, rooms: dict[str, Room], prime: str, memory: int = 0, pinn
     """The node for a job that requests `memory` bytes (0: none), or None and why not.
     `avoid`: nodes where earlier attempts were lost; used only when no other node fits."""
     if pinned:
-        room = rooms.get(pinned)
-        if room is None:
-            return None, f"pinned to node {pinned}, which is not registered"
-        if room.draining:
-            return None, f"pinned to node {pinned}, which is draining"
-        if memory > room.offered:
-            return None, f"needs {format_size(memory)} of memory; node {pinned} offers {format_size(room.offered)}"
-        return (pinned, "") if room.fits(memory) else (None, "")
+        return place_pinned(rooms.get(pinned), pinned, memory)
     ready = [r for r in rooms.values() if not r.draining]
     if not ready:
-        return None, "no ready node: every registered node is draining" if rooms else "no node is registered"
+        return None, why_no_ready(bool(rooms))
     if memory and all(memory > r.offered for r in ready):
-        largest = max(r.offered for r in ready)
-        return None, f"needs {format_size(memory)} of memory; the largest ready node offers {format_size(largest)}"
+        return None, why_too_big(memory, max(r.offered for r in ready))
     fits = [r for r in ready if r.fits(memory)]
     avoided = set(avoid)
     candidates = [r for r in fits if r.name not in avoided] or fits
@@ -77,3 +74,23 @@ def place(policy: str, rooms: dict[str, Room], prime: str, memory: int = 0, pinn
     if any(r.name == prime for r in candidates):
         return prime, ""
     return max(candidates, key=lambda r: (r.slots, r.memory, r.name)).name, ""
+
+
+def place_pinned(room: Room | None, pinned: str, memory: int) -> tuple[str | None, str]:
+    """A job pinned to node `pinned` (whose room is `room`, None when it is not registered):
+    that node or nothing; earlier lost attempts do not move it."""
+    if room is None:
+        return None, f"pinned to node {pinned}, which is not registered"
+    if room.draining:
+        return None, f"pinned to node {pinned}, which is draining"
+    if memory > room.offered:
+        return None, f"needs {format_size(memory)} of memory; node {pinned} offers {format_size(room.offered)}"
+    return (pinned, "") if room.fits(memory) else (None, "")
+
+
+def why_no_ready(registered: bool) -> str:
+    return "no ready node: every registered node is draining" if registered else "no node is registered"
+
+
+def why_too_big(memory: int, largest: int) -> str:
+    return f"needs {format_size(memory)} of memory; the largest ready node offers {format_size(largest)}"

@@ -23,7 +23,7 @@ from lclusterd.cluster.jobs import Change, Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Compare, Delete, ModIs
 from lclusterd.cluster.linger import Linger
-from lclusterd.cluster.placement import PRIME_FIRST, Placement, place
+from lclusterd.cluster.placement import PRIME_FIRST, Placement
 from lclusterd.cluster.store import Store
 from lclusterd.cluster.view import IN_FLIGHT, ClusterView, Reservation
 from lclusterd.cluster.watch import Watches
@@ -65,7 +65,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._prime_revision = 0
         self._linger = Linger(BATCH)  # under load, more assignments per transaction
-        self.view = ClusterView(store, watches, keys, on_change=self._kick.set)
+        self.view = ClusterView(store, watches, keys, on_change=self._kick.set, policy=policy, prime=me)
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self, prime_revision: int) -> None:
@@ -96,7 +96,7 @@ class Scheduler:
             if not view.ready or self._stopped.is_set() or view.queue or view.dead:
                 return None
             memory = spec.memory_bytes or 0
-            node, _why = place(self.policy, view.rooms(), self.me, memory, spec.node, [])
+            node, _why = view.place(memory, spec.node)
             if node is None:
                 return None
             view.reserve(job_id, Reservation(node, IN_FLIGHT, memory))
@@ -149,16 +149,16 @@ class Scheduler:
     # -- assigning ---------------------------------------------------------------------------
     def _next_batch(self) -> tuple[list[Assignment], list[WaitNote]]:
         """Up to BATCH assignments, and notes for jobs no node can take whose record does not
-        say so yet."""
+        say so yet. Each assignment holds its room as a reservation (IN_FLIGHT) from here until
+        `_assign` settles it, so the next job of the batch is placed around it."""
         batch: list[Assignment] = []
         notes: list[WaitNote] = []
-        with self.view.lock:
-            rooms = self.view.rooms()
-            # while every ready node is full nothing can be placed (and scanning a long queue
-            # would only re-parse it); jobs no node could ever take get their note later
-            free = sum(max(r.slots, 0) for r in rooms.values() if not r.draining)
-            for job_id, entry in self.view.queue.items():
-                if free <= 0 or len(batch) >= BATCH:
+        view = self.view
+        with view.lock:
+            for job_id, entry in view.queue.items():
+                # while every ready node is full nothing can be placed (and scanning a long
+                # queue would only re-parse it); jobs no node could ever take get their note later
+                if view.free_slots() <= 0 or len(batch) >= BATCH:
                     break
                 if entry.skip:
                     continue
@@ -169,21 +169,27 @@ class Scheduler:
                     continue
                 memory = record.spec.memory_bytes or 0
                 avoid = [a.get("node", "") for a in record.history]
-                node, why = place(self.policy, rooms, self.me, memory, record.spec.node, avoid)
+                node, why = view.place(memory, record.spec.node, avoid)
                 if node is None:
                     if why and why != record.waiting:
                         notes.append(WaitNote(record, entry.revision, why))
                         entry.skip = True  # until the note's own event arrives
                     continue
-                rooms[node].take(memory)
-                free -= 1
+                view.reserve(job_id, Reservation(node, IN_FLIGHT, memory))
                 batch.append(Assignment(record, entry.revision, node))
         return batch, notes
 
     def _assign(self, batch: list[Assignment], notes: list[WaitNote]) -> None:
         changes = [self.jobs.assign(a.record, a.revision, a.node) for a in batch]
         changes += [self.jobs.note_waiting(n.record, n.revision, n.why) for n in notes]
-        results = self.jobs.commit(changes, self._guard())
+        try:
+            results = self.jobs.commit(changes, self._guard())
+        except BaseException:
+            # unknown whether it landed: give the rooms back; what did land comes as events
+            with self.view.lock:
+                for a in batch:
+                    self.view.settle(a.record.id, None)
+            raise
         with self.view.lock:
             for change in changes:
                 self._assigned(change, results.get(change.job_id))
@@ -192,13 +198,16 @@ class Scheduler:
             self._stopped.set()
 
     def _assigned(self, change: Change, revision: int | None) -> None:
+        """One change of a batch came back (written at `revision`, or None: not written). An
+        assignment's reservation stays until the assign watch shows it, or goes now."""
         view = self.view
+        assignment = change.record.state == ASSIGNED  # (a note leaves the entry queued)
         if revision is None:
             view.skip_until_changed(change.job_id, change.expect_revision)
-        elif change.record.state == ASSIGNED:  # (a note leaves the entry queued)
+        elif assignment:
             view.assigned_from_queue(change.job_id, change.expect_revision)
-            if revision > view.assign_revision:
-                view.reserve(change.job_id, Reservation(change.record.node, revision, change.record.spec.memory_bytes or 0))
+        if assignment:
+            view.settle(change.job_id, revision)
 
     def _still_prime(self) -> bool:
         kv = self.store.get(self.keys.prime)

@@ -8,6 +8,11 @@ offers, the draining nodes, each node's assignments with the memory they request
 reservations the scheduler made that the assign watch has not shown yet, and the nodes seen
 gone that are still to be buried. The scheduler (scheduler.py) decides; this only follows
 etcd. Every read and change of it happens under `lock`.
+
+Every change it follows (an event or a re-read) is also told to its Rooms (rooms.py) as it
+happens: a node's offer, its draining, one job more or less on it. So the running totals per
+node are never summed again and `place` answers in O(log N) of the fleet; `rooms()`, which
+builds them all from the sets above, is kept as the reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 from lclusterd.cluster import decode
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Event
-from lclusterd.cluster.placement import Room
+from lclusterd.cluster.placement import PRIME_FIRST, Room
+from lclusterd.cluster.rooms import Rooms
 from lclusterd.cluster.store import Store
 from lclusterd.cluster.watch import Callbacks, Watches
 from lclusterd.errors import RecordError
@@ -60,11 +66,13 @@ class Reservation:
 
 
 class ClusterView:
-    def __init__(self, store: Store, watches: Watches, keys: Keys, on_change: Callable[[], None]):
+    def __init__(self, store: Store, watches: Watches, keys: Keys, on_change: Callable[[], None],
+                 policy: str = PRIME_FIRST, prime: str = ""):
         self.store = store
         self.watches = watches
         self.keys = keys
         self.on_change = on_change  # wakes the scheduler
+        self.policy, self.prime = policy, prime  # prime: this node, which prime-first fills first
         self.lock = threading.Lock()
         self._watches: list = []
         self.reset()
@@ -78,6 +86,7 @@ class ClusterView:
         self.assign_revision = 0  # last revision the assign watch delivered
         self.dead: dict[str, int] = {}  # node -> revision at which it was seen gone; to bury
         self.ready = False  # loaded and followed: add-time placement may use it
+        self.index = Rooms(self.policy, self.prime)  # the same facts, ordered for placing
 
     # -- loading and following ---------------------------------------------------------------
     def load(self) -> None:
@@ -120,6 +129,7 @@ class ClusterView:
             for kv in kvs:
                 self._set_node(kv.key, kv.value, kv.mod_revision)
             for node in before - set(self.nodes):
+                self.index.remove_node(node)
                 self.dead.setdefault(node, revision)
         self.on_change()
         return revision
@@ -127,7 +137,10 @@ class ClusterView:
     def _read_drains(self) -> int:
         kvs, revision = self.store.get_prefix(self.keys.drain_prefix, keys_only=True)
         with self.lock:
-            self.draining = {Keys.last(kv.key) for kv in kvs}
+            draining = {Keys.last(kv.key) for kv in kvs}
+            for node in draining ^ self.draining:
+                self.index.set_draining(node, node in draining)
+            self.draining = draining
         self.on_change()
         return revision
 
@@ -140,6 +153,7 @@ class ClusterView:
                 self.assigned.setdefault(node, {})[job_id] = JobRecord.requested_memory(kv.value)
             self.assign_revision = revision
             self.reservations = {i: r for i, r in self.reservations.items() if r.revision > revision}
+            self.index.recount(self._totals())
         self.on_change()
         return revision
 
@@ -150,6 +164,7 @@ class ClusterView:
         except RecordError:
             return
         self.nodes[info.name] = info
+        self.index.set_node(info.name, info.capacity, info.memory_bytes)
 
     def _queue_events(self, events: list[Event]) -> None:
         with self.lock:
@@ -169,37 +184,66 @@ class ClusterView:
                 else:  # the lease expired or was revoked: the node is dead (or restarting)
                     name = Keys.last(event.key)
                     self.nodes.pop(name, None)
+                    self.index.remove_node(name)
                     self.dead[name] = event.mod_revision
         self.on_change()
 
     def _drain_events(self, events: list[Event]) -> None:
         with self.lock:
             for event in events:
-                (self.draining.add if event.kind == "put" else self.draining.discard)(Keys.last(event.key))
+                node, draining = Keys.last(event.key), event.kind == "put"
+                (self.draining.add if draining else self.draining.discard)(node)
+                self.index.set_draining(node, draining)
         self.on_change()
 
     def _assign_events(self, events: list[Event]) -> None:
         with self.lock:
             for event in events:
-                node, job_id = self.keys.assign_parts(event.key)
-                if event.kind == "put":
-                    self.assigned.setdefault(node, {})[job_id] = JobRecord.requested_memory(event.value)
-                else:
-                    self.assigned.get(node, {}).pop(job_id, None)
-                self.reservations.pop(job_id, None)
+                self._assign_event(event)
             self.assign_revision = events[-1].mod_revision
         self.on_change()
 
-    # -- what the scheduler asks (hold `lock`) ---------------------------------------------------
-    def rooms(self) -> dict[str, Room]:
-        """What each live node can still take: its capacity and offered memory, less its
-        assigned jobs and the reservations on it."""
+    def _assign_event(self, event: Event) -> None:
+        """One assignment key put or deleted; a reservation it shows is no longer held. The
+        counts move as one step (an assignment replacing its reservation moves nothing)."""
+        node, job_id = self.keys.assign_parts(event.key)
+        jobs = self.assigned.get(node)
+        before = jobs.pop(job_id, None) if jobs is not None else None
+        jobs_delta, memory_delta = (0, 0) if before is None else (-1, -before)
+        if event.kind == "put":
+            self.assigned.setdefault(node, {})[job_id] = memory = JobRecord.requested_memory(event.value)
+            jobs_delta, memory_delta = jobs_delta + 1, memory_delta + memory
+        reservation = self.reservations.pop(job_id, None)
+        if reservation is not None and reservation.node != node:
+            self.index.use(reservation.node, -1, -reservation.memory)
+        elif reservation is not None:
+            jobs_delta, memory_delta = jobs_delta - 1, memory_delta - reservation.memory
+        self.index.use(node, jobs_delta, memory_delta)
+
+    def _totals(self) -> dict[str, tuple[int, int]]:
+        """(jobs, memory) counted on each node, from the assignments and reservations."""
         used: dict[str, tuple[int, int]] = {}
         for node, jobs in self.assigned.items():
             used[node] = (len(jobs), sum(jobs.values()))
         for reservation in self.reservations.values():
             count, memory = used.get(reservation.node, (0, 0))
             used[reservation.node] = (count + 1, memory + reservation.memory)
+        return used
+
+    # -- what the scheduler asks (hold `lock`) ---------------------------------------------------
+    def place(self, memory: int = 0, pinned: str = "", avoid: Collection[str] = ()) -> tuple[str | None, str]:
+        """placement.place for this view's policy and prime over rooms(), in O(log N)."""
+        return self.index.place(memory, pinned, avoid)
+
+    def free_slots(self) -> int:
+        """Free slots on the ready nodes, all together."""
+        return self.index.free
+
+    def rooms(self) -> dict[str, Room]:
+        """What each live node can still take: its capacity and offered memory, less its
+        assigned jobs and the reservations on it. Built from the sets, one Room per node: the
+        reference for `place` (tests), not what the scheduler runs."""
+        used = self._totals()
         rooms = {}
         for name, info in self.nodes.items():
             count, memory = used.get(name, (0, 0))
@@ -208,7 +252,11 @@ class ClusterView:
         return rooms
 
     def reserve(self, job_id: str, reservation: Reservation) -> None:
+        before = self.reservations.get(job_id)
+        if before is not None:
+            self.index.use(before.node, -1, -before.memory)
         self.reservations[job_id] = reservation
+        self.index.use(reservation.node, 1, reservation.memory)
 
     def settle(self, job_id: str, revision: int | None) -> None:
         """A reservation's transaction returned: written at `revision`, or not (None: the room
@@ -220,6 +268,7 @@ class ClusterView:
             reservation.revision = revision
         else:
             del self.reservations[job_id]
+            self.index.use(reservation.node, -1, -reservation.memory)
 
     def skip_until_changed(self, job_id: str, revision: int) -> None:
         """Leave the queue entry of `job_id` alone while it is still at `revision`."""
