@@ -50,6 +50,9 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
 @click.option("--state-dir", default=_D["state_dir"],
               help="Where this node keeps job logs, runtime state, the Unix socket (lclusterd.sock) and the embedded etcd.")
 @click.option("--node-name", default=None, help="This node's name in the cluster.  [default: the host name]")
+@click.option("--cgroup-root", default=_D["cgroup_root"],
+              help="The cgroup under which each node's jobs get their parent cgroup ROOT/NODE-NAME (in every v1 "
+                   "hierarchy, or the v2 tree); separate test runs or clusters on one host may use their own.")
 @click.option("--capacity", default=_D["capacity"], type=click.IntRange(min=1), help="Most jobs this node runs at once.")
 @click.option("--prefix", default=_D["prefix"], help="etcd key prefix; clusters sharing one etcd need different prefixes.")
 @click.option("--keep", default=_D["keep"],

@@ -49,6 +49,7 @@ class Config:
     rootfs: str = DEFAULT_ROOTFS
     state_dir: str = DEFAULT_STATE_DIR
     node_name: str = field(default_factory=socket.gethostname)
+    cgroup_root: str = "lclusterd"  # the cgroup every node's parent cgroup is under
     capacity: int = 256
     prefix: str = "/lclusterd"
     keep: str = "7d"  # how long ended jobs' records, tombstones and logs are kept
@@ -146,7 +147,7 @@ class Config:
     def cgroup_parent(self) -> str:
         """Each node's jobs get their own parent cgroup under `lclusterd`, so daemons
         sharing a host never sweep each other's jobs."""
-        return f"lclusterd/{self.node_name}"
+        return f"{self.cgroup_root}/{self.node_name}"
 
     @property
     def memory_bytes(self) -> int:
@@ -203,6 +204,9 @@ class Config:
         self._split_listen()
         if not NODE_NAME.match(self.node_name or ""):
             raise ConfigError(f"--node-name must be letters, digits, '.', '_' or '-' (at most 63), not {self.node_name!r}")
+        if not NODE_NAME.match(self.cgroup_root or ""):
+            raise ConfigError(f"--cgroup-root must be one cgroup name (letters, digits, '.', '_' or '-'), "
+                              f"not {self.cgroup_root!r}")
         if self.capacity < 1:
             raise ConfigError(f"--capacity must be at least 1, not {self.capacity}")
         if self.on_shutdown not in SHUTDOWN_MODES:

@@ -23,7 +23,7 @@ from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 from lclusterd.runtime import bpf, channel, devices, userns
 from lclusterd.runtime.spec import RuntimeSpec
 
-from support.host import CGROUP_VERSION, remove_cgroup_parent
+from support.host import CGROUP_ROOT, CGROUP_VERSION, remove_cgroup_parent
 from support.jobs import add, check, until
 from support.processes import NodeProcess
 
@@ -265,7 +265,8 @@ def test_a_job_without_mem_gets_the_nodes_default_and_its_disk_fills_at_half(nod
 
 def parent_cgroup_file(node: NodeProcess, controller: str, name: str) -> str:
     base = Path("/sys/fs/cgroup")
-    path = base / "lclusterd" / node.name / name if CGROUP_VERSION == 2 else base / controller / "lclusterd" / node.name / name
+    parent = Path(CGROUP_ROOT, node.name, name)
+    path = base / parent if CGROUP_VERSION == 2 else base / controller / parent
     return path.read_text().strip()
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from support.host import ROOTFS, job_cgroups_left, remove_cgroup_parent
+from support.host import CGROUP_ROOT, ROOTFS, job_cgroups_left, remove_cgroup_parent
 from support.etcd_pki import ClientTls, Pki
 
 VENV_BIN = Path(sys.executable).parent
@@ -226,6 +226,8 @@ class NodeProcess:
                 "--rootfs", ROOTFS, "--prefix", self.prefix, "--lease-ttl", "2", *self.extra]
         if "--tls-dir" not in self.extra:  # tests talk plain TCP unless they test TLS
             argv.append("--insecure")
+        if "--cgroup-root" not in self.extra:
+            argv += ["--cgroup-root", CGROUP_ROOT]
         if "--web-listen" not in self.extra:  # nodes on one host would share the default port
             argv += ["--web-listen", ""]
         if "--metrics-listen" not in self.extra:
