@@ -95,6 +95,8 @@ def test_the_socket_refuses_users_outside_the_group(nodes):
         os.chmod(path, 0o660)
     assert f"refused a connection from uid {pwd.getpwnam(EVE).pw_uid}" in node.log()
     assert run_lclient("-list", server=node.socket).stdout == before  # nothing was added
+    # and over TCP, where a node serves mutual TLS, a local user is no one without a certificate
+    one_line(as_user(EVE, "-list", server=nodes["ids-t1"].server), REFUSED, "serves mutual TLS")
 
 
 def test_users_see_and_kill_only_their_own_jobs(nodes):
