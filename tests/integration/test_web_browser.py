@@ -83,7 +83,9 @@ def test_submit_from_the_form_and_filter_the_list(node, browser):
     browser.get(node.web_url + "/")
     Select(browser.find_element(By.ID, "filter-state")).select_by_value("EXITED")
     browser.find_element(By.CSS_SELECTOR, "form.filter button").click()
-    listed = text_of(browser, "jobs")
+    # the click starts a navigation; read the list only once the filtered page is the one shown
+    until(lambda: "state=EXITED" in browser.current_url, "the filtered page")
+    listed = until(lambda: text_of(browser, "jobs"), "the filtered list")
     assert job in listed and running not in listed
     assert node.lclient("-kill", running).returncode == 0
     assert console_errors(browser) == []
