@@ -9,6 +9,7 @@ Each check raises InvalidSpec with a sentence a user can act on.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 import re
 from typing import Mapping
 
@@ -153,3 +154,65 @@ def check_network(net: str, publish: list[str]) -> None:
         if (host_port, protocol) in seen:
             raise InvalidSpec(f"host port {host_port}/{protocol} is published twice")
         seen.add((host_port, protocol))
+
+
+# A job's volumes: `HOST:PATH[:ro]` binds the host directory HOST (absolute, under one of the
+# node's --volume-root directories, which only the runtime can check safely) at PATH inside the
+# job. The runtime resolves HOST beneath its root and mounts it nosuid,nodev (and read-only
+# with :ro).
+MAX_VOLUMES = 32
+MAX_PATH_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Volume:
+    host: str  # absolute and normalised (no '.', '..' or '//' parts)
+    path: str  # inside the job: absolute and normalised, never "/"
+    read_only: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.path}" + (":ro" if self.read_only else "")
+
+
+def parse_volume(entry: str) -> Volume:
+    """`HOST:PATH`, `HOST:PATH:ro` or `HOST:PATH:rw` as a Volume; InvalidSpec otherwise."""
+    parts = entry.split(":") if isinstance(entry, str) else []
+    if len(parts) == 3 and parts[2] in ("ro", "rw"):
+        mode = parts.pop()
+    elif len(parts) == 2:
+        mode = "rw"
+    else:
+        raise InvalidSpec(f"volume takes HOST:PATH or HOST:PATH:ro (absolute paths, no ':'), not {entry!r}")
+    host, path = (_clean_path(p, entry) for p in parts)
+    if path == "/":
+        raise InvalidSpec(f"a volume cannot be mounted over the job's / (in {entry!r})")
+    return Volume(host, path, mode == "ro")
+
+
+def check_volumes(volumes: list[str]) -> list[Volume]:
+    """Each entry well formed, at most MAX_VOLUMES, no two at one place in the job."""
+    if len(volumes) > MAX_VOLUMES:
+        raise InvalidSpec(f"at most {MAX_VOLUMES} volumes per job, not {len(volumes)}")
+    parsed = [parse_volume(entry) for entry in volumes]
+    places = [v.path for v in parsed]
+    for place in places:
+        if places.count(place) > 1:
+            raise InvalidSpec(f"two volumes are mounted at {place}")
+    return parsed
+
+
+def check_workdir(workdir: str) -> None:
+    """"" (the image's or /) or an absolute path inside the job."""
+    if workdir:
+        _clean_path(workdir, workdir, what="working directory")
+
+
+def _clean_path(path: str, entry: str, what: str = "volume paths") -> str:
+    if not path.startswith("/") or "\0" in path or len(path.encode("utf-8", "replace")) > MAX_PATH_BYTES:
+        raise InvalidSpec(f"{what} must be absolute (and at most {MAX_PATH_BYTES} bytes), not {path!r} (in {entry!r})")
+    if len(path) > 1:
+        path = path.rstrip("/") or "/"  # "/data/" is "/data"
+    parts = path.split("/")[1:]
+    if path != "/" and any(part in ("", ".", "..") for part in parts):
+        raise InvalidSpec(f"{what} must be written without '.', '..' or '//' parts, not {path!r} (in {entry!r})")
+    return path
