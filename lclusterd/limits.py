@@ -216,3 +216,20 @@ def _clean_path(path: str, entry: str, what: str = "volume paths") -> str:
     if path != "/" and any(part in ("", ".", "..") for part in parts):
         raise InvalidSpec(f"{what} must be written without '.', '..' or '//' parts, not {path!r} (in {entry!r})")
     return path
+
+
+# An image's name: a directory of the node's image store (runtime/images/store.py), so never
+# '.', '..' or one of the store's own '.tmp-' names; the job spec's `image` field is held to it
+# at add time, before any node looks at it.
+IMAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+IMAGE_NAME_RULE = "1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+
+
+def is_image_name(name: str) -> bool:
+    return isinstance(name, str) and IMAGE_NAME.match(name) is not None
+
+
+def check_image(name: str) -> None:
+    """"" (the node's default image) or a name the image store can hold."""
+    if name and not is_image_name(name):
+        raise InvalidSpec(f"invalid image name {_shown(name)}: {IMAGE_NAME_RULE}")

@@ -79,6 +79,7 @@ class JobSpec:
     stdin_data: bytes = b""
     retries: int = 0
     node: str = ""  # pinned: only this node may run it
+    image: str = ""  # the image it runs in, on a node that has it ("": the node's rootfs, busybox)
     # fields a newer lclusterd wrote that this one does not know: kept and written back as they
     # were, so nodes of two versions can share one etcd during an upgrade
     unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -88,7 +89,9 @@ class JobSpec:
         checks too are checked again there, with the node's own facts). stored: a spec read
         from a record, whose sizes are not held to today's limits again (an older version may
         have allowed more, and etcd bounds what it holds)."""
-        limits.check_command(self.command)
+        limits.check_image(self.image)
+        if self.command or not self.image:  # no command: the image's Entrypoint and Cmd (checked by its node)
+            limits.check_command(self.command)
         limits.check_env(self.env)
         limits.check_memory(self.memory_bytes)
         limits.check_cpus(self.cpus)
@@ -114,6 +117,8 @@ class JobSpec:
         # and a record is encoded several times per job (docs/conventions.md, hot paths).
         data = dict(self.__dict__)
         data["stdin_data"] = base64.b64encode(self.stdin_data).decode()
+        if not self.image:  # written only when set: other records stay as older daemons wrote them
+            del data["image"]
         return _with_unknown(data)
 
     @classmethod
@@ -334,6 +339,7 @@ class NodeInfo:
     memory_bytes: int = 0  # memory offered to jobs (what -mem requests are fitted against)
     max_pids: int = 0  # processes all its jobs may have together (0: a node that does not say)
     cores: int = 0  # CPU cores (0: a node that does not say)
+    images: list[str] = field(default_factory=list)  # the images of its store, busybox (its rootfs) included
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

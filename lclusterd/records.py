@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from lclusterd.errors import RecordError
+from lclusterd.limits import IMAGE_NAME
 from lclusterd.states import STATES
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")  # a job (or pool) id as stored: uuid4, 32 lower-case hex digits
@@ -30,7 +31,8 @@ NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # also allows null. tests/unit/test_records.py
 # holds these tables to the dataclasses' fields, so a field added there must be added here.
 JOB_SPEC = {"command": "str", "env": "dict", "memory_bytes": "i64?", "cpus": "num?", "pids": "i64?",
-            "timeout": "num?", "stdin_data": "str?", "retries": "i32", "node": "str"}
+            "timeout": "num?", "stdin_data": "str?", "retries": "i32", "node": "str",
+            "image": "str"}
 JOB_RECORD = {"id": "str", "spec": "dict", "state": "str", "node": "str", "attempt": "i32", "created_at": "time?",
               "assigned_at": "time?", "started_at": "time?", "finished_at": "time?", "exit_code": "i32?", "signal": "i32?",
               "oom_killed": "bool", "error": "str", "host_pid": "i32?", "peak_memory_bytes": "i64?", "cpu_seconds": "num?",
@@ -40,7 +42,7 @@ ATTEMPT = {"attempt": "i32", "node": "str", "assigned_at": "time?", "started_at"
            "state": "str", "reason": "str"}  # an entry of JobRecord.history
 POOL_RECORD = {"id": "str", "spec": "dict", "created_at": "time?", "members": "dict", "owner": "str", "schema_version": "i32"}
 NODE_INFO = {"name": "str", "address": "str", "capacity": "i32", "version": "str", "started_at": "time",
-             "memory_bytes": "i64", "max_pids": "i64", "cores": "i32"}
+             "memory_bytes": "i64", "max_pids": "i64", "cores": "i32", "images": "list"}
 
 _BOUNDS = {"i32": 2**31 - 1, "i64": 2**63 - 1}
 MAX_TIME = 1e11  # the year 5138: any time a record holds is before, and every client can print it
@@ -151,6 +153,10 @@ def check_node_info(data: dict[str, Any], key_name: str, what: str) -> None:
     negative = [name for name in ("capacity", "memory_bytes", "max_pids", "cores") if data.get(name, 0) < 0]
     if negative:
         raise RecordError(f"{what} field {negative[0]!r} is negative")
+    for image in data.get("images") or []:
+        if not (isinstance(image, str) and IMAGE_NAME.match(image)):
+            shown = image[:40] if isinstance(image, str) else _kind(image)
+            raise RecordError(f"{what} field 'images' holds {shown!r}, not a valid image name")
 
 
 def _optional_name(value: str, pattern: re.Pattern, what: str, field: str, empty: bool = True) -> None:

@@ -19,11 +19,13 @@ def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
         stdin_data=msg.stdin,
         retries=msg.retries,
         node=msg.node,
+        image=msg.image,
     )
 
 
 def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
-    msg = pb.JobSpec(command=spec.command, env=spec.env, stdin=spec.stdin_data, retries=spec.retries, node=spec.node)
+    msg = pb.JobSpec(command=spec.command, env=spec.env, stdin=spec.stdin_data, retries=spec.retries, node=spec.node,
+                     image=spec.image)
     if spec.memory_bytes is not None:
         msg.memory_bytes = spec.memory_bytes
     if spec.cpus is not None:
@@ -105,7 +107,7 @@ def node_to_proto(view: NodeView) -> pb.Node:
     info = view.info
     return pb.Node(name=info.name, address=info.address, capacity=info.capacity, running=view.running,
                    prime=view.prime, version=info.version, started_at=info.started_at, state=view.state,
-                   memory_bytes=info.memory_bytes, memory_used_bytes=view.memory_used)
+                   memory_bytes=info.memory_bytes, memory_used_bytes=view.memory_used, images=info.images)
 
 
 def events_of(change: StateChange) -> list[pb.JobEvent]:

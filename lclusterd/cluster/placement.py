@@ -13,7 +13,7 @@ sentences and the pinned case live here once, for both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from lclusterd.cluster.kv import Compare
@@ -41,6 +41,7 @@ class Room:
     memory: int  # memory not yet requested by its jobs
     offered: int  # memory it offers in all
     draining: bool = False
+    images: frozenset[str] = field(default_factory=frozenset)  # what it publishes (NodeInfo.images)
 
     def fits(self, memory: int) -> bool:
         return self.slots > 0 and memory <= self.memory
@@ -51,16 +52,19 @@ class Room:
 
 
 def place(policy: str, rooms: dict[str, Room], prime: str, memory: int = 0, pinned: str = "",
-          avoid: Iterable[str] = ()) -> tuple[str | None, str]:
+          avoid: Iterable[str] = (), image: str = "") -> tuple[str | None, str]:
     """The node for a job that requests `memory` bytes (0: none), or None and why not.
-    `avoid`: nodes where earlier attempts were lost; used only when no other node fits."""
+    `avoid`: nodes where earlier attempts were lost; used only when no other node fits.
+    `image`: only nodes that have it ("": every node, each has its rootfs)."""
     if pinned:
-        return place_pinned(rooms.get(pinned), pinned, memory)
+        return place_pinned(rooms.get(pinned), pinned, memory, image)
+    if image:
+        rooms = {name: r for name, r in rooms.items() if image in r.images}
     ready = [r for r in rooms.values() if not r.draining]
     if not ready:
-        return None, why_no_ready(bool(rooms))
+        return None, why_no_image(image, bool(rooms)) if image else why_no_ready(bool(rooms))
     if memory and all(memory > r.offered for r in ready):
-        return None, why_too_big(memory, max(r.offered for r in ready))
+        return None, why_too_big(memory, max(r.offered for r in ready), image)
     fits = [r for r in ready if r.fits(memory)]
     avoided = set(avoid)
     candidates = [r for r in fits if r.name not in avoided] or fits
@@ -76,11 +80,13 @@ def place(policy: str, rooms: dict[str, Room], prime: str, memory: int = 0, pinn
     return max(candidates, key=lambda r: (r.slots, r.memory, r.name)).name, ""
 
 
-def place_pinned(room: Room | None, pinned: str, memory: int) -> tuple[str | None, str]:
+def place_pinned(room: Room | None, pinned: str, memory: int, image: str = "") -> tuple[str | None, str]:
     """A job pinned to node `pinned` (whose room is `room`, None when it is not registered):
     that node or nothing; earlier lost attempts do not move it."""
     if room is None:
         return None, f"pinned to node {pinned}, which is not registered"
+    if image and image not in room.images:
+        return None, f"pinned to node {pinned}, which does not have the image {image!r}"
     if room.draining:
         return None, f"pinned to node {pinned}, which is draining"
     if memory > room.offered:
@@ -92,5 +98,13 @@ def why_no_ready(registered: bool) -> str:
     return "no ready node: every registered node is draining" if registered else "no node is registered"
 
 
-def why_too_big(memory: int, largest: int) -> str:
-    return f"needs {format_size(memory)} of memory; the largest ready node offers {format_size(largest)}"
+def why_no_image(image: str, registered: bool) -> str:
+    """No ready node has `image`: every one that has it drains, or none has it (any more)."""
+    if registered:
+        return f"every node with the image {image!r} is draining"
+    return f"no ready node has the image {image!r} (lclusterd image import {image} PATH on a node)"
+
+
+def why_too_big(memory: int, largest: int, image: str = "") -> str:
+    where = f"the largest ready node with the image {image!r}" if image else "the largest ready node"
+    return f"needs {format_size(memory)} of memory; {where} offers {format_size(largest)}"

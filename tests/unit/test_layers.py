@@ -20,7 +20,7 @@ ALLOWED = {
     "lclusterd.metrics": ("lclusterd.metrics", "lclusterd.states"),
     "lclusterd.logformat": (),
     "lclusterd.model": ("lclusterd.errors", "lclusterd.limits", "lclusterd.records", "lclusterd.states"),
-    "lclusterd.records": ("lclusterd.errors", "lclusterd.states"),
+    "lclusterd.records": ("lclusterd.errors", "lclusterd.states", "lclusterd.limits"),
     "lclusterd.states": (),
     "lclusterd.limits": ("lclusterd.errors",),
     "lclusterd.errors": (),

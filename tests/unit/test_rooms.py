@@ -225,7 +225,7 @@ def test_best_fit_takes_the_tightest_then_the_first_name():
 
 def test_first_fit_rebuilds_its_tree_once_per_square_root_of_the_fleet_of_new_names():
     rooms = Rooms(FIRST_FIT, "")
-    order = rooms._order
+    order = rooms._all.order
     rebuilds = []
     rebuild = order._rebuild
     order._rebuild = lambda: (rebuilds.append(len(order._live)), rebuild())
@@ -243,3 +243,28 @@ def test_first_fit_rebuilds_its_tree_once_per_square_root_of_the_fleet_of_new_na
     assert rooms.place() == ("m", "") and rooms.place(avoid=["m"]) == ("n0001", "")
     order._rebuild()
     assert not order._new and rooms.place(avoid=["m", "n0001"]) == ("n0002", "")
+
+
+def test_a_job_with_an_image_goes_only_to_a_node_that_has_it_and_follows_re_registrations():
+    for policy in POLICIES:
+        rooms = Rooms(policy, "a")
+        rooms.set_node("a", 2, G, frozenset({"busybox"}))
+        rooms.set_node("b", 2, G, frozenset({"busybox", "debian"}))
+        assert rooms.place(image="debian") == ("b", "")
+        assert rooms.place(image="nosuch") == (
+            None, "no ready node has the image 'nosuch' (lclusterd image import nosuch PATH on a node)")
+        assert rooms.place(pinned="a", image="debian") == (None, "pinned to node a, which does not have the image 'debian'")
+        rooms.use("b", 2, 0)  # b is full: a debian job waits for a slot, whatever a has
+        assert rooms.place(image="debian") == (None, "")
+        rooms.use("b", -2, 0)
+        rooms.set_node("b", 2, G, frozenset({"busybox"}))  # debian removed from b's store
+        assert rooms.place(image="debian")[0] is None
+        rooms.set_node("a", 2, G, frozenset({"busybox", "debian"}))  # imported on a
+        assert rooms.place(image="debian") == ("a", "")
+        rooms.set_draining("a", True)
+        assert rooms.place(image="debian") == (None, "every node with the image 'debian' is draining")
+        rooms.set_draining("a", False)
+        assert rooms.place(4 * G, image="debian") == (
+            None, "needs 4.0 GiB of memory; the largest ready node with the image 'debian' offers 1.0 GiB")
+        rooms.remove_node("a")
+        assert rooms.place(image="debian")[0] is None and rooms.place() == ("b", "")

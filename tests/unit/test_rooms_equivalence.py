@@ -7,7 +7,9 @@ runs (so reservations settle before and after their assignment's event), and thr
 (a resync drops what was not delivered yet, as the watch hub does). Between the changes, jobs
 are placed one by one, and in batches the way the scheduler places them (each placement held
 as a reservation before the next job); the scheduler's own _next_batch is held to the batch
-loop it replaced. Each failure names its seed and step, to replay."""
+loop it replaced. Nodes publish random sets of images and jobs ask for one (or none, or one no
+node has), so the per-image indexes are held to the same answers. Each failure names its seed
+and step, to replay."""
 
 from __future__ import annotations
 
@@ -27,6 +29,12 @@ KEYS = Keys("/t")
 M = 256 << 20
 OFFERS = [0, 4 * M, 8 * M, 16 * M, 32 * M]  # a node may offer nothing (0)
 REQUESTS = [0, 0, 0, M, 2 * M, 4 * M, 8 * M, 40 * M]  # mostly none; one more than any node offers
+IMAGES = ["busybox", "debian", "py"]
+JOB_IMAGES = ["", "", "", "busybox", "debian", "py", "nosuch"]  # mostly none; one no node has
+
+
+def some_images(rng: random.Random) -> list[str]:
+    return sorted(rng.sample(IMAGES, rng.randrange(0, len(IMAGES) + 1)))
 
 
 class Sim:
@@ -79,7 +87,7 @@ def change(sim: Sim) -> None:
     rng, name = sim.rng, sim.rng.choice(sim.names)
     what = rng.randrange(11)
     if what == 0:  # (re-)registration, with perhaps another offer
-        info = NodeInfo(name, "", rng.randrange(0, 6), memory_bytes=rng.choice(OFFERS))
+        info = NodeInfo(name, "", rng.randrange(0, 6), memory_bytes=rng.choice(OFFERS), images=some_images(rng))
         sim.write("nodes", Put(KEYS.node(name), info.to_bytes()))
     elif what == 1 and sim.store.get(KEYS.node(name)):  # its lease expired
         sim.write("nodes", Delete(KEYS.node(name)))
@@ -111,11 +119,11 @@ def change(sim: Sim) -> None:
             view.settle(job, revision)
 
 
-def a_job(sim: Sim) -> tuple[int, str, list[str]]:
+def a_job(sim: Sim) -> tuple[int, str, list[str], str]:
     rng = sim.rng
     pinned = rng.choice(sim.names + ["elsewhere"]) if rng.random() < 0.15 else ""
     avoid = rng.sample(sim.names, rng.randrange(0, min(3, len(sim.names)) + 1)) if rng.random() < 0.3 else []
-    return rng.choice(REQUESTS), pinned, avoid
+    return rng.choice(REQUESTS), pinned, avoid, rng.choice(JOB_IMAGES)
 
 
 def check_batch(sim: Sim, where: str, size: int) -> None:
@@ -130,10 +138,10 @@ def check_batch(sim: Sim, where: str, size: int) -> None:
         assert view.free_slots() == sum(max(r.slots, 0) for r in rooms.values() if not r.draining), where
         assert {n: view.index.room(n) for n in rooms} == rooms, where
         chosen[view.policy] = []
-        for job, memory, pinned, avoid in jobs:
-            expected = place(view.policy, rooms, sim.prime, memory, pinned, avoid)
-            got = view.place(memory, pinned, avoid)
-            assert got == expected, f"{where} {view.policy} job {memory, pinned, avoid}: {got} != {expected}"
+        for job, memory, pinned, avoid, image in jobs:
+            expected = place(view.policy, rooms, sim.prime, memory, pinned, avoid, image)
+            got = view.place(memory, pinned, avoid, image)
+            assert got == expected, f"{where} {view.policy} job {memory, pinned, avoid, image}: {got} != {expected}"
             if got[0] is not None:
                 rooms[got[0]].take(memory)
                 view.reserve(job, Reservation(got[0], IN_FLIGHT, memory))
@@ -162,7 +170,7 @@ def test_the_schedulers_batches_are_the_ones_the_scan_over_every_room_made():
         policy = rng.choice(POLICIES)
         s = Scheduler(None, None, KEYS, None, names[0], policy)
         for i, name in enumerate(names):
-            info = NodeInfo(name, "", rng.randrange(0, 5), memory_bytes=rng.choice(OFFERS))
+            info = NodeInfo(name, "", rng.randrange(0, 5), memory_bytes=rng.choice(OFFERS), images=some_images(rng))
             s.view._node_events([Event("put", KEYS.node(name), info.to_bytes(), i + 1)])
             if rng.random() < 0.1:
                 s.view._drain_events([Event("put", KEYS.drain(name), b"1", i + 1)])
@@ -170,7 +178,8 @@ def test_the_schedulers_batches_are_the_ones_the_scan_over_every_room_made():
             pinned = rng.choice(names) if rng.random() < 0.1 else ""
             history = [{"node": rng.choice(names)}] if rng.random() < 0.2 else []
             record = JobRecord(id=f"{i:032x}", spec=JobSpec("true", memory_bytes=rng.choice(REQUESTS) or None,
-                                                            node=pinned), history=history)
+                                                            node=pinned, image=rng.choice(JOB_IMAGES)),
+                               history=history)
             s.view.queue[record.id] = QueuedJob(KEYS.job(record.id), record.to_bytes(), 100 + i)
         while True:
             expected = reference_batch(s.view, policy, names[0])
@@ -196,7 +205,7 @@ def reference_batch(view: ClusterView, policy: str, me: str) -> tuple[list, list
         record = entry.record()
         memory = record.spec.memory_bytes or 0
         avoid = [a.get("node", "") for a in record.history]
-        node, why = place(policy, rooms, me, memory, record.spec.node, avoid)
+        node, why = place(policy, rooms, me, memory, record.spec.node, avoid, record.spec.image)
         if node is None:
             if why and why != record.waiting:
                 notes.append((job_id, why))

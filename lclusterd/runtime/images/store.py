@@ -26,7 +26,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import re
 import secrets
 import shutil
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lclusterd.errors import ImageError, ImageExists, ImageNotFound, InvalidImageName
+from lclusterd.limits import IMAGE_NAME, IMAGE_NAME_RULE, is_image_name
 from lclusterd.runtime import kernel
 from lclusterd.runtime.host import DEFAULT_ROOTFS
 from lclusterd.runtime.images import importer
@@ -43,7 +43,7 @@ from lclusterd.runtime.images.manifest import ImageManifest, read_manifest
 from lclusterd.runtime.images.sources import Source, open_source
 
 BUILTIN = "busybox"
-NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")  # a directory name; never '.', '..' or a '.tmp-' of ours
+NAME = IMAGE_NAME  # a directory name; never '.', '..' or a '.tmp-' of ours (limits.py: the job spec's rule too)
 ROOTFS, CONFIG, RECORD = "rootfs", "config.json", "image.json"
 LEFTOVERS = (".tmp-", ".old-")
 
@@ -83,9 +83,8 @@ class ImageInfo:
 
 
 def check_name(name: str) -> None:
-    if not isinstance(name, str) or not NAME.match(name):
-        raise InvalidImageName(f"invalid image name {name!r}: 1 to 63 of a-z, 0-9, '.', '_', '-', "
-                               "starting with a letter or digit")
+    if not is_image_name(name):
+        raise InvalidImageName(f"invalid image name {name!r}: {IMAGE_NAME_RULE}")
 
 
 class ImageStore:
@@ -104,6 +103,23 @@ class ImageStore:
             with contextlib.suppress(ImageNotFound):
                 found.append(self.get(name))
         return found
+
+    def names(self) -> list[str]:
+        """The names of every image, sorted, without reading any tree: what the node publishes
+        in its registration (cheap enough for the keep-alive loop to call after `stamp` moved)."""
+        found = {BUILTIN} if self._has_builtin() else set()
+        if self.dir.is_dir():
+            found.update(p.name for p in self.dir.iterdir() if NAME.match(p.name) and (p / RECORD).is_file())
+        return sorted(found)
+
+    def stamp(self) -> tuple[int, int]:
+        """Changes whenever an image is imported or removed, one stat: both rename an entry of
+        the store's directory (renameat2), which moves its mtime. (0, 0) while there is none."""
+        try:
+            st = os.stat(self.dir)
+        except FileNotFoundError:
+            return 0, 0
+        return st.st_ino, st.st_mtime_ns
 
     def get(self, name: str) -> ImageInfo:
         check_name(name)
