@@ -55,6 +55,7 @@ from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 from lclusterd.runtime import host, userns
 from lclusterd.runtime.cgroups import NodeLimits
+from lclusterd.runtime.images.store import ImageStore
 from lclusterd.runtime.launcher import IdRanges, Launcher
 from lclusterd.runtime.spec import RuntimeSpec
 from lclusterd.web.app import create_app
@@ -113,6 +114,7 @@ class Daemon:
         os.chmod(self.state, 0o711)  # the group's members reach the socket in it; the rest is in 0700 dirs
         self.logs = LogFiles(self.state / "logs")
         self.journal = Journal(self.state / "journal", c.node_name)
+        self.images = ImageStore(self.state, c.rootfs)  # <state-dir>/images, and the rootfs as busybox
         try:
             self.etcd_files = check_external(c.etcd, c.etcd_cacert, c.etcd_cert, c.etcd_key)
             self.logs.prepare()
@@ -208,13 +210,13 @@ class Daemon:
                              started_at=time.time(), memory_bytes=c.memory_bytes, max_pids=c.max_pids_value,
                              cores=host.cores())
         defaults = NodeDefaults(rootfs=c.rootfs, pids=c.default_pids, memory_bytes=c.default_memory_bytes,
-                                kill_grace=c.kill_grace, max_log_bytes=c.max_log_bytes)
+                                kill_grace=c.kill_grace, max_log_bytes=c.max_log_bytes, images=self.images)
         try:
             self.events = self._started(JobEvents(store, watches, keys), JobEvents.stop)
             self._started(LogSweep(self.logs, c.keep_seconds, self.launcher.running), LogSweep.stop)
             self.peers = Peers(store, keys, c.node_name, self.tls.channel_credentials() if self.tls else None)
             self._teardown.callback(self.peers.close)
-            session = NodeSession(store, keys, self.info, ttl=c.lease_ttl)
+            session = NodeSession(store, keys, self.info, ttl=c.lease_ttl, images=self.images)
             self.worker = Worker(store, watches, keys, self.jobs, c.node_name, self.launcher, defaults, self.logs,
                                  self.journal)
             session.on_lease_lost(self.worker.fence)

@@ -166,3 +166,14 @@ class ImageNotFound(ImageError):
 
 class ImageExists(ImageError):
     """The name is taken: by an image in the store (--replace replaces it) or by the node's rootfs."""
+
+
+class NoNodeHasImage(LclusterdError):
+    """A job names an image that no registered node (or not the node it is pinned to) has:
+    refused at add rather than queued for a node that may never come."""
+
+    def __init__(self, image: str, pinned: str = ""):
+        where = f"node {pinned} does not have" if pinned else "no node has"
+        super().__init__(f"{where} the image {image!r} (lclusterd image import {image} PATH on a node)")
+        self.image = image
+        self.pinned = pinned

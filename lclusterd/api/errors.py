@@ -12,7 +12,7 @@ import logging
 import grpc
 
 from lclusterd.errors import (InvalidSpec, InvalidTransition, IsAPool, JobFinished, JobNotFound, JobRemoved, LclusterdError,
-                              NodeNotFound, NodeUnreachable, NoReadyNode, NotAllowed, NotAuthenticated, RuntimeUnavailable,
+                              NodeNotFound, NoNodeHasImage, NodeUnreachable, NoReadyNode, NotAllowed, NotAuthenticated, RuntimeUnavailable,
                               StoreUnavailable, TooBusy, WaitTimedOut, WebDisabled)
 from lclusterd.rpc.metadata import ERROR_METADATA_KEY
 
@@ -30,6 +30,7 @@ STATUS_OF = {
     JobFinished: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
     NoReadyNode: grpc.StatusCode.FAILED_PRECONDITION,
+    NoNodeHasImage: grpc.StatusCode.FAILED_PRECONDITION,
     IsAPool: grpc.StatusCode.FAILED_PRECONDITION,
     WebDisabled: grpc.StatusCode.FAILED_PRECONDITION,
     WaitTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,

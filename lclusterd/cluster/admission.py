@@ -4,7 +4,9 @@ forever, clamped or failed later.
 
 A spec must be well formed (JobSpec.validate: every field within lclusterd.limits), and what
 it asks for must fit a node of the cluster: its -mem within what some node offers its jobs,
-its -pids within what a node allows all its jobs together, its -cpus within a node's cores.
+its -pids within what a node allows all its jobs together, its -cpus within a node's cores,
+its -image among the images some node publishes (NoNodeHasImage otherwise: never queued for an
+image nobody has).
 The node taking the request is asked first, from what it knows of itself; only a spec it
 could not run itself costs a read of the other nodes' registrations.
 
@@ -23,7 +25,7 @@ from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.pools import Pools
 from lclusterd.cluster.placement import Placement
-from lclusterd.errors import InvalidSpec, RecordError
+from lclusterd.errors import InvalidSpec, NoNodeHasImage, RecordError
 from lclusterd.model import JobRecord, JobSpec, NodeInfo, PoolRecord, new_job_id
 from lclusterd.units import format_size
 
@@ -40,6 +42,11 @@ class Placer(Protocol):
 def fits(node: NodeInfo, spec: JobSpec) -> bool:
     """Whether `node` could ever run `spec` (0 in a node's field: it does not say, so it might)."""
     return not _shortfalls(node, spec)
+
+
+def has_image(node: NodeInfo, spec: JobSpec) -> bool:
+    """Whether `node` publishes the job's image ("": every node has its rootfs)."""
+    return not spec.image or spec.image in node.images
 
 
 def _shortfalls(node: NodeInfo, spec: JobSpec) -> list[str]:
@@ -94,13 +101,17 @@ class Admission:
     def check(self, spec: JobSpec) -> None:
         """InvalidSpec with the reason when the spec is malformed or no node could run it."""
         spec.validate()
-        if fits(self.me, spec) and (not spec.node or spec.node == self.me.name):
+        if fits(self.me, spec) and (not spec.node or spec.node == self.me.name) and has_image(self.me, spec):
             return
         nodes = self._live_nodes()
         if spec.node:  # pinned: that node decides; one not registered may yet come (the job waits)
             nodes = [n for n in nodes if n.name == spec.node]
             if not nodes:
                 return
+        if spec.image:
+            nodes = [n for n in nodes if has_image(n, spec)]
+            if not nodes:
+                raise NoNodeHasImage(spec.image, spec.node)
         if not any(fits(node, spec) for node in nodes):
             raise InvalidSpec(_refusal(spec, nodes))
 

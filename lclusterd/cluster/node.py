@@ -3,6 +3,10 @@
 The same lease also holds the prime key while this node is prime, so one lease is the
 node's whole liveness. If the lease is lost (etcd unreachable for longer than its TTL), the
 session grants a new one, re-registers, and tells its listeners (the prime election).
+
+The registration also lists the node's images (NodeInfo.images), which the prime places jobs
+by. `lclusterd image import|rm` is another process, so the keep-alive loop asks the image
+store whether it changed (one stat of its directory) and registers again when it did.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Hashable, Protocol
 
 from lclusterd.cluster import decode
 from lclusterd.cluster.keys import Keys
@@ -23,12 +27,23 @@ from lclusterd.model import NODE_NAME, JobRecord, NodeInfo
 log = logging.getLogger(__name__)
 
 
+class ImageNames(Protocol):
+    """What the registration needs of the node's image store (runtime/images/store.py)."""
+
+    def names(self) -> list[str]: ...
+
+    def stamp(self) -> Hashable: ...
+
+
 class NodeSession:
-    def __init__(self, store: Store, keys: Keys, info: NodeInfo, ttl: int = 5):
+    def __init__(self, store: Store, keys: Keys, info: NodeInfo, ttl: int = 5, images: ImageNames | None = None):
+        """`info` is shared: its `images` is kept up to date here (admission reads it)."""
         self.store = store
         self.keys = keys
         self.info = info
         self.ttl = ttl
+        self.images = images
+        self._images_stamp: Hashable = None
         self.lease_id = 0
         self._stopped = threading.Event()
         self._listeners: list[Callable[[int], None]] = []
@@ -51,21 +66,47 @@ class NodeSession:
         if previous is not None and previous.lease:
             log.info("revoking the lease of this node's previous run")
             self.store.revoke(previous.lease)
+        self._images_changed()
         self._register_new_lease()
         self._thread.start()
 
     def _register_new_lease(self) -> None:
         lease = self.store.grant(self.ttl)
+        self._put_registration(lease)
+        self.lease_id = lease
+
+    def _put_registration(self, lease: int) -> None:
         raw = self.info.to_bytes()
         # members/<name> outlives the lease, so -nodes can list this node as gone after it dies
         self.store.txn([], [Put(self.keys.node(self.info.name), raw, lease), Put(self.keys.member(self.info.name), raw)])
-        self.lease_id = lease
+
+    def _images_changed(self) -> bool:
+        """Whether the image store changed since last asked, its names then in info.images.
+        Never raises for the store (a bad disk is logged; the node keeps its last list)."""
+        if self.images is None:
+            return False
+        try:
+            stamp = self.images.stamp()
+            if stamp == self._images_stamp:
+                return False
+            names = self.images.names()
+        except OSError as exc:
+            log.warning("cannot read this node's image store: %s", exc)
+            return False
+        self._images_stamp = stamp
+        if names == self.info.images:
+            return False
+        self.info.images = names
+        return True
 
     def _keep_alive(self) -> None:
         interval = max(self.ttl / 3, 0.5)
         while not self._stopped.wait(interval):
             try:
                 if self.store.keepalive(self.lease_id) > 0:
+                    if self._images_changed():
+                        log.info("this node's images are now: %s", ", ".join(self.info.images) or "none")
+                        self._put_registration(self.lease_id)
                     continue
                 log.warning("node lease expired (this node may have been declared dead); registering again")
                 for listener in self._lost_listeners:
@@ -163,16 +204,21 @@ def _first_valid(*kvs: KeyValue | None) -> NodeInfo | None:
     return None
 
 
-def ready_nodes(store: Store, keys: Keys) -> tuple[list[tuple[str, int]], str]:
-    """The nodes that take new jobs now: registered (live lease) and not draining, sorted by
-    name, each with the mod revision of its nodes/<name> key (a guard that it is still the same
-    registration). With none, the list is empty and the sentence says why."""
-    live, _ = store.get_prefix(keys.nodes_prefix, keys_only=True)
+def ready_nodes(store: Store, keys: Keys, image: str = "") -> tuple[list[tuple[str, int]], str]:
+    """The nodes that take new jobs now: registered (live lease) and not draining, and with
+    `image` when one is given, sorted by name, each with the mod revision of its nodes/<name>
+    key (a guard that it is still the same registration, images included). With none, the
+    list is empty and the sentence says why."""
+    live, _ = store.get_prefix(keys.nodes_prefix, keys_only=not image)
+    if image:  # only then are the registrations read whole
+        live = [kv for kv in live if image in getattr(_first_valid(kv), "images", ())]
     draining = {Keys.last(kv.key) for kv in store.get_prefix(keys.drain_prefix, keys_only=True)[0]}
     names = [(Keys.last(kv.key), kv.mod_revision) for kv in live if NODE_NAME.match(Keys.last(kv.key))]  # keys are input
     ready = sorted((name, revision) for name, revision in names if name not in draining)
     if ready:
         return ready, ""
+    if image:
+        return [], f"every node with the image {image!r} is draining" if live else f"no ready node has the image {image!r}"
     return [], "every registered node is draining" if live else "no node is registered"
 
 

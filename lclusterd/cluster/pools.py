@@ -8,7 +8,7 @@ A pool's state is never stored: it is summed up from its members' records on eve
 (model.pool_outcome), so it cannot disagree with them.
 
 "Ready" = registered (nodes/<name> under a live lease) and not draining (no drain/<name>),
-read when the pool is added. Each member's write compares its node's nodes/<name> mod revision
+and for a spec with an image, publishing that image; read when the pool is added. Each member's write compares its node's nodes/<name> mod revision
 with the one read, so a node that died or re-registered meanwhile fails the transaction and the
 rest of the pool is written again without it: the members are the nodes ready at the commit. (A
 node that starts draining in that very instant is not compared; its member waits for the
@@ -95,7 +95,7 @@ class Pools:
         if spec.node:
             raise InvalidSpec(f"a pool runs on every ready node; it cannot be pinned to node {spec.node} as well")
         pool = PoolRecord(id=new_job_id(), spec=spec, created_at=time.time(), owner=owner)
-        ready, why = ready_nodes(self.store, self.keys)
+        ready, why = ready_nodes(self.store, self.keys, spec.image)
         if not ready:
             raise NoReadyNode(f"no node can run the pool: {why}")
         revisions = dict(ready)
@@ -120,7 +120,7 @@ class Pools:
                 replans += 1
                 if replans > MAX_REPLANS:
                     raise StoreUnavailable("the ready nodes kept changing while the pool was written; try again")
-                ready, why = ready_nodes(self.store, self.keys)  # a node died or re-registered meanwhile
+                ready, why = ready_nodes(self.store, self.keys, spec.image)  # a node died or re-registered meanwhile
                 revisions = dict(ready)
                 left = [node for node in left if node in revisions]
                 if not left and not written:

@@ -1,11 +1,32 @@
-"""From the user's JobSpec to the runtime's RuntimeSpec, with this node's defaults. Pure."""
+"""From the user's JobSpec to the runtime's RuntimeSpec, with this node's defaults and the job's
+image. Pure, but for the two lookups it asks of the node's image store (ImageLookup).
+
+A job without an image runs `/bin/sh -c COMMAND` on the node's rootfs (the image busybox),
+as it always has. A job with one runs on that image's tree, with its config's defaults under
+the job's own options (runtime/images/config.py, apply_defaults): the image's Env under the
+job's -env, its WorkingDir, and its Entrypoint + Cmd when the job has no command; a command
+is a whole shell line and replaces both. (The image's User is not applied: the runtime runs
+every job as the root of its user namespace.)
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
+from lclusterd.errors import ImageNotFound
 from lclusterd.model import DEFAULT_PIDS, JobSpec
+from lclusterd.runtime.images.config import ImageConfig, apply_defaults
 from lclusterd.runtime.spec import RuntimeSpec
+
+
+class ImageLookup(Protocol):
+    """What a job's start needs of the node's image store (runtime/images/store.py): each
+    raises ImageNotFound when the image is not (or no longer) on this node."""
+
+    def rootfs(self, name: str) -> str: ...
+
+    def config(self, name: str) -> ImageConfig: ...
 
 
 @dataclass(frozen=True)
@@ -17,13 +38,16 @@ class NodeDefaults:
     memory_bytes: int | None = None  # None: no memory limit (only the node's own ceiling)
     kill_grace: float = 2.0
     max_log_bytes: int | None = None  # per stream; None: no cap
+    images: ImageLookup | None = None  # None: jobs with an image are refused (ImageNotFound)
 
 
 def to_runtime_spec(job_id: str, spec: JobSpec, defaults: NodeDefaults,
                     stdout_path: str | None = None, stderr_path: str | None = None) -> RuntimeSpec:
-    return RuntimeSpec.shell(
-        job_id, spec.command, defaults.rootfs,
-        env=dict(spec.env),
+    """The job as the runtime runs it. ImageNotFound (an ImageError) when its image is not on
+    this node, InvalidSpec when it has no command and its image none either."""
+    rootfs, argv, env, cwd = _image_defaults(spec, defaults)
+    return RuntimeSpec(
+        job_id=job_id, argv=argv, rootfs=rootfs, env=env, cwd=cwd,
         memory_bytes=spec.memory_bytes if spec.memory_bytes is not None else defaults.memory_bytes,
         cpus=spec.cpus,
         pids=spec.pids if spec.pids is not None else defaults.pids,
@@ -34,3 +58,16 @@ def to_runtime_spec(job_id: str, spec: JobSpec, defaults: NodeDefaults,
         stderr_path=stderr_path,
         max_log_bytes=defaults.max_log_bytes,
     )
+
+
+def _image_defaults(spec: JobSpec, defaults: NodeDefaults) -> tuple[str, list[str], dict[str, str], str]:
+    """(rootfs, argv, env, cwd) of the job: its image's defaults under its own options."""
+    argv = ["/bin/sh", "-c", spec.command] if spec.command else None
+    if not spec.image:
+        return defaults.rootfs, argv or [], dict(spec.env), "/"
+    if defaults.images is None:
+        raise ImageNotFound(spec.image)
+    rootfs = defaults.images.rootfs(spec.image)
+    # The job's own working directory (JobSpec.workdir, when the spec has one) goes in cwd= here.
+    job = apply_defaults(defaults.images.config(spec.image), argv, spec.env, cwd=None)
+    return rootfs, job.argv, job.env, job.cwd

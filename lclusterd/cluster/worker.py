@@ -29,7 +29,7 @@ from lclusterd.cluster.reporter import Owned, OwnedJobs, Reporter, same_attempt
 from lclusterd.cluster.runspec import NodeDefaults, to_runtime_spec
 from lclusterd.cluster.store import Store
 from lclusterd.cluster.watch import Callbacks, Watches
-from lclusterd.errors import InvalidSpec, JobNotFound, RecordError, RuntimeUnavailable, StoreUnavailable
+from lclusterd.errors import ImageError, InvalidSpec, JobNotFound, RecordError, RuntimeUnavailable, StoreUnavailable
 from lclusterd.model import ASSIGNED, RUNNING, JobRecord
 from lclusterd.runtime.launcher import Event as RuntimeEvent
 from lclusterd.runtime.launcher import JobStarted, Launcher
@@ -288,6 +288,9 @@ class Worker:
                                    str(self.logs.stdout(job_id)), str(self.logs.stderr(job_id)))
             owned.submitted, owned.submitted_at = True, time.monotonic()
             self.launcher.submit(spec)
+        except ImageError as exc:  # removed from this node after the job was placed here
+            owned.submitted = False
+            self.reporter.report(job_id, outcome.Refused(f"node {self.node} cannot run the job's image: {exc}"))
         except (InvalidSpec, RuntimeUnavailable, OSError) as exc:
             owned.submitted = False
             self.reporter.report(job_id, outcome.Refused(f"the runtime on node {self.node} refused the job: {exc}"))

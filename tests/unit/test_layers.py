@@ -13,7 +13,8 @@ ALLOWED = {
     "lclusterd.api": ("lclusterd.api", "lclusterd.cluster", "lclusterd.model", "lclusterd.errors", "lclusterd.rpc",
                       "lclusterd.states", "lclusterd.certs"),
     "lclusterd.certs": (),
-    "lclusterd.cluster": ("lclusterd.cluster", "lclusterd.runtime.launcher", "lclusterd.runtime.spec", "lclusterd.model",
+    "lclusterd.cluster": ("lclusterd.cluster", "lclusterd.runtime.launcher", "lclusterd.runtime.spec",
+                          "lclusterd.runtime.images.config", "lclusterd.model",
                           "lclusterd.records", "lclusterd.errors", "lclusterd.units", "lclusterd.limits", "lclusterd.states",
                           "lclusterd.metrics"),
     # the instruments and the plain functions every layer may call to feed them
