@@ -23,13 +23,14 @@ import click
 
 from lclient import errors
 from lclient.client import SERVER_ENV, TLS_DIR_ENV, USER_ENV, JobsClient, Target
-from lclient.format import (dumps, event_json, event_text, job_json, job_text, jobs_table, members_table, node_json,
-                            nodes_table, outcome)
+from lclient.format import (dumps, event_json, event_text, image_json, image_rows, images_table, job_json, job_text,
+                            jobs_table, members_table, node_json, nodes_table, outcome)
 from lclient.units import parse_count, parse_cpus, parse_duration, parse_memory
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.states import STATES
 
-ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain", "-web", "-events")
+ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain", "-web", "-events",
+           "-images")
 _WAIT_FOR_ADDED = "\0added"  # -wait given with no uuid: wait for the job this call adds
 
 ClientFactory = Callable[[Target], JobsClient]
@@ -62,6 +63,8 @@ def _opt(*names: str, **kw):
       shell_complete=lambda _ctx, _param, incomplete: [s for s in STATES if s.startswith(incomplete.upper())])
 @_opt("-limit", "--limit", "limit", default="0", metavar="N", help="With -list: only the newest N jobs.")
 @_opt("-nodes", "--nodes", "nodes", is_flag=True, help="List the cluster's nodes.")
+@_opt("-images", "--images", "images", is_flag=True,
+      help="List the images of every node (NODE IMAGE); busybox is each node's rootfs.")
 @_opt("-drain", "--drain", "drain", metavar="NODE", help="Stop assigning new jobs to NODE; its jobs run to the end.")
 @_opt("-undrain", "--undrain", "undrain", metavar="NODE", help="Let NODE take new jobs again.")
 @_opt("-events", "--events", "events", is_flag=True,
@@ -85,6 +88,9 @@ def _opt(*names: str, **kw):
       type=click.Path(allow_dash=True))  # (a file name: the shell completes it)
 @_opt("-retries", "--retries", "retries", metavar="N", help="With -add: extra attempts if its node is lost (default 0).")
 @_opt("-node", "--node", "node", metavar="NAME", help="With -add: run it on node NAME only (it waits while NAME is full or away).")
+@_opt("-image", "--image", "image", metavar="NAME",
+      help="With -add: run it in image NAME, on a node that has it (lclient -images); its Env and WorkingDir are "
+           "the job's defaults, and with an empty command (-add '') its Entrypoint and Cmd are the command.")
 @_opt("-all-nodes", "--all-nodes", "all_nodes", is_flag=True,
       help="With -add: a pool, one copy on every ready node (not draining); prints the pool's uuid alone, "
            "which -check, -wait and -kill take.")
@@ -105,14 +111,14 @@ def _opt(*names: str, **kw):
 @click.pass_context
 def cli(ctx: click.Context, **o) -> int:
     """Submit and manage lclusterd jobs. Exactly one of -add, -check, -kill, -list, -nodes,
-    -logs, -wait (or -add with -wait), -drain, -undrain, -web, -events. -add CMD -all-nodes queues a pool, one
+    -logs, -wait (or -add with -wait), -drain, -undrain, -web, -events, -images. -add CMD -all-nodes queues a pool, one
     copy of CMD on every ready node, under one uuid that -check, -wait and -kill take.
 
     Exit status: 0 ok (-wait: the job's own status, 128+N for signal N); 1 job failed or not
     found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 4 refused (who you are,
     or not yours to do); 124 -wait timed out."""
     factory: ClientFactory = ctx.obj or JobsClient
-    keys = ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain", "web", "events")
+    keys = ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain", "web", "events", "images")
     chosen = [name for name, key in zip(ACTIONS, keys)
               if o[key] not in (None, False)]
     if chosen == ["-add", "-wait"] and o["wait"] == _WAIT_FOR_ADDED:
@@ -168,6 +174,16 @@ def _nodes(client: JobsClient, o: dict) -> int:
     return errors.EXIT_OK
 
 
+def _images(client: JobsClient, o: dict) -> int:
+    nodes = client.nodes()
+    if o["as_json"]:
+        for node, image in image_rows(nodes):
+            click.echo(dumps(image_json(node, image)))
+    else:
+        click.echo(images_table(nodes))
+    return errors.EXIT_OK
+
+
 def _drain(client: JobsClient, o: dict) -> int:
     node = client.drain(o["drain"] or o["undrain"], bool(o["drain"]))
     click.echo(dumps(node_json(node)) if o["as_json"] else nodes_table([node]))
@@ -193,7 +209,7 @@ def _wait_action(client: JobsClient, o: dict) -> int:
 
 def _check_applicable(action: str, o: dict) -> None:
     only_add = {"mem": "-mem", "cpus": "-cpus", "pids": "-pids", "env": "-env", "stdin": "-stdin", "retries": "-retries",
-                "node": "-node"}
+                "node": "-node", "image": "-image"}
     for key, name in only_add.items():
         if o[key] and action != "-add":
             raise click.UsageError(f"{name} goes with -add")
@@ -259,6 +275,8 @@ def _spec(o: dict) -> pb.JobSpec:
         spec.retries = _parse("-retries", o["retries"], lambda t: parse_count(t, 0))
     if o["node"]:
         spec.node = _utf8("the -node name", o["node"])
+    if o["image"]:
+        spec.image = _utf8("the -image name", o["image"])
     for item in o["env"]:
         name, sep, value = _utf8("an -env value", item).partition("=")
         if not sep or not name:
@@ -328,7 +346,7 @@ def _web(client: JobsClient, o: dict) -> int:
 HANDLERS: dict[str, Callable[[JobsClient, dict], int]] = {
     "-add": lambda client, o: _add(client, o), "-check": _check, "-kill": _kill, "-list": _list, "-nodes": _nodes,
     "-logs": lambda client, o: _logs(client, o["logs"], o["follow"]), "-wait": _wait_action,
-    "-drain": _drain, "-undrain": _drain, "-web": _web, "-events": _events,
+    "-drain": _drain, "-undrain": _drain, "-web": _web, "-events": _events, "-images": _images,
 }
 
 

@@ -43,6 +43,7 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "node": job.node or None,
         "attempt": job.attempt,
         "command": spec.command,
+        "image": spec.image or None,  # None: the node's rootfs (busybox)
         "owner": job.owner or None,
         "limits": {
             "memory_bytes": spec.memory_bytes if spec.HasField("memory_bytes") else None,
@@ -90,7 +91,7 @@ def node_json(node: pb.Node) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "name": node.name, "address": node.address,
             "state": node.state or ("prime" if node.prime else "ready"), "prime": node.prime, "capacity": node.capacity,
             "running": node.running, "memory_bytes": node.memory_bytes or None, "memory_used_bytes": node.memory_used_bytes,
-            "version": node.version, "started_at": node.started_at or None}
+            "version": node.version, "started_at": node.started_at or None, "images": list(node.images)}
 
 
 def event_json(event: pb.JobEvent) -> dict[str, Any]:
@@ -199,7 +200,8 @@ def job_rows(job: pb.Job) -> list[tuple[str, str]]:
     rows = [
         ("id", job.id),
         ("state", outcome(job) + (" (kill requested)" if job.kill_requested else "")),
-        ("command", spec.command),
+        ("command", spec.command or "(the image's Entrypoint and Cmd)"),
+        *([("image", spec.image)] if spec.image else []),
         ("owner", job.owner or "-"),
         ("node", job.node or "-"),
         ("created", _when(job.created_at)),
@@ -256,6 +258,19 @@ def nodes_table(nodes: list[pb.Node]) -> str:
         memory = f"{format_size(n.memory_used_bytes)} / {format_size(n.memory_bytes)}" if n.memory_bytes else "-"
         rows.append([n.name, n.address, state, str(n.capacity), str(n.running), memory])
     return table(["NAME", "ADDRESS", "STATE", "CAPACITY", "RUNNING", "MEMORY (USED / OFFERED)"], rows)
+
+
+def image_rows(nodes: list[pb.Node]) -> list[tuple[str, str]]:
+    """(node, image) for every image of every node that is not gone, by node then image."""
+    return [(n.name, image) for n in sorted(nodes, key=lambda n: n.name) if n.state != "gone" for image in n.images]
+
+
+def images_table(nodes: list[pb.Node]) -> str:
+    return table(["NODE", "IMAGE"], [list(row) for row in image_rows(nodes)])
+
+
+def image_json(node: str, image: str) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "node": node, "image": image}
 
 
 def _age(seconds: float) -> str:

@@ -197,8 +197,8 @@ def test_tables(capsys):
 
 
 @pytest.mark.parametrize("argv, line", [
-    ([], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events (given: none); see lclient -help"),
-    (["-check", JOB, "-kill", JOB], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events "
+    ([], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events, -images (given: none); see lclient -help"),
+    (["-check", JOB, "-kill", JOB], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events, -images "
                                     "(given: -check, -kill); see lclient -help"),
     (["-check"], "lclient: Option '-check' requires an argument."),
     (["-add", "x", "-mem", "lots"], "lclient: bad -mem value 'lots': expected a size like 64M or 1G"),
@@ -380,3 +380,36 @@ def test_a_request_the_transport_finds_too_large_is_invalid_input():
     assert str(error) == ("the request is too large for lclusterd at 127.0.0.1:1 (Received message larger than max "
                           "(5000017 vs. 4194304))")
     assert isinstance(busy, errors.Unavailable)
+
+
+def test_add_with_an_image_sends_it_and_may_leave_the_command_to_the_image(capsys):
+    code, out, err, client = run(["-add", "", "-image", "debian", "-env", "A=1"], capsys)
+    assert (code, out, err) == (0, JOB + "\n", "")
+    spec, _ = client.calls[0][1]
+    assert (spec.command, spec.image, dict(spec.env)) == ("", "debian", {"A": "1"})
+    code, out, err, _ = run(["-check", JOB, "-image", "debian"], capsys)
+    assert (code, out, err) == (2, "", "lclient: -image goes with -add\n")
+
+
+def test_check_shows_the_image_and_json_has_it(capsys):
+    job = pb.Job(id=JOB, state="QUEUED", spec=pb.JobSpec(command="", image="debian"),
+                 waiting="no ready node has the image 'debian'")
+    code, out, _, _ = run(["-check", JOB], capsys, job=job)
+    assert code == 0
+    assert "command:" in out and "(the image's Entrypoint and Cmd)" in out
+    assert [line.split() for line in out.splitlines() if line.startswith("image")] == [["image:", "debian"]]
+    _, out, _, _ = run(["-check", JOB, "-json"], capsys, job=job)
+    assert json.loads(out)["image"] == "debian"
+
+
+def test_images_lists_every_image_of_every_node_that_is_not_gone(capsys, monkeypatch):
+    nodes = [pb.Node(name="b", state="ready", images=["busybox", "debian"]), pb.Node(name="a", state="prime", images=["busybox"]),
+             pb.Node(name="c", state="gone", images=["busybox"])]
+    monkeypatch.setattr(FakeClient, "nodes", lambda self: nodes)
+    code, out, err, _ = run(["-images"], capsys)
+    assert (code, err) == (0, "")
+    assert [line.split() for line in out.splitlines()] == [["NODE", "IMAGE"], ["a", "busybox"], ["b", "busybox"],
+                                                           ["b", "debian"]]
+    _, out, _, _ = run(["-images", "-json"], capsys)
+    assert [(d["node"], d["image"]) for d in map(json.loads, out.splitlines())] == [
+        ("a", "busybox"), ("b", "busybox"), ("b", "debian")]

@@ -1,0 +1,96 @@
+"""A job's image in the control plane as data: the spec's rule, records that carry it, a node's
+published images, and the runtime spec a node makes from the image's config (the job's own
+options win)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lclusterd.cluster.runspec import NodeDefaults, to_runtime_spec
+from lclusterd.errors import ImageNotFound, InvalidSpec, RecordError
+from lclusterd.model import JobRecord, JobSpec, NodeInfo
+from lclusterd.runtime.images.config import ImageConfig
+
+JOB = "0123456789abcdef0123456789abcdef"
+
+
+class Store:
+    """An image store with one image, `debian`, as ImageLookup sees it."""
+
+    def __init__(self, config: ImageConfig):
+        self.configs = {"debian": config}
+
+    def rootfs(self, name: str) -> str:
+        if name not in self.configs:
+            raise ImageNotFound(name)
+        return f"/state/images/{name}/rootfs"
+
+    def config(self, name: str) -> ImageConfig:
+        self.rootfs(name)
+        return self.configs[name]
+
+
+CONFIG = ImageConfig(env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, entrypoint=("/usr/bin/python3",),
+                     cmd=("-c", "print(1)"), working_dir="/srv")
+DEFAULTS = NodeDefaults(rootfs="/rootfs", images=Store(CONFIG))
+
+
+def test_the_image_gives_env_workdir_and_command_under_the_jobs_own():
+    spec = to_runtime_spec(JOB, JobSpec("echo $LANG", env={"LANG": "C"}, image="debian"), DEFAULTS)
+    assert (spec.rootfs, spec.argv, spec.cwd) == ("/state/images/debian/rootfs", ["/bin/sh", "-c", "echo $LANG"], "/srv")
+    assert spec.env == {"PATH": "/usr/bin:/bin", "LANG": "C"}
+    spec = to_runtime_spec(JOB, JobSpec("", image="debian"), DEFAULTS)
+    assert spec.argv == ["/usr/bin/python3", "-c", "print(1)"]
+
+
+def test_a_job_without_an_image_runs_on_the_nodes_rootfs_as_before():
+    spec = to_runtime_spec(JOB, JobSpec("true", env={"A": "1"}), DEFAULTS)
+    assert (spec.rootfs, spec.argv, spec.env, spec.cwd) == ("/rootfs", ["/bin/sh", "-c", "true"], {"A": "1"}, "/")
+
+
+def test_an_image_that_is_gone_or_has_no_command_is_an_error_not_a_traceback():
+    with pytest.raises(ImageNotFound, match="no image named 'nosuch' on this node"):
+        to_runtime_spec(JOB, JobSpec("true", image="nosuch"), DEFAULTS)
+    bare = NodeDefaults(rootfs="/rootfs", images=Store(ImageConfig()))
+    with pytest.raises(InvalidSpec, match="no command and its image has no Entrypoint or Cmd"):
+        to_runtime_spec(JOB, JobSpec("", image="debian"), bare)
+    with pytest.raises(ImageNotFound):
+        to_runtime_spec(JOB, JobSpec("true", image="debian"), NodeDefaults(rootfs="/rootfs"))
+
+
+@pytest.mark.parametrize("spec, message", [
+    (JobSpec(""), "empty command"),
+    (JobSpec("  ", image="debian"), "empty command"),
+    (JobSpec("true", image="Debian"), "invalid image name 'Debian'"),
+    (JobSpec("true", image="../x"), "invalid image name"),
+    (JobSpec("true", image=".tmp-x"), "invalid image name"),
+])
+def test_spec_rules_for_images(spec, message):
+    with pytest.raises(InvalidSpec, match=message):
+        spec.validate()
+
+
+def test_an_empty_command_is_allowed_with_an_image_and_the_image_round_trips():
+    spec = JobSpec("", image="debian")
+    spec.validate()
+    record = JobRecord(id=JOB, spec=spec)
+    assert JobRecord.from_bytes(record.to_bytes(), JOB).spec.image == "debian"
+    assert "image" not in json.loads(JobRecord(id=JOB, spec=JobSpec("true")).to_bytes())["spec"]  # as before images
+
+
+def test_records_with_a_bad_image_are_refused():
+    data = JobRecord(id=JOB, spec=JobSpec("true")).to_json()
+    data["spec"]["image"] = "../../etc"
+    with pytest.raises(RecordError, match="invalid image name"):
+        JobRecord.from_json(data, JOB)
+    data["spec"]["image"] = 7
+    with pytest.raises(RecordError, match="'image' is the number 7"):
+        JobRecord.from_json(data, JOB)
+    node = json.loads(NodeInfo("n1", "", 1, images=["busybox"]).to_bytes())
+    assert NodeInfo.from_bytes(json.dumps(node).encode(), "n1").images == ["busybox"]
+    for bad in (["../x"], [3], "busybox"):
+        node["images"] = bad
+        with pytest.raises(RecordError):
+            NodeInfo.from_bytes(json.dumps(node).encode(), "n1")
