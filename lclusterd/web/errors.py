@@ -5,8 +5,8 @@ PERMISSION_DENIED 403, NOT_FOUND 404, FAILED_PRECONDITION 409, UNAVAILABLE 503).
 from __future__ import annotations
 
 from lclusterd.errors import (InvalidSpec, InvalidTransition, IsAPool, JobFinished, JobNotFound, LclusterdError, NodeNotFound,
-                              NodeUnreachable, NoReadyNode, NotAllowed, NotAuthenticated, RuntimeUnavailable, StoreUnavailable,
-                              TooBusy, WebDisabled)
+                              NodeUnreachable, NoNodeHasImage, NoReadyNode, NotAllowed, NotAuthenticated, RuntimeUnavailable,
+                              StoreUnavailable, TooBusy, WebDisabled)
 from lclusterd.web.calls import PeerRefused
 
 STATUS_OF = {
@@ -18,6 +18,7 @@ STATUS_OF = {
     JobFinished: 409,
     InvalidTransition: 409,
     NoReadyNode: 409,
+    NoNodeHasImage: 409,
     IsAPool: 409,
     WebDisabled: 409,
     StoreUnavailable: 503,
