@@ -132,7 +132,8 @@ def broken_layouts(tmp: Path, good: Path) -> dict[str, Path]:
         shutil.copytree(good, broken[name])
     (broken["index"] / "index.json").write_text('{"manifests": [{"digest": "sha256:1234"}]}')
     (broken["not-json"] / "oci-layout").write_text("{not json")
-    layers = json.loads(next(p for p in (good / "blobs/sha256").iterdir() if b'"layers"' in p.read_bytes()).read_bytes())
+    blobs = (json.loads(p.read_bytes()) for p in (good / "blobs/sha256").iterdir() if p.read_bytes()[:1] == b"{")
+    layers = next(b for b in blobs if isinstance(b.get("layers"), list))  # the manifest (a config says "layers" too)
     blob = broken["tampered"] / "blobs/sha256" / layers["layers"][0]["digest"].split(":")[1]
     data = bytearray(blob.read_bytes())
     data[100] ^= 0xFF

@@ -76,6 +76,9 @@ def test_a_job_takes_its_images_defaults_and_runs_only_where_the_image_is(cluste
     docker_jobs = [add(node, "true", "-image", "tiny-docker") for node in (a, b)]
     until(lambda: all(check(a, j)["state"] == "EXITED" for j in docker_jobs), "the docker image's jobs to end")
     assert {check(a, j)["node"] for j in docker_jobs} == {"b"}
+    pool = add(b, "echo pooled", "-image", "tiny", "-all-nodes")  # a member on each ready node with the image
+    assert b.lclient("-wait", pool, timeout=120).returncode == 0
+    assert [(m["node"], m["image"]) for m in check(b, pool)["members"]] == [("a", "tiny")]
 
     # refused at add, one line, exit 1: an image no node has, a pin to a node without it
     for node in (a, b):

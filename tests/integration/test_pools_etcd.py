@@ -62,9 +62,9 @@ def test_a_node_gone_between_read_and_write_is_left_out(world, monkeypatch):
     register(store, keys, lease, ["a", "b"])
     reads = []
 
-    def stale(store_, keys_):  # the first read still sees "ghost", which has died since (no nodes/ghost key)
+    def stale(store_, keys_, image=""):  # the first read still sees "ghost", which has died since (no nodes/ghost key)
         reads.append(1)
-        found, why = ready_nodes(store_, keys_)
+        found, why = ready_nodes(store_, keys_, image)
         return (found + [("ghost", 12345)], why) if len(reads) == 1 else (found, why)
 
     monkeypatch.setattr(pools_module, "ready_nodes", stale)
