@@ -340,6 +340,7 @@ class NodeInfo:
     max_pids: int = 0  # processes all its jobs may have together (0: a node that does not say)
     cores: int = 0  # CPU cores (0: a node that does not say)
     images: list[str] = field(default_factory=list)  # the images of its store, busybox (its rootfs) included
+    images_without_command: list[str] = field(default_factory=list)  # those of them with no Entrypoint or Cmd
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

@@ -42,7 +42,8 @@ ATTEMPT = {"attempt": "i32", "node": "str", "assigned_at": "time?", "started_at"
            "state": "str", "reason": "str"}  # an entry of JobRecord.history
 POOL_RECORD = {"id": "str", "spec": "dict", "created_at": "time?", "members": "dict", "owner": "str", "schema_version": "i32"}
 NODE_INFO = {"name": "str", "address": "str", "capacity": "i32", "version": "str", "started_at": "time",
-             "memory_bytes": "i64", "max_pids": "i64", "cores": "i32", "images": "list"}
+             "memory_bytes": "i64", "max_pids": "i64", "cores": "i32", "images": "list",
+             "images_without_command": "list"}
 
 _BOUNDS = {"i32": 2**31 - 1, "i64": 2**63 - 1}
 MAX_TIME = 1e11  # the year 5138: any time a record holds is before, and every client can print it
@@ -153,10 +154,11 @@ def check_node_info(data: dict[str, Any], key_name: str, what: str) -> None:
     negative = [name for name in ("capacity", "memory_bytes", "max_pids", "cores") if data.get(name, 0) < 0]
     if negative:
         raise RecordError(f"{what} field {negative[0]!r} is negative")
-    for image in data.get("images") or []:
-        if not (isinstance(image, str) and IMAGE_NAME.match(image)):
-            shown = image[:40] if isinstance(image, str) else _kind(image)
-            raise RecordError(f"{what} field 'images' holds {shown!r}, not a valid image name")
+    for field in ("images", "images_without_command"):
+        for image in data.get(field) or []:
+            if not (isinstance(image, str) and IMAGE_NAME.match(image)):
+                shown = image[:40] if isinstance(image, str) else _kind(image)
+                raise RecordError(f"{what} field {field!r} holds {shown!r}, not a valid image name")
 
 
 def _optional_name(value: str, pattern: re.Pattern, what: str, field: str, empty: bool = True) -> None:

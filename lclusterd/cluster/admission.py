@@ -49,6 +49,11 @@ def has_image(node: NodeInfo, spec: JobSpec) -> bool:
     return not spec.image or spec.image in node.images
 
 
+def runs_image(node: NodeInfo, spec: JobSpec) -> bool:
+    """Whether `node` has the job's image and, for a job without a command, the image has one."""
+    return has_image(node, spec) and (bool(spec.command) or spec.image not in node.images_without_command)
+
+
 def _shortfalls(node: NodeInfo, spec: JobSpec) -> list[str]:
     found = []
     if spec.memory_bytes is not None and node.memory_bytes and spec.memory_bytes > node.memory_bytes:
@@ -101,7 +106,7 @@ class Admission:
     def check(self, spec: JobSpec) -> None:
         """InvalidSpec with the reason when the spec is malformed or no node could run it."""
         spec.validate()
-        if fits(self.me, spec) and (not spec.node or spec.node == self.me.name) and has_image(self.me, spec):
+        if fits(self.me, spec) and (not spec.node or spec.node == self.me.name) and runs_image(self.me, spec):
             return
         nodes = self._live_nodes()
         if spec.node:  # pinned: that node decides; one not registered may yet come (the job waits)
@@ -112,6 +117,8 @@ class Admission:
             nodes = [n for n in nodes if has_image(n, spec)]
             if not nodes:
                 raise NoNodeHasImage(spec.image, spec.node)
+            if not any(runs_image(n, spec) for n in nodes):
+                raise InvalidSpec(f"empty command, and the image {spec.image!r} has no Entrypoint or Cmd to run instead")
         if not any(fits(node, spec) for node in nodes):
             raise InvalidSpec(_refusal(spec, nodes))
 

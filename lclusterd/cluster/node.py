@@ -32,6 +32,8 @@ class ImageNames(Protocol):
 
     def names(self) -> list[str]: ...
 
+    def without_command(self) -> list[str]: ...
+
     def stamp(self) -> Hashable: ...
 
 
@@ -89,14 +91,14 @@ class NodeSession:
             stamp = self.images.stamp()
             if stamp == self._images_stamp:
                 return False
-            names = self.images.names()
+            names, without_command = self.images.names(), self.images.without_command()
         except OSError as exc:
             log.warning("cannot read this node's image store: %s", exc)
             return False
         self._images_stamp = stamp
-        if names == self.info.images:
+        if (names, without_command) == (self.info.images, self.info.images_without_command):
             return False
-        self.info.images = names
+        self.info.images, self.info.images_without_command = names, without_command
         return True
 
     def _keep_alive(self) -> None:

@@ -89,6 +89,8 @@ def test_a_job_takes_its_images_defaults_and_runs_only_where_the_image_is(cluste
     assert (refused.returncode, refused.stderr) == (
         1, "lclient: node b does not have the image 'tiny' (lclusterd image import tiny PATH on a node)\n")
     for argv, line in ((["-add", ""], "lclient: empty command\n"),
+                       (["-add", "", "-image", "busybox"], "lclient: empty command, and the image 'busybox' has no "
+                                                          "Entrypoint or Cmd to run instead\n"),
                        (["-add", "true", "-image", "No/Such"], "lclient: invalid image name 'No/Such': 1 to 63 of a-z, "
                                                               "0-9, '.', '_', '-', starting with a letter or digit\n")):
         refused = a.lclient(*argv)

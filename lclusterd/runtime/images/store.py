@@ -112,6 +112,21 @@ class ImageStore:
             found.update(p.name for p in self.dir.iterdir() if NAME.match(p.name) and (p / RECORD).is_file())
         return sorted(found)
 
+    def without_command(self) -> list[str]:
+        """The names of the images whose config has no Entrypoint or Cmd (busybox among them):
+        a job with an empty command cannot run in them. An image whose config cannot be read
+        is counted among them."""
+        found = []
+        for name in self.names():
+            try:
+                config = self.config(name)
+            except (ImageError, OSError):
+                found.append(name)
+                continue
+            if not (config.entrypoint or config.cmd):
+                found.append(name)
+        return found
+
     def stamp(self) -> tuple[int, int]:
         """Changes whenever an image is imported or removed, one stat: both rename an entry of
         the store's directory (renameat2), which moves its mtime. (0, 0) while there is none."""
