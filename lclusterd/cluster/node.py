@@ -34,7 +34,7 @@ class ImageNames(Protocol):
 
     def without_command(self) -> list[str]: ...
 
-    def stamp(self) -> Hashable: ...
+    def stamp(self) -> Hashable | None: ...
 
 
 class NodeSession:
@@ -88,8 +88,8 @@ class NodeSession:
         if self.images is None:
             return False
         try:
-            stamp = self.images.stamp()
-            if stamp == self._images_stamp:
+            stamp = self.images.stamp()  # None: changed a moment ago, look every time
+            if stamp is not None and stamp == self._images_stamp:
                 return False
             names, without_command = self.images.names(), self.images.without_command()
         except OSError as exc:

@@ -5,6 +5,7 @@ options win)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -94,3 +95,64 @@ def test_records_with_a_bad_image_are_refused():
         node["images"] = bad
         with pytest.raises(RecordError):
             NodeInfo.from_bytes(json.dumps(node).encode(), "n1")
+
+
+class FakeImages:
+    def __init__(self) -> None:
+        self.stamp_value, self.listed, self.commandless, self.reads = 1, ["busybox"], ["busybox"], 0
+
+    def stamp(self):
+        return self.stamp_value
+
+    def names(self):
+        self.reads += 1
+        if isinstance(self.listed, Exception):
+            raise self.listed
+        return list(self.listed)
+
+    def without_command(self):
+        return list(self.commandless)
+
+
+def test_the_node_registers_again_only_when_its_store_changed_and_its_images_did():
+    from memstore import MemStore
+
+    from lclusterd.cluster.keys import Keys
+    from lclusterd.cluster.node import NodeSession
+
+    keys, images = Keys("/t"), FakeImages()
+    session = NodeSession(MemStore(), keys, NodeInfo("n1", "", 1), images=images)
+    assert session._images_changed() and session.info.images == ["busybox"]
+    session._register_new_lease()
+    published = lambda: NodeInfo.from_bytes(session.store.get(keys.node("n1")).value, "n1")  # noqa: E731
+    assert (published().images, published().images_without_command) == (["busybox"], ["busybox"])
+    images.listed = ["busybox", "debian"]
+    assert not session._images_changed() and images.reads == 1  # same stamp: not even listed
+    images.stamp_value, images.listed = 2, ["busybox"]
+    assert not session._images_changed() and images.reads == 2  # listed again, nothing new
+    images.stamp_value, images.listed = 3, ["busybox", "debian"]
+    assert session._images_changed() and session.info.images == ["busybox", "debian"]
+    images.stamp_value = None  # changed a moment ago: listed on every look until it settles
+    assert not session._images_changed() and not session._images_changed() and images.reads == 5
+    images.stamp_value, images.listed = 4, OSError(5, "I/O error")
+    assert not session._images_changed() and session.info.images == ["busybox", "debian"]  # kept, logged
+
+
+def test_the_stores_stamp_moves_with_each_image_put_in_place(tmp_path):
+    from lclusterd.runtime.images.store import ImageStore
+
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    store = ImageStore(tmp_path / "state", str(rootfs))
+    assert (store.stamp(), store.names(), store.without_command()) == ((0, 0), ["busybox"], ["busybox"])
+    work = tmp_path / "state" / "images" / ".tmp-x"
+    work.mkdir(parents=True)
+    assert store.stamp() is None  # changed just now: looked at again until it settles
+    os.utime(work.parent, (1_700_000_000, 1_700_000_000))
+    before = store.stamp()
+    (work / "image.json").write_text("{}")
+    assert store.stamp() == before is not None and store.names() == ["busybox"]  # a work directory is no image
+    work.rename(work.parent / "x")
+    assert store.stamp() is None and store.names() == ["busybox", "x"]
+    os.utime(work.parent, (1_700_000_001, 1_700_000_001))
+    assert store.stamp() not in (None, before)

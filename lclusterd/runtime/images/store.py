@@ -46,6 +46,7 @@ BUILTIN = "busybox"
 NAME = IMAGE_NAME  # a directory name; never '.', '..' or a '.tmp-' of ours (limits.py: the job spec's rule too)
 ROOTFS, CONFIG, RECORD = "rootfs", "config.json", "image.json"
 LEFTOVERS = (".tmp-", ".old-")
+SETTLE = 2.0  # seconds after a change of the store's directory during which `stamp` is None
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,17 @@ class ImageStore:
                 found.append(name)
         return found
 
-    def stamp(self) -> tuple[int, int]:
+    def stamp(self) -> tuple[int, int] | None:
         """Changes whenever an image is imported or removed, one stat: both rename an entry of
-        the store's directory (renameat2), which moves its mtime. (0, 0) while there is none."""
+        the store's directory (renameat2), which moves its mtime. (0, 0) while there is none;
+        None while the last change is under SETTLE seconds old: the kernel's timestamps are
+        coarse, so a change in the same tick as the last look would not move it (so look again)."""
         try:
             st = os.stat(self.dir)
         except FileNotFoundError:
             return 0, 0
+        if time.time() - st.st_mtime < SETTLE:
+            return None
         return st.st_ino, st.st_mtime_ns
 
     def get(self, name: str) -> ImageInfo:
