@@ -6,7 +6,7 @@ options win), placement only on the node that has the image, an image no node ha
 at add with one line (exit 1), a removed image refused for new jobs and named in the
 `waiting` of a queued one, `lclient -images`; and the image `debian` (make rootfs
 ROOTFS=debian) running python3 and compiling a C program that reads its stdin, under a
-timeout."""
+timeout; and a job whose image its node cannot use at the start (damaged there) FAILED with the reason."""
 
 from __future__ import annotations
 
@@ -122,6 +122,19 @@ def test_removing_an_image_refuses_new_jobs_and_says_why_a_queued_one_waits(clus
     assert done.returncode == 0, done.stderr
     assert (check(a, queued)["node"], b.lclient("-logs", queued).stdout) == ("b", "ran\n")
     assert a.lclient("-kill", busy).returncode == 0
+
+
+def test_an_image_its_node_cannot_use_at_the_start_fails_the_job_with_the_reason(cluster, oci_layout):
+    a = cluster.daemon("a")
+    import_image(a, "tiny", oci_layout)
+    until(lambda: ("a", "tiny") in images(a), "a to publish tiny")
+    # damaged in place after the node published it (the store's directory does not change)
+    (a.state_dir / "images" / "tiny" / "config.json").write_text("{not json")
+    done = a.lclient("-add", "true", "-image", "tiny", "-wait", timeout=120)
+    job = check(a, done.stdout.strip())
+    assert (done.returncode, job["state"], job["node"]) == (1, "FAILED", "a")
+    assert job["error"].startswith("node a cannot run the job's image: malformed image config: not JSON")
+    assert done.stderr.count("\n") == 1 and "cannot run the job's image" in done.stderr
 
 
 SUM_C = r"""
