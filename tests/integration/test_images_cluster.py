@@ -6,7 +6,8 @@ options win), placement only on the node that has the image, an image no node ha
 at add with one line (exit 1), a removed image refused for new jobs and named in the
 `waiting` of a queued one, `lclient -images`; and the image `debian` (make rootfs
 ROOTFS=debian) running python3 and compiling a C program that reads its stdin, under a
-timeout; and a job whose image its node cannot use at the start (damaged there) FAILED with the reason."""
+timeout; and a job whose image its node cannot use at the start (damaged there) FAILED with
+the reason."""
 
 from __future__ import annotations
 
