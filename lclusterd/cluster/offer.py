@@ -67,14 +67,14 @@ def node_offer(store: Store, keys: Keys, node: str, bridge: str, subnet: str, cl
 
 def checked_volume_roots(roots: list[str]) -> list[str]:
     """Each --volume-root as given: an absolute, normalised path of an existing directory."""
-    if roots and "volume_roots" not in inspect.signature(Launcher).parameters:
-        raise OfferError("--volume-root: this lclusterd's runtime cannot mount volumes")
     for root in roots:
         if not os.path.isabs(root) or os.path.normpath(root) != root.rstrip("/") or root == "/" or "\0" in root:
             raise OfferError(f"--volume-root must be an absolute path written without '.', '..', '//' and not /, "
                              f"not {root!r}")
         if not os.path.isdir(root):
             raise OfferError(f"--volume-root {root} is not a directory")
+    if roots and "volume_roots" not in inspect.signature(Launcher).parameters:
+        raise OfferError("--volume-root: this lclusterd's runtime cannot mount volumes")
     return [root.rstrip("/") for root in roots]
 
 
