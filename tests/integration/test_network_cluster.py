@@ -192,3 +192,36 @@ def test_a_node_with_bad_network_or_volume_options_refuses_to_start_with_one_lin
     node.start(wait=False)
     assert node.process.wait(60) == 3
     assert [entry for entry in node.log().splitlines() if line in entry] != [], node.log()[-2000:]
+
+
+def runtime_has_volumes() -> bool:
+    import inspect
+
+    from lclusterd.runtime.launcher import Launcher
+    return "volume_roots" in inspect.signature(Launcher).parameters
+
+
+@pytest.mark.skipif(not runtime_has_volumes(), reason="this tree's runtime has no volumes (RuntimeSpec.volumes) yet")
+def test_volumes_and_workdir_through_lclient(cluster, tmp_path):
+    root = tmp_path / "roots"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "in.txt").write_text("data from the host\n")
+    node = cluster.daemon("a", extra=["--volume-root", str(root)])
+    assert nodes(node)["a"]["volume_roots"] == [str(root)]
+
+    read = node.lclient("-add", "cat in.txt; pwd", "-volume", f"{root}/data:/data:ro", "-workdir", "/data", "-wait")
+    assert (read.returncode, read.stderr) == (0, "")
+    job = read.stdout.split()[0]
+    assert node.lclient("-logs", job).stdout == "data from the host\n/data\n"
+    record = check(node, job)
+    assert (record["volumes"], record["workdir"]) == ([f"{root}/data:/data:ro"], "/data")
+    assert "volumes:" in node.lclient("-check", job).stdout
+
+    write = node.lclient("-add", "echo x > /data/new", "-volume", f"{root}/data:/data:ro", "-wait")
+    assert write.returncode != 0 and not (root / "data" / "new").exists()
+    job = write.stdout.split()[0]
+    assert "Read-only file system" in node.lclient("-logs", job).stdout + node.lclient("-logs", job).stderr
+
+    outside = node.lclient("-add", "true", "-volume", "/etc:/host-etc")
+    assert (outside.returncode, outside.stdout, outside.stderr) == \
+        (2, "", f"lclient: volume /etc is under no node's --volume-root (allowed: {root})\n")
