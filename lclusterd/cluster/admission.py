@@ -127,7 +127,8 @@ def _refusal(spec: JobSpec, nodes: list[NodeInfo]) -> str:
         return Needs.of(spec).why_unmet([(n.subnet, tuple(n.volume_roots)) for n in nodes])
     if what is None:  # each node lacks something, but not the same thing
         asked = [f"-mem {format_size(spec.memory_bytes)}" if spec.memory_bytes is not None else "",
-                 f"-pids {spec.pids}" if spec.pids is not None else "", f"-cpus {spec.cpus:g}" if spec.cpus is not None else ""]
+                 f"-pids {spec.pids}" if spec.pids is not None else "", f"-cpus {spec.cpus:g}" if spec.cpus is not None else "",
+                 "-net bridge" if spec.net == "bridge" else "", *(f"-volume {v}" for v in spec.volumes)]
         return f"no node can give all of {', '.join(a for a in asked if a)} at once"
     if what == "memory":
         best = max(nodes, key=lambda n: n.memory_bytes)

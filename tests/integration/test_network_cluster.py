@@ -168,6 +168,34 @@ def test_a_published_port_in_use_fails_the_job_with_the_reason(cluster, net):
     until(left.none, "the job's network to go", timeout=30)
 
 
+def test_a_second_job_publishing_the_same_port_on_a_node_fails_with_the_reason(cluster, net):
+    node = cluster.daemon("a", extra=net.args("a"))
+    left = Leftovers(node, net.bridges("a"))
+    port = free_port()
+    first = add(node, "sleep 600", "-net", "bridge", "-publish", f"{port}:80")
+    until(lambda: running(node, first), "the first job to run", timeout=60)
+    second = node.lclient("-add", "echo ran", "-net", "bridge", "-publish", f"{port}:8080", "-wait")
+    assert second.returncode == 1
+    lines = second.stderr.splitlines()
+    assert len(lines) == 1 and "ended FAILED" in lines[0] and str(port) in lines[0], second.stderr
+    assert node.lclient("-kill", first).returncode == 0
+    until(lambda: check(node, first)["state"] == "KILLED", "the first job to end", timeout=60)
+    until(left.none, "the jobs' network to go", timeout=30)
+
+
+def test_a_restarted_node_sweeps_the_network_a_crash_left(cluster, net):
+    node = cluster.daemon("a", extra=net.args("a"))
+    left = Leftovers(node, net.bridges("a"))
+    port = free_port()
+    job = add(node, "sleep 600", "-net", "bridge", "-publish", f"{port}:80")
+    until(lambda: running(node, job), "the job to run", timeout=60)
+    node.kill_hard()  # the daemon, its fork server and the job's init: nothing cleans up
+    assert left.found() != []
+    node = cluster.daemon("a", extra=net.args("a"), directory=node.dir)
+    until(lambda: check(node, job)["state"] in ("LOST", "FAILED"), "the job to be recorded as gone", timeout=60)
+    until(left.none, "the crashed job's network to be swept", timeout=60)
+
+
 @pytest.mark.parametrize("args, line", [
     (["-net", "host"], "lclient: net must be none or bridge, not 'host'"),
     (["-net", "bridge", "-publish", "80"], "lclient: publish takes HOSTPORT:PORT or HOSTPORT:PORT/udp, not '80'"),
