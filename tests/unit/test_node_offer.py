@@ -167,3 +167,19 @@ def test_the_runtime_spec_gets_network_workdir_and_volumes():
     else:
         with pytest.raises(InvalidSpec, match="cannot mount volumes"):
             to_runtime_spec("d" * 32, job, NodeDefaults("/r"))
+
+
+def test_a_pool_that_needs_a_network_has_members_only_on_nodes_that_offer_one():
+    from lclusterd.cluster.jobs import Jobs
+    from lclusterd.cluster.pools import Pools
+    from lclusterd.errors import NoReadyNode
+
+    store = MemStore()
+    for info in (NodeInfo("a", "", 2), NodeInfo("b", "", 2, subnet="10.88.1.0/24"), NodeInfo("c", "", 2, subnet="10.88.2.0/24")):
+        store.put(KEYS.node(info.name), info.to_bytes())
+    pools = Pools(Jobs(store, KEYS))
+    pool, members = pools.add(JobSpec("x", net="bridge"))
+    assert sorted(pool.members) == ["b", "c"] and sorted(m.spec.node for m in members) == ["b", "c"]
+    assert sorted(pools.add(JobSpec("x"))[0].members) == ["a", "b", "c"]
+    with pytest.raises(NoReadyNode, match="no ready node offers what it needs"):
+        pools.add(JobSpec("x", volumes=["/srv:/srv"]))
