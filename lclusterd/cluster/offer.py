@@ -53,16 +53,20 @@ def node_offer(store: Store, keys: Keys, node: str, bridge: str, subnet: str, cl
     roots = checked_volume_roots(volume_roots)
     if not bridge:
         return NodeOffer(None, roots)
+    _checked(NetworkConfig(bridge, subnet or cluster_subnet))  # before anything is claimed
     if subnet:
         claim_given(store, keys, node, subnet)
     else:
         subnet = claim_subnet(store, keys, node, cluster_subnet)
-    network = NetworkConfig(bridge, subnet)
+    return NodeOffer(_checked(NetworkConfig(bridge, subnet)), roots)
+
+
+def _checked(network: NetworkConfig) -> NetworkConfig:
     try:
         network.validate()
     except ValueError as exc:
         raise OfferError(f"--bridge/--subnet: {exc}") from None
-    return NodeOffer(network, roots)
+    return network
 
 
 def checked_volume_roots(roots: list[str]) -> list[str]:

@@ -51,6 +51,11 @@ def test_no_bridge_offers_no_network_and_claims_nothing():
     assert (offer.network, offer.subnet, store.get_prefix(KEYS.subnets_prefix)[0]) == (None, "", [])
     offer = node_offer(store, KEYS, "a", "lclx0", "", "10.88.0.0/16", [])
     assert (offer.network.bridge, offer.subnet) == ("lclx0", "10.88.0.0/24")
+    with pytest.raises(OfferError, match="invalid bridge name"):
+        node_offer(store, KEYS, "b", "no spaces allowed", "", "10.88.0.0/16", [])
+    with pytest.raises(OfferError, match="must be a private range"):
+        node_offer(store, KEYS, "b", "lclx1", "", "8.8.0.0/16", [])
+    assert [kv.key for kv in store.get_prefix(KEYS.subnets_prefix)[0]] == [KEYS.subnet("10.88.0.0/24")]  # nothing claimed
 
 
 def test_volume_roots_must_be_clean_absolute_directories(tmp_path):
