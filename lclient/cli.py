@@ -85,6 +85,16 @@ def _opt(*names: str, **kw):
       type=click.Path(allow_dash=True))  # (a file name: the shell completes it)
 @_opt("-retries", "--retries", "retries", metavar="N", help="With -add: extra attempts if its node is lost (default 0).")
 @_opt("-node", "--node", "node", metavar="NAME", help="With -add: run it on node NAME only (it waits while NAME is full or away).")
+@_opt("-net", "--net", "net", metavar="none|bridge",
+      help="With -add: the job's network: none (loopback only, the default) or bridge (an address on its node's "
+           "bridge, outbound NAT; -check shows the address).")
+@_opt("-publish", "--publish", "publish", multiple=True, metavar="HOSTPORT:PORT[/udp]",
+      help="With -add -net bridge: forward HOSTPORT of the node's addresses (127.0.0.1 included) to the job's PORT "
+           "(repeatable).")
+@_opt("-volume", "--volume", "volume", multiple=True, metavar="HOST:PATH[:ro]",
+      help="With -add: bind the node's directory HOST (under one of its --volume-root) at PATH in the job, "
+           "read-only with :ro (repeatable).")
+@_opt("-workdir", "--workdir", "workdir", metavar="DIR", help="With -add: the command's working directory (default /).")
 @_opt("-all-nodes", "--all-nodes", "all_nodes", is_flag=True,
       help="With -add: a pool, one copy on every ready node (not draining); prints the pool's uuid alone, "
            "which -check, -wait and -kill take.")
@@ -193,7 +203,7 @@ def _wait_action(client: JobsClient, o: dict) -> int:
 
 def _check_applicable(action: str, o: dict) -> None:
     only_add = {"mem": "-mem", "cpus": "-cpus", "pids": "-pids", "env": "-env", "stdin": "-stdin", "retries": "-retries",
-                "node": "-node"}
+                "node": "-node", "net": "-net", "publish": "-publish", "volume": "-volume", "workdir": "-workdir"}
     for key, name in only_add.items():
         if o[key] and action != "-add":
             raise click.UsageError(f"{name} goes with -add")
@@ -264,6 +274,10 @@ def _spec(o: dict) -> pb.JobSpec:
         if not sep or not name:
             raise errors.InvalidRequest(f"bad -env value {item!r}: expected NAME=VALUE")
         spec.env[name] = value
+    if o["net"] or o["publish"] or o["volume"] or o["workdir"]:
+        from lclient.netopts import network_and_volumes  # only for these options: lclient starts light
+
+        network_and_volumes(spec, o["net"], o["publish"], o["volume"], o["workdir"], _utf8)
     if o["stdin"]:
         try:
             if o["stdin"] == "-":

@@ -23,8 +23,8 @@ from typing import Collection
 
 from sortedcontainers import SortedList
 
-from lclusterd.cluster.placement import (BEST_FIT, FIRST_FIT, PRIME_FIRST, Room, place_pinned, why_no_ready,
-                                         why_too_big)
+from lclusterd.cluster.placement import (BEST_FIT, FIRST_FIT, PRIME_FIRST, Needs, Room, place, place_pinned,
+                                         why_no_ready, why_too_big)
 
 State = tuple[int, int, int]  # a ready node's (free slots, free memory, offered memory)
 
@@ -34,11 +34,12 @@ class _Node:
     it (also while it is not registered: a dead node's assignments stay until it is buried, and
     count against it if it registers again before then, as they always have)."""
 
-    __slots__ = ("capacity", "offered", "live", "draining", "jobs", "used")
+    __slots__ = ("capacity", "offered", "live", "draining", "jobs", "used", "subnet", "volume_roots")
 
     def __init__(self) -> None:
         self.capacity = self.offered = self.jobs = self.used = 0
         self.live = self.draining = False
+        self.subnet, self.volume_roots = "", ()
 
     def state(self) -> State | None:
         if not self.live or self.draining:
@@ -46,7 +47,8 @@ class _Node:
         return self.capacity - self.jobs, self.offered - self.used, self.offered
 
     def room(self, name: str) -> Room:
-        return Room(name, self.capacity - self.jobs, self.offered - self.used, self.offered, self.draining)
+        return Room(name, self.capacity - self.jobs, self.offered - self.used, self.offered, self.draining, self.subnet,
+                    self.volume_roots)
 
     def idle(self) -> bool:
         return not (self.live or self.draining or self.jobs or self.used)
@@ -65,9 +67,11 @@ class Rooms:
         self.free = 0  # free slots on ready nodes: the scheduler stops a pass at 0
 
     # -- changes -------------------------------------------------------------------------------
-    def set_node(self, name: str, capacity: int, offered: int) -> None:
+    def set_node(self, name: str, capacity: int, offered: int, subnet: str = "",
+                 volume_roots: tuple[str, ...] = ()) -> None:
         """`name` is registered (again) with this offer."""
         node = self._node(name)
+        node.subnet, node.volume_roots = subnet, tuple(volume_roots)
         before = node.state()
         if not node.live:
             node.live = True
@@ -122,11 +126,16 @@ class Rooms:
         node = self._nodes.get(name)
         return node.room(name) if node is not None and node.live else None
 
-    def place(self, memory: int = 0, pinned: str = "", avoid: Collection[str] = ()) -> tuple[str | None, str]:
-        """placement.place(policy, every room, prime, memory, pinned, avoid), without looking
-        at every room."""
+    def place(self, memory: int = 0, pinned: str = "", avoid: Collection[str] = (),
+              needs: Needs | None = None) -> tuple[str | None, str]:
+        """placement.place(policy, every room, prime, memory, pinned, avoid, needs), without looking
+        at every room, but for a job with needs (a job network, volumes): those are placed by the
+        reference itself over the live nodes, O(N)."""
         if pinned:
-            return place_pinned(self.room(pinned), pinned, memory)
+            return place_pinned(self.room(pinned), pinned, memory, needs)
+        if needs is not None:
+            rooms = {name: node.room(name) for name, node in self._nodes.items() if node.live}
+            return place(self.policy, rooms, self.prime, memory, "", avoid, needs)
         if not self._offers:
             return None, why_no_ready(self.live > 0)
         largest = self._offers[-1]

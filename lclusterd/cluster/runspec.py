@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lclusterd.errors import InvalidSpec
 from lclusterd.model import DEFAULT_PIDS, JobSpec
 from lclusterd.runtime.spec import RuntimeSpec
+
+DEFAULT_WORKDIR = "/"  # a job's working directory when its spec names none
 
 
 @dataclass(frozen=True)
@@ -33,4 +36,17 @@ def to_runtime_spec(job_id: str, spec: JobSpec, defaults: NodeDefaults,
         stdout_path=stdout_path,
         stderr_path=stderr_path,
         max_log_bytes=defaults.max_log_bytes,
+        net=spec.net,
+        publish=list(spec.publish),
+        cwd=spec.workdir or DEFAULT_WORKDIR,
+        **_volumes(spec),
     )
+
+
+def _volumes(spec: JobSpec) -> dict[str, list[str]]:
+    """The spec's volumes for the runtime (RuntimeSpec.volumes); InvalidSpec from a runtime without them."""
+    if not spec.volumes:
+        return {}
+    if "volumes" not in RuntimeSpec.__dataclass_fields__:
+        raise InvalidSpec("this node's runtime cannot mount volumes")
+    return {"volumes": list(spec.volumes)}
