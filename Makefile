@@ -23,15 +23,15 @@ ZSH_COMPLETION_DIR ?= /usr/share/zsh/vendor-completions
 V2VM ?= $(CURDIR)/../shared/v2vm
 PYTEST_ARGS ?=
 
-APT_PACKAGES := etcd-server etcd-client busybox-static python3-venv python3-dev gcc libc6-dev musl-tools dpkg-dev bzip2 iproute2 debootstrap
+# nftables: a node's job network (-net bridge, on by default: lclusterd --bridge) needs libnftables at run time.
+APT_PACKAGES := etcd-server etcd-client busybox-static python3-venv python3-dev gcc libc6-dev musl-tools dpkg-dev bzip2 iproute2 debootstrap nftables
 JOBINIT := lclusterd/runtime/jobinit/lclusterd-jobinit
 BUSYBOX := build/busybox
 BENCH_PACKAGES := runc bubblewrap slurm-wlm munge
 # Only the tests need these (they build the images they import: umoci an OCI layout, skopeo
-# its docker save twin; the web page's tests drive chromium through chromium-driver; nftables
-# for jobs with net=bridge and the tests' look at its rules; systemd-analyze checks the unit);
-# make test installs them, make prep and make run do not.
-TEST_PACKAGES := umoci skopeo chromium chromium-driver nftables systemd
+# its docker save twin; the web page's tests drive chromium through chromium-driver;
+# systemd-analyze checks the unit); make test installs them, make prep and make run do not.
+TEST_PACKAGES := umoci skopeo chromium chromium-driver systemd
 # The metrics test starts its own Prometheus server on free ports: Debian's, without its
 # recommends (node exporter, ...), and the service the package would start stays off.
 TEST_SERVICES := prometheus

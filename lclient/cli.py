@@ -63,8 +63,7 @@ def _opt(*names: str, **kw):
       shell_complete=lambda _ctx, _param, incomplete: [s for s in STATES if s.startswith(incomplete.upper())])
 @_opt("-limit", "--limit", "limit", default="0", metavar="N", help="With -list: only the newest N jobs.")
 @_opt("-nodes", "--nodes", "nodes", is_flag=True, help="List the cluster's nodes.")
-@_opt("-images", "--images", "images", is_flag=True,
-      help="List the images of every node (NODE IMAGE); busybox is each node's rootfs.")
+@_opt("-images", "--images", "images", is_flag=True, help="List every node's images; busybox is its rootfs.")
 @_opt("-drain", "--drain", "drain", metavar="NODE", help="Stop assigning new jobs to NODE; its jobs run to the end.")
 @_opt("-undrain", "--undrain", "undrain", metavar="NODE", help="Let NODE take new jobs again.")
 @_opt("-events", "--events", "events", is_flag=True,
@@ -91,6 +90,17 @@ def _opt(*names: str, **kw):
 @_opt("-image", "--image", "image", metavar="NAME",
       help="With -add: run it in image NAME, on a node that has it (lclient -images); its Env and WorkingDir are "
            "the job's defaults, and with an empty command (-add '') its Entrypoint and Cmd are the command.")
+@_opt("-net", "--net", "net", metavar="none|bridge",
+      help="With -add: the job's network: none (loopback only, the default) or bridge (an address on its node's "
+           "bridge, outbound NAT; -check shows the address).")
+@_opt("-publish", "--publish", "publish", multiple=True, metavar="HOSTPORT:PORT[/udp]",
+      help="With -add -net bridge: forward HOSTPORT of the node's addresses (127.0.0.1 included) to the job's PORT "
+           "(repeatable).")
+@_opt("-volume", "--volume", "volume", multiple=True, metavar="HOST:PATH[:ro]",
+      help="With -add: bind the node's directory HOST (under one of its --volume-root) at PATH in the job, "
+           "read-only with :ro (repeatable).")
+@_opt("-workdir", "--workdir", "workdir", metavar="DIR",
+      help="With -add: the command's working directory (default: its image's WorkingDir, or /).")
 @_opt("-all-nodes", "--all-nodes", "all_nodes", is_flag=True,
       help="With -add: a pool, one copy on every ready node (not draining); prints the pool's uuid alone, "
            "which -check, -wait and -kill take.")
@@ -176,11 +186,8 @@ def _nodes(client: JobsClient, o: dict) -> int:
 
 def _images(client: JobsClient, o: dict) -> int:
     nodes = client.nodes()
-    if o["as_json"]:
-        for node, image in image_rows(nodes):
-            click.echo(dumps(image_json(node, image)))
-    else:
-        click.echo(images_table(nodes))
+    for line in [dumps(image_json(*row)) for row in image_rows(nodes)] if o["as_json"] else [images_table(nodes)]:
+        click.echo(line)
     return errors.EXIT_OK
 
 
@@ -209,7 +216,8 @@ def _wait_action(client: JobsClient, o: dict) -> int:
 
 def _check_applicable(action: str, o: dict) -> None:
     only_add = {"mem": "-mem", "cpus": "-cpus", "pids": "-pids", "env": "-env", "stdin": "-stdin", "retries": "-retries",
-                "node": "-node", "image": "-image"}
+                "node": "-node", "image": "-image", "net": "-net", "publish": "-publish", "volume": "-volume",
+                "workdir": "-workdir"}
     for key, name in only_add.items():
         if o[key] and action != "-add":
             raise click.UsageError(f"{name} goes with -add")
@@ -282,6 +290,10 @@ def _spec(o: dict) -> pb.JobSpec:
         if not sep or not name:
             raise errors.InvalidRequest(f"bad -env value {item!r}: expected NAME=VALUE")
         spec.env[name] = value
+    if o["net"] or o["publish"] or o["volume"] or o["workdir"]:
+        from lclient.netopts import network_and_volumes  # only for these options: lclient starts light
+
+        network_and_volumes(spec, o["net"], o["publish"], o["volume"], o["workdir"], _utf8)
     if o["stdin"]:
         try:
             if o["stdin"] == "-":

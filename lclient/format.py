@@ -71,6 +71,11 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "attempts": [attempt_json(a) for a in job.attempts],  # earlier attempts; the current one is the job itself
         "pool": job.pool or None,  # a pool member: its pool's id
         "is_pool": job.is_pool,
+        "net": spec.net or "none",
+        "address": job.address or None,  # net bridge: its address on its node's bridge, once started
+        "publish": list(spec.publish),
+        "volumes": list(spec.volumes),
+        "workdir": spec.workdir or None,
     }
     if job.is_pool:  # an -all-nodes pool: its state sums up its members', each a job document
         data["members"] = [job_json(m) for m in job.members]
@@ -91,7 +96,8 @@ def node_json(node: pb.Node) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "name": node.name, "address": node.address,
             "state": node.state or ("prime" if node.prime else "ready"), "prime": node.prime, "capacity": node.capacity,
             "running": node.running, "memory_bytes": node.memory_bytes or None, "memory_used_bytes": node.memory_used_bytes,
-            "version": node.version, "started_at": node.started_at or None, "images": list(node.images)}
+            "version": node.version, "started_at": node.started_at or None, "images": list(node.images),
+            "subnet": node.subnet or None, "volume_roots": list(node.volume_roots)}
 
 
 def event_json(event: pb.JobEvent) -> dict[str, Any]:
@@ -223,6 +229,7 @@ def job_rows(job: pb.Job) -> list[tuple[str, str]]:
         if dropped:
             rows.append(("output cut", f"{stream} reached the node's log limit (--max-log-size); "
                                        f"{format_size(dropped)} more was dropped"))
+    rows += _network_rows(job)
     if spec.node:
         rows.append(("pinned to", spec.node))
     if job.pool:
@@ -231,6 +238,20 @@ def job_rows(job: pb.Job) -> list[tuple[str, str]]:
         rows.append(("waiting", job.waiting or "for a free slot on a node"))
     if spec.retries or job.attempts:
         rows.append(("attempt", f"{job.attempt} of at most {spec.retries + 1}"))
+    return rows
+
+
+def _network_rows(job: pb.Job) -> list[tuple[str, str]]:
+    """-check's rows for the job's network, volumes and working directory (only those it set)."""
+    spec, rows = job.spec, []
+    if spec.net == "bridge":
+        rows.append(("net", "bridge" + (f", address {job.address}" if job.address else "")))
+    if spec.publish:
+        rows.append(("published", ", ".join(spec.publish)))
+    if spec.volumes:
+        rows.append(("volumes", ", ".join(spec.volumes)))
+    if spec.workdir:
+        rows.append(("workdir", spec.workdir))
     return rows
 
 

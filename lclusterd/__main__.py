@@ -87,6 +87,17 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
                    "subordinate range of the user lclusterd (/etc/subuid, set up by make prep). off: a job's root "
                    "is the host's root (held in by capabilities, seccomp and namespaces), for kernels without "
                    "idmapped mounts under overlay (Linux < 5.19).")
+@click.option("--bridge", default=_D["bridge"],
+              help="The bridge jobs with -net bridge are attached to (made and removed by the runtime). Empty: "
+                   "this node offers no job network, and such jobs go to other nodes.")
+@click.option("--subnet", default=_D["subnet"],
+              help="The IPv4 subnet its jobs' addresses come from (the bridge takes the first).  [default: a /24 "
+                   "of --cluster-subnet, claimed in etcd: nodes sharing one etcd get disjoint subnets]")
+@click.option("--cluster-subnet", default=_D["cluster_subnet"],
+              help="The range nodes without --subnet claim their /24 from (the same on every node of a cluster).")
+@click.option("--volume-root", multiple=True, default=(),
+              help="A host directory jobs may mount volumes from (-volume HOST:PATH with HOST in it); repeatable. "
+                   "None: this node takes no job with volumes.")
 @click.option("--kill-grace", default=_D["kill_grace"], type=click.FloatRange(min=0, max=3600),
               help="Seconds between the SIGTERM a killed or timed-out job gets and the SIGKILL that follows.")
 @click.option("--etcd-timeout", default=_D["etcd_timeout"], type=click.FloatRange(min=0.1, max=60),

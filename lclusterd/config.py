@@ -8,6 +8,7 @@ import json
 import socket
 import textwrap
 import tomllib
+from ipaddress import IPv4Network
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ HOST_RESERVE = 512 << 20  # memory a node keeps back for its host by default (or
 DEFAULT_MAX_LOG_SIZE = "100M"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+DEFAULT_BRIDGE = "lcl0"
+DEFAULT_CLUSTER_SUBNET = "10.88.0.0/16"  # one /24 per node: 256 nodes
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"  # loopback: docs/operations.md, "Who may read metrics"
 
 
@@ -71,10 +74,15 @@ class Config:
     max_pids: int = 0  # processes all of this node's jobs may have together; 0: half the kernel's pid_max
     max_log_size: str = DEFAULT_MAX_LOG_SIZE  # most bytes kept of each job's stdout and of its stderr
     userns: str = "on"  # every job in a user namespace of its own ("off": a job's root is the host's root)
+    bridge: str = DEFAULT_BRIDGE  # the bridge of jobs with -net bridge; empty: this node offers no job network
+    subnet: str = ""  # its jobs' subnet; empty: a /24 of cluster_subnet claimed in etcd
+    cluster_subnet: str = DEFAULT_CLUSTER_SUBNET  # where nodes without --subnet claim theirs
+    volume_root: list[str] = field(default_factory=list)  # host directories jobs' volumes may come from
 
     def __post_init__(self) -> None:
         if isinstance(self.etcd, str):
             self.etcd = [e.strip() for e in self.etcd.split(",") if e.strip()]
+        self.volume_root = [self.volume_root] if isinstance(self.volume_root, str) else list(self.volume_root)
 
     @property
     def bind_host(self) -> str:
@@ -235,6 +243,20 @@ class Config:
             raise ConfigError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         self.metrics_address  # raises ConfigError on a bad --metrics-listen
         self._validate_ceilings()
+        self._validate_offer()
+
+    def _validate_offer(self) -> None:
+        """The job network's subnets and the volume roots as written (offer.py checks the rest at start)."""
+        for option, text in (("--subnet", self.subnet), ("--cluster-subnet", self.cluster_subnet)):
+            try:
+                network = IPv4Network(text) if text else None
+            except ValueError as exc:
+                raise ConfigError(f"{option} must be an IPv4 network like {DEFAULT_CLUSTER_SUBNET}, not {text!r} ({exc})") from None
+            if option == "--cluster-subnet" and network is not None and network.prefixlen > 24:
+                raise ConfigError(f"--cluster-subnet must be a /24 or larger (each node takes a /24), not {text}")
+        for root in self.volume_root:
+            if not isinstance(root, str) or not root.startswith("/"):
+                raise ConfigError(f"--volume-root must be an absolute directory, not {root!r}")
 
     def _validate_ceilings(self) -> None:
         offered, default = self.memory_bytes, self.default_memory_bytes
@@ -312,4 +334,6 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return json.dumps([str(v) for v in value])  # a TOML array of basic strings
     return json.dumps("" if value is None else str(value))  # a TOML basic string: JSON's escapes are TOML's

@@ -1,9 +1,9 @@
 """Wiring of one lclusterd node: runtime helper, etcd (embedded or given), node lease, worker,
 prime election + scheduler, gRPC server, and an orderly shutdown on SIGTERM/SIGINT.
 
-Order matters: the runtime helper is spawned first, before any thread of ours exists, and
-after that the daemon only ever starts processes that exec at once (the embedded etcd), never
-a fork that goes on running Python (gRPC Python does not support fork).
+Order matters: the daemon only ever starts processes that exec at once (the runtime helper,
+the embedded etcd), never a fork that goes on running Python (gRPC Python does not support
+fork). The runtime helper starts once etcd answers: its job subnet may be claimed there.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.lookup import Lookup
 from lclusterd.cluster.node import NodeDirectory, NodeSession
+from lclusterd.cluster.offer import OfferError, node_offer
 from lclusterd.cluster.pools import Pools
 from lclusterd.cluster.prime import PrimeElection, prime_duties
 from lclusterd.cluster.retention import LogSweep, Retention
@@ -95,7 +96,7 @@ class Daemon:
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
-        for phase in (self._check_config, self._start_runtime, self._bind_listeners, self._connect_etcd,
+        for phase in (self._check_config, self._bind_listeners, self._connect_etcd, self._start_runtime,
                       self._join_cluster, self._serve):
             phase()
 
@@ -124,15 +125,16 @@ class Daemon:
         self._teardown.callback(self.journal.close)
 
     def _start_runtime(self) -> None:
-        """The fork server, before any thread (gRPC Python does not support fork); then one job
-        to prove jobs can run here."""
+        """What the node offers (its job subnet claimed in etcd: offer.py), the fork server with
+        it (fork+exec), then one job to prove jobs can run here."""
         c = self.config
-        self.launcher = Launcher(self.state / "runtime", cgroup_parent=c.cgroup_parent, on_event=self._on_runtime_event,
-                                 on_helper_exit=self._on_runtime_helper_exit, userns=self._user_namespaces(),
-                                 node_limits=NodeLimits(c.memory_bytes, c.max_pids_value))
         try:
+            self.offer = node_offer(self.store, self.keys, c.node_name, c.bridge, c.subnet, c.cluster_subnet, c.volume_root)
+            self.launcher = Launcher(self.state / "runtime", cgroup_parent=c.cgroup_parent, on_event=self._on_runtime_event,
+                                     on_helper_exit=self._on_runtime_helper_exit, userns=self._user_namespaces(),
+                                     node_limits=NodeLimits(c.memory_bytes, c.max_pids_value), **self.offer.launcher_options())
             self.launcher.start()
-        except LclusterdError as exc:
+        except (LclusterdError, OfferError) as exc:
             raise StartupError(str(exc)) from None
         self._teardown.callback(self.launcher.close, kill_running=True)  # a no-op after the worker's stop
         self._probe_runtime()
@@ -208,7 +210,7 @@ class Daemon:
         self.jobs = Jobs(store, keys)
         self.info = NodeInfo(name=c.node_name, address=c.address, capacity=c.capacity, version=__version__,
                              started_at=time.time(), memory_bytes=c.memory_bytes, max_pids=c.max_pids_value,
-                             cores=host.cores())
+                             cores=host.cores(), subnet=self.offer.subnet, volume_roots=self.offer.volume_roots)
         defaults = NodeDefaults(rootfs=c.rootfs, pids=c.default_pids, memory_bytes=c.default_memory_bytes,
                                 kill_grace=c.kill_grace, max_log_bytes=c.max_log_bytes, images=self.images)
         try:

@@ -80,6 +80,10 @@ class JobSpec:
     retries: int = 0
     node: str = ""  # pinned: only this node may run it
     image: str = ""  # the image it runs in, on a node that has it ("": the node's rootfs, busybox)
+    net: str = "none"  # "none" (loopback only) or "bridge" (an address on its node's bridge)
+    publish: list[str] = field(default_factory=list)  # HOSTPORT:PORT[/udp], with net="bridge"
+    volumes: list[str] = field(default_factory=list)  # HOST:PATH[:ro], HOST under a --volume-root of its node
+    workdir: str = ""  # the command's working directory; "": its image's WorkingDir, or /
     # fields a newer lclusterd wrote that this one does not know: kept and written back as they
     # were, so nodes of two versions can share one etcd during an upgrade
     unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -101,6 +105,9 @@ class JobSpec:
             raise InvalidSpec(f"retries must be between 0 and {MAX_RETRIES}, not {self.retries}")
         if self.node and not NODE_NAME.match(self.node):
             raise InvalidSpec(f"invalid node name {self.node!r}: letters, digits, '.', '_' or '-' (at most 63)")
+        limits.check_network(self.net, self.publish)
+        limits.check_volumes(self.volumes)
+        limits.check_workdir(self.workdir)
         if not stored:
             limits.check_sizes(self.command, self.env, self.stdin_data)
             if self._stored_size_bound() > limits.MAX_SPEC_BYTES:
@@ -110,6 +117,7 @@ class JobSpec:
         """At least the bytes of this spec as a record stores it (JSON escapes a character in
         at most 12 bytes; stdin goes in base64), without encoding it."""
         text = len(self.command) + sum(len(k) + len(v) for k, v in self.env.items()) + len(self.node)
+        text += sum(len(entry) + 3 for entry in (*self.publish, *self.volumes)) + len(self.workdir) + len(self.net)
         return 12 * text + (len(self.stdin_data) + 2) // 3 * 4 + 1024
 
     def to_json(self) -> dict[str, Any]:
@@ -117,8 +125,9 @@ class JobSpec:
         # and a record is encoded several times per job (docs/conventions.md, hot paths).
         data = dict(self.__dict__)
         data["stdin_data"] = base64.b64encode(self.stdin_data).decode()
-        if not self.image:  # written only when set: other records stay as older daemons wrote them
-            del data["image"]
+        for name, default in _SPEC_DEFAULTS:  # written only when set: other records stay as older daemons wrote them
+            if data[name] == default:
+                del data[name]
         return _with_unknown(data)
 
     @classmethod
@@ -126,6 +135,8 @@ class JobSpec:
         """A spec as a record holds it, checked (records.py, then validate); RecordError."""
         records.typed(data, records.JOB_SPEC, ("command",), "the spec")
         records.str_map(data, "env", "the spec")
+        for name in ("publish", "volumes"):
+            records.str_list(data, name, "the spec")
         known, unknown = _split_known(cls, data)
         try:
             known["stdin_data"] = base64.b64decode(known.get("stdin_data") or "", validate=True)
@@ -137,6 +148,9 @@ class JobSpec:
         except InvalidSpec as exc:
             raise RecordError(f"the spec is out of range: {exc}") from None
         return spec
+
+
+_SPEC_DEFAULTS = (("image", ""), ("net", "none"), ("publish", []), ("volumes", []), ("workdir", ""))
 
 
 @dataclass
@@ -171,6 +185,8 @@ class JobRecord:
     owner: str = ""
     # bytes of output the node's log cap dropped, by stream ("stdout", "stderr"); only the cut ones
     output_dropped: dict[str, int] = field(default_factory=dict)
+    # net="bridge": its IPv4 address on its node's bridge, set when it starts; "" otherwise
+    address: str = ""
     # fields this lclusterd does not know (see JobSpec.unknown)
     unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -207,7 +223,7 @@ class JobRecord:
         ended = {"attempt": self.attempt, "node": self.node, "assigned_at": self.assigned_at,
                  "started_at": self.started_at, "ended_at": now, "state": LOST, "reason": reason}
         return self.with_changes(state=QUEUED, attempt=self.attempt + 1, node="", assigned_at=None, started_at=None,
-                                 host_pid=None, kill_requested=False, history=[*self.history, ended])
+                                 host_pid=None, address="", kill_requested=False, history=[*self.history, ended])
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -217,6 +233,8 @@ class JobRecord:
             del data["pool"]
         if not self.output_dropped:  # likewise only when output was cut
             del data["output_dropped"]
+        if not self.address:  # and only for a job with an address
+            del data["address"]
         return _with_unknown(data)
 
     @classmethod
@@ -341,6 +359,8 @@ class NodeInfo:
     cores: int = 0  # CPU cores (0: a node that does not say)
     images: list[str] = field(default_factory=list)  # the images of its store, busybox (its rootfs) included
     images_without_command: list[str] = field(default_factory=list)  # those of them with no Entrypoint or Cmd
+    subnet: str = ""  # its jobs' bridge subnet ("": it offers no -net bridge)
+    volume_roots: list[str] = field(default_factory=list)  # host directories volumes may come from
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

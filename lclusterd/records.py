@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from lclusterd.errors import RecordError
@@ -32,18 +33,18 @@ NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # holds these tables to the dataclasses' fields, so a field added there must be added here.
 JOB_SPEC = {"command": "str", "env": "dict", "memory_bytes": "i64?", "cpus": "num?", "pids": "i64?",
             "timeout": "num?", "stdin_data": "str?", "retries": "i32", "node": "str",
-            "image": "str"}
+            "image": "str", "net": "str", "publish": "list", "volumes": "list", "workdir": "str"}
 JOB_RECORD = {"id": "str", "spec": "dict", "state": "str", "node": "str", "attempt": "i32", "created_at": "time?",
               "assigned_at": "time?", "started_at": "time?", "finished_at": "time?", "exit_code": "i32?", "signal": "i32?",
               "oom_killed": "bool", "error": "str", "host_pid": "i32?", "peak_memory_bytes": "i64?", "cpu_seconds": "num?",
               "kill_requested": "bool", "history": "list", "waiting": "str", "pool": "str", "owner": "str",
-              "output_dropped": "dict", "schema_version": "i32"}
+              "output_dropped": "dict", "address": "str", "schema_version": "i32"}
 ATTEMPT = {"attempt": "i32", "node": "str", "assigned_at": "time?", "started_at": "time?", "ended_at": "time?",
            "state": "str", "reason": "str"}  # an entry of JobRecord.history
 POOL_RECORD = {"id": "str", "spec": "dict", "created_at": "time?", "members": "dict", "owner": "str", "schema_version": "i32"}
 NODE_INFO = {"name": "str", "address": "str", "capacity": "i32", "version": "str", "started_at": "time",
              "memory_bytes": "i64", "max_pids": "i64", "cores": "i32", "images": "list",
-             "images_without_command": "list"}
+             "images_without_command": "list", "subnet": "str", "volume_roots": "list"}
 
 _BOUNDS = {"i32": 2**31 - 1, "i64": 2**63 - 1}
 MAX_TIME = 1e11  # the year 5138: any time a record holds is before, and every client can print it
@@ -117,6 +118,14 @@ def str_map(data: dict[str, Any], name: str, what: str, kind: str = "str") -> di
     return mapping
 
 
+def str_list(data: dict[str, Any], name: str, what: str) -> list[str]:
+    """data[name] (absent: []) when it holds strings only."""
+    values = data.get(name) or []
+    for value in values:
+        value_of(value, "str", f"{what} field {name!r} entry")
+    return values
+
+
 def check_key(found: Any, key_id: str, pattern: re.Pattern, what: str) -> None:
     """The record's own id (`found`) must be the one its key names, and that a well-formed one:
     never a path, never another job's."""
@@ -138,6 +147,9 @@ def check_job_record(data: dict[str, Any], what: str) -> None:
     _optional_name(data.get("pool") or "", JOB_ID, what, "pool")
     for entry in data.get("history") or []:
         typed(entry, ATTEMPT, (), f"{what} history entry")
+    address = data.get("address") or ""
+    if address and not _ipv4(address):
+        raise RecordError(f"{what} field 'address' holds {address[:40]!r}, not an IPv4 address")
     dropped = str_map(data, "output_dropped", what, "i64")
     if any(count < 0 for count in dropped.values()):
         raise RecordError(f"{what} field 'output_dropped' holds a negative count")
@@ -159,6 +171,28 @@ def check_node_info(data: dict[str, Any], key_name: str, what: str) -> None:
             if not (isinstance(image, str) and IMAGE_NAME.match(image)):
                 shown = image[:40] if isinstance(image, str) else _kind(image)
                 raise RecordError(f"{what} field {field!r} holds {shown!r}, not a valid image name")
+    subnet = data.get("subnet") or ""
+    if subnet and not _ipv4_network(subnet):
+        raise RecordError(f"{what} field 'subnet' holds {subnet[:40]!r}, not an IPv4 network")
+    for root in str_list(data, "volume_roots", what):
+        if not root.startswith("/") or "\0" in root:
+            raise RecordError(f"{what} field 'volume_roots' holds {root[:40]!r}, not an absolute path")
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        IPv4Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _ipv4_network(text: str) -> bool:
+    try:
+        IPv4Network(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _optional_name(value: str, pattern: re.Pattern, what: str, field: str, empty: bool = True) -> None:

@@ -20,12 +20,17 @@ def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
         retries=msg.retries,
         node=msg.node,
         image=msg.image,
+        net=msg.net or "none",
+        publish=list(msg.publish),
+        volumes=list(msg.volumes),
+        workdir=msg.workdir,
     )
 
 
 def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
     msg = pb.JobSpec(command=spec.command, env=spec.env, stdin=spec.stdin_data, retries=spec.retries, node=spec.node,
-                     image=spec.image)
+                     image=spec.image, net=spec.net, publish=spec.publish, volumes=spec.volumes,
+                     workdir=spec.workdir)
     if spec.memory_bytes is not None:
         msg.memory_bytes = spec.memory_bytes
     if spec.cpus is not None:
@@ -55,6 +60,7 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         waiting=record.waiting,
         pool=record.pool,
         owner=record.owner,
+        address=record.address,
         stdout_dropped_bytes=record.output_dropped.get("stdout", 0),
         stderr_dropped_bytes=record.output_dropped.get("stderr", 0),
         attempts=[pb.Attempt(attempt=a.get("attempt") or 0, node=a.get("node") or "", assigned_at=a.get("assigned_at") or 0.0,
@@ -107,7 +113,8 @@ def node_to_proto(view: NodeView) -> pb.Node:
     info = view.info
     return pb.Node(name=info.name, address=info.address, capacity=info.capacity, running=view.running,
                    prime=view.prime, version=info.version, started_at=info.started_at, state=view.state,
-                   memory_bytes=info.memory_bytes, memory_used_bytes=view.memory_used, images=info.images)
+                   memory_bytes=info.memory_bytes, memory_used_bytes=view.memory_used, images=info.images,
+                   subnet=info.subnet, volume_roots=info.volume_roots)
 
 
 def events_of(change: StateChange) -> list[pb.JobEvent]:

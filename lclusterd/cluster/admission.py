@@ -24,7 +24,7 @@ from lclusterd.cluster import decode
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.pools import Pools
-from lclusterd.cluster.placement import Placement
+from lclusterd.cluster.placement import Needs, Placement
 from lclusterd.errors import InvalidSpec, NoNodeHasImage, RecordError
 from lclusterd.model import JobRecord, JobSpec, NodeInfo, PoolRecord, new_job_id
 from lclusterd.units import format_size
@@ -62,6 +62,9 @@ def _shortfalls(node: NodeInfo, spec: JobSpec) -> list[str]:
         found.append("pids")
     if spec.cpus is not None and node.cores and spec.cpus > node.cores:
         found.append("cpus")
+    needs = Needs.of(spec)
+    if needs is not None and not needs.met_by(node.subnet, node.volume_roots):
+        found.append("offer")
     return found
 
 
@@ -136,11 +139,14 @@ class Admission:
 def _refusal(spec: JobSpec, nodes: list[NodeInfo]) -> str:
     """One sentence for the first thing no node can give (with the most any node has)."""
     short = [_shortfalls(n, spec) for n in nodes]
-    what = next((kind for kind in ("memory", "pids", "cpus") if all(kind in s for s in short)), None)
+    what = next((kind for kind in ("offer", "memory", "pids", "cpus") if all(kind in s for s in short)), None)
     where = "node " + nodes[0].name if len(nodes) == 1 else "any node"
+    if what == "offer":  # a job network or volumes no node offers
+        return Needs.of(spec).why_unmet([(n.subnet, tuple(n.volume_roots)) for n in nodes])
     if what is None:  # each node lacks something, but not the same thing
         asked = [f"-mem {format_size(spec.memory_bytes)}" if spec.memory_bytes is not None else "",
-                 f"-pids {spec.pids}" if spec.pids is not None else "", f"-cpus {spec.cpus:g}" if spec.cpus is not None else ""]
+                 f"-pids {spec.pids}" if spec.pids is not None else "", f"-cpus {spec.cpus:g}" if spec.cpus is not None else "",
+                 "-net bridge" if spec.net == "bridge" else "", *(f"-volume {v}" for v in spec.volumes)]
         return f"no node can give all of {', '.join(a for a in asked if a)} at once"
     if what == "memory":
         best = max(nodes, key=lambda n: n.memory_bytes)

@@ -14,6 +14,9 @@
                             finished_at in milliseconds, zero-padded to ENDED_DIGITS, so the keys sort
                             by end time and retention range-reads what has expired; value = the
                             job's pool uuid ("" for a job in no pool)
+    subnets/<net>_<len>     a job subnet claimed by a node (value: its name; no lease: a node that
+                            comes back takes the same one again), so nodes sharing one etcd never
+                            share a subnet
     removed/<uuid>          a tombstone for a job (or pool) that retention removed: JSON finished_at,
                             removed_at, keep (seconds), kind; under a lease with TTL = keep
 """
@@ -69,6 +72,10 @@ class Keys:
         """The range end of ended/ keys for jobs that finished before `when` (exclusive)."""
         return self._k("ended", _millis(when))
 
+    def subnet(self, network: str) -> str:
+        """The claim of `network` (10.88.3.0/24 as subnets/10.88.3.0_24: one path element)."""
+        return self._k("subnets", network.replace("/", "_"))
+
     def removed(self, job_id: str) -> str:
         return self._k("removed", job_id)
 
@@ -108,6 +115,10 @@ class Keys:
     @property
     def ended_prefix(self) -> str:
         return self._k("ended", "")
+
+    @property
+    def subnets_prefix(self) -> str:
+        return self._k("subnets", "")
 
     @property
     def removed_prefix(self) -> str:

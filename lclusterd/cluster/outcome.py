@@ -24,6 +24,7 @@ class Started:
 
     host_pid: int
     started_at: float
+    address: str = ""  # net="bridge": its address on the node's bridge
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def fold(record: JobRecord, updates: list[Update], kill_requested: bool = False,
 
 def _apply(record: JobRecord, update: Update, kill_requested: bool, shutdown_note: str) -> JobRecord:
     if isinstance(update, Started):
-        return started(record, update.host_pid, update.started_at)
+        return started(record, update.host_pid, update.started_at, update.address)
     if isinstance(update, Ended):
         return ended(record, update.result, kill_requested, shutdown_note, update.stderr_tail)
     if isinstance(update, Cancelled):
@@ -104,9 +105,9 @@ def _apply(record: JobRecord, update: Update, kill_requested: bool, shutdown_not
     return lost(record, update.reason)
 
 
-def started(record: JobRecord, host_pid: int | None, started_at: float | None) -> JobRecord:
+def started(record: JobRecord, host_pid: int | None, started_at: float | None, address: str | None = "") -> JobRecord:
     """ASSIGNED -> RUNNING."""
-    return record.moved_to(RUNNING, host_pid=host_pid, started_at=started_at or time.time())
+    return record.moved_to(RUNNING, host_pid=host_pid, started_at=started_at or time.time(), address=address or "")
 
 
 # What the job's /bin/sh -c exits with when it cannot run a command (POSIX).
@@ -124,7 +125,7 @@ def ended(record: JobRecord, result: RunResult, kill_requested: bool = False, sh
         if state == FAILED and result.host_pid is None:
             return record.moved_to(FAILED, error=result.error or "the runtime could not start the job",
                                    finished_at=result.finished_at or time.time())
-        record = started(record, result.host_pid, result.started_at)
+        record = started(record, result.host_pid, result.started_at, result.address)
     error = result.error
     if state == KILLED and not error:
         error = "killed by request" if kill_requested else (shutdown_note or "killed")

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from lclusterd.cluster.kv import Compare
+from lclusterd.limits import parse_volume
+from lclusterd.model import JobSpec
 from lclusterd.units import format_size
 
 PRIME_FIRST = "prime-first"
@@ -34,6 +36,46 @@ class Placement:
     guard: list[Compare]
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What a job needs of its node beyond room: a job network (-net bridge), and its volumes'
+    host directories each under one of the node's --volume-root."""
+
+    bridge: bool = False
+    volume_hosts: tuple[str, ...] = ()
+
+    @staticmethod
+    def of(spec: JobSpec) -> Needs | None:
+        """The spec's needs; None for a job any node can run (the common case, kept cheap)."""
+        if spec.net != "bridge" and not spec.volumes:
+            return None
+        return Needs(spec.net == "bridge", tuple(parse_volume(v).host for v in spec.volumes))
+
+    def met_by(self, subnet: str, volume_roots: Iterable[str]) -> bool:
+        if self.bridge and not subnet:
+            return False
+        roots = tuple(volume_roots)
+        return all(under_a_root(host, roots) for host in self.volume_hosts)
+
+    def why_unmet(self, offers: list[tuple[str, tuple[str, ...]]]) -> str:
+        """Why no node of `offers` ((subnet, volume roots) each) meets these needs."""
+        if self.bridge and not any(subnet for subnet, _ in offers):
+            return "no node offers -net bridge: start lclusterd with --bridge NAME (its default, lcl0)"
+        roots = sorted({root for _, node_roots in offers for root in node_roots})
+        if self.volume_hosts and not roots:
+            return "no node allows volumes: start lclusterd with --volume-root DIR"
+        outside = [host for host in self.volume_hosts if not under_a_root(host, roots)]
+        if outside:
+            return f"volume {outside[0]} is under no node's --volume-root (allowed: {', '.join(roots)[:200]})"
+        return "no single node offers all of: " + ", ".join(
+            (["-net bridge"] if self.bridge else []) + [f"-volume {h}" for h in self.volume_hosts])
+
+
+def under_a_root(host: str, roots: Iterable[str]) -> bool:
+    """Whether the (normalised, absolute) host path is a root of `roots` or beneath one."""
+    return any(host == root or host.startswith(root + "/") for root in roots)
+
+
 @dataclass
 class Room:
     name: str
@@ -41,6 +83,8 @@ class Room:
     memory: int  # memory not yet requested by its jobs
     offered: int  # memory it offers in all
     draining: bool = False
+    subnet: str = ""  # its job network's subnet ("": none)
+    volume_roots: tuple[str, ...] = ()
     images: frozenset[str] = field(default_factory=frozenset)  # what it publishes (NodeInfo.images)
 
     def fits(self, memory: int) -> bool:
@@ -52,17 +96,22 @@ class Room:
 
 
 def place(policy: str, rooms: dict[str, Room], prime: str, memory: int = 0, pinned: str = "",
-          avoid: Iterable[str] = (), image: str = "") -> tuple[str | None, str]:
+          avoid: Iterable[str] = (), needs: Needs | None = None, image: str = "") -> tuple[str | None, str]:
     """The node for a job that requests `memory` bytes (0: none), or None and why not.
     `avoid`: nodes where earlier attempts were lost; used only when no other node fits.
-    `image`: only nodes that have it ("": every node, each has its rootfs)."""
+    `needs`: only nodes that meet them are candidates. `image`: only nodes that have it ("":
+    every node, each has its rootfs)."""
     if pinned:
-        return place_pinned(rooms.get(pinned), pinned, memory, image)
+        return place_pinned(rooms.get(pinned), pinned, memory, needs, image)
     if image:
         rooms = {name: r for name, r in rooms.items() if image in r.images}
     ready = [r for r in rooms.values() if not r.draining]
     if not ready:
         return None, why_no_image(image, bool(rooms)) if image else why_no_ready(bool(rooms))
+    if needs is not None:
+        ready = [r for r in ready if needs.met_by(r.subnet, r.volume_roots)]
+        if not ready:
+            return None, needs.why_unmet([(r.subnet, r.volume_roots) for r in rooms.values() if not r.draining])
     if memory and all(memory > r.offered for r in ready):
         return None, why_too_big(memory, max(r.offered for r in ready), image)
     fits = [r for r in ready if r.fits(memory)]
@@ -80,7 +129,8 @@ def place(policy: str, rooms: dict[str, Room], prime: str, memory: int = 0, pinn
     return max(candidates, key=lambda r: (r.slots, r.memory, r.name)).name, ""
 
 
-def place_pinned(room: Room | None, pinned: str, memory: int, image: str = "") -> tuple[str | None, str]:
+def place_pinned(room: Room | None, pinned: str, memory: int, needs: Needs | None = None,
+                 image: str = "") -> tuple[str | None, str]:
     """A job pinned to node `pinned` (whose room is `room`, None when it is not registered):
     that node or nothing; earlier lost attempts do not move it."""
     if room is None:
@@ -89,6 +139,11 @@ def place_pinned(room: Room | None, pinned: str, memory: int, image: str = "") -
         return None, f"pinned to node {pinned}, which does not have the image {image!r}"
     if room.draining:
         return None, f"pinned to node {pinned}, which is draining"
+    if needs is not None and not needs.met_by(room.subnet, room.volume_roots):
+        if needs.bridge and not room.subnet:
+            return None, f"pinned to node {pinned}, which offers no -net bridge (started with --bridge '')"
+        outside = next(h for h in needs.volume_hosts if not under_a_root(h, room.volume_roots))
+        return None, f"pinned to node {pinned}, whose --volume-root does not allow volume {outside}"
     if memory > room.offered:
         return None, f"needs {format_size(memory)} of memory; node {pinned} offers {format_size(room.offered)}"
     return (pinned, "") if room.fits(memory) else (None, "")

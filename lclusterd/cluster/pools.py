@@ -38,6 +38,7 @@ from lclusterd.cluster import decode
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.node import ready_nodes
+from lclusterd.cluster.placement import Needs
 from lclusterd.cluster.kv import MAX_TXN_BYTES, MAX_TXN_OPS, Absent, Compare, ModIs, Op, Put
 from lclusterd.cluster.store import Store
 from lclusterd.errors import (InvalidSpec, JobFinished, JobNotFound, LclusterdError, MalformedRecord, NoReadyNode, RecordError,
@@ -87,6 +88,19 @@ class Pools:
         self.store: Store = jobs.store
         self.keys: Keys = jobs.keys
 
+    def _meeting(self, needs: Needs) -> set[str]:
+        """The registered nodes that meet `needs` (a malformed registration meets none)."""
+        kvs, _ = self.store.get_prefix(self.keys.nodes_prefix)
+        names = set()
+        for kv in kvs:
+            try:
+                info = decode.node(kv.key, kv.value, kv.mod_revision)
+            except RecordError:
+                continue
+            if needs.met_by(info.subnet, info.volume_roots):
+                names.add(info.name)
+        return names
+
     # -- add -------------------------------------------------------------------------------
     def add(self, spec: JobSpec, owner: str = "") -> tuple[PoolRecord, list[JobRecord]]:
         """Write a pool of `spec` with one member per ready node (see the module docstring).
@@ -96,6 +110,11 @@ class Pools:
             raise InvalidSpec(f"a pool runs on every ready node; it cannot be pinned to node {spec.node} as well")
         pool = PoolRecord(id=new_job_id(), spec=spec, created_at=time.time(), owner=owner)
         ready, why = ready_nodes(self.store, self.keys, spec.image)
+        needs = Needs.of(spec)
+        if needs is not None and ready:  # members only where their network and volumes can be had
+            meeting = self._meeting(needs)
+            ready = [(node, revision) for node, revision in ready if node in meeting]
+            why = "no ready node offers what it needs (-net bridge, or --volume-root for its volumes)"
         if not ready:
             raise NoReadyNode(f"no node can run the pool: {why}")
         revisions = dict(ready)

@@ -4,8 +4,8 @@ The prime runs a pass every `interval_for(keep)` while it is the prime (started 
 with the scheduler). A pass range-reads ended/ (keys.py: one key per terminal record, written
 in the record's own transaction, sorted by end time) up to now - keep, so it never scans the
 jobs; it removes them in batches, each one transaction under the prime guard: jobs/<uuid>, its
-ended/ key, and a tombstone removed/<uuid> under one lease per pass with TTL = keep, so that for
-another keep period Check, Wait, Logs and Kill can say the job was removed rather than unknown
+ended/ key, and a tombstone removed/<uuid> under one lease per pass with TTL = keep (at least
+MIN_TOMBSTONE_SECONDS), so that for another keep period Check, Wait, Logs and Kill can say the job was removed rather than unknown
 (`removal_of`). A pool record goes once none of its members' records is left.
 
 Each pass then compacts etcd to the revision the previous pass saw: watches never need anything
@@ -36,6 +36,9 @@ from lclusterd.units import format_duration
 
 log = logging.getLogger(__name__)
 
+# A tombstone is a few dozen bytes; with a short --keep it still outlives a script that asks a
+# little late (or a busy machine between two calls), instead of turning "removed" into "unknown".
+MIN_TOMBSTONE_SECONDS = 600
 JOB_OPS = 3  # per removed job: delete jobs/<uuid> and its ended/ key, put removed/<uuid>
 JOBS_PER_TXN = MAX_TXN_OPS // JOB_OPS
 POOLS_PER_TXN = MAX_TXN_OPS // 2  # delete pools/<uuid>, put removed/<uuid>
@@ -130,7 +133,7 @@ class Retention:
             seen = seen or revision
             if not kvs:
                 break
-            lease = lease or self.store.grant(max(1, math.ceil(self.keep)))
+            lease = lease or self.store.grant(math.ceil(max(self.keep, MIN_TOMBSTONE_SECONDS)))
             if not self._remove_jobs(kvs, lease, now):
                 log.warning("retention: the prime key is no longer ours; removing nothing more")
                 return removed

@@ -29,7 +29,8 @@ from typing import Collection
 from sortedcontainers import SortedList
 
 from lclusterd.cluster.orders import ORDERS
-from lclusterd.cluster.placement import PRIME_FIRST, Room, place_pinned, why_no_image, why_no_ready, why_too_big
+from lclusterd.cluster.placement import (PRIME_FIRST, Needs, Room, place, place_pinned, why_no_image, why_no_ready,
+                                         why_too_big)
 
 State = tuple[int, int, int]  # a ready node's (free slots, free memory, offered memory)
 NO_IMAGES: frozenset[str] = frozenset()
@@ -40,12 +41,13 @@ class _Node:
     counted on it (also while it is not registered: a dead node's assignments stay until it is
     buried, and count against it if it registers again before then, as they always have)."""
 
-    __slots__ = ("capacity", "offered", "live", "draining", "jobs", "used", "images")
+    __slots__ = ("capacity", "offered", "live", "draining", "jobs", "used", "images", "subnet", "volume_roots")
 
     def __init__(self) -> None:
         self.capacity = self.offered = self.jobs = self.used = 0
         self.live = self.draining = False
         self.images = NO_IMAGES
+        self.subnet, self.volume_roots = "", ()
 
     def state(self) -> State | None:
         if not self.live or self.draining:
@@ -53,7 +55,8 @@ class _Node:
         return self.capacity - self.jobs, self.offered - self.used, self.offered
 
     def room(self, name: str) -> Room:
-        return Room(name, self.capacity - self.jobs, self.offered - self.used, self.offered, self.draining, self.images)
+        return Room(name, self.capacity - self.jobs, self.offered - self.used, self.offered, self.draining, self.subnet,
+                    self.volume_roots, self.images)
 
     def idle(self) -> bool:
         return not (self.live or self.draining or self.jobs or self.used)
@@ -124,9 +127,11 @@ class Rooms:
         return self._all.free
 
     # -- changes -------------------------------------------------------------------------------
-    def set_node(self, name: str, capacity: int, offered: int, images: frozenset[str] = NO_IMAGES) -> None:
-        """`name` is registered (again) with this offer and these images."""
+    def set_node(self, name: str, capacity: int, offered: int, images: frozenset[str] = NO_IMAGES, subnet: str = "",
+                 volume_roots: tuple[str, ...] = ()) -> None:
+        """`name` is registered (again) with this offer, these images and this network and volume offer."""
         node = self._node(name)
+        node.subnet, node.volume_roots = subnet, tuple(volume_roots)
         before, was_live, had = node.state(), node.live, node.images
         node.live = True
         node.capacity, node.offered, node.images = capacity, offered, images
@@ -186,11 +191,15 @@ class Rooms:
         return node.room(name) if node is not None and node.live else None
 
     def place(self, memory: int = 0, pinned: str = "", avoid: Collection[str] = (),
-              image: str = "") -> tuple[str | None, str]:
-        """placement.place(policy, every room, prime, memory, pinned, avoid, image), without
-        looking at every room."""
+              needs: Needs | None = None, image: str = "") -> tuple[str | None, str]:
+        """placement.place(policy, every room, prime, memory, pinned, avoid, needs, image), without
+        looking at every room, but for a job with needs (a job network, volumes): those are placed
+        by the reference itself over the live nodes, O(N)."""
         if pinned:
-            return place_pinned(self.room(pinned), pinned, memory, image)
+            return place_pinned(self.room(pinned), pinned, memory, needs, image)
+        if needs is not None:
+            rooms = {name: node.room(name) for name, node in self._nodes.items() if node.live}
+            return place(self.policy, rooms, self.prime, memory, "", avoid, needs, image)
         index = self._index(image) if image else self._all
         if not index.offers:
             return None, why_no_image(image, index.live > 0) if image else why_no_ready(index.live > 0)

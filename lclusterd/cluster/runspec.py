@@ -4,8 +4,8 @@ image. Pure, but for the two lookups it asks of the node's image store (ImageLoo
 A job without an image runs `/bin/sh -c COMMAND` on the node's rootfs (the image busybox),
 as it always has. A job with one runs on that image's tree, with its config's defaults under
 the job's own options (runtime/images/config.py, apply_defaults): the image's Env under the
-job's -env, its WorkingDir, and its Entrypoint + Cmd when the job has no command; a command
-is a whole shell line and replaces both. (The image's User is not applied: the runtime runs
+job's -env, its WorkingDir under the job's -workdir, and its Entrypoint + Cmd when the job has
+no command; a command is a whole shell line and replaces both. (The image's User is not applied: the runtime runs
 every job as the root of its user namespace.)
 """
 
@@ -14,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from lclusterd.errors import ImageNotFound
+from lclusterd.errors import ImageNotFound, InvalidSpec
 from lclusterd.model import DEFAULT_PIDS, JobSpec
 from lclusterd.runtime.images.config import ImageConfig, apply_defaults
 from lclusterd.runtime.spec import RuntimeSpec
+
+DEFAULT_WORKDIR = "/"  # a job's working directory when its spec names none
 
 
 class ImageLookup(Protocol):
@@ -57,6 +59,9 @@ def to_runtime_spec(job_id: str, spec: JobSpec, defaults: NodeDefaults,
         stdout_path=stdout_path,
         stderr_path=stderr_path,
         max_log_bytes=defaults.max_log_bytes,
+        net=spec.net,
+        publish=list(spec.publish),
+        **_volumes(spec),
     )
 
 
@@ -64,10 +69,18 @@ def _image_defaults(spec: JobSpec, defaults: NodeDefaults) -> tuple[str, list[st
     """(rootfs, argv, env, cwd) of the job: its image's defaults under its own options."""
     argv = ["/bin/sh", "-c", spec.command] if spec.command else None
     if not spec.image:
-        return defaults.rootfs, argv or [], dict(spec.env), "/"
+        return defaults.rootfs, argv or [], dict(spec.env), spec.workdir or DEFAULT_WORKDIR
     if defaults.images is None:
         raise ImageNotFound(spec.image)
     rootfs = defaults.images.rootfs(spec.image)
-    # The job's own working directory (JobSpec.workdir, when the spec has one) goes in cwd= here.
-    job = apply_defaults(defaults.images.config(spec.image), argv, spec.env, cwd=None)
+    job = apply_defaults(defaults.images.config(spec.image), argv, spec.env, cwd=spec.workdir or None)
     return rootfs, job.argv, job.env, job.cwd
+
+
+def _volumes(spec: JobSpec) -> dict[str, list[str]]:
+    """The spec's volumes for the runtime (RuntimeSpec.volumes); InvalidSpec from a runtime without them."""
+    if not spec.volumes:
+        return {}
+    if "volumes" not in RuntimeSpec.__dataclass_fields__:
+        raise InvalidSpec("this node's runtime cannot mount volumes")
+    return {"volumes": list(spec.volumes)}

@@ -23,7 +23,7 @@ from lclusterd.cluster.jobs import Change, Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Compare, Delete, ModIs
 from lclusterd.cluster.linger import Linger
-from lclusterd.cluster.placement import PRIME_FIRST, Placement
+from lclusterd.cluster.placement import PRIME_FIRST, Needs, Placement
 from lclusterd.cluster.store import Store
 from lclusterd.cluster.view import IN_FLIGHT, ClusterView, Reservation
 from lclusterd.cluster.watch import Watches
@@ -96,7 +96,7 @@ class Scheduler:
             if not view.ready or self._stopped.is_set() or view.queue or view.dead:
                 return None
             memory = spec.memory_bytes or 0
-            node, _why = view.place(memory, spec.node, (), spec.image)
+            node, _why = view.place(memory, spec.node, needs=Needs.of(spec), image=spec.image)
             if node is None:
                 return None
             view.reserve(job_id, Reservation(node, IN_FLIGHT, memory))
@@ -169,7 +169,7 @@ class Scheduler:
                     continue
                 memory = record.spec.memory_bytes or 0
                 avoid = [a.get("node", "") for a in record.history]
-                node, why = view.place(memory, record.spec.node, avoid, record.spec.image)
+                node, why = view.place(memory, record.spec.node, avoid, Needs.of(record.spec), record.spec.image)
                 if node is None:
                     if why and why != record.waiting:
                         notes.append(WaitNote(record, entry.revision, why))

@@ -26,7 +26,7 @@ from typing import Callable, Collection
 from lclusterd.cluster import decode
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Event
-from lclusterd.cluster.placement import PRIME_FIRST, Room
+from lclusterd.cluster.placement import PRIME_FIRST, Needs, Room
 from lclusterd.cluster.rooms import Rooms
 from lclusterd.cluster.store import Store
 from lclusterd.cluster.watch import Callbacks, Watches
@@ -164,7 +164,8 @@ class ClusterView:
         except RecordError:
             return
         self.nodes[info.name] = info
-        self.index.set_node(info.name, info.capacity, info.memory_bytes, frozenset(info.images))
+        self.index.set_node(info.name, info.capacity, info.memory_bytes, frozenset(info.images), info.subnet,
+                            tuple(info.volume_roots))
 
     def _queue_events(self, events: list[Event]) -> None:
         with self.lock:
@@ -232,9 +233,9 @@ class ClusterView:
 
     # -- what the scheduler asks (hold `lock`) ---------------------------------------------------
     def place(self, memory: int = 0, pinned: str = "", avoid: Collection[str] = (),
-              image: str = "") -> tuple[str | None, str]:
+              needs: Needs | None = None, image: str = "") -> tuple[str | None, str]:
         """placement.place for this view's policy and prime over rooms(), in O(log N)."""
-        return self.index.place(memory, pinned, avoid, image)
+        return self.index.place(memory, pinned, avoid, needs, image)
 
     def free_slots(self) -> int:
         """Free slots on the ready nodes, all together."""
@@ -249,7 +250,7 @@ class ClusterView:
         for name, info in self.nodes.items():
             count, memory = used.get(name, (0, 0))
             rooms[name] = Room(name, info.capacity - count, info.memory_bytes - memory, info.memory_bytes,
-                               name in self.draining, frozenset(info.images))
+                               name in self.draining, info.subnet, tuple(info.volume_roots), frozenset(info.images))
         return rooms
 
     def reserve(self, job_id: str, reservation: Reservation) -> None:

@@ -299,7 +299,7 @@ class Worker:
     def on_runtime_event(self, event: RuntimeEvent) -> None:
         """Called on the launcher's reader thread."""
         if isinstance(event, JobStarted):
-            self.reporter.report(event.job_id, outcome.Started(event.host_pid, event.started_at))
+            self.reporter.report(event.job_id, outcome.Started(event.host_pid, event.started_at, event.address or ""))
             self._count_start(event)
             return
         result = event.result

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("command", "env", "memory_bytes", "cpus", "pids", "timeout_seconds", "stdin", "retries", "node", "image")
+    __slots__ = ("command", "env", "memory_bytes", "cpus", "pids", "timeout_seconds", "stdin", "retries", "node", "image", "net", "publish", "volumes", "workdir")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,10 @@ class JobSpec(_message.Message):
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    NET_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    WORKDIR_FIELD_NUMBER: _ClassVar[int]
     command: str
     env: _containers.ScalarMap[str, str]
     memory_bytes: int
@@ -36,7 +40,11 @@ class JobSpec(_message.Message):
     retries: int
     node: str
     image: str
-    def __init__(self, command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., stdin: _Optional[bytes] = ..., retries: _Optional[int] = ..., node: _Optional[str] = ..., image: _Optional[str] = ...) -> None: ...
+    net: str
+    publish: _containers.RepeatedScalarFieldContainer[str]
+    volumes: _containers.RepeatedScalarFieldContainer[str]
+    workdir: str
+    def __init__(self, command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., stdin: _Optional[bytes] = ..., retries: _Optional[int] = ..., node: _Optional[str] = ..., image: _Optional[str] = ..., net: _Optional[str] = ..., publish: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ...) -> None: ...
 
 class AddRequest(_message.Message):
     __slots__ = ("spec", "all_nodes")
@@ -61,7 +69,7 @@ class JobRef(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "spec", "node", "attempt", "created_at", "assigned_at", "started_at", "finished_at", "exit_code", "signal", "oom_killed", "error", "host_pid", "peak_memory_bytes", "cpu_seconds", "kill_requested", "attempts", "waiting", "pool", "is_pool", "members", "stdout_dropped_bytes", "stderr_dropped_bytes", "owner")
+    __slots__ = ("id", "state", "spec", "node", "attempt", "created_at", "assigned_at", "started_at", "finished_at", "exit_code", "signal", "oom_killed", "error", "host_pid", "peak_memory_bytes", "cpu_seconds", "kill_requested", "attempts", "waiting", "pool", "is_pool", "members", "stdout_dropped_bytes", "stderr_dropped_bytes", "owner", "address")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +95,7 @@ class Job(_message.Message):
     STDOUT_DROPPED_BYTES_FIELD_NUMBER: _ClassVar[int]
     STDERR_DROPPED_BYTES_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     spec: JobSpec
@@ -112,7 +121,8 @@ class Job(_message.Message):
     stdout_dropped_bytes: int
     stderr_dropped_bytes: int
     owner: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[float] = ..., assigned_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., host_pid: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., kill_requested: _Optional[bool] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., waiting: _Optional[str] = ..., pool: _Optional[str] = ..., is_pool: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., stdout_dropped_bytes: _Optional[int] = ..., stderr_dropped_bytes: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+    address: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[float] = ..., assigned_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., host_pid: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., kill_requested: _Optional[bool] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., waiting: _Optional[str] = ..., pool: _Optional[str] = ..., is_pool: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., stdout_dropped_bytes: _Optional[int] = ..., stderr_dropped_bytes: _Optional[int] = ..., owner: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("attempt", "node", "assigned_at", "started_at", "ended_at", "state", "reason")
@@ -151,7 +161,7 @@ class NodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "address", "capacity", "running", "prime", "version", "started_at", "state", "memory_bytes", "memory_used_bytes", "images")
+    __slots__ = ("name", "address", "capacity", "running", "prime", "version", "started_at", "state", "memory_bytes", "memory_used_bytes", "images", "subnet", "volume_roots")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +173,8 @@ class Node(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ROOTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     capacity: int
@@ -174,7 +186,9 @@ class Node(_message.Message):
     memory_bytes: int
     memory_used_bytes: int
     images: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., capacity: _Optional[int] = ..., running: _Optional[int] = ..., prime: _Optional[bool] = ..., version: _Optional[str] = ..., started_at: _Optional[float] = ..., state: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., images: _Optional[_Iterable[str]] = ...) -> None: ...
+    subnet: str
+    volume_roots: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., capacity: _Optional[int] = ..., running: _Optional[int] = ..., prime: _Optional[bool] = ..., version: _Optional[str] = ..., started_at: _Optional[float] = ..., state: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., images: _Optional[_Iterable[str]] = ..., subnet: _Optional[str] = ..., volume_roots: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodesReply(_message.Message):
     __slots__ = ("nodes",)

@@ -193,7 +193,7 @@ def test_200_jobs_at_once_each_end_exactly_once(cluster):
 
 def test_graceful_shutdown_finish_mode_lets_jobs_end(cluster):
     node = cluster.daemon(extra=["--on-shutdown", "finish"])
-    job = add(node, "sleep 0.5; echo done")
+    job = add(node, "sleep 3; echo done")
     until(lambda: check(node, job)["state"] == "RUNNING", "the job to run")
     assert node.stop() == 0
     again = cluster.daemon(directory=node.dir)

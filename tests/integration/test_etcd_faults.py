@@ -62,12 +62,12 @@ def test_all_etcd_members_stopped_jobs_go_on_and_results_are_written_back(cluste
     pids_before = (a.process.pid, b.process.pid)
     before = add(a, "echo before")
     assert b.lclient("-wait", before).returncode == 0
-    running = [add(a if i % 2 else b, f"sleep 5; echo during {i}", "-node", "a" if i % 2 else "b") for i in range(4)]
+    running = [add(a if i % 2 else b, f"sleep 15; echo during {i}", "-node", "a" if i % 2 else "b") for i in range(4)]
     until(lambda: all(check(a, j)["state"] == "RUNNING" for j in running), "the jobs to run")
     host_pids = [check(b, j)["host_pid"] for j in running]
 
     # Hold the jobs (each is its own process group) until etcd is fully down: on a busy machine
-    # stopping three members can outlast the jobs, and a result written while two members
+    # stopping three members can outlast the jobs (and so can starting them: 15 s to be safe), and a result written while two members
     # still served would leave nothing to buffer.
     for pid in host_pids:
         os.killpg(pid, signal.SIGSTOP)

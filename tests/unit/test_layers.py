@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # module prefix -> project modules it may import (prefix match)
 ALLOWED = {
-    "lclient": ("lclient", "lclusterd.rpc", "lclusterd.units", "lclusterd.states"),
+    "lclient": ("lclient", "lclusterd.rpc", "lclusterd.units", "lclusterd.states", "lclusterd.limits",
+                "lclusterd.errors"),
     "lclusterd.api": ("lclusterd.api", "lclusterd.cluster", "lclusterd.model", "lclusterd.errors", "lclusterd.rpc",
                       "lclusterd.states", "lclusterd.certs"),
     "lclusterd.certs": (),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -413,3 +415,40 @@ def test_images_lists_every_image_of_every_node_that_is_not_gone(capsys, monkeyp
     _, out, _, _ = run(["-images", "-json"], capsys)
     assert [(d["node"], d["image"]) for d in map(json.loads, out.splitlines())] == [
         ("a", "busybox"), ("b", "busybox"), ("b", "debian")]
+
+
+def test_network_volume_and_workdir_options_reach_the_spec(capsys):
+    code, _, _, client = run(["-add", "x", "-net", "bridge", "-publish", "18080:8080", "-publish", "53:53/udp",
+                              "-volume", "/srv/data:/data:ro", "-volume", "/srv/out:/out", "-workdir", "/data"], capsys)
+    spec = client.calls[0][1][0]
+    assert code == 0
+    assert (spec.net, list(spec.publish), list(spec.volumes), spec.workdir) == \
+        ("bridge", ["18080:8080", "53:53/udp"], ["/srv/data:/data:ro", "/srv/out:/out"], "/data")
+
+
+def test_a_job_without_those_options_asks_for_no_network():
+    code = subprocess.run([sys.executable, "-c", "import sys; from lclient import cli; "
+                           "assert 'lclusterd.limits' not in sys.modules and 'lclient.netopts' not in sys.modules"])
+    assert code.returncode == 0  # lclient's start stays light: the checks load only for these options
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["-net", "host"], "lclient: net must be none or bridge, not 'host'"),
+    (["-net", "bridge", "-publish", "80"], "lclient: publish takes HOSTPORT:PORT or HOSTPORT:PORT/udp, not '80'"),
+    (["-net", "bridge", "-publish", "99999:80"], "lclient: ports are between 1 and 65535, not 99999 (in '99999:80')"),
+    (["-publish", "8080:80"], "lclient: publishing a port needs net=bridge (a job without a network has only loopback)"),
+    (["-volume", "data:/data"], "lclient: volume paths must be absolute (and at most 1024 bytes), not 'data' "
+                                "(in 'data:/data')"),
+    (["-volume", "/srv:/data:rx"], "lclient: volume takes HOST:PATH or HOST:PATH:ro (absolute paths, no ':'), not "
+                                   "'/srv:/data:rx'"),
+    (["-workdir", "tmp"], "lclient: working directory must be absolute (and at most 1024 bytes), not 'tmp' (in 'tmp')"),
+])
+def test_malformed_network_and_volume_options_are_one_line_exit_2_before_any_call(argv, line, capsys):
+    code, out, err, client = run(["-add", "x", *argv], capsys)
+    assert (code, out, err) == (2, "", line + "\n")
+    assert client is None or client.calls == []
+
+
+def test_network_options_go_with_add(capsys):
+    code, _, err, _ = run(["-check", JOB, "-net", "bridge"], capsys)
+    assert (code, err) == (2, "lclient: -net goes with -add\n")

@@ -20,7 +20,7 @@ from memstore import MemStore
 
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Delete, Event, Put
-from lclusterd.cluster.placement import BEST_FIT, FIRST_FIT, POLICIES, PRIME_FIRST, place
+from lclusterd.cluster.placement import BEST_FIT, FIRST_FIT, POLICIES, PRIME_FIRST, Needs, place
 from lclusterd.cluster.scheduler import BATCH, Scheduler
 from lclusterd.cluster.view import IN_FLIGHT, ClusterView, QueuedJob, Reservation
 from lclusterd.model import ASSIGNED, JobRecord, JobSpec, NodeInfo
@@ -35,6 +35,17 @@ JOB_IMAGES = ["", "", "", "busybox", "debian", "py", "nosuch"]  # mostly none; o
 
 def some_images(rng: random.Random) -> list[str]:
     return sorted(rng.sample(IMAGES, rng.randrange(0, len(IMAGES) + 1)))
+SUBNETS = ["", "10.88.0.0/24", "10.88.1.0/24"]  # "": a node without a job network
+ROOTS = [(), (), ("/srv",), ("/srv/a", "/data"), ("/data",)]
+VOLUMES = [[], [], [], ["/srv/a/x:/x"], ["/data:/d:ro"], ["/srv/a:/a", "/data/b:/b"], ["/elsewhere:/e"]]
+
+
+def an_offer(rng: random.Random) -> dict:
+    return {"subnet": rng.choice(SUBNETS), "volume_roots": list(rng.choice(ROOTS))}
+
+
+def some_needs(rng: random.Random) -> Needs | None:
+    return Needs.of(JobSpec("true", net=rng.choice(["none", "none", "bridge"]), volumes=rng.choice(VOLUMES)))
 
 
 class Sim:
@@ -87,7 +98,8 @@ def change(sim: Sim) -> None:
     rng, name = sim.rng, sim.rng.choice(sim.names)
     what = rng.randrange(11)
     if what == 0:  # (re-)registration, with perhaps another offer
-        info = NodeInfo(name, "", rng.randrange(0, 6), memory_bytes=rng.choice(OFFERS), images=some_images(rng))
+        info = NodeInfo(name, "", rng.randrange(0, 6), memory_bytes=rng.choice(OFFERS), images=some_images(rng),
+                        **an_offer(rng))
         sim.write("nodes", Put(KEYS.node(name), info.to_bytes()))
     elif what == 1 and sim.store.get(KEYS.node(name)):  # its lease expired
         sim.write("nodes", Delete(KEYS.node(name)))
@@ -119,11 +131,11 @@ def change(sim: Sim) -> None:
             view.settle(job, revision)
 
 
-def a_job(sim: Sim) -> tuple[int, str, list[str], str]:
+def a_job(sim: Sim) -> tuple[int, str, list[str], Needs | None, str]:
     rng = sim.rng
     pinned = rng.choice(sim.names + ["elsewhere"]) if rng.random() < 0.15 else ""
     avoid = rng.sample(sim.names, rng.randrange(0, min(3, len(sim.names)) + 1)) if rng.random() < 0.3 else []
-    return rng.choice(REQUESTS), pinned, avoid, rng.choice(JOB_IMAGES)
+    return rng.choice(REQUESTS), pinned, avoid, some_needs(rng), rng.choice(JOB_IMAGES)
 
 
 def check_batch(sim: Sim, where: str, size: int) -> None:
@@ -138,10 +150,10 @@ def check_batch(sim: Sim, where: str, size: int) -> None:
         assert view.free_slots() == sum(max(r.slots, 0) for r in rooms.values() if not r.draining), where
         assert {n: view.index.room(n) for n in rooms} == rooms, where
         chosen[view.policy] = []
-        for job, memory, pinned, avoid, image in jobs:
-            expected = place(view.policy, rooms, sim.prime, memory, pinned, avoid, image)
-            got = view.place(memory, pinned, avoid, image)
-            assert got == expected, f"{where} {view.policy} job {memory, pinned, avoid, image}: {got} != {expected}"
+        for job, memory, pinned, avoid, needs, image in jobs:
+            expected = place(view.policy, rooms, sim.prime, memory, pinned, avoid, needs, image)
+            got = view.place(memory, pinned, avoid, needs, image)
+            assert got == expected, f"{where} {view.policy} job {memory, pinned, avoid, needs, image}: {got} != {expected}"
             if got[0] is not None:
                 rooms[got[0]].take(memory)
                 view.reserve(job, Reservation(got[0], IN_FLIGHT, memory))
@@ -170,16 +182,19 @@ def test_the_schedulers_batches_are_the_ones_the_scan_over_every_room_made():
         policy = rng.choice(POLICIES)
         s = Scheduler(None, None, KEYS, None, names[0], policy)
         for i, name in enumerate(names):
-            info = NodeInfo(name, "", rng.randrange(0, 5), memory_bytes=rng.choice(OFFERS), images=some_images(rng))
+            info = NodeInfo(name, "", rng.randrange(0, 5), memory_bytes=rng.choice(OFFERS), images=some_images(rng),
+                            **an_offer(rng))
             s.view._node_events([Event("put", KEYS.node(name), info.to_bytes(), i + 1)])
             if rng.random() < 0.1:
                 s.view._drain_events([Event("put", KEYS.drain(name), b"1", i + 1)])
         for i in range(rng.randrange(1, 80)):
             pinned = rng.choice(names) if rng.random() < 0.1 else ""
             history = [{"node": rng.choice(names)}] if rng.random() < 0.2 else []
-            record = JobRecord(id=f"{i:032x}", spec=JobSpec("true", memory_bytes=rng.choice(REQUESTS) or None,
-                                                            node=pinned, image=rng.choice(JOB_IMAGES)),
-                               history=history)
+            needs = rng.random() < 0.3
+            spec = JobSpec("true", memory_bytes=rng.choice(REQUESTS) or None, node=pinned,
+                           net=rng.choice(["none", "bridge"]) if needs else "none",
+                           volumes=rng.choice(VOLUMES) if needs else [], image=rng.choice(JOB_IMAGES))
+            record = JobRecord(id=f"{i:032x}", spec=spec, history=history)
             s.view.queue[record.id] = QueuedJob(KEYS.job(record.id), record.to_bytes(), 100 + i)
         while True:
             expected = reference_batch(s.view, policy, names[0])
@@ -205,7 +220,7 @@ def reference_batch(view: ClusterView, policy: str, me: str) -> tuple[list, list
         record = entry.record()
         memory = record.spec.memory_bytes or 0
         avoid = [a.get("node", "") for a in record.history]
-        node, why = place(policy, rooms, me, memory, record.spec.node, avoid, record.spec.image)
+        node, why = place(policy, rooms, me, memory, record.spec.node, avoid, Needs.of(record.spec), record.spec.image)
         if node is None:
             if why and why != record.waiting:
                 notes.append((job_id, why))

@@ -230,6 +230,8 @@ class NodeProcess:
             argv += ["--cgroup-root", CGROUP_ROOT]
         if "--web-listen" not in self.extra:  # nodes on one host would share the default port
             argv += ["--web-listen", ""]
+        if "--bridge" not in self.extra:  # nodes on one host would share lcl0 with subnets of their own
+            argv += ["--bridge", ""]
         if "--metrics-listen" not in self.extra:
             argv += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
         if self.etcd_endpoint:
