@@ -65,6 +65,8 @@ def test_a_job_takes_its_images_defaults_and_runs_only_where_the_image_is(cluste
     assert (done.returncode, done.stdout) == (0, "from the image|mine|/home/user\n"), done.stderr
     done = follow(a, 'echo "$GREETING"', "-image", "tiny-docker", "-env", "GREETING=the job's")
     assert (done.returncode, done.stdout) == (0, "the job's\n"), done.stderr
+    done = follow(b, "pwd", "-image", "tiny", "-workdir", "/d")  # the job's -workdir over the image's WorkingDir
+    assert (done.returncode, done.stdout) == (0, "/d\n"), done.stderr
     job = check(a, add(a, "", "-image", "tiny", "-wait"))
     assert (job["image"], job["command"], job["node"], job["state"]) == ("tiny", "", "a", "EXITED")
     assert ["image:", "tiny"] in [line.split() for line in a.lclient("-check", job["id"]).stdout.splitlines()]
