@@ -11,8 +11,8 @@ moment later cannot redirect it. mount_setattr then makes the clone nosuid, node
 read-only in the kernel. The job init moves each clone onto its place in the job's root
 (jobinit/mounts.c, op volume). Closing a clone that was never attached dissolves it.
 
-open_tree and mount_setattr are glibc's (2.36); openat2 has no libc wrapper and is called
-by its number, which is the same on every architecture (the generic syscall table's 437).
+open_tree and mount_setattr are glibc's (2.36, kernel.py); openat2 has no libc wrapper and is
+called here by its number, the same on every architecture (the generic syscall table's 437).
 """
 
 from __future__ import annotations
@@ -24,16 +24,11 @@ from dataclasses import dataclass
 
 from lclusterd import limits
 from lclusterd.errors import SetupFailed
+from lclusterd.runtime import kernel
 
 SYS_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08
-OPEN_TREE_CLONE = 0x1
-AT_EMPTY_PATH = 0x1000
-AT_RECURSIVE = 0x8000
-MOUNT_ATTR_RDONLY = 0x1
-MOUNT_ATTR_NOSUID = 0x2
-MOUNT_ATTR_NODEV = 0x4
 MS_PRIVATE = 1 << 18
 NO_VOLUMES = "this node allows no volumes: start lclusterd with --volume-root DIR"
 
@@ -42,40 +37,28 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_libc.open_tree.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_libc.mount_setattr.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.POINTER(_MountAttr), ctypes.c_size_t]
-
-
-def _check(ret: int, call: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{call}: {os.strerror(err)}")
-    return ret
 
 
 def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2), by number: glibc has no wrapper. OSError naming the call otherwise."""
     how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
     ret = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)),
                         ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-    return _check(ret, f"openat2({path}, resolve {resolve:#x})")
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"openat2({path}, resolve {resolve:#x}): {os.strerror(err)}")
+    return ret
 
 
 def clone_tree(fd: int, read_only: bool) -> int:
     """A detached clone of the mount tree at `fd` (its submounts too, as the host sees them),
     nosuid, nodev, private, and read-only if asked. The caller owns the descriptor."""
-    tree = _check(_libc.open_tree(fd, b"", OPEN_TREE_CLONE | AT_RECURSIVE | AT_EMPTY_PATH | os.O_CLOEXEC),
-                  "open_tree(clone)")
-    attr = _MountAttr(MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (MOUNT_ATTR_RDONLY if read_only else 0), 0, MS_PRIVATE, 0)
+    tree = kernel.open_tree(fd, kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE | os.O_CLOEXEC)
+    attrs = kernel.MOUNT_ATTR_NOSUID | kernel.MOUNT_ATTR_NODEV | (kernel.MOUNT_ATTR_RDONLY if read_only else 0)
     try:
-        _check(_libc.mount_setattr(tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)),
-               "mount_setattr(nosuid, nodev, private)")
+        kernel.mount_setattr(tree, kernel.AT_RECURSIVE, kernel.MountAttr(attrs, 0, MS_PRIVATE, 0))
     except OSError:
         os.close(tree)
         raise
