@@ -25,6 +25,7 @@ from lclusterd.runtime.host import DEFAULT_ROOTFS
 from lclusterd.runtime.launcher import IdRanges, Launcher
 from lclusterd.runtime.netconf import DEFAULT_BRIDGE, DEFAULT_SUBNET, NetworkConfig
 from lclusterd.runtime.spec import FAILED, TIMED_OUT, RunResult, RuntimeSpec
+from lclusterd.runtime.volumes import VolumeRoots
 from lclusterd.units import format_size, parse_duration, parse_size
 
 DEFAULT_STATE_DIR = "/var/lib/lclusterd/runtime-cli"  # apart from the daemon's, whose start-up sweep would remove these jobs
@@ -93,6 +94,7 @@ def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpu
         network = NetworkConfig(bridge, subnet) if net == "bridge" else None  # none: no bridge is touched
         if network is not None:
             network.validate()
+        VolumeRoots.checked(list(volume_roots))  # a missing root is a bad option, not a failed start
     except (LclusterdError, ValueError) as error:
         raise click.UsageError(str(error)) from None
     # Without files or stdin data the job shares this command's own stdio.

@@ -285,4 +285,7 @@ def test_the_runtime_cli_takes_volumes_roots_and_a_workdir(vr, data):
     assert done.returncode == 125 and done.stderr.splitlines()[-1].endswith(f"(volume {data}: {NO_ROOTS})")
     done = subprocess.run([*cli, "--volume", "data", "--sh", "true"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "volume takes HOST:PATH" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([*cli, "--volume-root", f"{vr.root}/none", "--sh", "true"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and f"--volume-root {vr.root}/none is not an existing directory" in done.stderr
     assert stat.S_ISDIR(os.stat(vr.root).st_mode)
