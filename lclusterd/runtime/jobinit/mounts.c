@@ -196,7 +196,7 @@ int op_mkdirs(char **a, int n) {
     (void)n;
     char prefix[4096];
     if (path[0] != '/' || strlen(path) >= sizeof prefix)
-        return refuse(EINVAL, "mkdirs: %s is not an absolute path", path);
+        return refuse(EINVAL, "mkdirs: a path must be absolute and under 4096 bytes (%.64s)", path);
     int root_fd = open_root(a[0]);
     if (root_fd < 0)
         return -1;
