@@ -93,6 +93,8 @@ def test_a_job_reads_host_data_through_a_volume(vr, data):
     result, out, err = vr.run("cat /data/file; ls /data", [f"{data}:/data"])
     assert (result.status, result.exit_code, err) == ("EXITED", 0, "")
     assert out == "from the host\nfile\n"
+    result, out, _ = vr.run("ls /all", [f"{vr.root}:/all:ro"])  # the root itself is beneath itself
+    assert result.status == "EXITED" and data.name in out.split()
 
 
 def test_a_read_only_volume_cannot_be_written_nor_remounted_writable(vr, data):
