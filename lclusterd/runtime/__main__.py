@@ -1,4 +1,5 @@
-"""`python -m lclusterd.runtime run [--mem 64M --pids 32 --cpus 0.5 --timeout 5s] [--net bridge --publish 8080:80] -- CMD...`
+"""`python -m lclusterd.runtime run [--mem 64M --pids 32 --cpus 0.5 --timeout 5s] [--net bridge --publish 8080:80]
+[--volume-root /srv --volume /srv/data:/data:ro] [--workdir /data] -- CMD...`
 
 Runs one command through the runtime alone (no etcd, no gRPC): the handle for tests
 and benchmarks. The job's stdout and stderr go to this command's own (or to files);
@@ -24,6 +25,7 @@ from lclusterd.runtime.host import DEFAULT_ROOTFS
 from lclusterd.runtime.launcher import IdRanges, Launcher
 from lclusterd.runtime.netconf import DEFAULT_BRIDGE, DEFAULT_SUBNET, NetworkConfig
 from lclusterd.runtime.spec import FAILED, TIMED_OUT, RunResult, RuntimeSpec
+from lclusterd.runtime.volumes import VolumeRoots
 from lclusterd.units import format_size, parse_duration, parse_size
 
 DEFAULT_STATE_DIR = "/var/lib/lclusterd/runtime-cli"  # apart from the daemon's, whose start-up sweep would remove these jobs
@@ -46,7 +48,8 @@ def cli() -> None:
 @click.option("--timeout", help="Kill the job after this long, e.g. 5s, 2m.")
 @click.option("--grace", default="2s", show_default=True, help="Time between SIGTERM and SIGKILL.")
 @click.option("--env", "env", multiple=True, help="K=V, repeatable.")
-@click.option("--cwd", default="/", show_default=True, help="Working directory inside the rootfs.")
+@click.option("--workdir", "--cwd", "cwd", default="/", show_default=True,
+              help="Working directory inside the job (made in its writable layer if the rootfs lacks it).")
 @click.option("--hostname", help="Hostname (default: the job id's first 12 characters).")
 @click.option("--stdin", "stdin_file", type=click.File("rb"), help="File whose content is the job's stdin.")
 @click.option("--stdout", "stdout_path", help="Host file for the job's stdout (default: this command's stdout).")
@@ -59,13 +62,17 @@ def cli() -> None:
 @click.option("--publish", multiple=True, help="HOSTPORT:PORT[/udp]: the host's port to the job's (with --net bridge), repeatable.")
 @click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True, help="The bridge of --net bridge (shared with other runtimes).")
 @click.option("--subnet", default=DEFAULT_SUBNET, show_default=True, help="The bridge's IPv4 subnet; jobs take addresses of it.")
+@click.option("--volume", "volumes", multiple=True,
+              help="HOST:PATH[:ro]: bind the host directory HOST (beneath a --volume-root) at PATH, repeatable.")
+@click.option("--volume-root", "volume_roots", multiple=True,
+              help="A directory volumes may come from, repeatable (none: --volume is refused).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.argument("command", nargs=-1)
 def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpus: float | None,
         pids: int | None, timeout: str | None, grace: str, env: tuple[str, ...], cwd: str,
         hostname: str | None, stdin_file: object, stdout_path: str, stderr_path: str,
         shell: str | None, userns: str, net: str, publish: tuple[str, ...], bridge: str, subnet: str,
-        as_json: bool, command: tuple[str, ...]) -> None:
+        volumes: tuple[str, ...], volume_roots: tuple[str, ...], as_json: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND (after --) isolated in its own namespaces, cgroup and rootfs."""
     try:
         if bool(shell) == bool(command):
@@ -82,11 +89,12 @@ def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpu
             memory_bytes=_parse("--mem", memory, parse_size), cpus=cpus, pids=pids,
             timeout=_parse("--timeout", timeout, parse_duration), grace=_parse("--grace", grace, parse_grace),
             stdin_data=stdin_file.read() if stdin_file else None,  # type: ignore[attr-defined]
-            stdout_path=stdout_path, stderr_path=stderr_path, net=net, publish=list(publish))
+            stdout_path=stdout_path, stderr_path=stderr_path, net=net, publish=list(publish), volumes=list(volumes))
         spec.validate()
         network = NetworkConfig(bridge, subnet) if net == "bridge" else None  # none: no bridge is touched
         if network is not None:
             network.validate()
+        VolumeRoots.checked(list(volume_roots))  # a missing root is a bad option, not a failed start
     except (LclusterdError, ValueError) as error:
         raise click.UsageError(str(error)) from None
     # Without files or stdin data the job shares this command's own stdio.
@@ -97,7 +105,8 @@ def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpu
         raise click.UsageError("give both --stdout and --stderr, or neither")
     try:
         ids = user_namespaces() if userns == "on" else None
-        with Launcher(state_dir, cgroup_parent=cgroup_parent, userns=ids, network=network) as launcher:
+        with Launcher(state_dir, cgroup_parent=cgroup_parent, userns=ids, network=network,
+                      volume_roots=list(volume_roots)) as launcher:
             # Ctrl-C kills the job (and the run ends as KILLED) instead of leaving it.
             signal.signal(signal.SIGINT, lambda *_: launcher.kill(spec.job_id))
             result = launcher.run(spec, stdio=stdio)

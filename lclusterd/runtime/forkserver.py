@@ -8,8 +8,8 @@ timers (timeouts and kill grace periods). Nothing in here blocks on a job.
 
 A job's first process is `lclusterd-jobinit`, a small static C binary (jobinit/jobinit.c)
 that executes a plan built in plan.py; spares.py keeps some spawned ahead of their jobs.
-Starting a job makes its cgroup, opens its stdio (its output through log relays when it
-has a log cap) and hands a spare the job's plan.
+Starting a job clones its volumes (volumes.py), makes its cgroup, opens its stdio (its output
+through log relays when it has a log cap) and hands a spare the job's plan.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from lclusterd.errors import LclusterdError, SetupFailed
-from lclusterd.runtime import caps, channel, kernel, plan, protocol
+from lclusterd.runtime import caps, channel, kernel, plan, protocol, volumes
 from lclusterd.runtime.cgroups import Limits, NodeLimits, detect
 from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
 from lclusterd.runtime.mounts import Scratch
@@ -50,8 +50,8 @@ MAX_SELECT_WAIT = 3600.0
 
 class ForkServer:
     def __init__(self, sock: socket.socket, driver: CgroupDriver, pool: SparePool, keep_caps: int, cap_last: int,
-                 network: BridgeNetwork | NoNetwork):
-        self.sock = sock
+                 network: BridgeNetwork | NoNetwork, volume_roots: volumes.VolumeRoots):
+        self.sock, self.volume_roots = sock, volume_roots  # volume roots: where jobs' volumes may come from
         self.network = network  # the node's bridge for jobs with net="bridge", or none to refuse them
         self.driver = driver
         self.pool = pool
@@ -175,40 +175,44 @@ class ForkServer:
         opened = stdio  # one list: whatever is opened here is closed with the caller's fds
         relays: list[LogRelay] = []
         cgroup: JobCgroup | None = None
+        trees: list[int] = []  # the volumes' detached mounts (volumes.py)
         net = self.network.reserve(spec)  # first: a port in use refuses the job before anything is made
         try:
+            trees = volumes.open_all(self.volume_roots, spec.volumes) if spec.volumes else []
             cgroup = self.driver.create(spec.job_id, Limits(spec.memory_bytes, spec.cpus, spec.pids))
             fds = stdio or open_stdio(spec, opened, relays, self.devnull)
-            spare = self._hand_over(spec, cgroup, fds, net is not None)
+            spare = self._hand_over(spec, cgroup, fds + trees, net is not None)
         except BaseException as error:
+            _close_all(trees)
             _close_all(opened)
             for relay in relays:
                 relay.close()
             _note_cleanup(error, lambda: cgroup.remove() if cgroup else None)
             _note_cleanup(error, lambda: self.network.release(net))
             raise
+        _close_all(trees)
         _close_all(opened)  # the job holds its own copies now
         deadline = time.monotonic() + spec.timeout if spec.timeout else None
         facts = RunFacts(spec.job_id, spare.pid, started_at, spec.timeout, address=net and str(net.address))
         job = RunningJob(spec, cgroup, spare, facts, deadline, relays, net=net)
-        self.jobs[spec.job_id] = job
-        self.by_pid[spare.pid] = job
+        self.jobs[spec.job_id] = self.by_pid[spare.pid] = job
         self.selector.register(spare.sock, selectors.EVENT_READ, lambda: self._on_status(job))
         for relay in relays:
             self.selector.register(relay.fileno(), selectors.EVENT_READ, _bind(self._on_output, job, relay))
 
-    def _hand_over(self, spec: RuntimeSpec, cgroup: JobCgroup, stdio: list[int], network: bool) -> SpareInit:
-        """Give the job's plan to a waiting spare (or a new one). A spare that died while
-        waiting is dropped and a fresh one spawned (with its own ids: the plan is rebuilt)."""
+    def _hand_over(self, spec: RuntimeSpec, cgroup: JobCgroup, fds: list[int], network: bool) -> SpareInit:
+        """Give the job's plan and `fds` (stdio, then the volumes' mounts) to a waiting spare (or a
+        new one). A spare that died waiting is dropped and a fresh one spawned (the plan rebuilt)."""
         for attempt in (1, 2):
             spare = self.pool.take()
             prepared = plan.PreparedJob(
                 job_id=spec.job_id, argv=spec.argv, env=spec.job_environment(), cwd=spec.cwd,
                 hostname=spec.effective_hostname, rootfs=spec.rootfs, cgroup_procs=cgroup.procs_files,
                 keep_caps=self.keep_caps, cap_last=self.cap_last, ids=spare.slot.ids if spare.slot else None,
-                writable_bytes=spec.memory_bytes // 2 if spec.memory_bytes else None, network=network)
+                writable_bytes=spec.memory_bytes // 2 if spec.memory_bytes else None, network=network,
+                volumes=volumes.places(spec.volumes))
             try:
-                channel.send_bytes(spare.sock, plan.encode(plan.job_plan(prepared, self.scratch)), stdio)
+                channel.send_bytes(spare.sock, plan.encode(plan.job_plan(prepared, self.scratch)), fds)
                 return spare
             except OSError:
                 self.pool.discard(spare)
@@ -370,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-pids", type=int, help="pids ceiling of all jobs together")
     parser.add_argument("--bridge", default=DEFAULT_BRIDGE, help="the job network's bridge (with --subnet)")
     parser.add_argument("--subnet", help="the job network's IPv4 subnet: jobs with net=bridge get addresses of it")
+    parser.add_argument("--volume-root", action="append", default=[], help="a directory jobs' volumes may come from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="lclusterd: forkserver: %(levelname)s %(message)s")
     sock = socket.socket(fileno=args.fd)
@@ -381,11 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     # If the daemon dies without telling us, end the jobs rather than orphan them.
     kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGTERM)
     try:
+        roots = volumes.VolumeRoots.checked(args.volume_root)  # a missing root fails the start, naming it
         driver, pool, network = _setup(args)
     except (LclusterdError, OSError, ValueError) as error:
         channel.send(sock, protocol.encode(protocol.NotReady(_reason(error))))
         return 1
-    server = ForkServer(sock, driver, pool, pool.setup.keep_caps, pool.setup.cap_last, network)
+    server = ForkServer(sock, driver, pool, pool.setup.keep_caps, pool.setup.cap_last, network, roots)
     server.serve()
     return 0
 

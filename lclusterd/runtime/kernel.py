@@ -63,6 +63,38 @@ def rename(old: str, new: str, flags: int) -> None:
     _check(call(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags), f"renameat2({old}, {new}, {flags:#x})")
 
 
+OPEN_TREE_CLONE = 0x1
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+
+
+class MountAttr(ctypes.Structure):
+    """struct mount_attr (linux/mount.h)."""
+
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def open_tree(fd: int, flags: int) -> int:
+    """open_tree(fd, "", AT_EMPTY_PATH | flags): with OPEN_TREE_CLONE, a detached copy of
+    the mount at fd (glibc 2.36; looked up when used, as renameat2)."""
+    call = _libc.open_tree
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    ret = call(fd, b"", AT_EMPTY_PATH | flags)
+    _check(ret, f"open_tree({fd}, {flags:#x})")
+    return ret
+
+
+def mount_setattr(fd: int, flags: int, attr: MountAttr) -> None:
+    call = _libc.mount_setattr
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.POINTER(MountAttr), ctypes.c_size_t]
+    _check(call(fd, b"", AT_EMPTY_PATH | flags, ctypes.byref(attr), ctypes.sizeof(attr)),
+           f"mount_setattr({fd}, set {attr.attr_set:#x}, propagation {attr.propagation:#x})")
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     ret = _libc.prctl(option, arg2, arg3, arg4, arg5)
     _check(ret, f"prctl({option}, {arg2})")

@@ -40,19 +40,22 @@ class Launcher:
                  on_event: Callable[[Event], None] | None = None,
                  on_helper_exit: Callable[[], None] | None = None,
                  userns: IdRanges | None = None, node_limits: NodeLimits | None = None,
-                 network: NetworkConfig | None = None):
+                 network: NetworkConfig | None = None, volume_roots: list[str] | None = None):
         """on_event gets every JobStarted/JobFinished on the reader thread and must not
         block. on_helper_exit is called (on the reader thread) if the fork server dies
         without close(): its running jobs have then been reported FAILED, and every
         later submit raises RuntimeUnavailable. userns: run every job in a user namespace
         of its own with ids from these ranges (None: jobs' root is the host's root).
         node_limits: ceilings for all jobs together, on their parent cgroup. network: the
-        node's bridge and subnet for jobs with net="bridge" (None: such jobs are refused)."""
+        node's bridge and subnet for jobs with net="bridge" (None: such jobs are refused).
+        volume_roots: the directories jobs' volumes may come from (None or empty: a job with a
+        volume fails, saying how to allow them); each must exist when the helper starts."""
         self.state_dir = str(state_dir)
         self.cgroup_parent = cgroup_parent
         self.userns = userns
         self.node_limits = node_limits
         self.network = network
+        self.volume_roots = list(volume_roots or [])
         self.on_event = on_event
         self.on_helper_exit = on_helper_exit
         self.helper_pid: int | None = None
@@ -107,6 +110,8 @@ class Launcher:
             argv += ["--node-pids", str(limits.pids)]
         if self.network is not None:
             argv += self.network.to_args()
+        for root in self.volume_roots:
+            argv += ["--volume-root", root]
         return argv
 
     def close(self, kill_running: bool = True, timeout: float | None = 60.0) -> None:

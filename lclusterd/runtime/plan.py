@@ -59,6 +59,7 @@ ARITY = {
     "mount": 5, "mkdir": 2, "file": 1, "symlink": 2, "mask": 1, "readonly": 1,
     "loopback": 0, "bounding": 2, "capset": 1, "cgroup": 1, "stdio": 0, "umask": 1,
     "pivot": 1, "hostname": 1, "nnp": 0, "seccomp": 1, "wait": 0, "exec": -1, "network": 0,
+    "mkdirs": 4, "volume": 3,
 }
 
 
@@ -167,6 +168,8 @@ class PreparedJob:
     ids: IdMap | None = None  # the job's user namespace (made by its spare); None: none
     writable_bytes: int | None = None  # size of the scratch tmpfs (its writable layer and /tmp)
     network: bool = False  # net="bridge": the fork server sets its network up when asked (op network)
+    # Where each volume goes in the job, in the order of their detached mounts (sent after stdio).
+    volumes: tuple[str, ...] = ()
 
 
 def spare_plan(scratch: Scratch, keep_caps: int, cap_last: int, ids: IdMap | None = None) -> list[str]:
@@ -219,6 +222,7 @@ def job_plan(job: PreparedJob, scratch: Scratch) -> list[str]:
     plan += ["step", "mount rootfs"]
     for op in mounts.plan_before_pivot(scratch, lowerdir):
         plan += _op_tokens(op)
+    plan += _places(job, scratch)
     plan += ["step", "pivot_root", "pivot", scratch.root]
     plan += ["step", "mask /proc"]
     for op in mounts.plan_after_pivot():
@@ -249,6 +253,20 @@ def _writable_layer(job: PreparedJob, scratch: Scratch) -> list[str]:
     if job.ids is not None:
         for path in (scratch.upper, scratch.tmp):
             plan += ["chown", path, str(job.ids.uid), str(job.ids.gid)]
+    return plan
+
+
+def _places(job: PreparedJob, scratch: Scratch) -> list[str]:
+    """The working directory and the volumes' mount points made in the job's own layer, then
+    each volume moved onto its place, outer before inner. Every path is resolved inside the
+    job's root (RESOLVE_IN_ROOT: an image's symbolic links stay in it), and every directory
+    made before any volume is mounted, so none is ever made in a host directory."""
+    owner = [str(job.ids.uid), str(job.ids.gid)] if job.ids is not None else ["-1", "-1"]
+    plan = []
+    for path in ([job.cwd] if job.cwd != "/" else []) + list(job.volumes):
+        plan += ["step", f"directory {path}", "mkdirs", scratch.root, path, *owner]
+    for index, path in sorted(enumerate(job.volumes), key=lambda item: item[1].count("/")):
+        plan += ["step", f"volume {path}", "volume", scratch.root, path, str(index)]
     return plan
 
 

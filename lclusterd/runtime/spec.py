@@ -25,6 +25,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+# The job's pseudo filesystems (mounts.plan_before_pivot): a volume may not go there.
+RESERVED_PLACES = ("/proc", "/sys", "/dev")
+
 # How one run ends (a RunResult's status): the job states of the same names.
 STATUSES = RUN_ENDINGS
 
@@ -54,6 +57,9 @@ class RuntimeSpec:
     # `publish` entries (HOSTPORT:PORT[/udp]) forwarded from the node's addresses.
     net: str = "none"
     publish: list[str] = field(default_factory=list)
+    # HOST:PATH[:ro] (limits.parse_volume): host directories beneath one of the node's
+    # volume roots, bound at PATH (runtime/volumes.py).
+    volumes: list[str] = field(default_factory=list)
 
     @staticmethod
     def shell(job_id: str, command: str, rootfs: str, **kw: Any) -> RuntimeSpec:
@@ -92,6 +98,10 @@ class RuntimeSpec:
         if self.max_log_bytes is not None and self.max_log_bytes < limits.MIN_LOG_BYTES:
             raise InvalidSpec(f"the log cap must be at least {limits.MIN_LOG_BYTES} bytes, not {self.max_log_bytes}")
         limits.check_network(self.net, self.publish)
+        for volume in limits.check_volumes(self.volumes):
+            if any(volume.path == place or volume.path.startswith(place + "/") for place in RESERVED_PLACES):
+                raise InvalidSpec(f"volume {volume}: no volume can go at or under {', '.join(RESERVED_PLACES)} "
+                                  "(the job's own /proc, /sys and /dev are mounted there)")
 
     @property
     def effective_hostname(self) -> str:
@@ -129,6 +139,7 @@ _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "memory_bytes": _INT + _NONE, "cpus": _NUM + _NONE, "pids": _INT + _NONE, "timeout": _NUM + _NONE,
     "grace": _NUM, "stdin_data": _STR + _NONE, "stdout_path": _STR + _NONE, "stderr_path": _STR + _NONE,
     "max_log_bytes": _INT + _NONE, "net": _STR, "publish": (list,),
+    "volumes": (list,),
 }
 _REQUIRED = ("job_id", "argv", "rootfs")
 
@@ -148,8 +159,9 @@ def _typed(data: Any, types: dict[str, tuple[type, ...]], what: str) -> dict[str
             raise InvalidSpec(f"{what} field {name} has the wrong type ({type(value).__name__})")
     if not all(isinstance(a, str) for a in data["argv"]):
         raise InvalidSpec(f"{what} field argv must hold strings only")
-    if not all(isinstance(p, str) for p in data.get("publish", [])):
-        raise InvalidSpec(f"{what} field publish must hold strings only")
+    for name in ("publish", "volumes"):
+        if not all(isinstance(item, str) for item in data.get(name, [])):
+            raise InvalidSpec(f"{what} field {name} must hold strings only")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.get("env", {}).items()):
         raise InvalidSpec(f"{what} field env must map strings to strings")
     return dict(data)

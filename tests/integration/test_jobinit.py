@@ -175,3 +175,38 @@ def test_seccomp_rules_the_init_cannot_read_are_refused(stdio, rules, errno, det
     init.send_job(["stdio", "nnp", "step", "seccomp", "seccomp", rules, *exec_tokens(["true"])], stdio[0])
     data, code = init.finish()
     assert code == 127 and report(data) == {"step": "seccomp", "errno": errno, "detail": f"seccomp: {detail}"}
+
+
+def test_mkdirs_makes_directories_inside_the_root_whatever_its_links_say(tmp_path, stdio):
+    """Each step is resolved inside ROOT (RESOLVE_IN_ROOT): a link to / or up past the top
+    lands in ROOT itself; what is made is 0755 and owned as asked."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "to-root").symlink_to("/")
+    (root / "up").symlink_to("../../../..")
+    init = Init(["wait"])
+    init.send_job(["umask", "0", "mkdirs", str(root), "/to-root/made/deeper", "12345", "23456",
+                   "mkdirs", str(root), "/up/other", "-1", "-1", "stdio", *exec_tokens(["true"])], stdio[0])
+    assert init.finish() == (b"", 0)
+    made = root / "made" / "deeper"
+    assert made.is_dir() and (made.stat().st_uid, made.stat().st_gid, made.stat().st_mode & 0o777) == (12345, 23456, 0o755)
+    assert (root / "other").is_dir() and (root / "other").stat().st_uid == 0
+    assert not os.path.exists("/made") and not os.path.exists("/other")
+
+
+def test_a_volume_the_init_was_not_given_or_at_the_root_is_refused(tmp_path, stdio):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "to-root").symlink_to("/")
+    init = Init(["wait"])
+    init.send_job(["step", "volume /data", "volume", str(root), "/data", "0", *exec_tokens(["true"])], stdio[0])
+    data, code = init.finish()
+    assert code == 127 and report(data)["detail"] == "volume /data: no mount received for it (index 0 of 0)"
+    init = Init(["wait"])
+    with open(os.devnull, "rb") as stand_in:  # a descriptor in the volume's slot; the place is refused first
+        init.send_job(["step", "volume /to-root", "volume", str(root), "/to-root", "0", *exec_tokens(["true"])],
+                      [*stdio[0], stand_in.fileno()])
+        data, code = init.finish()
+    assert code == 127 and report(data) == {
+        "step": "volume /to-root", "errno": 22,
+        "detail": "mount point /to-root is the job's root (a symbolic link in the image leads there)"}

@@ -309,9 +309,19 @@ def test_missing_rootfs_is_failed_with_reason(runtime):
     assert result.error == "rootfs: rootfs /var/tmp/no-such-rootfs does not exist (build it with `make rootfs`)"
 
 
-def test_missing_working_directory_is_failed_with_reason(runtime, rootfs):
-    result = runtime.launcher.run(RuntimeSpec(uuid.uuid4().hex, ["/bin/true"], rootfs, cwd="/nope"), timeout=60)
-    assert (result.status, result.error) == ("FAILED", "chdir: working directory /nope does not exist in the rootfs")
+def test_a_missing_working_directory_is_made_in_the_writable_layer_as_the_jobs_root(runtime, rootfs, tmp_path):
+    """As runc and Docker's WORKDIR do: the directories are the job's own (its root's, also
+    with a user namespace), and they go with its writable layer."""
+    result, out, err = run_capturing(runtime, tmp_path, rootfs, "pwd; stat -c '%u %a' /nope /nope/deeper; touch mine",
+                                     cwd="/nope/deeper")
+    assert (result.status, result.exit_code, err) == ("EXITED", 0, "")
+    assert out.splitlines() == ["/nope/deeper", "0 755", "0 755"]
+    assert not os.path.exists(os.path.join(rootfs, "nope"))
+
+
+def test_a_working_directory_that_cannot_be_made_is_failed_with_reason(runtime, rootfs):
+    result = runtime.launcher.run(RuntimeSpec(uuid.uuid4().hex, ["/bin/true"], rootfs, cwd="/bin/busybox/x"), timeout=60)
+    assert (result.status, result.error) == ("FAILED", "directory /bin/busybox/x: openat2(/bin/busybox): Not a directory")
 
 
 def test_unwritable_log_path_is_failed_with_reason(runtime, rootfs):

@@ -12,7 +12,8 @@
  *                   set), ending with "wait"
  *   wait            blocks on fd 3 for the job: a 4-byte big-endian length, then that
  *                   many bytes of NUL-terminated tokens (the job's plan), with the
- *                   job's stdin, stdout and stderr as SCM_RIGHTS; EOF = no job, exit 0
+ *                   job's stdin, stdout and stderr as SCM_RIGHTS, then its volumes'
+ *                   detached mounts; EOF = no job, exit 0
  *   the job's plan  cgroup join, mounts, pivot_root, masks, capabilities, ..., exec
  *
  * Status on fd 3 (close-on-exec, read to EOF by the fork server): nothing when the
@@ -128,7 +129,7 @@ static int read_exactly(int fd, char *buf, size_t size) {
  * the fork server closed the socket (no job is coming). */
 static char **receive_job(int *count) {
     unsigned char header[4];
-    char control[CMSG_SPACE(3 * sizeof(int))];
+    char control[CMSG_SPACE((3 + MAX_VOLUMES) * sizeof(int))];
     struct iovec iov = {header, sizeof header};
     struct msghdr msg = {0};
     msg.msg_iov = &iov;
@@ -146,6 +147,8 @@ static char **receive_job(int *count) {
             int nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
             for (int i = 0; i < nfds && i < 3; i++)
                 memcpy(&stdio_fds[i], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            for (int i = 3; i < nfds && volume_count < MAX_VOLUMES; i++)
+                memcpy(&volume_fds[volume_count++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
         }
     }
     if (n < 4 && read_exactly(STATUS_FD, (char *)header + n, 4 - (size_t)n) < 0)
@@ -197,7 +200,7 @@ static const struct op {
     {"loopback", 0, op_loopback}, {"bounding", 2, op_bounding}, {"capset", 1, op_capset}, {"cgroup", 1, op_cgroup},
     {"stdio", 0, op_stdio}, {"umask", 1, op_umask}, {"pivot", 1, op_pivot}, {"hostname", 1, op_hostname},
     {"nnp", 0, op_nnp}, {"seccomp", 1, op_seccomp}, {"wait", 0, NULL}, {"exec", -1, op_exec},
-    {"network", 0, op_network},
+    {"network", 0, op_network}, {"mkdirs", 4, op_mkdirs}, {"volume", 3, op_volume},
 };
 
 static const struct op *find_op(const char *name) {

@@ -33,6 +33,12 @@ extern int stdio_fds[3];
  * (process.c); the idmap op (mounts.c) maps the rootfs to its ids. -1: none. */
 extern int userns_fd;
 
+/* The volumes' detached mounts, received after stdio (jobinit.c), moved into place by the
+ * volume op (mounts.c). MAX_VOLUMES is lclusterd.limits.MAX_VOLUMES. */
+#define MAX_VOLUMES 32
+extern int volume_fds[MAX_VOLUMES];
+extern int volume_count;
+
 /* ---- the ops: what each gets is a[0..n), its arguments in the plan ------------------ */
 
 /* mounts.c: mounts and files */
@@ -45,6 +51,8 @@ int op_readonly(char **a, int n);
 int op_pivot(char **a, int n);
 int op_idmap(char **a, int n);
 int op_chown(char **a, int n);
+int op_mkdirs(char **a, int n);
+int op_volume(char **a, int n);
 
 /* process.c: the process, its namespaces, credentials and what it execs */
 int op_loopback(char **a, int n);

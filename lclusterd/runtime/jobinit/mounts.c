@@ -1,11 +1,13 @@
 /*
  * The job init's mount and file ops: mounts, directories and files, masks and read-only
- * binds, pivot_root, the idmapped rootfs and ownership of the job's writable layer.
+ * binds, pivot_root, the idmapped rootfs and ownership of the job's writable layer, the
+ * working directory and the volumes' places in the job's root.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -136,4 +138,115 @@ int op_chown(char **a, int n) {
     uid_t uid = (uid_t)number(a[1], 10);
     gid_t gid = (gid_t)number(a[2], 10);
     return lchown(path, uid, gid) < 0 ? fail(errno, "chown(%s, %u, %u)", path, uid, gid) : 0;
+}
+
+/* ---- the working directory and volumes ---------------------------------------------- */
+
+/* openat2's argument (linux/openat2.h, which musl's headers do not carry). */
+struct open_how_ {
+    uint64_t flags, mode, resolve;
+};
+#define RESOLVE_NO_MAGICLINKS_ 0x02
+#define RESOLVE_IN_ROOT_ 0x10
+#define MOVE_MOUNT_T_EMPTY_PATH_ 0x40
+
+int volume_fds[MAX_VOLUMES];
+int volume_count;
+
+/* PATH (absolute, inside the job) resolved in the directory root_fd as if it were "/": a
+ * symbolic link of the image, absolute or "..", can only lead to another place in the job's
+ * root, never onto the host; /proc's magic links are not followed at all. */
+static int in_root(int root_fd, const char *path) {
+    struct open_how_ how = {O_PATH | O_DIRECTORY | O_CLOEXEC, 0, RESOLVE_IN_ROOT_ | RESOLVE_NO_MAGICLINKS_};
+    return (int)syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+}
+
+static int open_root(const char *root) {
+    int fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        fail(errno, "open(%s)", root);
+    return fd;
+}
+
+/* Make prefix's last component, a directory, in its parent (resolved inside the root). */
+static int make_one(int root_fd, char *prefix, long uid, long gid) {
+    char *slash = strrchr(prefix, '/');
+    const char *name = slash + 1;
+    *slash = '\0';
+    int parent = in_root(root_fd, *prefix ? prefix : "/");
+    *slash = '/';
+    if (parent < 0)
+        return fail(errno, "openat2(%.*s)", (int)(slash - prefix), prefix);
+    int rc = 0;
+    if (mkdirat(parent, name, 0755) == 0) {
+        if (uid >= 0 && fchownat(parent, name, (uid_t)uid, (gid_t)gid, AT_SYMLINK_NOFOLLOW) < 0)
+            rc = fail(errno, "chown(%s, %ld, %ld)", prefix, uid, gid);
+    } else if (errno != EEXIST) {
+        rc = fail(errno, "mkdir(%s)", prefix);
+    }
+    close(parent);
+    return rc;
+}
+
+/* mkdirs ROOT PATH UID GID: PATH and its missing parents made as directories in the job's
+ * root (0755, owned by UID:GID unless -1), each step resolved inside ROOT. */
+int op_mkdirs(char **a, int n) {
+    const char *path = a[1];
+    long uid = strcmp(a[2], "-1") ? (long)number(a[2], 10) : -1, gid = strcmp(a[3], "-1") ? (long)number(a[3], 10) : -1;
+    (void)n;
+    char prefix[4096];
+    if (path[0] != '/' || strlen(path) >= sizeof prefix)
+        return refuse(EINVAL, "mkdirs: a path must be absolute and under 4096 bytes (%.64s)", path);
+    int root_fd = open_root(a[0]);
+    if (root_fd < 0)
+        return -1;
+    int rc = 0;
+    for (size_t end = 1; rc == 0 && path[end - 1]; end++) {
+        if ((path[end] != '/' && path[end] != '\0') || path[end - 1] == '/')
+            continue; /* inside a name, or an empty one ("//", a trailing "/") */
+        memcpy(prefix, path, end);
+        prefix[end] = '\0';
+        int fd = in_root(root_fd, prefix);
+        if (fd >= 0)
+            close(fd);
+        else if (errno == ENOENT)
+            rc = make_one(root_fd, prefix, uid, gid);
+        else
+            rc = fail(errno, "openat2(%s)", prefix);
+    }
+    if (rc == 0) {
+        int fd = in_root(root_fd, path);
+        rc = fd < 0 ? fail(errno, "openat2(%s)", path) : close(fd);
+    }
+    close(root_fd);
+    return rc;
+}
+
+/* volume ROOT PATH INDEX: move the INDEXth detached mount received with the job (the fork
+ * server cloned it from the host directory it found beneath a volume root) onto PATH,
+ * resolved inside ROOT. A path that resolves to ROOT itself is refused: the volume would
+ * become the job's root at pivot_root. */
+int op_volume(char **a, int n) {
+    const char *path = a[1];
+    int index = (int)number(a[2], 10);
+    (void)n;
+    if (index < 0 || index >= volume_count)
+        return refuse(EINVAL, "volume %s: no mount received for it (index %d of %d)", path, index, volume_count);
+    int root_fd = open_root(a[0]);
+    if (root_fd < 0)
+        return -1;
+    int rc = 0, place = in_root(root_fd, path);
+    struct stat root_st, place_st;
+    if (place < 0)
+        rc = fail(errno, "openat2(%s)", path);
+    else if (fstat(root_fd, &root_st) < 0 || fstat(place, &place_st) < 0)
+        rc = fail(errno, "fstat(%s)", path);
+    else if (root_st.st_dev == place_st.st_dev && root_st.st_ino == place_st.st_ino)
+        rc = refuse(EINVAL, "mount point %s is the job's root (a symbolic link in the image leads there)", path);
+    else if (syscall(SYS_move_mount, volume_fds[index], "", place, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH_) < 0)
+        rc = fail(errno, "move_mount(volume -> %s)", path);
+    if (place >= 0)
+        close(place);
+    close(root_fd);
+    return rc;
 }
