@@ -26,7 +26,7 @@ from lclusterd.states import (ASSIGNED, CANCELLED, EXITED, FAILED, KILLED, LOST,
                               RUNNING, STATES, TERMINAL, TIMED_OUT)
 
 __all__ = ["ALLOWED", "ASSIGNED", "CANCELLED", "EXITED", "FAILED", "KILLED", "LOST", "OOM_KILLED", "QUEUED", "RUNNING",
-           "STATES", "TERMINAL", "TIMED_OUT", "JobRecord", "JobSpec", "NodeInfo", "PoolRecord", "new_job_id",
+           "STATES", "TERMINAL", "TIMED_OUT", "ARRAY", "POOL", "JobRecord", "JobSpec", "NodeInfo", "PoolRecord", "new_job_id",
            "parse_job_id", "pool_outcome"]
 
 SCHEMA_VERSION = 1
@@ -79,6 +79,8 @@ class JobSpec:
     stdin_data: bytes = b""
     retries: int = 0
     node: str = ""  # pinned: only this node may run it
+    # -after: job, pool or array ids that must all end EXITED 0 before this one may start
+    after: list[str] = field(default_factory=list)
     # fields a newer lclusterd wrote that this one does not know: kept and written back as they
     # were, so nodes of two versions can share one etcd during an upgrade
     unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -98,10 +100,19 @@ class JobSpec:
             raise InvalidSpec(f"retries must be between 0 and {MAX_RETRIES}, not {self.retries}")
         if self.node and not NODE_NAME.match(self.node):
             raise InvalidSpec(f"invalid node name {self.node!r}: letters, digits, '.', '_' or '-' (at most 63)")
+        limits.check_after(self.after)
         if not stored:
+            limits.check_no_reserved_env(self.env)
             limits.check_sizes(self.command, self.env, self.stdin_data)
             if self._stored_size_bound() > limits.MAX_SPEC_BYTES:
                 limits.check_spec_bytes(len(json.dumps(self.to_json(), separators=(",", ":"))))
+
+    def without_array_env(self) -> JobSpec:
+        """A copy without the variables lclusterd sets for array members (an array's own spec)."""
+        new = object.__new__(JobSpec)
+        new.__dict__.update(self.__dict__)
+        new.env = {k: v for k, v in self.env.items() if not k.startswith(limits.ARRAY_ENV_PREFIX)}
+        return new
 
     def _stored_size_bound(self) -> int:
         """At least the bytes of this spec as a record stores it (JSON escapes a character in
@@ -114,6 +125,8 @@ class JobSpec:
         # and a record is encoded several times per job (docs/conventions.md, hot paths).
         data = dict(self.__dict__)
         data["stdin_data"] = base64.b64encode(self.stdin_data).decode()
+        if not self.after:  # written only when set: other records stay readable by older daemons
+            del data["after"]
         return _with_unknown(data)
 
     @classmethod
@@ -121,11 +134,13 @@ class JobSpec:
         """A spec as a record holds it, checked (records.py, then validate); RecordError."""
         records.typed(data, records.JOB_SPEC, ("command",), "the spec")
         records.str_map(data, "env", "the spec")
+        records.id_list(data, "after", "the spec")
         known, unknown = _split_known(cls, data)
         try:
             known["stdin_data"] = base64.b64decode(known.get("stdin_data") or "", validate=True)
         except (binascii.Error, ValueError):
             raise RecordError("the spec field 'stdin_data' is not base64") from None
+        known["after"] = list(known.get("after") or ())
         spec = cls(**known, unknown=unknown)
         try:
             spec.validate(stored=True)
@@ -161,6 +176,9 @@ class JobRecord:
     waiting: str = ""
     # the id of the -all-nodes pool this job is a member of; "" otherwise
     pool: str = ""
+    # an -array member: its index (the array's id is `pool`) and the array's %K (0: no limit)
+    array_index: int | None = None
+    array_limit: int = 0
     # who added it (a user's name; "root" for root and for plain TCP's callers); "" for a
     # record from before identities, which only admins may see
     owner: str = ""
@@ -212,6 +230,8 @@ class JobRecord:
             del data["pool"]
         if not self.output_dropped:  # likewise only when output was cut
             del data["output_dropped"]
+        if self.array_index is None:  # likewise only for array members
+            del data["array_index"], data["array_limit"]
         return _with_unknown(data)
 
     @classmethod
@@ -246,6 +266,18 @@ class JobRecord:
             return 0
         return memory if type(memory) is int and 0 < memory <= limits.MAX_MEMORY_BYTES else 0
 
+    @staticmethod
+    def assignment_facts(raw: bytes) -> tuple[int, str]:
+        """(-mem, its array's id if that has a %K limit, else ""), leniently as requested_memory."""
+        try:
+            data = json.loads(raw)
+            memory = data["spec"].get("memory_bytes") or 0
+            limited = data.get("pool") or "" if data.get("array_limit") else ""
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            return 0, ""
+        memory = memory if type(memory) is int and 0 < memory <= limits.MAX_MEMORY_BYTES else 0
+        return memory, limited if type(limited) is str else ""
+
 
 _KNOWN: dict[type, frozenset[str]] = {}
 
@@ -265,24 +297,43 @@ def _with_unknown(data: dict[str, Any]) -> dict[str, Any]:
     return {**unknown, **data} if unknown else data
 
 
+POOL, ARRAY = "pool", "array"
+
+
 @dataclass
 class PoolRecord:
-    """An -all-nodes pool, stored under pools/<uuid>: the spec every member runs (unpinned),
-    and its members, node -> member job id (each member is an ordinary job pinned to its node)."""
+    """A group of member jobs read, waited on and killed as one, stored under pools/<uuid>:
+    an -all-nodes pool (kind "pool": members node -> job id, each member pinned to its node) or
+    an -array (kind "array": members index -> job id, the index in decimal). `spec` is what
+    every member runs (unpinned; without the array's environment variables)."""
 
     id: str
     spec: JobSpec
     created_at: float = 0.0
     members: dict[str, str] = field(default_factory=dict)
     owner: str = ""  # as JobRecord.owner
+    kind: str = POOL
+    max_running: int = 0  # an array's %K (0: no limit)
+
+    @property
+    def is_array(self) -> bool:
+        return self.kind == ARRAY
+
+    def labels(self) -> list[str]:
+        """The member labels in order: node names sorted, or array indexes in numeric order."""
+        return sorted(self.members, key=int) if self.is_array else sorted(self.members)
 
     def member_ids(self) -> list[str]:
-        """Member job ids in node-name order (the order -check shows and pool_outcome reads)."""
-        return [self.members[node] for node in sorted(self.members)]
+        """Member job ids in label order (the order -check shows and pool_outcome reads)."""
+        return [self.members[label] for label in self.labels()]
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "spec": self.spec.to_json(), "created_at": self.created_at,
-                "members": dict(sorted(self.members.items())), "owner": self.owner, "schema_version": SCHEMA_VERSION}
+        data = {"id": self.id, "spec": self.spec.to_json(), "created_at": self.created_at,
+                "members": {label: self.members[label] for label in self.labels()}, "owner": self.owner,
+                "schema_version": SCHEMA_VERSION}
+        if self.is_array:  # written only for arrays: pools stay readable by older daemons
+            data["kind"], data["max_running"] = self.kind, self.max_running
+        return data
 
     @classmethod
     def from_json(cls, data: Any, key_id: str) -> PoolRecord:
@@ -291,7 +342,8 @@ class PoolRecord:
         records.check_key(data["id"], key_id, records.JOB_ID, "the pool record")
         records.check_pool_members(data, "the pool record")
         return cls(id=data["id"], spec=JobSpec.from_json(data["spec"]), created_at=data.get("created_at") or 0.0,
-                   members=dict(data.get("members") or {}), owner=data.get("owner") or "")
+                   members=dict(data.get("members") or {}), owner=data.get("owner") or "", kind=data.get("kind") or POOL,
+                   max_running=data.get("max_running") or 0)
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), separators=(",", ":")).encode()
