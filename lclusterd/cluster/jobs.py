@@ -86,6 +86,12 @@ class Jobs:
         raw = new.to_bytes()
         return Change(new.id, revision, new, [Put(self.keys.job(new.id), raw), Put(self.keys.queue(new.id), raw)])
 
+    def cancel(self, record: JobRecord, revision: int, reason: str) -> Change:
+        """QUEUED -> CANCELLED with `reason` (a kill, or a parent of -after that failed)."""
+        new = record.moved_to(CANCELLED, error=reason, waiting="")
+        ops = [Put(self.keys.job(new.id), new.to_bytes()), Delete(self.keys.queue(new.id)), self.ended(new)]
+        return Change(new.id, revision, new, ops)
+
     # -- commit ------------------------------------------------------------------------------
     def commit(self, changes: list[Change], guard: list[Compare] = ()) -> dict[str, int | None]:
         """Apply changes; returns job id -> the record's new mod revision, or None where the
@@ -150,7 +156,9 @@ class Jobs:
         """Records oldest first, optionally only in `states` and only `owner`'s; the newest
         `limit` when given. Malformed records are left out (decode.py logs them)."""
         kvs, _ = self.store.get_prefix(self.keys.jobs_prefix)
-        records = [record for record, _ in decode.jobs_of(sorted(kvs, key=lambda kv: kv.create_revision))]
+        # (an array's members share a transaction, so a create revision: then by index)
+        found = sorted(decode.jobs_of(kvs), key=lambda pair: (pair[1].create_revision, pair[0].array_index or 0))
+        records = [record for record, _ in found]
         if states:
             records = [r for r in records if r.state in states]
         if owner is not None:
@@ -169,11 +177,11 @@ class Jobs:
                 raise JobFinished(job_id, record.state)
             guard = [ModIs(self.keys.job(job_id), revision)]
             if record.state == QUEUED:
-                new = record.moved_to(CANCELLED, error="cancelled by request before it started")
-                ops: list[Op] = [Put(self.keys.job(job_id), new.to_bytes()), Delete(self.keys.queue(job_id)), self.ended(new)]
+                change = self.cancel(record, revision, "cancelled by request before it started")
+                new, ops = change.record, change.ops
             else:  # ASSIGNED or RUNNING: the node owns the record now
                 new = replace(record, kill_requested=True)
-                ops = [Put(self.keys.kill(job_id), record.node.encode())]
+                ops: list[Op] = [Put(self.keys.kill(job_id), record.node.encode())]
             if self.store.txn(guard, ops).succeeded:
                 if new.terminal:
                     metrics.job_ended(new.state)
