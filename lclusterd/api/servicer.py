@@ -121,6 +121,9 @@ class JobsServicer(pb_grpc.JobsServicer):
     def _check_parents(self, caller, specs) -> None:
         """Every -after parent exists (a job, pool or array: JobNotFound otherwise, so no cycle
         can be formed) and is the caller's to wait for."""
+        for spec in specs:
+            if spec.after:
+                spec.validate()  # (a malformed id is a bad request, not an unknown job)
         for parent in dict.fromkeys(p for spec in specs for p in spec.after):
             try:
                 found = self.lookup.resolve(parent)
