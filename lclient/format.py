@@ -74,10 +74,10 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "array": job.array or None,  # an array member: its array's id, and its index
         "array_index": job.array_index if job.HasField("array_index") else None,
         "is_array": job.is_array,
+        "member_count": (job.member_count or len(job.members)) if job.is_pool or job.is_array else None,
     }
     if job.is_pool or job.is_array:  # a pool or array: its state sums up its members', each a job document
         data["members"] = [job_json(m) for m in job.members]
-        data["member_count"] = job.member_count or len(job.members)
     return data
 
 
