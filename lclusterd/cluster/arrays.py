@@ -82,8 +82,8 @@ class Arrays:
         left, written = encoded, 0
         try:
             while True:
-                size = plan_chunks(len(left), MAX_TXN_OPS, member_bytes, group_bytes)[0]
-                last = size == len(left)
+                plan = plan_chunks(len(left), MAX_TXN_OPS, member_bytes, group_bytes)
+                size, last = plan[0], len(plan) == 1  # (64 members: [64, 0], the record alone last)
                 if not write_chunk(self.store, self.keys, group if last else None, left[:size]):
                     raise StoreUnavailable("a fresh job id was taken in etcd; try again")  # (uuid4: never in practice)
                 written += size

@@ -143,8 +143,9 @@ class Pools:
         sizes = _sizes(pool, members)
         try:
             while True:
-                size = plan_chunks(len(left), MAX_TXN_OPS, *sizes)[0]
-                chunk, last = left[:size], size == len(left)
+                plan = plan_chunks(len(left), MAX_TXN_OPS, *sizes)
+                size = plan[0]
+                chunk, last = left[:size], len(plan) == 1  # (64 members: [64, 0], the pool record alone last)
                 if last:
                     pool.members = {node: members[node].id for node in written + chunk}
                 if self._write(pool if last else None, [members[n] for n in chunk], revisions):

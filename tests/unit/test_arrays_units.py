@@ -18,6 +18,7 @@ from lclusterd.cluster.dependencies import ParentState, verdict
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Event, Put
+from lclusterd.cluster.pools import Pools
 from lclusterd.cluster.scheduler import Scheduler
 from lclusterd.errors import InvalidSpec, RecordError, StoreUnavailable
 from lclusterd.model import (ARRAY, ASSIGNED, CANCELLED, EXITED, FAILED, QUEUED, RUNNING, JobRecord, JobSpec, NodeInfo,
@@ -298,3 +299,16 @@ def test_the_scheduler_holds_notes_and_cancels_children_by_their_parents():
 def _puts(record: JobRecord) -> list[Put]:
     raw = record.to_bytes()
     return [Put(KEYS.job(record.id), raw), Put(KEYS.queue(record.id), raw)]
+
+
+def test_64_members_go_in_one_transaction_and_the_record_alone_in_a_second():
+    """(etcd refuses a 129th operation: 64 members are 128 puts, so the record cannot join them)"""
+    store = MemStore()
+    array, members = Arrays(Jobs(store, KEYS)).add_array(JobSpec("true"), 0, 63, 0)
+    assert [len(ops) for _, ops, _ in store.txns] == [128, 1] and len(PoolRecord.from_bytes(
+        store.get(KEYS.pool(array.id)).value, array.id).members) == 64
+    nodes = MemStore()  # the same for a pool of exactly 64 ready nodes
+    for i in range(64):
+        nodes.put(KEYS.node(f"n{i:02d}"), NodeInfo(f"n{i:02d}", "localhost:1", 1).to_bytes())
+    pool, _ = Pools(Jobs(nodes, KEYS)).add(JobSpec("true"))
+    assert [len(ops) for _, ops, _ in nodes.txns[64:]] == [128, 1] and len(pool.members) == 64
