@@ -12,7 +12,8 @@ from typing import Callable, Iterator
 import grpc
 
 from lclusterd.api import access
-from lclusterd.api.convert import events_of, job_to_proto, list_rows, node_to_proto, pool_to_proto, spec_from_proto
+from lclusterd.api.convert import (events_of, job_to_proto, list_rows, node_to_proto, pool_to_proto, spec_from_proto,
+                                   spec_to_proto)
 from lclusterd.api.errors import maps_errors, maps_stream_errors
 from lclusterd.api.identity import Authenticator
 from lclusterd.api.peers import Peers
@@ -111,7 +112,11 @@ class JobsServicer(pb_grpc.JobsServicer):
                 raise InvalidSpec("an array runs its members wherever there is room: it cannot be a pool as well")
             a = request.array
             array, members = self.admission.add_array(spec, a.first, a.last, a.max_running, caller.name)
-            return pb.AddReply(id=array.id, job=pool_to_proto(array, members))
+            # the array as just queued, without a document per member (-check lists them)
+            queued = pb.Job(id=array.id, state=QUEUED, spec=spec_to_proto(array.spec), created_at=array.created_at,
+                            owner=array.owner, is_array=True, member_count=len(members))
+            queued.spec.stdin = b""  # (not echoed back, as for a job)
+            return pb.AddReply(id=array.id, job=queued)
         if request.all_nodes:  # a pool: one member per ready node
             pool, members = self.admission.add_pool(spec, caller.name)
             return pb.AddReply(id=pool.id, job=pool_to_proto(pool, members))

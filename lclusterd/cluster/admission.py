@@ -96,8 +96,9 @@ class Admission:
         return pool, members
 
     def add_array(self, spec: JobSpec, first: int, last: int, max_running: int, owner: str
-                  ) -> tuple[PoolRecord, list[JobRecord]]:
-        """Admit and write `owner`'s array: one member per index first..last (arrays.py)."""
+                  ) -> tuple[PoolRecord, list[str]]:
+        """Admit and write `owner`'s array: one member per index first..last (arrays.py); its
+        record and its member ids in index order."""
         started = time.perf_counter()
         limits.check_array(first, last, max_running)
         self.check(spec)

@@ -79,19 +79,17 @@ def _sizes(pool: PoolRecord, members: dict[str, JobRecord]) -> tuple[int, int]:
     return 2 * (len(member.to_bytes()) + 128), len(full.to_bytes()) + 128
 
 
-def write_chunk(store: Store, keys: Keys, group: PoolRecord | None, chunk: list[tuple[JobRecord, bytes]],
-                revisions: dict[str, int] | None = None) -> bool:
-    """One transaction: the chunk's members (each record with its encoding: jobs/ and queue/,
-    and jobs/ absent) and the group's record, when given. With `revisions` (a pool), each
-    member's node must still be the registration read: False when one is not (the caller plans
-    again). Also used for arrays and batches (arrays.py), which compare no node."""
-    compares: list[Compare] = []
+def write_chunk(store: Store, keys: Keys, group: PoolRecord | None, chunk: list[tuple[str, bytes]],
+                guards: list[Compare] = ()) -> bool:
+    """One transaction: the chunk's members (job id and encoded record each: jobs/ and queue/,
+    jobs/ absent), the group's record when given, and `guards` (a pool's: each member's node
+    still the registration read). False when a guard failed (the caller plans again). Also
+    used for arrays and batches (arrays.py)."""
+    compares: list[Compare] = [*guards]
     ops: list[Op] = []
-    for member, raw in chunk:
-        compares.append(Absent(keys.job(member.id)))
-        if revisions is not None:
-            compares.append(ModIs(keys.node(member.spec.node), revisions[member.spec.node]))
-        ops += [Put(keys.job(member.id), raw), Put(keys.queue(member.id), raw)]
+    for job_id, raw in chunk:
+        compares.append(Absent(keys.job(job_id)))
+        ops += [Put(keys.job(job_id), raw), Put(keys.queue(job_id), raw)]
     if group is not None:
         compares.append(Absent(keys.pool(group.id)))
         ops.append(Put(keys.pool(group.id), group.to_bytes()))
@@ -100,7 +98,7 @@ def write_chunk(store: Store, keys: Keys, group: PoolRecord | None, chunk: list[
     # Whether a transaction whose guard failed had in fact been applied by an earlier try (its
     # answer lost, the store retried it): its first key exists, and under a fresh uuid4 that can
     # only be our own write (as in Jobs.add).
-    return store.get(keys.job(chunk[0][0].id) if chunk else keys.pool(group.id)) is not None
+    return store.get(keys.job(chunk[0][0]) if chunk else keys.pool(group.id)) is not None
 
 
 def cancel_written(jobs: Jobs, job_ids: list[str], group_id: str, kind: str = "pool") -> None:
@@ -169,7 +167,8 @@ class Pools:
         return pool, [members[node] for node in sorted(pool.members)]
 
     def _write(self, pool: PoolRecord | None, chunk: list[JobRecord], revisions: dict[str, int]) -> bool:
-        return write_chunk(self.store, self.keys, pool, [(m, m.to_bytes()) for m in chunk], revisions)
+        guards = [ModIs(self.keys.node(m.spec.node), revisions[m.spec.node]) for m in chunk]
+        return write_chunk(self.store, self.keys, pool, [(m.id, m.to_bytes()) for m in chunk], guards)
 
     def _cancel_written(self, job_ids: list[str], pool_id: str) -> None:
         cancel_written(self.jobs, job_ids, pool_id)

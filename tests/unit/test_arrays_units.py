@@ -151,14 +151,18 @@ def test_bad_array_records_are_refused(change, why):
 def test_an_array_is_written_in_chunks_of_64_with_its_record_last():
     store = MemStore()
     array, members = Arrays(Jobs(store, KEYS)).add_array(JobSpec("true", env={"A": "1"}), 5, 204, 4, "ann")
-    assert [m.array_index for m in members] == list(range(5, 205)) and len(store.txns) == 4  # 64 + 64 + 64 + 8 with the record
+    assert len(members) == 200 and len(store.txns) == 4  # 64 + 64 + 64 + 8 with the record
     assert [len([op for op in ops if "/jobs/" in op.key]) for _, ops, _ in store.txns] == [64, 64, 64, 8]
     assert KEYS.pool(array.id) in {op.key for op in store.txns[-1][1]}
     stored = PoolRecord.from_bytes(store.get(KEYS.pool(array.id)).value, array.id)
     assert (stored.kind, stored.max_running, stored.owner, len(stored.members)) == (ARRAY, 4, "ann", 200)
-    first = JobRecord.from_bytes(store.get(KEYS.queue(members[0].id)).value, members[0].id)
-    assert (first.state, first.pool, first.array_index, first.array_limit) == (QUEUED, array.id, 5, 4)
-    assert first.spec.env == {"A": "1", "LCLUSTER_ARRAY_INDEX": "5", "LCLUSTER_ARRAY_ID": array.id}
+    assert stored.member_ids() == members
+    for index, job_id in zip(range(5, 205), members):  # each encoded from the template, read back as any record
+        read = JobRecord.from_bytes(store.get(KEYS.queue(job_id)).value, job_id)
+        expected = JobRecord(id=job_id, spec=JobSpec("true", env={"A": "1", "LCLUSTER_ARRAY_INDEX": str(index),
+                                                                  "LCLUSTER_ARRAY_ID": array.id}),
+                             created_at=read.created_at, pool=array.id, array_index=index, array_limit=4, owner="ann")
+        assert read == expected and store.get(KEYS.job(job_id)).value == expected.to_bytes()
     assert stored.spec.env == {"A": "1"}
 
 
