@@ -8,7 +8,8 @@
     runs beside the write (target: 10,000 members in at most 2 s).
 (b) end to end: an array of --e2e `true` members on one node (--capacity 32), Add until
     Wait of the array returns (members/s; target at least 500/s), --rounds times, the median
-    with the range; and etcd write transactions per member.
+    with the range; and etcd write transactions per member; then as many single jobs, queued
+    in one batch and each waited for, beside it.
 Slurm (b) is measured in the same run when `make bench-deps` has installed it: `sbatch
 --array=0-(N-1) --wrap true` on a throwaway one-node Slurm (bench/slurm.py), submit -> queue
 empty; else skipped.
@@ -62,6 +63,16 @@ def end_to_end(client: JobsClient, store: Store, n: int) -> tuple[float, float, 
     makespan = time.perf_counter() - start
     assert done.state == "EXITED", (done.state, done.error)
     return n / makespan, makespan, (store.revision() - before) / n
+
+
+def batch_end_to_end(client: JobsClient, n: int) -> tuple[float, float]:
+    """(jobs/s, makespan) of n single `true` jobs queued in one batch: the same jobs without an array."""
+    start = time.perf_counter()
+    jobs = client.add_batch([pb.JobSpec(command="true") for _ in range(n)])
+    states = [client.wait(job.id, 600).state for job in jobs]
+    makespan = time.perf_counter() - start
+    assert states.count("EXITED") == n, {s: states.count(s) for s in set(states)}
+    return n / makespan, makespan
 
 
 def slurm_array(n: int, timeout: float = 600) -> tuple[float, float] | None | str:
@@ -121,6 +132,10 @@ def main() -> int:
                   f"{rate:.0f} (makespan {makespan:.2f}s; {len(rounds)} rounds {rounds[0][0]:.0f}-{rounds[-1][0]:.0f})",
                   ">= 500"),
                  ("  etcd write txns per member", f"{txns:.2f}", "-")]
+        with JobsClient(Target(runner.socket), timeout=120) as client:
+            single_rate, single_makespan = batch_end_to_end(client, args.e2e)
+        rows.append((f"the same as {args.e2e} single jobs, one -add - batch (jobs/s)",
+                     f"{single_rate:.0f} (makespan {single_makespan:.2f}s)", "-"))
         slurm = slurm_array(args.e2e)
         if isinstance(slurm, tuple):
             rows += [(f"Slurm sbatch --array=0-{args.e2e - 1} (jobs/s)", f"{slurm[0]:.0f} (makespan {slurm[1]:.2f}s)", "-"),
