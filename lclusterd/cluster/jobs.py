@@ -188,6 +188,34 @@ class Jobs:
                 return new
             log.debug("kill %s: record changed under us, retrying", job_id)
 
+    def kill_many(self, found: list[tuple[JobRecord, int]]) -> list[JobRecord]:
+        """Kill (as `kill`) each job not ended of `found` (records with their mod revisions, as
+        read), in batched transactions: a pool's or an array's members. Those that changed since
+        they were read are killed one by one. Each job's record afterwards, in the order given."""
+        changes = [_kill_change(self, record, revision) for record, revision in found if not record.terminal]
+        results = self.commit(changes) if changes else {}
+        after = {c.job_id: c.record for c in changes if results.get(c.job_id) is not None}
+        done = []
+        for record, _ in found:
+            if record.terminal or record.id in after:
+                done.append(after.get(record.id, record))
+                continue
+            try:
+                done.append(self.kill(record.id))
+            except JobFinished:  # it ended just now
+                done.append(self.get(record.id)[0])
+            except JobNotFound:
+                done.append(record)
+        return done
+
+
+def _kill_change(jobs: Jobs, record: JobRecord, revision: int) -> Change:
+    """Jobs.kill's write for one job as a Change: a queued one cancelled, another's node asked."""
+    if record.state == QUEUED:
+        return jobs.cancel(record, revision, "cancelled by request before it started")
+    return Change(record.id, revision, replace(record, kill_requested=True),
+                  [Put(jobs.keys.kill(record.id), record.node.encode())])
+
 
 def _batches(changes: list[Change], guard_compares: int = 0, max_bytes: int = MAX_TXN_BYTES):
     """The changes cut into transactions etcd takes: at most MAX_TXN_OPS operations and as

@@ -222,20 +222,10 @@ class Pools:
 
     # -- kill --------------------------------------------------------------------------------
     def kill(self, pool: PoolRecord) -> list[JobRecord]:
-        """Cancel each queued member, ask each assigned or running one's node to kill it; the
-        members afterwards. JobFinished when every member has already ended."""
-        members = [record for record, _ in self.members(pool)]
+        """Cancel each queued member, ask each assigned or running one's node to kill it, in
+        batched transactions; the members afterwards. JobFinished when every member has ended."""
+        found = self.members(pool)
+        members = [record for record, _ in found]
         if all(m.terminal for m in members):
             raise JobFinished(pool.id, pool_outcome(members)[0], kind=pool.kind)
-        result = []
-        for member in members:
-            if member.terminal:
-                result.append(member)
-                continue
-            try:
-                result.append(self.jobs.kill(member.id))
-            except JobFinished:  # it ended just now
-                result.append(self.jobs.get(member.id)[0])
-            except JobNotFound:
-                result.append(member)
-        return result
+        return self.jobs.kill_many(found)  # (a stand-in is LOST: left alone)

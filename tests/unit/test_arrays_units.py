@@ -316,3 +316,17 @@ def test_64_members_go_in_one_transaction_and_the_record_alone_in_a_second():
         nodes.put(KEYS.node(f"n{i:02d}"), NodeInfo(f"n{i:02d}", "localhost:1", 1).to_bytes())
     pool, _ = Pools(Jobs(nodes, KEYS)).add(JobSpec("true"))
     assert [len(ops) for _, ops, _ in nodes.txns[64:]] == [128, 1] and len(pool.members) == 64
+
+
+def test_killing_an_array_cancels_its_queued_members_in_batches_and_asks_for_the_others():
+    store = MemStore()
+    jobs = Jobs(store, KEYS)
+    array, ids = Arrays(jobs).add_array(JobSpec("true"), 0, 99, 0)
+    running = JobRecord.from_bytes(store.get(KEYS.job(ids[3])).value, ids[3]).moved_to(ASSIGNED, node="n1")
+    store.txn([], _puts(running)[:1])  # member 3 is now assigned (its queue entry left as is: not looked at)
+    before = len(store.txns)
+    killed = Pools(jobs).kill(array)
+    assert len(store.txns) - before == 3  # 99 cancels (3 operations each) and one kill request, 128 at most a transaction
+    assert [m.state for m in killed] == [CANCELLED] * 3 + [ASSIGNED] + [CANCELLED] * 96
+    assert killed[3].kill_requested and store.get(KEYS.kill(ids[3])).value == b"n1"
+    assert all(store.get(KEYS.queue(i)) is None for i in ids if i != ids[3])
