@@ -1,7 +1,7 @@
 """`lclient`: the original's `-add 'cmd'`, `-check UUID`, `-kill UUID`, plus -list, -nodes,
 -logs, -wait, `-add 'cmd' -follow` (run it: its output as it comes, then its exit status),
-`-add 'cmd' -all-nodes` pools (whose uuid -check, -wait and -kill take), and -events (job
-state changes as they happen). One action per call; each error is one line on stderr and an exit status:
+`-add 'cmd' -all-nodes` pools and `-add 'cmd' -array N` arrays (whose uuid -check, -wait and
+-kill take), `-add -` (a job per line of stdin), `-after`, and -events (job state changes). One action per call; each error is one line on stderr and an exit status:
 
     0   ok (for -wait: the job's own exit code, 128+N when signal N ended it; for a pool, that
         of its first member, by node, that did not exit 0)
