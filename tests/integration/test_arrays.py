@@ -126,3 +126,12 @@ def test_bad_array_values_are_refused_with_exit_2(cluster, value, why):
     refused = a.lclient("-add", "true", "-array", value)
     assert (refused.returncode, refused.stdout, refused.stderr) == (2, "", f"lclient: {why}\n")
     assert etcd_prefix(cluster, "jobs") == {} and etcd_prefix(cluster, "pools") == {}
+
+
+def test_an_array_goes_with_its_last_member_under_retention(cluster):
+    a = cluster.daemon("a", extra=["--keep", "2s", "--capacity", "4"])
+    array = add(a, "true", "-array", "3")
+    assert a.lclient("-wait", array).returncode == 0
+    until(lambda: f"{cluster.prefix}/pools/{array}" not in etcd_prefix(cluster, "pools"), "the array record to be removed",
+          timeout=30)
+    assert not [r for r in etcd_records(cluster).values() if r.get("pool") == array]
