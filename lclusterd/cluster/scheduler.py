@@ -247,9 +247,10 @@ class Scheduler:
         """For each queued job with -after parents not yet found done: read their states
         (dependencies.py) and let it start (parents_ok), cancel it, or note what it waits for."""
         view = self.view
-        with view.lock:
-            waiting = [(entry, entry.record()) for entry in list(view.queue.values())
-                       if not entry.skip and not entry.parents_ok and _has_parents(entry)]
+        with view.lock:  # (only the entries that may name parents: not the whole queue on every pass)
+            entries = [view.queue.get(job_id) for job_id in view.with_parents]
+            waiting = [(entry, entry.record()) for entry in entries
+                       if entry is not None and not entry.skip and not entry.parents_ok and _has_parents(entry)]
         if not waiting:
             return
         states = self.parents.states(list(dict.fromkeys(p for _, record in waiting for p in record.spec.after)))

@@ -48,10 +48,14 @@ class QueuedJob:
         self.key, self.raw, self.revision, self._record, self.skip = key, raw, revision, None, False
         self.parents_ok = False  # -after: the scheduler found every parent EXITED 0 (at this revision)
 
+    def may_have_parents(self) -> bool:
+        """Whether the record may name -after parents: it has the key only when it has parents
+        (and a command's text could only hold the key escaped, so never this way)."""
+        return b'"after":' in self.raw
+
     def has_parents(self) -> bool:
-        """Whether the job waits for -after parents. The bytes are looked at first: a record
-        has the key only when it has parents (and a command's text could only hold it escaped)."""
-        return b'"after":' in self.raw and bool(self.record().spec.after)
+        """Whether the job waits for -after parents (RecordError as `record`)."""
+        return self.may_have_parents() and bool(self.record().spec.after)
 
     def record(self) -> JobRecord:
         """The QUEUED record; RecordError (logged once) when the entry is not a valid record of
@@ -86,6 +90,7 @@ class ClusterView:
 
     def reset(self) -> None:
         self.queue: OrderedDict[str, QueuedJob] = OrderedDict()
+        self.with_parents: set[str] = set()  # queued jobs that may name -after parents (the scheduler's to check)
         self.nodes: dict[str, NodeInfo] = {}  # live (registered) nodes
         self.draining: set[str] = set()
         self.assigned: dict[str, dict[str, int]] = {}  # node -> {job id: requested memory} with an assign key
@@ -128,6 +133,7 @@ class ClusterView:
         with self.lock:
             self.queue = OrderedDict((Keys.last(kv.key), QueuedJob(kv.key, kv.value, kv.mod_revision))
                                      for kv in sorted(kvs, key=lambda kv: kv.create_revision))
+            self.with_parents = {job_id for job_id, entry in self.queue.items() if entry.may_have_parents()}
         self.on_change()
         return revision
 
@@ -185,9 +191,12 @@ class ClusterView:
             for event in events:
                 job_id = Keys.last(event.key)
                 if event.kind == "put":
-                    self.queue[job_id] = QueuedJob(event.key, event.value, event.mod_revision)
+                    self.queue[job_id] = entry = QueuedJob(event.key, event.value, event.mod_revision)
+                    if entry.may_have_parents():
+                        self.with_parents.add(job_id)
                 else:
                     self.queue.pop(job_id, None)
+                    self.with_parents.discard(job_id)
         self.on_change()
 
     def _node_events(self, events: list[Event]) -> None:
@@ -325,6 +334,7 @@ class ClusterView:
         entry = self.queue.get(job_id)
         if entry is not None and entry.revision == revision:
             del self.queue[job_id]
+            self.with_parents.discard(job_id)
 
     def buried(self, node: str, gone_at: int) -> None:
         if self.dead.get(node) == gone_at:
