@@ -156,13 +156,14 @@ class Scheduler:
         batch: list[Assignment] = []
         notes: list[WaitNote] = []
         view = self.view
+        full: set[str] = set()  # arrays found at their %K in this pass: their other members are passed over at once
         with view.lock:
             for job_id, entry in view.queue.items():
                 # while every ready node is full nothing can be placed (and scanning a long
                 # queue would only re-parse it); jobs no node could ever take get their note later
                 if view.free_slots() <= 0 or len(batch) >= BATCH:
                     break
-                if entry.skip:
+                if entry.skip or entry.limited in full:
                     continue
                 try:
                     record = entry.record()
@@ -171,8 +172,9 @@ class Scheduler:
                     continue
                 if record.spec.after and not entry.parents_ok:
                     continue  # waits for its -after parents (_check_parents)
-                limited = record.pool if record.array_limit else ""
+                entry.limited = limited = record.pool if record.array_limit else ""
                 if limited and view.at_limit(limited, record.array_limit):
+                    full.add(limited)
                     continue  # its array has %K members assigned or running
                 memory = record.spec.memory_bytes or 0
                 avoid = [a.get("node", "") for a in record.history]

@@ -42,11 +42,12 @@ class QueuedJob:
     again on every pass while other jobs are assigned). `skip`: the scheduler tried it at this
     revision and must not again until the entry changes (a new event makes a new entry)."""
 
-    __slots__ = ("key", "raw", "revision", "_record", "skip", "parents_ok")
+    __slots__ = ("key", "raw", "revision", "_record", "skip", "parents_ok", "limited")
 
     def __init__(self, key: str, raw: bytes, revision: int):
         self.key, self.raw, self.revision, self._record, self.skip = key, raw, revision, None, False
         self.parents_ok = False  # -after: the scheduler found every parent EXITED 0 (at this revision)
+        self.limited: str | None = None  # the array whose %K it counts against ("": none; None: not looked at)
 
     def may_have_parents(self) -> bool:
         """Whether the record may name -after parents: it has the key only when it has parents
