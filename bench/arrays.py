@@ -127,21 +127,11 @@ def main() -> int:
         with JobsClient(Target(runner.socket), timeout=120) as client:
             end_to_end(client, store, 64)  # warm up
             rounds = sorted(end_to_end(client, store, args.e2e) for _ in range(max(1, args.rounds)))
-        rate, makespan, txns = rounds[len(rounds) // 2]
-        rows += [(f"array of {args.e2e} x true, one node (members/s)",
-                  f"{rate:.0f} (makespan {makespan:.2f}s; {len(rounds)} rounds {rounds[0][0]:.0f}-{rounds[-1][0]:.0f})",
-                  ">= 500"),
-                 ("  etcd write txns per member", f"{txns:.2f}", "-")]
-        with JobsClient(Target(runner.socket), timeout=120) as client:
+            rows += array_rows(client, store, args.e2e, rounds, slurm=False)
             single_rate, single_makespan = batch_end_to_end(client, args.e2e)
         rows.append((f"the same as {args.e2e} single jobs, one -add - batch (jobs/s)",
                      f"{single_rate:.0f} (makespan {single_makespan:.2f}s)", "-"))
-        slurm = slurm_array(args.e2e)
-        if isinstance(slurm, tuple):
-            rows += [(f"Slurm sbatch --array=0-{args.e2e - 1} (jobs/s)", f"{slurm[0]:.0f} (makespan {slurm[1]:.2f}s)", "-"),
-                     ("lclusterd / Slurm array throughput", f"{rate / slurm[0]:.1f}x", "-")]
-        else:
-            rows.append(("Slurm sbatch --array (jobs/s)", slurm or "skipped (not installed)", "-"))
+        rows += slurm_rows(args.e2e, rounds[len(rounds) // 2][0])
     finally:
         store.close()
         for node in (drained, runner):
@@ -151,11 +141,36 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"lclusterd arrays, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, etcd plain http, load average {os.getloadavg()[0]:.1f}")
+    print_rows(rows)
+    return 0
+
+
+def array_rows(client: JobsClient, store: Store, n: int, rounds: list[tuple[float, float, float]] | None = None,
+               slurm: bool = True) -> list[tuple[str, str, str]]:
+    """The table rows of an n-member array end to end (one run unless `rounds` are given), and
+    with `slurm` those of sbatch --array beside it (bench/cluster.py's (e) too)."""
+    rounds = rounds or [end_to_end(client, store, n)]
+    rate, makespan, txns = rounds[len(rounds) // 2]
+    rows = [(f"array of {n} x true, one node (members/s)",
+             f"{rate:.0f} (makespan {makespan:.2f}s; {len(rounds)} rounds {rounds[0][0]:.0f}-{rounds[-1][0]:.0f})", ">= 500"),
+            ("  etcd write txns per member", f"{txns:.2f}", "-")]
+    return rows + (slurm_rows(n, rate) if slurm else [])
+
+
+def slurm_rows(n: int, rate: float) -> list[tuple[str, str, str]]:
+    slurm = slurm_array(n)
+    if isinstance(slurm, tuple):
+        return [(f"Slurm sbatch --array=0-{n - 1} (jobs/s)", f"{slurm[0]:.0f} (makespan {slurm[1]:.2f}s)", "-"),
+                ("lclusterd / Slurm array throughput", f"{rate / slurm[0]:.1f}x", "-")]
+    return [("Slurm sbatch --array (jobs/s)", slurm or "skipped (not installed)", "-")]
+
+
+def print_rows(rows: list[tuple[str, str, str]]) -> None:
+    """The benchmarks' table: measure, result, target."""
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'result':<32}  target")
     for name, value, target in rows:
         print(f"{name:<{width}}  {value:<32}  {target}")
-    return 0
 
 
 if __name__ == "__main__":
