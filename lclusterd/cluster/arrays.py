@@ -9,9 +9,9 @@ LCLUSTER_ARRAY_INDEX and LCLUSTER_ARRAY_ID added to its environment. Reading, wa
 killing and removing an array is a pool's (pools.py, retention.py): only the labels differ.
 
 The write is a pool's too (pools.write_chunk, plan_chunks): chunks of up to 64 members (2
-puts and 1 compare each), the array record last, so the array exists, and its id is
-returned, only once every member does; the prime may start the first chunk's members before
-the last is written. If etcd fails between chunks, the members already written are
+puts and 1 compare each), up to IN_FLIGHT of them at once, the array record with the last
+chunk once the others have landed, so the array exists, and its id is returned, only once
+every member does; the prime may start the first chunks' members before the last is written. If etcd fails between chunks, the members already written are
 cancelled (best effort) and the caller gets the error; a member that outlives that (etcd
 down, daemon crashed) runs as an ordinary job whose `pool` names no record.
 
@@ -41,8 +41,8 @@ IN_FLIGHT = 8
 
 
 def member_spec(spec: JobSpec, array_id: str, index: int | str) -> JobSpec:
-    """The spec of member `index`: the array's, with its environment variables added (a copy
-    without dataclasses.replace: this runs once per member of arrays of thousands)."""
+    """The spec of member `index`: the array's, with its environment variables added (the
+    template the members are encoded from, _member_encoder)."""
     new = object.__new__(JobSpec)
     new.__dict__.update(spec.__dict__)
     new.env = {**spec.env, limits.ARRAY_INDEX_ENV: str(index), limits.ARRAY_ID_ENV: array_id}
