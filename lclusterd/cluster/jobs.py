@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from lclusterd import metrics
@@ -22,6 +23,9 @@ from lclusterd.errors import JobFinished, JobNotFound
 from lclusterd.model import ASSIGNED, CANCELLED, QUEUED, JobRecord
 
 log = logging.getLogger(__name__)
+
+KILLS_PER_TXN = MAX_TXN_OPS // 3  # a queued job's cancel is 3 operations
+KILLS_IN_FLIGHT = 8
 
 
 @dataclass
@@ -193,7 +197,12 @@ class Jobs:
         read), in batched transactions: a pool's or an array's members. Those that changed since
         they were read are killed one by one. Each job's record afterwards, in the order given."""
         changes = [_kill_change(self, record, revision) for record, revision in found if not record.terminal]
-        results = self.commit(changes) if changes else {}
+        results: dict[str, int | None] = {}
+        # several transactions in flight (etcd commits concurrent ones together): one after the
+        # other, the cancels of a 10,000-member array took 11 s on a loaded VM, near the call's 15
+        with ThreadPoolExecutor(KILLS_IN_FLIGHT) as pool:
+            for part in pool.map(self.commit, [changes[i:i + KILLS_PER_TXN] for i in range(0, len(changes), KILLS_PER_TXN)]):
+                results.update(part)
         after = {c.job_id: c.record for c in changes if results.get(c.job_id) is not None}
         done = []
         for record, _ in found:
