@@ -11,6 +11,8 @@
     transactions per job (from etcd's revision counter: each write txn adds one); measured
     --rounds times (default 3) on the same node, the median shown with the range
 (d) daemon RSS with N concurrently running `sleep` jobs (plus the runtime helper's)
+(e) an array of --array-members `true` members end to end on the plain TCP node (members/s),
+    beside `sbatch --array` when Slurm is installed (bench/arrays.py has the rest)
 Slurm (c) is measured in the same run when `make bench-deps` has installed it: N x
 `sbatch --oversubscribe --wrap true` on a throwaway one-node Slurm (bench/slurm.py, its best
 queue setting batch_sched_delay=0), first submit -> queue empty; else skipped.
@@ -40,6 +42,7 @@ from support.etcd_pki import Pki  # noqa: E402
 from support.processes import EtcdProcess, NodeProcess  # noqa: E402
 from support.tls import make_pki  # noqa: E402
 
+from bench.arrays import array_rows, print_rows  # noqa: E402
 from bench.slurm import SlurmError, one_node_slurm  # noqa: E402
 from lclient.client import JobsClient, Target  # noqa: E402
 from lclusterd.cluster.store import Store, StoreTls  # noqa: E402
@@ -187,6 +190,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (median reported)")
     parser.add_argument("--only-slurm", action="store_true", help="measure only Slurm's throughput (--jobs)")
     parser.add_argument("--etcd-tls", action="store_true", help="etcd speaks only TLS with client certificates")
+    parser.add_argument("--array-members", type=int, default=1000,
+                        help="an array of N `true` end to end, beside sbatch --array (0: not measured)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/cluster.py: run as root", file=sys.stderr)
@@ -229,6 +234,9 @@ def main() -> int:
         plain.start()
         with JobsClient(Target(plain.server), timeout=60) as client:
             rows += transport_rows("plain TCP", client, store, args)[0]
+        if args.array_members:  # an array end to end on the same node, beside sbatch --array
+            with JobsClient(Target(plain.server), timeout=120) as client:
+                rows += array_rows(client, store, args.array_members)
         rows += [
             ("add -> running p50 / p99 (ms)", f"{pct(running, 50):.2f} / {pct(running, 99):.2f}", "<= 15 (p50)"),
             (f"daemon RSS, {n_running} running sleep (MB)", f"{daemon_rss:.0f} (+ runtime helper {helper_rss:.0f})", "<= 150"),
@@ -248,10 +256,7 @@ def main() -> int:
     print(f"lclusterd control plane, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, submit-latency runs {args.latency_runs}, etcd "
           f"{'TLS with client certificates' if args.etcd_tls else 'plain http'}")
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'result':<32}  target")
-    for name, value, target in rows:
-        print(f"{name:<{width}}  {value:<32}  {target}")
+    print_rows(rows)
     return 0
 
 

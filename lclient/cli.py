@@ -1,7 +1,7 @@
 """`lclient`: the original's `-add 'cmd'`, `-check UUID`, `-kill UUID`, plus -list, -nodes,
 -logs, -wait, `-add 'cmd' -follow` (run it: its output as it comes, then its exit status),
-`-add 'cmd' -all-nodes` pools (whose uuid -check, -wait and -kill take), and -events (job
-state changes as they happen). One action per call; each error is one line on stderr and an exit status:
+`-add 'cmd' -all-nodes` pools and `-add 'cmd' -array N` arrays (whose uuid -check, -wait and
+-kill take), `-add -` (a job per line of stdin), `-after`, and -events (job state changes). One action per call; each error is one line on stderr and an exit status:
 
     0   ok (for -wait: the job's own exit code, 128+N when signal N ended it; for a pool, that
         of its first member, by node, that did not exit 0)
@@ -25,7 +25,7 @@ from lclient import errors
 from lclient.client import SERVER_ENV, TLS_DIR_ENV, USER_ENV, JobsClient, Target
 from lclient.format import (dumps, event_json, event_text, image_json, image_rows, images_table, job_json, job_text,
                             jobs_table, members_table, node_json, nodes_table, outcome)
-from lclient.units import parse_count, parse_cpus, parse_duration, parse_memory
+from lclient.units import parse_array, parse_count, parse_cpus, parse_duration, parse_memory
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.states import STATES
 
@@ -104,6 +104,12 @@ def _opt(*names: str, **kw):
 @_opt("-all-nodes", "--all-nodes", "all_nodes", is_flag=True,
       help="With -add: a pool, one copy on every ready node (not draining); prints the pool's uuid alone, "
            "which -check, -wait and -kill take.")
+@_opt("-array", "--array", "array", metavar="N|A-B[%K]",
+      help="With -add: an array, one member per index (0..N-1, or A..B), each with LCLUSTER_ARRAY_INDEX and "
+           "LCLUSTER_ARRAY_ID in its environment; %K: at most K members running at once. Prints the array's uuid.")
+@_opt("-after", "--after", "after", metavar="UUID[,UUID...]",
+      help="With -add: start only once these jobs (or pools, arrays) exited 0; if one ends otherwise, CANCELLED.")
+@_opt("-expand", "--expand", "expand", is_flag=True, help="With -list: a row per array member (not one per array).")
 @_opt("-web", "--web", "web", is_flag=True,
       help="Print a link that logs you in to the node's web page as yourself (good once, for 5 minutes; the "
            "session lasts 8 hours).")
@@ -158,14 +164,14 @@ def _kill(client: JobsClient, o: dict) -> int:
     job = client.kill(o["kill"])
     requested = " (kill requested)" if job.kill_requested else ""
     click.echo(dumps(job_json(job)) if o["as_json"] else f"{job.id} {outcome(job)}{requested}")
-    if job.is_pool and not o["as_json"]:
+    if (job.is_pool or job.is_array) and not o["as_json"]:
         click.echo(members_table(job))
     return errors.EXIT_OK
 
 
 def _list(client: JobsClient, o: dict) -> int:
     limit = _parse("-limit", o["limit"], lambda t: parse_count(t, 0))
-    jobs = client.list([s.upper() for s in o["states"]], limit)
+    jobs = client.list([s.upper() for s in o["states"]], limit, o["expand"])
     if o["as_json"]:
         for job in jobs:
             click.echo(dumps(job_json(job)))
@@ -234,6 +240,9 @@ def _check_applicable(action: str, o: dict) -> None:
             raise click.UsageError("-follow waits until the job ends; leave out -timeout")
     if (o["states"] or o["limit"] != "0") and action != "-list":
         raise click.UsageError("-state and -limit go with -list")
+    if o["array"] is not None or o["after"] is not None or o["expand"] or o["add"] == "-":
+        from lclient.many import check_options  # (lazily: lclient starts fast)
+        check_options(action, o)
     if o["token"] and action != "-web":
         raise click.UsageError("-token goes with -web")
     if o["all_nodes"] and action != "-add":
@@ -271,6 +280,10 @@ def _check_utf8(o: dict) -> None:
 
 def _spec(o: dict) -> pb.JobSpec:
     spec = pb.JobSpec(command=_utf8("the command", o["add"]))
+    for parent in (o["after"] or "").split(",") if o["after"] is not None else ():
+        if not parent.strip():
+            raise errors.InvalidRequest(f"bad -after value {o['after']!r}: expected UUID[,UUID...]")
+        spec.after.append(_utf8("the -after argument", parent.strip()))
     if o["mem"]:
         spec.memory_bytes = _parse("-mem", o["mem"], parse_memory)
     if o["cpus"]:
@@ -307,7 +320,14 @@ def _spec(o: dict) -> pb.JobSpec:
 
 
 def _add(client: JobsClient, o: dict) -> int:
-    reply = client.add(_spec(o), all_nodes=o["all_nodes"])
+    if o["add"] == "-":
+        from lclient.many import add_batch  # (lazily: lclient starts fast)
+        return add_batch(client, sys.stdin.buffer, _spec({**o, "add": "-"}), o["as_json"], click.echo)
+    array = None
+    if o["array"] is not None:
+        first, last, most = _parse("-array", o["array"], parse_array)
+        array = pb.ArraySpec(first=first, last=last, max_running=most)
+    reply = client.add(_spec(o), all_nodes=o["all_nodes"], array=array)
     if o["follow"]:  # stdout is the job's now
         click.echo(f"lclient: job {reply.id}", err=True)
         return _follow_then_wait(client, reply.id)
@@ -330,9 +350,10 @@ def _wait(client: JobsClient, job_id: str, timeout: float | None, as_json: bool)
     if as_json:
         click.echo(dumps(job_json(job)))
     # one line for an end a script would want explained; a job's plain non-zero exit speaks for itself
-    if status != 0 and (job.state != "EXITED" or job.is_pool or job.error):
+    if status != 0 and (job.state != "EXITED" or job.is_pool or job.is_array or job.error):
         reason = f": {job.error}" if job.error else ""
-        click.echo(f"lclient: {'pool' if job.is_pool else 'job'} {job.id} ended {outcome(job)}{reason}", err=True)
+        kind = "pool" if job.is_pool else "array" if job.is_array else "job"
+        click.echo(f"lclient: {kind} {job.id} ended {outcome(job)}{reason}", err=True)
     return status
 
 

@@ -131,9 +131,14 @@ class JobsClient:
         self.close()
 
     # -- calls -----------------------------------------------------------------------------
-    def add(self, spec: pb.JobSpec, all_nodes: bool = False) -> pb.AddReply:
-        """Queue a job; with all_nodes, a pool (one member per ready node): the reply's id is the pool's."""
-        return self._call(self._stub.Add, pb.AddRequest(spec=spec, all_nodes=all_nodes))
+    def add(self, spec: pb.JobSpec, all_nodes: bool = False, array: pb.ArraySpec | None = None) -> pb.AddReply:
+        """Queue a job; with all_nodes, a pool (one member per ready node), with `array` an array
+        (one member per index): the reply's id is the pool's or the array's."""
+        return self._call(self._stub.Add, pb.AddRequest(spec=spec, all_nodes=all_nodes, array=array))
+
+    def add_batch(self, specs: list[pb.JobSpec]) -> list[pb.Job]:
+        """Queue one job per spec in one call (all or none); the jobs in order."""
+        return list(self._call(self._stub.Add, pb.AddRequest(batch=specs)).job.members)
 
     def check(self, job_id: str) -> pb.Job:
         """The job, or for a pool id the pool (is_pool set, every member in `members`)."""
@@ -142,8 +147,9 @@ class JobsClient:
     def kill(self, job_id: str) -> pb.Job:
         return self._call(self._stub.Kill, pb.JobRef(id=job_id))
 
-    def list(self, states: list[str] | None = None, limit: int = 0) -> list[pb.Job]:
-        return list(self._call(self._stub.List, pb.ListRequest(states=states or [], limit=limit)).jobs)
+    def list(self, states: list[str] | None = None, limit: int = 0, expand_arrays: bool = False) -> list[pb.Job]:
+        request = pb.ListRequest(states=states or [], limit=limit, expand_arrays=expand_arrays)
+        return list(self._call(self._stub.List, request).jobs)
 
     def nodes(self) -> list[pb.Node]:
         return list(self._call(self._stub.Nodes, pb.NodesRequest()).nodes)

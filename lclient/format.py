@@ -76,8 +76,13 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "publish": list(spec.publish),
         "volumes": list(spec.volumes),
         "workdir": spec.workdir or None,
+        "after": list(spec.after),  # -after parents
+        "array": job.array or None,  # an array member: its array's id, and its index
+        "array_index": job.array_index if job.HasField("array_index") else None,
+        "is_array": job.is_array,
+        "member_count": (job.member_count or len(job.members)) if job.is_pool or job.is_array else None,
     }
-    if job.is_pool:  # an -all-nodes pool: its state sums up its members', each a job document
+    if job.is_pool or job.is_array:  # a pool or array: its state sums up its members', each a job document
         data["members"] = [job_json(m) for m in job.members]
     return data
 
@@ -149,6 +154,10 @@ def exit_text(job: pb.Job) -> str:
 
 
 def members_table(pool: pb.Job) -> str:
+    if pool.is_array:
+        rows = [[str(m.array_index), m.id, m.state + (" (kill requested)" if m.kill_requested else ""), m.node or "-",
+                 exit_text(m)] for m in pool.members]
+        return table(["INDEX", "JOB", "STATE", "NODE", "EXIT"], rows)
     rows = [[m.node or m.spec.node or "-", m.id, m.state + (" (kill requested)" if m.kill_requested else ""), exit_text(m)]
             for m in pool.members]
     return table(["NODE", "JOB", "STATE", "EXIT"], rows)
@@ -167,6 +176,7 @@ def pool_rows(pool: pb.Job) -> list[tuple[str, str]]:
         state += f" ({ended} of {len(pool.members)} members ended)"
     rows = [
         ("id", pool.id),
+        ("array", f"{len(pool.members)} member(s), indexes {_index_range(pool)}") if pool.is_array else
         ("pool", f"{len(pool.members)} member(s), one per node ready when it was added"),
         ("state", state),
         ("command", pool.spec.command),
@@ -180,11 +190,18 @@ def pool_rows(pool: pb.Job) -> list[tuple[str, str]]:
         rows.append(("reason", pool.error))
     if pool.spec.retries:
         rows.append(("retries", f"{pool.spec.retries} per member"))
+    if pool.spec.after:
+        rows.append(("after", ", ".join(pool.spec.after)))
     return rows
 
 
+def _index_range(array: pb.Job) -> str:
+    indexes = [m.array_index for m in array.members]
+    return f"{min(indexes)}-{max(indexes)}" if indexes else "-"
+
+
 def job_text(job: pb.Job) -> str:
-    if job.is_pool:
+    if job.is_pool or job.is_array:
         return pool_text(job)
     text = _rows_text(job_rows(job))
     if job.attempts:
@@ -234,6 +251,10 @@ def job_rows(job: pb.Job) -> list[tuple[str, str]]:
         rows.append(("pinned to", spec.node))
     if job.pool:
         rows.append(("pool", f"member of pool {job.pool}"))
+    if job.array:
+        rows.append(("array", f"member {job.array_index} of array {job.array}"))
+    if spec.after:
+        rows.append(("after", ", ".join(spec.after)))
     if job.state == "QUEUED":
         rows.append(("waiting", job.waiting or "for a free slot on a node"))
     if spec.retries or job.attempts:
@@ -266,7 +287,8 @@ def jobs_table(jobs: list[pb.Job]) -> str:
     rows = []
     for job in jobs:
         command = job.spec.command.replace("\n", " ")
-        rows.append([job.id, outcome(job), job.node or "-", job.owner or "-", _age(now - job.created_at), command[:50]])
+        node = f"{job.member_count} members" if job.is_array else job.node or "-"  # a folded array
+        rows.append([job.id, outcome(job), node, job.owner or "-", _age(now - job.created_at), command[:50]])
     return table(["ID", "STATE", "NODE", "OWNER", "AGE", "COMMAND"], rows)
 
 

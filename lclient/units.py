@@ -7,7 +7,7 @@ import math
 
 from lclusterd.units import parse_duration, parse_size
 
-__all__ = ["format_size", "parse_count", "parse_cpus", "parse_duration", "parse_memory", "parse_size"]
+__all__ = ["format_size", "parse_array", "parse_count", "parse_cpus", "parse_duration", "parse_memory", "parse_size"]
 
 def parse_cpus(text: str) -> float:
     try:
@@ -56,3 +56,28 @@ def format_size(value: int) -> str:
         if value >= factor:
             return f"{value / factor:.1f}{unit}"
     return f"{value}B"
+
+
+MAX_ARRAY_MEMBERS = 10_000  # lclusterd.limits.MAX_ARRAY_MEMBERS (tests/unit/test_arrays_units.py holds them equal)
+
+
+def parse_array(text: str) -> tuple[int, int, int]:
+    """An -array value: N (indexes 0..N-1), A-B (A..B, inclusive), either with %K (at most K
+    members assigned or running at once); (first, last, K or 0)."""
+    body, percent, limit = text.strip().partition("%")
+    max_running = 0
+    if percent:
+        try:
+            max_running = parse_count(limit, 1)
+        except ValueError as exc:
+            raise ValueError(f"%K (most members at once) {exc}") from None
+    first_text, dash, last_text = body.partition("-")
+    if dash and first_text:
+        first, last = parse_count(first_text, 0), parse_count(last_text, 0)
+        if last < first:
+            raise ValueError(f"the range is reversed ({first} is above {last})")
+    else:  # (a leading '-' is a negative count, refused as such)
+        first, last = 0, parse_count(body, 1) - 1
+    if last - first + 1 > MAX_ARRAY_MEMBERS:
+        raise ValueError(f"{last - first + 1} members is more than the limit of {MAX_ARRAY_MEMBERS}")
+    return first, last, max_running

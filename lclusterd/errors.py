@@ -125,8 +125,9 @@ class NoReadyNode(LclusterdError):
 class IsAPool(LclusterdError):
     """The request is for one job, and the id names an -all-nodes pool (e.g. its logs)."""
 
-    def __init__(self, pool_id: str, members: int, what: str):
-        super().__init__(f"{pool_id} is a pool of {members} job(s), one per node; {what}")
+    def __init__(self, pool_id: str, members: int, what: str, kind: str = "pool"):
+        shape = ", one per node" if kind == "pool" else ""
+        super().__init__(f"{pool_id} is {'an' if kind == 'array' else 'a'} {kind} of {members} job(s){shape}; {what}")
         self.pool_id = pool_id
 
 

@@ -34,6 +34,17 @@ MAX_ENV_BYTES = 64 * 1024  # names and values together, in UTF-8
 MAX_STDIN_BYTES = 256 * 1024
 MAX_SPEC_BYTES = 512 * 1024  # the spec as stored: JSON (escapes included), stdin in base64
 
+# Arrays and dependencies. An array's record lists every member's id (about 45 bytes each) and
+# is written in one etcd request, which MAX_ARRAY_MEMBERS keeps well under its 1 MiB.
+MAX_ARRAY_MEMBERS = 10_000
+MAX_ARRAY_INDEX = 2**31 - 1  # the API's int32
+MAX_AFTER = 64  # parents one job may wait for
+MAX_BATCH = 10_000  # jobs one -add - call may queue
+# Set by lclusterd in each array member's environment; a spec may not set names under it.
+ARRAY_ENV_PREFIX = "LCLUSTER_ARRAY_"
+ARRAY_INDEX_ENV = ARRAY_ENV_PREFIX + "INDEX"
+ARRAY_ID_ENV = ARRAY_ENV_PREFIX + "ID"
+
 
 def _finite(number: float) -> bool:
     """A finite number; a huge int is not (float() of it would overflow)."""
@@ -59,6 +70,39 @@ def check_env(env: Mapping[str, str]) -> None:
             raise InvalidSpec(f"invalid environment variable name {_shown(name)}")
         if "\0" in value:
             raise InvalidSpec(f"environment variable {name} contains a NUL byte")
+
+
+def check_no_reserved_env(env: Mapping[str, str]) -> None:
+    """A new spec may not set the names lclusterd sets for array members."""
+    for name in env:
+        if name.startswith(ARRAY_ENV_PREFIX):
+            raise InvalidSpec(f"environment variable {name} is reserved: lclusterd sets {ARRAY_ENV_PREFIX}* for array members")
+
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_after(after: list[str]) -> None:
+    """-after's parents: job ids, at most MAX_AFTER, none twice."""
+    if len(after) > MAX_AFTER:
+        raise InvalidSpec(f"-after names {len(after)} jobs, more than the limit of {MAX_AFTER}")
+    for parent in after:
+        if not _JOB_ID.match(parent):
+            raise InvalidSpec(f"-after: malformed uuid {_shown(parent)}: expected 32 hex digits")
+    if len(set(after)) != len(after):
+        raise InvalidSpec("-after names the same job twice")
+
+
+def check_array(first: int, last: int, max_running: int) -> None:
+    """An -array range first..last (inclusive) with its %K limit (0: none)."""
+    if first < 0 or last > MAX_ARRAY_INDEX:
+        raise InvalidSpec(f"array indexes must be between 0 and {MAX_ARRAY_INDEX}, not {first}-{last}")
+    if last < first:
+        raise InvalidSpec(f"array range {first}-{last} is reversed: the first index must not be above the last")
+    if last - first + 1 > MAX_ARRAY_MEMBERS:
+        raise InvalidSpec(f"array {first}-{last} has {last - first + 1} members, more than the limit of {MAX_ARRAY_MEMBERS}")
+    if max_running < 0:
+        raise InvalidSpec(f"array %K must be at least 1, not {max_running}")
 
 
 def _shown(text: str) -> str:

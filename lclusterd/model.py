@@ -17,16 +17,17 @@ import json
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lclusterd import limits, records
 from lclusterd.errors import InvalidSpec, InvalidTransition, RecordError
+from lclusterd.nodeinfo import NodeInfo  # a node is part of the model; its record lives apart
 from lclusterd.states import (ASSIGNED, CANCELLED, EXITED, FAILED, KILLED, LOST, OOM_KILLED, QUEUED, RUN_ENDINGS,
                               RUNNING, STATES, TERMINAL, TIMED_OUT)
 
 __all__ = ["ALLOWED", "ASSIGNED", "CANCELLED", "EXITED", "FAILED", "KILLED", "LOST", "OOM_KILLED", "QUEUED", "RUNNING",
-           "STATES", "TERMINAL", "TIMED_OUT", "JobRecord", "JobSpec", "NodeInfo", "PoolRecord", "new_job_id",
+           "STATES", "TERMINAL", "TIMED_OUT", "ARRAY", "POOL", "JobRecord", "JobSpec", "NodeInfo", "PoolRecord", "new_job_id",
            "parse_job_id", "pool_outcome"]
 
 SCHEMA_VERSION = 1
@@ -84,6 +85,8 @@ class JobSpec:
     publish: list[str] = field(default_factory=list)  # HOSTPORT:PORT[/udp], with net="bridge"
     volumes: list[str] = field(default_factory=list)  # HOST:PATH[:ro], HOST under a --volume-root of its node
     workdir: str = ""  # the command's working directory; "": its image's WorkingDir, or /
+    # -after: job, pool or array ids that must all end EXITED 0 before this one may start
+    after: list[str] = field(default_factory=list)
     # fields a newer lclusterd wrote that this one does not know: kept and written back as they
     # were, so nodes of two versions can share one etcd during an upgrade
     unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -108,10 +111,19 @@ class JobSpec:
         limits.check_network(self.net, self.publish)
         limits.check_volumes(self.volumes)
         limits.check_workdir(self.workdir)
+        limits.check_after(self.after)
         if not stored:
+            limits.check_no_reserved_env(self.env)
             limits.check_sizes(self.command, self.env, self.stdin_data)
             if self._stored_size_bound() > limits.MAX_SPEC_BYTES:
                 limits.check_spec_bytes(len(json.dumps(self.to_json(), separators=(",", ":"))))
+
+    def without_array_env(self) -> JobSpec:
+        """A copy without the variables lclusterd sets for array members (an array's own spec)."""
+        new = object.__new__(JobSpec)
+        new.__dict__.update(self.__dict__)
+        new.env = {k: v for k, v in self.env.items() if not k.startswith(limits.ARRAY_ENV_PREFIX)}
+        return new
 
     def _stored_size_bound(self) -> int:
         """At least the bytes of this spec as a record stores it (JSON escapes a character in
@@ -137,11 +149,13 @@ class JobSpec:
         records.str_map(data, "env", "the spec")
         for name in ("publish", "volumes"):
             records.str_list(data, name, "the spec")
+        records.id_list(data, "after", "the spec")
         known, unknown = _split_known(cls, data)
         try:
             known["stdin_data"] = base64.b64decode(known.get("stdin_data") or "", validate=True)
         except (binascii.Error, ValueError):
             raise RecordError("the spec field 'stdin_data' is not base64") from None
+        known["after"] = list(known.get("after") or ())
         spec = cls(**known, unknown=unknown)
         try:
             spec.validate(stored=True)
@@ -150,7 +164,7 @@ class JobSpec:
         return spec
 
 
-_SPEC_DEFAULTS = (("image", ""), ("net", "none"), ("publish", []), ("volumes", []), ("workdir", ""))
+_SPEC_DEFAULTS = (("image", ""), ("net", "none"), ("publish", []), ("volumes", []), ("workdir", ""), ("after", []))
 
 
 @dataclass
@@ -180,6 +194,9 @@ class JobRecord:
     waiting: str = ""
     # the id of the -all-nodes pool this job is a member of; "" otherwise
     pool: str = ""
+    # an -array member: its index (the array's id is `pool`) and the array's %K (0: no limit)
+    array_index: int | None = None
+    array_limit: int = 0
     # who added it (a user's name; "root" for root and for plain TCP's callers); "" for a
     # record from before identities, which only admins may see
     owner: str = ""
@@ -235,6 +252,8 @@ class JobRecord:
             del data["output_dropped"]
         if not self.address:  # and only for a job with an address
             del data["address"]
+        if self.array_index is None:  # likewise only for array members
+            del data["array_index"], data["array_limit"]
         return _with_unknown(data)
 
     @classmethod
@@ -269,6 +288,18 @@ class JobRecord:
             return 0
         return memory if type(memory) is int and 0 < memory <= limits.MAX_MEMORY_BYTES else 0
 
+    @staticmethod
+    def assignment_facts(raw: bytes) -> tuple[int, str]:
+        """(-mem, its array's id if that has a %K limit, else ""), leniently as requested_memory."""
+        try:
+            data = json.loads(raw)
+            memory = data["spec"].get("memory_bytes") or 0
+            limited = data.get("pool") or "" if data.get("array_limit") else ""
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            return 0, ""
+        memory = memory if type(memory) is int and 0 < memory <= limits.MAX_MEMORY_BYTES else 0
+        return memory, limited if type(limited) is str else ""
+
 
 _KNOWN: dict[type, frozenset[str]] = {}
 
@@ -288,24 +319,43 @@ def _with_unknown(data: dict[str, Any]) -> dict[str, Any]:
     return {**unknown, **data} if unknown else data
 
 
+POOL, ARRAY = "pool", "array"
+
+
 @dataclass
 class PoolRecord:
-    """An -all-nodes pool, stored under pools/<uuid>: the spec every member runs (unpinned),
-    and its members, node -> member job id (each member is an ordinary job pinned to its node)."""
+    """A group of member jobs read, waited on and killed as one, stored under pools/<uuid>:
+    an -all-nodes pool (kind "pool": members node -> job id, each member pinned to its node) or
+    an -array (kind "array": members index -> job id, the index in decimal). `spec` is what
+    every member runs (unpinned; without the array's environment variables)."""
 
     id: str
     spec: JobSpec
     created_at: float = 0.0
     members: dict[str, str] = field(default_factory=dict)
     owner: str = ""  # as JobRecord.owner
+    kind: str = POOL
+    max_running: int = 0  # an array's %K (0: no limit)
+
+    @property
+    def is_array(self) -> bool:
+        return self.kind == ARRAY
+
+    def labels(self) -> list[str]:
+        """The member labels in order: node names sorted, or array indexes in numeric order."""
+        return sorted(self.members, key=int) if self.is_array else sorted(self.members)
 
     def member_ids(self) -> list[str]:
-        """Member job ids in node-name order (the order -check shows and pool_outcome reads)."""
-        return [self.members[node] for node in sorted(self.members)]
+        """Member job ids in label order (the order -check shows and pool_outcome reads)."""
+        return [self.members[label] for label in self.labels()]
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "spec": self.spec.to_json(), "created_at": self.created_at,
-                "members": dict(sorted(self.members.items())), "owner": self.owner, "schema_version": SCHEMA_VERSION}
+        data = {"id": self.id, "spec": self.spec.to_json(), "created_at": self.created_at,
+                "members": {label: self.members[label] for label in self.labels()}, "owner": self.owner,
+                "schema_version": SCHEMA_VERSION}
+        if self.is_array:  # written only for arrays: pools stay readable by older daemons
+            data["kind"], data["max_running"] = self.kind, self.max_running
+        return data
 
     @classmethod
     def from_json(cls, data: Any, key_id: str) -> PoolRecord:
@@ -314,7 +364,8 @@ class PoolRecord:
         records.check_key(data["id"], key_id, records.JOB_ID, "the pool record")
         records.check_pool_members(data, "the pool record")
         return cls(id=data["id"], spec=JobSpec.from_json(data["spec"]), created_at=data.get("created_at") or 0.0,
-                   members=dict(data.get("members") or {}), owner=data.get("owner") or "")
+                   members=dict(data.get("members") or {}), owner=data.get("owner") or "", kind=data.get("kind") or POOL,
+                   max_running=data.get("max_running") or 0)
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), separators=(",", ":")).encode()
@@ -343,33 +394,3 @@ def pool_outcome(members: list[JobRecord]) -> tuple[str, JobRecord | None]:
         if not (m.state == EXITED and m.exit_code == 0):
             return m.state, m
     return EXITED, None
-
-
-@dataclass
-class NodeInfo:
-    """A node as registered under nodes/<name> (under its lease)."""
-
-    name: str
-    address: str
-    capacity: int
-    version: str = ""
-    started_at: float = 0.0
-    memory_bytes: int = 0  # memory offered to jobs (what -mem requests are fitted against)
-    max_pids: int = 0  # processes all its jobs may have together (0: a node that does not say)
-    cores: int = 0  # CPU cores (0: a node that does not say)
-    images: list[str] = field(default_factory=list)  # the images of its store, busybox (its rootfs) included
-    images_without_command: list[str] = field(default_factory=list)  # those of them with no Entrypoint or Cmd
-    subnet: str = ""  # its jobs' bridge subnet ("": it offers no -net bridge)
-    volume_roots: list[str] = field(default_factory=list)  # host directories volumes may come from
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes, key_name: str) -> NodeInfo:
-        """The node registered under nodes/<key_name> (or members/), every field checked
-        (records.py); RecordError. A newer node's extra fields are not ours to keep."""
-        data = records.typed(records.load_json(raw, "the node record"), records.NODE_INFO, ("name", "address", "capacity"),
-                             "the node record")
-        records.check_node_info(data, key_name, "the node record")
-        return cls(**_split_known(cls, data)[0])

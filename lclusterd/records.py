@@ -33,15 +33,17 @@ NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # holds these tables to the dataclasses' fields, so a field added there must be added here.
 JOB_SPEC = {"command": "str", "env": "dict", "memory_bytes": "i64?", "cpus": "num?", "pids": "i64?",
             "timeout": "num?", "stdin_data": "str?", "retries": "i32", "node": "str",
-            "image": "str", "net": "str", "publish": "list", "volumes": "list", "workdir": "str"}
+            "image": "str", "net": "str", "publish": "list", "volumes": "list", "workdir": "str", "after": "list"}
 JOB_RECORD = {"id": "str", "spec": "dict", "state": "str", "node": "str", "attempt": "i32", "created_at": "time?",
               "assigned_at": "time?", "started_at": "time?", "finished_at": "time?", "exit_code": "i32?", "signal": "i32?",
               "oom_killed": "bool", "error": "str", "host_pid": "i32?", "peak_memory_bytes": "i64?", "cpu_seconds": "num?",
               "kill_requested": "bool", "history": "list", "waiting": "str", "pool": "str", "owner": "str",
-              "output_dropped": "dict", "address": "str", "schema_version": "i32"}
+              "output_dropped": "dict", "address": "str", "array_index": "i32?", "array_limit": "i32",
+              "schema_version": "i32"}
 ATTEMPT = {"attempt": "i32", "node": "str", "assigned_at": "time?", "started_at": "time?", "ended_at": "time?",
            "state": "str", "reason": "str"}  # an entry of JobRecord.history
-POOL_RECORD = {"id": "str", "spec": "dict", "created_at": "time?", "members": "dict", "owner": "str", "schema_version": "i32"}
+POOL_RECORD = {"id": "str", "spec": "dict", "created_at": "time?", "members": "dict", "owner": "str", "kind": "str",
+               "max_running": "i32", "schema_version": "i32"}
 NODE_INFO = {"name": "str", "address": "str", "capacity": "i32", "version": "str", "started_at": "time",
              "memory_bytes": "i64", "max_pids": "i64", "cores": "i32", "images": "list",
              "images_without_command": "list", "subnet": "str", "volume_roots": "list"}
@@ -150,15 +152,40 @@ def check_job_record(data: dict[str, Any], what: str) -> None:
     address = data.get("address") or ""
     if address and not _ipv4(address):
         raise RecordError(f"{what} field 'address' holds {address[:40]!r}, not an IPv4 address")
+    if data.get("array_index") is not None and (data["array_index"] < 0 or not data.get("pool")):
+        raise RecordError(f"{what} field 'array_index' is negative or names no array")
+    if data.get("array_limit", 0) < 0:
+        raise RecordError(f"{what} field 'array_limit' is negative")
     dropped = str_map(data, "output_dropped", what, "i64")
     if any(count < 0 for count in dropped.values()):
         raise RecordError(f"{what} field 'output_dropped' holds a negative count")
 
 
+ARRAY_LABEL = re.compile(r"^(0|[1-9][0-9]{0,9})$")  # an array member's index in decimal
+
+
 def check_pool_members(data: dict[str, Any], what: str) -> None:
-    for node, job_id in str_map(data, "members", what).items():
-        _optional_name(node, NODE_NAME, what, "members", empty=False)
+    """Members of a pool (node -> job id) or of an array (kind "array": index -> job id)."""
+    kind = data.get("kind") or "pool"
+    if kind not in ("pool", "array"):
+        raise RecordError(f"{what} has the unknown kind {kind[:40]!r}")
+    if data.get("max_running", 0) < 0:
+        raise RecordError(f"{what} field 'max_running' is negative")
+    label = ARRAY_LABEL if kind == "array" else NODE_NAME
+    for name, job_id in str_map(data, "members", what).items():
+        if not label.match(name) or (kind == "array" and int(name) > 2**31 - 1):
+            raise RecordError(f"{what} field 'members' holds {name[:40]!r}, not a valid "
+                              f"{'array index' if kind == 'array' else 'node name'}")
         _optional_name(job_id, JOB_ID, what, "members", empty=False)
+
+
+def id_list(data: dict[str, Any], name: str, what: str) -> list[str]:
+    """data[name] (absent: []) when it is a list of job ids."""
+    ids = data.get(name) or []
+    for job_id in ids:
+        value_of(job_id, "str", f"{what} field {name!r}")
+        _optional_name(job_id, JOB_ID, what, name, empty=False)
+    return ids
 
 
 def check_node_info(data: dict[str, Any], key_name: str, what: str) -> None:

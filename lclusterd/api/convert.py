@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lclusterd.cluster.jobstates import StateChange
 from lclusterd.cluster.node import NodeView
-from lclusterd.model import ASSIGNED, EXITED, QUEUED, RUNNING, JobRecord, JobSpec, PoolRecord, pool_outcome
+from lclusterd.model import ARRAY, ASSIGNED, EXITED, QUEUED, RUNNING, JobRecord, JobSpec, PoolRecord, pool_outcome
 from lclusterd.rpc import lclusterd_pb2 as pb
 
 
@@ -24,13 +24,14 @@ def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
         publish=list(msg.publish),
         volumes=list(msg.volumes),
         workdir=msg.workdir,
+        after=[parent.strip().lower().replace("-", "") for parent in msg.after],
     )
 
 
 def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
     msg = pb.JobSpec(command=spec.command, env=spec.env, stdin=spec.stdin_data, retries=spec.retries, node=spec.node,
                      image=spec.image, net=spec.net, publish=spec.publish, volumes=spec.volumes,
-                     workdir=spec.workdir)
+                     workdir=spec.workdir, after=spec.after)
     if spec.memory_bytes is not None:
         msg.memory_bytes = spec.memory_bytes
     if spec.cpus is not None:
@@ -58,7 +59,8 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         host_pid=record.host_pid or 0,
         kill_requested=record.kill_requested,
         waiting=record.waiting,
-        pool=record.pool,
+        pool=record.pool if record.array_index is None else "",
+        array=record.pool if record.array_index is not None else "",
         owner=record.owner,
         address=record.address,
         stdout_dropped_bytes=record.output_dropped.get("stdout", 0),
@@ -76,17 +78,20 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         msg.peak_memory_bytes = record.peak_memory_bytes
     if record.cpu_seconds is not None:
         msg.cpu_seconds = record.cpu_seconds
+    if record.array_index is not None:
+        msg.array_index = record.array_index
     return msg
 
 
-def pool_to_proto(pool: PoolRecord, members: list[JobRecord]) -> pb.Job:
+def pool_to_proto(pool: PoolRecord, members: list[JobRecord], with_members: bool = True) -> pb.Job:
     """The pool as a Job: is_pool, its members in node order, and the state, times and outcome
     summed up from theirs (model.pool_outcome): the exit code, signal and error of a pool that
     did not succeed are those of the member that decided it."""
     state, decided = pool_outcome(members)
     ended = all(m.terminal for m in members)
     msg = pb.Job(id=pool.id, state=state, spec=spec_to_proto(pool.spec), created_at=pool.created_at or 0.0,
-                 is_pool=True, members=[job_to_proto(m) for m in members], owner=pool.owner,
+                 is_pool=not pool.is_array, is_array=pool.is_array, members=[job_to_proto(m) for m in members] if with_members else [],
+                 member_count=len(members), owner=pool.owner,
                  kill_requested=any(m.kill_requested for m in members if not m.terminal))
     msg.spec.stdin = b""
     assigned = [m.assigned_at for m in members if m.assigned_at]
@@ -104,9 +109,47 @@ def pool_to_proto(pool: PoolRecord, members: list[JobRecord]) -> pb.Job:
             msg.signal = decided.signal
         msg.oom_killed = decided.oom_killed
         code = f" with exit code {decided.exit_code}" if decided.state == EXITED and decided.exit_code is not None else ""
-        msg.error = (f"member {decided.id} on node {decided.node or decided.spec.node} ended {decided.state}{code}"
-                     + (f": {decided.error}" if decided.error else ""))
+        where = (f"(index {decided.array_index})" if decided.array_index is not None
+                 else f"on node {decided.node or decided.spec.node}")
+        msg.error = f"member {decided.id} {where} ended {decided.state}{code}" + (f": {decided.error}" if decided.error else "")
     return msg
+
+
+def list_rows(records: list[JobRecord], states: set[str], limit: int, expand_arrays: bool) -> list[pb.Job]:
+    """-list's rows, oldest first: a job each, and an array folded into one row (at its first
+    member's place, its state summed up from its members', member_count set) unless
+    `expand_arrays`; then only rows in `states` (when given), the newest `limit` (when > 0)."""
+    rows: list[JobRecord | list[JobRecord]] = []
+    arrays: dict[str, list[JobRecord]] = {}
+    for record in records:
+        if record.array_index is None or expand_arrays:
+            rows.append(record)
+            continue
+        members = arrays.get(record.pool)
+        if members is None:
+            members = arrays[record.pool] = []
+            rows.append(members)
+        members.append(record)
+    shown = []
+    for row in rows:
+        if isinstance(row, JobRecord):
+            if not states or row.state in states:
+                shown.append(row)
+            continue
+        state, _ = pool_outcome(row)
+        if not states or state in states:
+            shown.append(row)
+    shown = shown[-limit:] if limit > 0 else shown
+    return [job_to_proto(row) if isinstance(row, JobRecord) else _array_row(row) for row in shown]
+
+
+def _array_row(members: list[JobRecord]) -> pb.Job:
+    """An array as one -list row, from the members listed (its record is not read)."""
+    members.sort(key=lambda m: m.array_index)
+    first = members[0]
+    array = PoolRecord(id=first.pool, spec=first.spec.without_array_env(), created_at=first.created_at, owner=first.owner, kind=ARRAY,
+                       max_running=first.array_limit)
+    return pool_to_proto(array, members, with_members=False)
 
 
 def node_to_proto(view: NodeView) -> pb.Node:

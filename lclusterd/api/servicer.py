@@ -12,7 +12,8 @@ from typing import Callable, Iterator
 import grpc
 
 from lclusterd.api import access
-from lclusterd.api.convert import events_of, job_to_proto, node_to_proto, pool_to_proto, spec_from_proto
+from lclusterd.api.convert import (events_of, job_to_proto, list_rows, node_to_proto, pool_to_proto, spec_from_proto,
+                                   spec_to_proto)
 from lclusterd.api.errors import maps_errors, maps_stream_errors
 from lclusterd.api.identity import Authenticator
 from lclusterd.api.peers import Peers
@@ -25,7 +26,7 @@ from lclusterd.cluster.jobstates import FEED_LIMIT, JobStates
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.lookup import FoundJob, FoundPool, Lookup
 from lclusterd.cluster.node import NodeDirectory
-from lclusterd.errors import InvalidSpec, IsAPool, RecordError, TooBusy, WaitTimedOut, WebDisabled
+from lclusterd.errors import InvalidSpec, IsAPool, JobNotFound, RecordError, TooBusy, WaitTimedOut, WebDisabled
 from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
@@ -33,6 +34,10 @@ from lclusterd.rpc.metadata import PROXIED_KEY
 
 FOLLOW_TICK = 0.1  # how often a followed job's log files are read again
 WAIT_TICK = 1.0  # a waiter re-reads the record at least this often (in case a wake-up was missed)
+# ... and a group's members WAIT_TICK per this many of them, at most MAX_REREAD apart: re-reading a
+# 10,000-member array every second would be 79 etcd reads and 10,000 records decoded a second
+REREAD_PER = 64
+MAX_REREAD = 30.0
 EVENTS_TICK = 1.0  # an Events stream looks at least this often whether its client is still there
 # Wait and Logs(follow) hold a server thread each; past this many, they are refused at once
 # (RESOURCE_EXHAUSTED) so the threads left keep add/check/kill answering.
@@ -97,12 +102,43 @@ class JobsServicer(pb_grpc.JobsServicer):
     def Add(self, request: pb.AddRequest, context) -> pb.AddReply:
         caller = self.authenticator.identify(context)
         access.check_may_add(caller)
+        if request.batch:  # -add -: every spec admitted before any is written
+            if request.all_nodes or request.HasField("array"):
+                raise InvalidSpec("a batch is of single jobs: it cannot be a pool or an array as well")
+            specs = [spec_from_proto(s) for s in request.batch]
+            self._check_parents(caller, specs)
+            records = self.admission.add_batch(specs, caller.name)
+            return pb.AddReply(job=pb.Job(members=[job_to_proto(r) for r in records], member_count=len(records)))
         spec = spec_from_proto(request.spec)
+        self._check_parents(caller, [spec])
+        if request.HasField("array"):
+            if request.all_nodes:
+                raise InvalidSpec("an array runs its members wherever there is room: it cannot be a pool as well")
+            a = request.array
+            array, members = self.admission.add_array(spec, a.first, a.last, a.max_running, caller.name)
+            # the array as just queued, without a document per member (-check lists them)
+            queued = pb.Job(id=array.id, state=QUEUED, spec=spec_to_proto(array.spec), created_at=array.created_at,
+                            owner=array.owner, is_array=True, member_count=len(members))
+            queued.spec.stdin = b""  # (not echoed back, as for a job)
+            return pb.AddReply(id=array.id, job=queued)
         if request.all_nodes:  # a pool: one member per ready node
             pool, members = self.admission.add_pool(spec, caller.name)
             return pb.AddReply(id=pool.id, job=pool_to_proto(pool, members))
         record = self.admission.add(spec, caller.name)
         return pb.AddReply(id=record.id, job=job_to_proto(record))
+
+    def _check_parents(self, caller, specs) -> None:
+        """Every -after parent exists (a job, pool or array: JobNotFound otherwise, so no cycle
+        can be formed) and is the caller's to wait for."""
+        for spec in specs:
+            if spec.after:
+                spec.validate()  # (a malformed id is a bad request, not an unknown job)
+        for parent in dict.fromkeys(p for spec in specs for p in spec.after):
+            try:
+                found = self.lookup.resolve(parent)
+            except JobNotFound as exc:
+                raise JobNotFound(parent) if type(exc) is JobNotFound else exc from None
+            access.check_may_act(caller, _owner_of(found), "wait for", parent)
 
     @maps_errors
     def Check(self, request: pb.JobRef, context) -> pb.Job:
@@ -133,8 +169,10 @@ class JobsServicer(pb_grpc.JobsServicer):
             raise InvalidSpec(f"unknown state {unknown[0]!r}: expected one of {', '.join(STATES)}")
         if request.limit < 0:
             raise InvalidSpec(f"limit must not be negative, not {request.limit}")
-        records = self.jobs.list(states or None, request.limit, owner)
-        return pb.ListReply(jobs=[job_to_proto(r) for r in records])
+        if request.expand_arrays:
+            return pb.ListReply(jobs=[job_to_proto(r) for r in self.jobs.list(states or None, request.limit, owner)])
+        # an array's row sums up all its members: filtered and cut after folding
+        return pb.ListReply(jobs=list_rows(self.jobs.list(None, 0, owner), states, request.limit, False))
 
     @maps_errors
     def Nodes(self, request: pb.NodesRequest, context) -> pb.NodesReply:
@@ -170,7 +208,8 @@ class JobsServicer(pb_grpc.JobsServicer):
         if not proxied:
             access.check_may_act(caller, _owner_of(found), "see", job_id)
         if isinstance(found, FoundPool):
-            raise IsAPool(job_id, len(found.pool.members), f"read a member's logs (lclient -check {job_id} lists them)")
+            raise IsAPool(job_id, len(found.pool.members), f"read a member's logs (lclient -check {job_id} lists them)",
+                          found.pool.kind)
         record = found.record
         if record.node and record.node != self.node and not proxied:
             yield from self.peers.logs(record.node, request, context)
@@ -242,7 +281,8 @@ class JobsServicer(pb_grpc.JobsServicer):
         The jobs/ watch carries each new record (and JobEvents the newest it saw, so a job that
         changed since this node started needs no etcd read at all); `read` (records and mod
         revisions, from etcd) runs when the watch has not seen one of them, and at least every
-        WAIT_TICK, in case a wake-up was missed."""
+        WAIT_TICK (for a large group, less often: REREAD_PER), in case a wake-up was missed."""
+        reread = min(MAX_REREAD, WAIT_TICK * max(1, len(ids) // REREAD_PER))
         with self.events.subscribe_many(ids) as flags:
             watched = [self._from_watch(job_id, flag) for job_id, flag in zip(ids, flags)]
             if all(record is not None for record in watched):
@@ -251,7 +291,7 @@ class JobsServicer(pb_grpc.JobsServicer):
             else:
                 read_at = None
             while True:
-                if read_at is None or time.monotonic() - read_at >= WAIT_TICK:
+                if read_at is None or time.monotonic() - read_at >= reread:
                     found = read()
                     records, revisions = [r for r, _ in found], [rev for _, rev in found]
                     read_at = time.monotonic()
@@ -262,7 +302,7 @@ class JobsServicer(pb_grpc.JobsServicer):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     now = answer(records)
-                    raise WaitTimedOut(now.id, now.state, seconds, kind="pool" if now.is_pool else "job")
+                    raise WaitTimedOut(now.id, now.state, seconds, kind=_kind(now))
                 flags[0].wait(WAIT_TICK if remaining is None else min(WAIT_TICK, remaining))
                 flags[0].clear()
                 for i, flag in enumerate(flags):  # what the watch brought since
@@ -272,6 +312,10 @@ class JobsServicer(pb_grpc.JobsServicer):
                             read_at = None
                             break
                         records[i], revisions[i] = record, flag.revision
+
+
+def _kind(job: pb.Job) -> str:
+    return "pool" if job.is_pool else "array" if job.is_array else "job"
 
 
 def _owner_of(found: FoundJob | FoundPool) -> str:

@@ -20,7 +20,9 @@ import time
 from typing import Protocol
 
 from lclusterd import metrics
+from lclusterd import limits
 from lclusterd.cluster import decode
+from lclusterd.cluster.arrays import Arrays
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.pools import Pools
@@ -72,6 +74,7 @@ class Admission:
     def __init__(self, jobs: Jobs, me: NodeInfo, placer: Placer):
         self.jobs = jobs
         self.pools = Pools(jobs)
+        self.arrays = Arrays(jobs)
         self.store = jobs.store
         self.keys: Keys = jobs.keys
         self.me = me
@@ -87,7 +90,8 @@ class Admission:
     def _add(self, spec: JobSpec, owner: str) -> JobRecord:
         self.check(spec)
         record = JobRecord(id=new_job_id(), spec=spec, created_at=time.time(), owner=owner)
-        placement = self.placer.reserve(record.id, spec)
+        # a job with -after waits in the queue for its parents (the scheduler checks them)
+        placement = self.placer.reserve(record.id, spec) if not spec.after else None
         if placement is not None:
             revision = None
             try:
@@ -105,6 +109,34 @@ class Admission:
         pool, members = self.pools.add(spec, owner)
         metrics.job_submitted(len(members), time.perf_counter() - started)
         return pool, members
+
+    def add_array(self, spec: JobSpec, first: int, last: int, max_running: int, owner: str
+                  ) -> tuple[PoolRecord, list[str]]:
+        """Admit and write `owner`'s array: one member per index first..last (arrays.py); its
+        record and its member ids in index order."""
+        started = time.perf_counter()
+        limits.check_array(first, last, max_running)
+        self.check(spec)
+        array, members = self.arrays.add_array(spec, first, last, max_running, owner)
+        metrics.job_submitted(len(members), time.perf_counter() - started)
+        return array, members
+
+    def add_batch(self, specs: list[JobSpec], owner: str) -> list[JobRecord]:
+        """Admit every spec, then write them all (arrays.py); nothing is written when one is
+        refused (InvalidSpec naming its place in the batch)."""
+        started = time.perf_counter()
+        if not specs:
+            raise InvalidSpec("the batch is empty: no command to add")
+        if len(specs) > limits.MAX_BATCH:
+            raise InvalidSpec(f"the batch has {len(specs)} jobs, more than the limit of {limits.MAX_BATCH}")
+        for number, spec in enumerate(specs, 1):
+            try:
+                self.check(spec)
+            except InvalidSpec as exc:
+                raise InvalidSpec(f"job {number} of the batch: {exc}") from None
+        records = self.arrays.add_batch(specs, owner)
+        metrics.job_submitted(len(records), time.perf_counter() - started)
+        return records
 
     def check(self, spec: JobSpec) -> None:
         """InvalidSpec with the reason when the spec is malformed or no node could run it."""

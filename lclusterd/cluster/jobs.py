@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from lclusterd import metrics
@@ -22,6 +23,9 @@ from lclusterd.errors import JobFinished, JobNotFound
 from lclusterd.model import ASSIGNED, CANCELLED, QUEUED, JobRecord
 
 log = logging.getLogger(__name__)
+
+KILLS_PER_TXN = MAX_TXN_OPS // 3  # a queued job's cancel is 3 operations
+KILLS_IN_FLIGHT = 8
 
 
 @dataclass
@@ -85,6 +89,12 @@ class Jobs:
         new = replace(record, waiting=why)
         raw = new.to_bytes()
         return Change(new.id, revision, new, [Put(self.keys.job(new.id), raw), Put(self.keys.queue(new.id), raw)])
+
+    def cancel(self, record: JobRecord, revision: int, reason: str) -> Change:
+        """QUEUED -> CANCELLED with `reason` (a kill, or a parent of -after that failed)."""
+        new = record.moved_to(CANCELLED, error=reason, waiting="")
+        ops = [Put(self.keys.job(new.id), new.to_bytes()), Delete(self.keys.queue(new.id)), self.ended(new)]
+        return Change(new.id, revision, new, ops)
 
     # -- commit ------------------------------------------------------------------------------
     def commit(self, changes: list[Change], guard: list[Compare] = ()) -> dict[str, int | None]:
@@ -150,7 +160,9 @@ class Jobs:
         """Records oldest first, optionally only in `states` and only `owner`'s; the newest
         `limit` when given. Malformed records are left out (decode.py logs them)."""
         kvs, _ = self.store.get_prefix(self.keys.jobs_prefix)
-        records = [record for record, _ in decode.jobs_of(sorted(kvs, key=lambda kv: kv.create_revision))]
+        # (an array's members share a transaction, so a create revision: then by index)
+        found = sorted(decode.jobs_of(kvs), key=lambda pair: (pair[1].create_revision, pair[0].array_index or 0))
+        records = [record for record, _ in found]
         if states:
             records = [r for r in records if r.state in states]
         if owner is not None:
@@ -169,16 +181,49 @@ class Jobs:
                 raise JobFinished(job_id, record.state)
             guard = [ModIs(self.keys.job(job_id), revision)]
             if record.state == QUEUED:
-                new = record.moved_to(CANCELLED, error="cancelled by request before it started")
-                ops: list[Op] = [Put(self.keys.job(job_id), new.to_bytes()), Delete(self.keys.queue(job_id)), self.ended(new)]
+                change = self.cancel(record, revision, "cancelled by request before it started")
+                new, ops = change.record, change.ops
             else:  # ASSIGNED or RUNNING: the node owns the record now
                 new = replace(record, kill_requested=True)
-                ops = [Put(self.keys.kill(job_id), record.node.encode())]
+                ops: list[Op] = [Put(self.keys.kill(job_id), record.node.encode())]
             if self.store.txn(guard, ops).succeeded:
                 if new.terminal:
                     metrics.job_ended(new.state)
                 return new
             log.debug("kill %s: record changed under us, retrying", job_id)
+
+    def kill_many(self, found: list[tuple[JobRecord, int]]) -> list[JobRecord]:
+        """Kill (as `kill`) each job not ended of `found` (records with their mod revisions, as
+        read), in batched transactions: a pool's or an array's members. Those that changed since
+        they were read are killed one by one. Each job's record afterwards, in the order given."""
+        changes = [_kill_change(self, record, revision) for record, revision in found if not record.terminal]
+        results: dict[str, int | None] = {}
+        # several transactions in flight (etcd commits concurrent ones together): one after the
+        # other, the cancels of a 10,000-member array took 11 s on a loaded VM, near the call's 15
+        with ThreadPoolExecutor(KILLS_IN_FLIGHT) as pool:
+            for part in pool.map(self.commit, [changes[i:i + KILLS_PER_TXN] for i in range(0, len(changes), KILLS_PER_TXN)]):
+                results.update(part)
+        after = {c.job_id: c.record for c in changes if results.get(c.job_id) is not None}
+        done = []
+        for record, _ in found:
+            if record.terminal or record.id in after:
+                done.append(after.get(record.id, record))
+                continue
+            try:
+                done.append(self.kill(record.id))
+            except JobFinished:  # it ended just now
+                done.append(self.get(record.id)[0])
+            except JobNotFound:
+                done.append(record)
+        return done
+
+
+def _kill_change(jobs: Jobs, record: JobRecord, revision: int) -> Change:
+    """Jobs.kill's write for one job as a Change: a queued one cancelled, another's node asked."""
+    if record.state == QUEUED:
+        return jobs.cancel(record, revision, "cancelled by request before it started")
+    return Change(record.id, revision, replace(record, kill_requested=True),
+                  [Put(jobs.keys.kill(record.id), record.node.encode())])
 
 
 def _batches(changes: list[Change], guard_compares: int = 0, max_bytes: int = MAX_TXN_BYTES):

@@ -80,6 +80,40 @@ def _sizes(pool: PoolRecord, members: dict[str, JobRecord]) -> tuple[int, int]:
     return 2 * (len(member.to_bytes()) + 128), len(full.to_bytes()) + 128
 
 
+def write_chunk(store: Store, keys: Keys, group: PoolRecord | None, chunk: list[tuple[str, bytes]],
+                guards: list[Compare] = ()) -> bool:
+    """One transaction: the chunk's members (job id and encoded record each: jobs/ and queue/,
+    jobs/ absent), the group's record when given, and `guards` (a pool's: each member's node
+    still the registration read). False when a guard failed (the caller plans again). Also
+    used for arrays and batches (arrays.py)."""
+    compares: list[Compare] = [*guards]
+    ops: list[Op] = []
+    for job_id, raw in chunk:
+        compares.append(Absent(keys.job(job_id)))
+        ops += [Put(keys.job(job_id), raw), Put(keys.queue(job_id), raw)]
+    if group is not None:
+        compares.append(Absent(keys.pool(group.id)))
+        ops.append(Put(keys.pool(group.id), group.to_bytes()))
+    if store.txn(compares, ops).succeeded:
+        return True
+    # Whether a transaction whose guard failed had in fact been applied by an earlier try (its
+    # answer lost, the store retried it): its first key exists, and under a fresh uuid4 that can
+    # only be our own write (as in Jobs.add).
+    return store.get(keys.job(chunk[0][0]) if chunk else keys.pool(group.id)) is not None
+
+
+def cancel_written(jobs: Jobs, job_ids: list[str], group_id: str, kind: str = "pool") -> None:
+    """Cancel (or kill) the members of a group whose writing failed part way (best effort)."""
+    for job_id in job_ids:
+        try:
+            jobs.kill(job_id)
+        except (JobFinished, JobNotFound):
+            pass
+        except LclusterdError as exc:
+            log.warning("%s %s was not written; its member %s may still run as a job on its own: %s", kind, group_id,
+                        job_id, exc)
+
+
 class Pools:
     """Adds, reads and kills pools. Thread-safe (holds no state but the store)."""
 
@@ -126,8 +160,9 @@ class Pools:
         sizes = _sizes(pool, members)
         try:
             while True:
-                size = plan_chunks(len(left), MAX_TXN_OPS, *sizes)[0]
-                chunk, last = left[:size], size == len(left)
+                plan = plan_chunks(len(left), MAX_TXN_OPS, *sizes)
+                size = plan[0]
+                chunk, last = left[:size], len(plan) == 1  # (64 members: [64, 0], the pool record alone last)
                 if last:
                     pool.members = {node: members[node].id for node in written + chunk}
                 if self._write(pool if last else None, [members[n] for n in chunk], revisions):
@@ -151,35 +186,11 @@ class Pools:
         return pool, [members[node] for node in sorted(pool.members)]
 
     def _write(self, pool: PoolRecord | None, chunk: list[JobRecord], revisions: dict[str, int]) -> bool:
-        """One transaction: the chunk's members (and the pool record, when given). False when a
-        member's node is no longer the registration read (the caller plans again)."""
-        compares: list[Compare] = []
-        ops: list[Op] = []
-        for member in chunk:
-            raw = member.to_bytes()
-            compares += [Absent(self.keys.job(member.id)), ModIs(self.keys.node(member.spec.node), revisions[member.spec.node])]
-            ops += [Put(self.keys.job(member.id), raw), Put(self.keys.queue(member.id), raw)]
-        if pool is not None:
-            compares.append(Absent(self.keys.pool(pool.id)))
-            ops.append(Put(self.keys.pool(pool.id), pool.to_bytes()))
-        if self.store.txn(compares, ops).succeeded:
-            return True
-        return self._landed(pool, chunk)
-
-    def _landed(self, pool: PoolRecord | None, chunk: list[JobRecord]) -> bool:
-        """Whether a transaction whose guard failed had in fact been applied by an earlier try
-        (its answer lost, the store retried it): its first key exists, and under a fresh uuid4
-        that can only be our own write (as in Jobs.add)."""
-        return self.store.get(self.keys.job(chunk[0].id) if chunk else self.keys.pool(pool.id)) is not None
+        guards = [ModIs(self.keys.node(m.spec.node), revisions[m.spec.node]) for m in chunk]
+        return write_chunk(self.store, self.keys, pool, [(m.id, m.to_bytes()) for m in chunk], guards)
 
     def _cancel_written(self, job_ids: list[str], pool_id: str) -> None:
-        for job_id in job_ids:
-            try:
-                self.jobs.kill(job_id)
-            except (JobFinished, JobNotFound):
-                pass
-            except LclusterdError as exc:
-                log.warning("pool %s was not written; its member %s may still run as a job on its own: %s", pool_id, job_id, exc)
+        cancel_written(self.jobs, job_ids, pool_id)
 
     # -- reads -----------------------------------------------------------------------------
     def get(self, pool_id: str) -> PoolRecord | None:
@@ -197,10 +208,11 @@ class Pools:
         """Every member's record and mod revision, in node order. A member whose record is gone
         (deleted by hand), malformed or another pool's (a forged pool record that lists other
         jobs acts on none of them) stands in as LOST with revision 0, so the pool can still end."""
-        ids = pool.member_ids()
+        labels = pool.labels()
+        ids = [pool.members[label] for label in labels]
         found = self.store.get_many([self.keys.job(job_id) for job_id in ids])
         result = []
-        for node, job_id, kv in zip(sorted(pool.members), ids, found):
+        for label, job_id, kv in zip(labels, ids, found):
             try:
                 record = decode.job_kv(kv) if kv is not None else None
                 missing = "its record is missing from etcd"
@@ -209,8 +221,10 @@ class Pools:
             if record is not None and record.pool != pool.id:
                 record, missing = None, f"its record in etcd is not a member of pool {pool.id}"
             if record is None:
+                node = "" if pool.is_array else label
                 stand_in = JobRecord(id=job_id, spec=replace(pool.spec, node=node), state=LOST, node=node,
-                                     created_at=pool.created_at, pool=pool.id, error=missing)
+                                     created_at=pool.created_at, pool=pool.id, error=missing,
+                                     array_index=int(label) if pool.is_array else None)
                 result.append((stand_in, 0))
             else:
                 result.append((record, kv.mod_revision))
@@ -227,20 +241,10 @@ class Pools:
 
     # -- kill --------------------------------------------------------------------------------
     def kill(self, pool: PoolRecord) -> list[JobRecord]:
-        """Cancel each queued member, ask each assigned or running one's node to kill it; the
-        members afterwards. JobFinished when every member has already ended."""
-        members = [record for record, _ in self.members(pool)]
+        """Cancel each queued member, ask each assigned or running one's node to kill it, in
+        batched transactions; the members afterwards. JobFinished when every member has ended."""
+        found = self.members(pool)
+        members = [record for record, _ in found]
         if all(m.terminal for m in members):
-            raise JobFinished(pool.id, pool_outcome(members)[0], kind="pool")
-        result = []
-        for member in members:
-            if member.terminal:
-                result.append(member)
-                continue
-            try:
-                result.append(self.jobs.kill(member.id))
-            except JobFinished:  # it ended just now
-                result.append(self.jobs.get(member.id)[0])
-            except JobNotFound:
-                result.append(member)
-        return result
+            raise JobFinished(pool.id, pool_outcome(members)[0], kind=pool.kind)
+        return self.jobs.kill_many(found)  # (a stand-in is LOST: left alone)

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from lclusterd.cluster.dependencies import Parents, verdict
 from lclusterd.cluster.jobs import Change, Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Compare, Delete, ModIs
@@ -65,6 +66,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._prime_revision = 0
         self._linger = Linger(BATCH)  # under load, more assignments per transaction
+        self.parents = Parents(jobs)
         self.view = ClusterView(store, watches, keys, on_change=self._kick.set, policy=policy, prime=me)
 
     # -- life cycle ------------------------------------------------------------------------
@@ -154,19 +156,26 @@ class Scheduler:
         batch: list[Assignment] = []
         notes: list[WaitNote] = []
         view = self.view
+        full: set[str] = set()  # arrays found at their %K in this pass: their other members are passed over at once
         with view.lock:
             for job_id, entry in view.queue.items():
                 # while every ready node is full nothing can be placed (and scanning a long
                 # queue would only re-parse it); jobs no node could ever take get their note later
                 if view.free_slots() <= 0 or len(batch) >= BATCH:
                     break
-                if entry.skip:
+                if entry.skip or entry.limited in full:
                     continue
                 try:
                     record = entry.record()
                 except RecordError:  # not a record lclusterd wrote (logged once): never assign it
                     entry.skip = True
                     continue
+                if record.spec.after and not entry.parents_ok:
+                    continue  # waits for its -after parents (_check_parents)
+                entry.limited = limited = record.pool if record.array_limit else ""
+                if limited and view.at_limit(limited, record.array_limit):
+                    full.add(limited)
+                    continue  # its array has %K members assigned or running
                 memory = record.spec.memory_bytes or 0
                 avoid = [a.get("node", "") for a in record.history]
                 node, why = view.place(memory, record.spec.node, avoid, Needs.of(record.spec), record.spec.image)
@@ -175,7 +184,7 @@ class Scheduler:
                         notes.append(WaitNote(record, entry.revision, why))
                         entry.skip = True  # until the note's own event arrives
                     continue
-                view.reserve(job_id, Reservation(node, IN_FLIGHT, memory))
+                view.reserve(job_id, Reservation(node, IN_FLIGHT, memory, limited))
                 batch.append(Assignment(record, entry.revision, node))
         return batch, notes
 
@@ -227,12 +236,40 @@ class Scheduler:
             try:
                 if self.view.dead:
                     self._bury_dead()
+                self._check_parents()
             except StoreUnavailable as exc:
                 log.warning("scheduler: %s", exc)
                 self._stopped.wait(0.5)
                 self._kick.set()
                 continue
             self._assign_while_queued()
+
+    # -- dependencies (-after) -----------------------------------------------------------------
+    def _check_parents(self) -> None:
+        """For each queued job with -after parents not yet found done: read their states
+        (dependencies.py) and let it start (parents_ok), cancel it, or note what it waits for."""
+        view = self.view
+        with view.lock:  # (only the entries that may name parents: not the whole queue on every pass)
+            entries = [view.queue.get(job_id) for job_id in view.with_parents]
+            waiting = [(entry, entry.record()) for entry in entries
+                       if entry is not None and not entry.skip and not entry.parents_ok and _has_parents(entry)]
+        if not waiting:
+            return
+        states = self.parents.states(list(dict.fromkeys(p for _, record in waiting for p in record.spec.after)))
+        changes = []
+        for entry, record in waiting:
+            decided = verdict([states[p] for p in record.spec.after])
+            if decided.ready:
+                entry.parents_ok = True
+            elif decided.cancel:
+                changes.append(self.jobs.cancel(record, entry.revision, decided.cancel))
+            elif decided.waiting != record.waiting:
+                changes.append(self.jobs.note_waiting(record, entry.revision, decided.waiting))
+        if changes:
+            results = self.jobs.commit(changes, self._guard())
+            for change in changes:
+                if change.record.terminal and results.get(change.job_id) is not None:
+                    log.info("job %s: %s", change.job_id, change.record.error)
 
     def _assign_while_queued(self) -> None:
         while not self._stopped.is_set():
@@ -251,3 +288,10 @@ class Scheduler:
                 log.exception("scheduler: assigning failed")
                 self._stopped.wait(0.5)
                 return
+
+
+def _has_parents(entry) -> bool:
+    try:
+        return entry.has_parents()
+    except RecordError:  # logged once; the queue pass skips it too
+        return False

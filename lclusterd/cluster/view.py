@@ -42,10 +42,21 @@ class QueuedJob:
     again on every pass while other jobs are assigned). `skip`: the scheduler tried it at this
     revision and must not again until the entry changes (a new event makes a new entry)."""
 
-    __slots__ = ("key", "raw", "revision", "_record", "skip")
+    __slots__ = ("key", "raw", "revision", "_record", "skip", "parents_ok", "limited")
 
     def __init__(self, key: str, raw: bytes, revision: int):
         self.key, self.raw, self.revision, self._record, self.skip = key, raw, revision, None, False
+        self.parents_ok = False  # -after: the scheduler found every parent EXITED 0 (at this revision)
+        self.limited: str | None = None  # the array whose %K it counts against ("": none; None: not looked at)
+
+    def may_have_parents(self) -> bool:
+        """Whether the record may name -after parents: it has the key only when it has parents
+        (and a command's text could only hold the key escaped, so never this way)."""
+        return b'"after":' in self.raw
+
+    def has_parents(self) -> bool:
+        """Whether the job waits for -after parents (RecordError as `record`)."""
+        return self.may_have_parents() and bool(self.record().spec.after)
 
     def record(self) -> JobRecord:
         """The QUEUED record; RecordError (logged once) when the entry is not a valid record of
@@ -63,6 +74,7 @@ class Reservation:
     node: str
     revision: int
     memory: int
+    limited: str = ""  # the array it counts against, when that has a %K limit
 
 
 class ClusterView:
@@ -79,10 +91,14 @@ class ClusterView:
 
     def reset(self) -> None:
         self.queue: OrderedDict[str, QueuedJob] = OrderedDict()
+        self.with_parents: set[str] = set()  # queued jobs that may name -after parents (the scheduler's to check)
         self.nodes: dict[str, NodeInfo] = {}  # live (registered) nodes
         self.draining: set[str] = set()
         self.assigned: dict[str, dict[str, int]] = {}  # node -> {job id: requested memory} with an assign key
         self.reservations: dict[str, Reservation] = {}  # job id -> room held, not seen by the assign watch yet
+        # arrays with a %K limit -> their members assigned, running or reserved (job ids)
+        self.limited: dict[str, set[str]] = {}
+        self._limited_assigned: dict[str, str] = {}  # job id -> its limited array, for the assignments
         self.assign_revision = 0  # last revision the assign watch delivered
         self.dead: dict[str, int] = {}  # node -> revision at which it was seen gone; to bury
         self.ready = False  # loaded and followed: add-time placement may use it
@@ -118,6 +134,7 @@ class ClusterView:
         with self.lock:
             self.queue = OrderedDict((Keys.last(kv.key), QueuedJob(kv.key, kv.value, kv.mod_revision))
                                      for kv in sorted(kvs, key=lambda kv: kv.create_revision))
+            self.with_parents = {job_id for job_id, entry in self.queue.items() if entry.may_have_parents()}
         self.on_change()
         return revision
 
@@ -148,11 +165,15 @@ class ClusterView:
         kvs, revision = self.store.get_prefix(self.keys.assign_all_prefix)
         with self.lock:
             self.assigned = {}
+            self._limited_assigned = {}
             for kv in kvs:
                 node, job_id = self.keys.assign_parts(kv.key)
-                self.assigned.setdefault(node, {})[job_id] = JobRecord.requested_memory(kv.value)
+                self.assigned.setdefault(node, {})[job_id], limited = JobRecord.assignment_facts(kv.value)
+                if limited:
+                    self._limited_assigned[job_id] = limited
             self.assign_revision = revision
             self.reservations = {i: r for i, r in self.reservations.items() if r.revision > revision}
+            self._recount_limited()
             self.index.recount(self._totals())
         self.on_change()
         return revision
@@ -172,9 +193,12 @@ class ClusterView:
             for event in events:
                 job_id = Keys.last(event.key)
                 if event.kind == "put":
-                    self.queue[job_id] = QueuedJob(event.key, event.value, event.mod_revision)
+                    self.queue[job_id] = entry = QueuedJob(event.key, event.value, event.mod_revision)
+                    if entry.may_have_parents():
+                        self.with_parents.add(job_id)
                 else:
                     self.queue.pop(job_id, None)
+                    self.with_parents.discard(job_id)
         self.on_change()
 
     def _node_events(self, events: list[Event]) -> None:
@@ -212,8 +236,14 @@ class ClusterView:
         before = jobs.pop(job_id, None) if jobs is not None else None
         jobs_delta, memory_delta = (0, 0) if before is None else (-1, -before)
         if event.kind == "put":
-            self.assigned.setdefault(node, {})[job_id] = memory = JobRecord.requested_memory(event.value)
+            memory, limited = JobRecord.assignment_facts(event.value)
+            self.assigned.setdefault(node, {})[job_id] = memory
             jobs_delta, memory_delta = jobs_delta + 1, memory_delta + memory
+            if limited:
+                self._limited_assigned[job_id] = limited
+                self.limited.setdefault(limited, set()).add(job_id)
+        else:
+            self._uncount_limited(job_id, self._limited_assigned.pop(job_id, ""))
         reservation = self.reservations.pop(job_id, None)
         if reservation is not None and reservation.node != node:
             self.index.use(reservation.node, -1, -reservation.memory)
@@ -259,6 +289,27 @@ class ClusterView:
             self.index.use(before.node, -1, -before.memory)
         self.reservations[job_id] = reservation
         self.index.use(reservation.node, 1, reservation.memory)
+        if reservation.limited:
+            self.limited.setdefault(reservation.limited, set()).add(job_id)
+
+    def at_limit(self, array: str, limit: int) -> bool:
+        """Whether `limit` members of `array` are already assigned, running or reserved."""
+        return len(self.limited.get(array, ())) >= limit
+
+    def _uncount_limited(self, job_id: str, array: str) -> None:
+        members = self.limited.get(array)
+        if members is not None:
+            members.discard(job_id)
+            if not members:
+                del self.limited[array]
+
+    def _recount_limited(self) -> None:
+        self.limited = {}
+        for job_id, array in self._limited_assigned.items():
+            self.limited.setdefault(array, set()).add(job_id)
+        for job_id, reservation in self.reservations.items():
+            if reservation.limited:
+                self.limited.setdefault(reservation.limited, set()).add(job_id)
 
     def settle(self, job_id: str, revision: int | None) -> None:
         """A reservation's transaction returned: written at `revision`, or not (None: the room
@@ -271,6 +322,8 @@ class ClusterView:
         else:
             del self.reservations[job_id]
             self.index.use(reservation.node, -1, -reservation.memory)
+            if job_id not in self._limited_assigned:
+                self._uncount_limited(job_id, reservation.limited)
 
     def skip_until_changed(self, job_id: str, revision: int) -> None:
         """Leave the queue entry of `job_id` alone while it is still at `revision`."""
@@ -284,6 +337,7 @@ class ClusterView:
         entry = self.queue.get(job_id)
         if entry is not None and entry.revision == revision:
             del self.queue[job_id]
+            self.with_parents.discard(job_id)
 
     def buried(self, node: str, gone_at: int) -> None:
         if self.dead.get(node) == gone_at:

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("command", "env", "memory_bytes", "cpus", "pids", "timeout_seconds", "stdin", "retries", "node", "image", "net", "publish", "volumes", "workdir")
+    __slots__ = ("command", "env", "memory_bytes", "cpus", "pids", "timeout_seconds", "stdin", "retries", "node", "image", "net", "publish", "volumes", "workdir", "after")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class JobSpec(_message.Message):
     PUBLISH_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     command: str
     env: _containers.ScalarMap[str, str]
     memory_bytes: int
@@ -44,15 +45,30 @@ class JobSpec(_message.Message):
     publish: _containers.RepeatedScalarFieldContainer[str]
     volumes: _containers.RepeatedScalarFieldContainer[str]
     workdir: str
-    def __init__(self, command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., stdin: _Optional[bytes] = ..., retries: _Optional[int] = ..., node: _Optional[str] = ..., image: _Optional[str] = ..., net: _Optional[str] = ..., publish: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ...) -> None: ...
+    after: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., stdin: _Optional[bytes] = ..., retries: _Optional[int] = ..., node: _Optional[str] = ..., image: _Optional[str] = ..., net: _Optional[str] = ..., publish: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddRequest(_message.Message):
-    __slots__ = ("spec", "all_nodes")
+    __slots__ = ("spec", "all_nodes", "batch", "array")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ALL_NODES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
     all_nodes: bool
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., all_nodes: _Optional[bool] = ...) -> None: ...
+    batch: _containers.RepeatedCompositeFieldContainer[JobSpec]
+    array: ArraySpec
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., all_nodes: _Optional[bool] = ..., batch: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ..., array: _Optional[_Union[ArraySpec, _Mapping]] = ...) -> None: ...
+
+class ArraySpec(_message.Message):
+    __slots__ = ("first", "last", "max_running")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    first: int
+    last: int
+    max_running: int
+    def __init__(self, first: _Optional[int] = ..., last: _Optional[int] = ..., max_running: _Optional[int] = ...) -> None: ...
 
 class AddReply(_message.Message):
     __slots__ = ("id", "job")
@@ -69,7 +85,7 @@ class JobRef(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "spec", "node", "attempt", "created_at", "assigned_at", "started_at", "finished_at", "exit_code", "signal", "oom_killed", "error", "host_pid", "peak_memory_bytes", "cpu_seconds", "kill_requested", "attempts", "waiting", "pool", "is_pool", "members", "stdout_dropped_bytes", "stderr_dropped_bytes", "owner", "address")
+    __slots__ = ("id", "state", "spec", "node", "attempt", "created_at", "assigned_at", "started_at", "finished_at", "exit_code", "signal", "oom_killed", "error", "host_pid", "peak_memory_bytes", "cpu_seconds", "kill_requested", "attempts", "waiting", "pool", "is_pool", "members", "stdout_dropped_bytes", "stderr_dropped_bytes", "owner", "address", "array", "array_index", "is_array", "member_count")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +112,10 @@ class Job(_message.Message):
     STDERR_DROPPED_BYTES_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    IS_ARRAY_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_COUNT_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     spec: JobSpec
@@ -122,7 +142,11 @@ class Job(_message.Message):
     stderr_dropped_bytes: int
     owner: str
     address: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[float] = ..., assigned_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., host_pid: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., kill_requested: _Optional[bool] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., waiting: _Optional[str] = ..., pool: _Optional[str] = ..., is_pool: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., stdout_dropped_bytes: _Optional[int] = ..., stderr_dropped_bytes: _Optional[int] = ..., owner: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    array: str
+    array_index: int
+    is_array: bool
+    member_count: int
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[float] = ..., assigned_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., host_pid: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., kill_requested: _Optional[bool] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., waiting: _Optional[str] = ..., pool: _Optional[str] = ..., is_pool: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., stdout_dropped_bytes: _Optional[int] = ..., stderr_dropped_bytes: _Optional[int] = ..., owner: _Optional[str] = ..., address: _Optional[str] = ..., array: _Optional[str] = ..., array_index: _Optional[int] = ..., is_array: _Optional[bool] = ..., member_count: _Optional[int] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("attempt", "node", "assigned_at", "started_at", "ended_at", "state", "reason")
@@ -143,12 +167,14 @@ class Attempt(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., node: _Optional[str] = ..., assigned_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListRequest(_message.Message):
-    __slots__ = ("states", "limit")
+    __slots__ = ("states", "limit", "expand_arrays")
     STATES_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    EXPAND_ARRAYS_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[str]
     limit: int
-    def __init__(self, states: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ...) -> None: ...
+    expand_arrays: bool
+    def __init__(self, states: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ..., expand_arrays: _Optional[bool] = ...) -> None: ...
 
 class ListReply(_message.Message):
     __slots__ = ("jobs",)

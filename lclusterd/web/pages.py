@@ -42,7 +42,7 @@ def index():
 @blueprint.get("/jobs/<job_id>")
 def job(job_id: str):
     found = web().calls.job(g.caller, job_id)
-    rows = pool_rows(found) if found.is_pool else job_rows(found)
+    rows = pool_rows(found) if found.is_pool or found.is_array else job_rows(found)
     attempts = attempts_json(found) if found.attempts else []
     return render_template("job.html", job=found, rows=rows, attempts=attempts, ended=found.state in TERMINAL, **_helpers())
 

@@ -31,8 +31,10 @@ class FakeClient:
         if self.fail:
             raise self.fail
 
-    def add(self, spec, all_nodes=False):
-        self._record("add", spec, all_nodes)
+    def add(self, spec, all_nodes=False, array=None):
+        self._record("add", spec, all_nodes, *([array] if array is not None else []))
+        if array is not None:
+            return pb.AddReply(id=POOL, job=pb.Job(id=POOL, state="QUEUED", spec=spec, is_array=True))
         if all_nodes:
             return pb.AddReply(id=POOL, job=pb.Job(id=POOL, state="QUEUED", spec=spec, is_pool=True))
         return pb.AddReply(id=JOB, job=pb.Job(id=JOB, state="QUEUED", spec=spec))
@@ -47,8 +49,12 @@ class FakeClient:
             return self.job
         return pb.Job(id=job_id, state="RUNNING", kill_requested=True)
 
-    def list(self, states=None, limit=0):
-        self._record("list", states, limit)
+    def add_batch(self, specs):
+        self._record("add_batch", specs)
+        return [pb.Job(id=f"{i:032x}", state="QUEUED", spec=spec) for i, spec in enumerate(specs, 1)]
+
+    def list(self, states=None, limit=0, expand_arrays=False):
+        self._record("list", states, limit, *([True] if expand_arrays else []))
         return [self.job]
 
     def nodes(self):
