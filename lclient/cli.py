@@ -25,9 +25,11 @@ from lclient import errors
 from lclient.client import SERVER_ENV, TLS_DIR_ENV, USER_ENV, JobsClient, Target
 from lclient.format import (dumps, event_json, event_text, job_json, job_text, jobs_table, members_table, node_json,
                             nodes_table, outcome)
+from lclient.lazy import LazyModule
 from lclient.units import parse_count, parse_cpus, parse_duration, parse_memory
-from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.states import STATES
+
+pb = LazyModule("lclusterd.rpc.lclusterd_pb2")  # protobuf only when a request is built (not for -h)
 
 ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain", "-web", "-events")
 _WAIT_FOR_ADDED = "\0added"  # -wait given with no uuid: wait for the job this call adds

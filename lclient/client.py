@@ -7,18 +7,19 @@ local node's Unix socket when this user can use it, else 127.0.0.1:64051. Over T
 
 from __future__ import annotations
 
-import getpass
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
-import grpc
-
 from lclient import errors
-from lclusterd.rpc import lclusterd_pb2 as pb
-from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
+from lclient.lazy import LazyModule
 from lclusterd.rpc.metadata import CALL_TIMEOUT, ERROR_METADATA_KEY
+
+# Loaded when the first client is made (lclient's -h and usage errors never need them; they
+# cost several times the interpreter's start, see README "lclient's start-up").
+grpc = LazyModule("grpc")
+pb = LazyModule("lclusterd.rpc.lclusterd_pb2")
+pb_grpc = LazyModule("lclusterd.rpc.lclusterd_pb2_grpc")
 
 LOCAL_SOCKET = "/var/lib/lclusterd/lclusterd.sock"  # the node's, under its default --state-dir
 DEFAULT_TCP = "127.0.0.1:64051"
@@ -75,6 +76,9 @@ def channel_for(target: Target) -> grpc.Channel:
 
 
 def _credentials(target: Target) -> grpc.ChannelCredentials:
+    import getpass
+    from pathlib import Path
+
     directory, user = Path(target.tls_dir), target.user or getpass.getuser()
     files = [directory / "ca.pem", directory / f"{user}.pem", directory / f"{user}-key.pem"]
     try:

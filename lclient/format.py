@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import signal as signals
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lclient.units import format_size
-from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.states import TERMINAL
+
+if TYPE_CHECKING:  # the messages' types only: formatting reads fields and never builds one
+    from lclusterd.rpc import lclusterd_pb2 as pb
 
 SCHEMA_VERSION = 1
 
