@@ -16,7 +16,6 @@ state changes as they happen). One action per call; each error is one line on st
 from __future__ import annotations
 
 import sys
-import traceback
 from typing import Callable
 
 import click
@@ -113,7 +112,7 @@ def cli(ctx: click.Context, **o) -> int:
     Exit status: 0 ok (-wait: the job's own status, 128+N for signal N); 1 job failed or not
     found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 4 refused (who you are,
     or not yours to do); 124 -wait timed out."""
-    factory: ClientFactory = ctx.obj or JobsClient
+    factory: ClientFactory = ctx.obj or _one_shot_client
     keys = ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain", "web", "events")
     chosen = [name for name, key in zip(ACTIONS, keys)
               if o[key] not in (None, False)]
@@ -132,6 +131,11 @@ def cli(ctx: click.Context, **o) -> int:
         return HANDLERS[action](client, o)
     finally:
         client.close()
+
+
+def _one_shot_client(target: Target) -> JobsClient:
+    """lclient makes a call or two and exits: calls without gRPC where they can be (client.py)."""
+    return JobsClient(target, one_shot=True)
 
 
 def _check(client: JobsClient, o: dict) -> int:
@@ -358,6 +362,8 @@ def run(argv: list[str], client_factory: ClientFactory | None = None) -> int:
         return errors.EXIT_OK
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback (unless -debug)
         if debug:
+            import traceback
+
             traceback.print_exc()
         click.echo(f"lclient: internal error: {type(exc).__name__}: {exc}", err=True)
         return errors.EXIT_JOB
