@@ -49,25 +49,31 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    """Milliseconds from spawn to exit; a failed command stops the benchmark (its row would lie)."""
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU (user + system) milliseconds of one run, spawn to exit; a failed command
+    stops the benchmark (its row would lie)."""
     start = time.perf_counter()
-    result = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
     elapsed = (time.perf_counter() - start) * 1000
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit {result.returncode}: {result.stderr.decode(errors='replace')[-500:]}")
-    return elapsed
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {process.returncode}")
+    return elapsed, (usage.ru_utime + usage.ru_stime) * 1000
 
 
-def round_robin(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, list[float]]:
+Times = dict[str, list[tuple[float, float]]]
+
+
+def round_robin(commands: dict[str, list[str]], env: dict[str, str], runs: int) -> Times:
     """Each command once per round, `runs` rounds (after one warm-up round for the page cache)."""
-    times: dict[str, list[float]] = {name: [] for name in commands}
+    times: Times = {name: [] for name in commands}
     for round_ in range(runs + 1):
         for name, argv in commands.items():
-            elapsed = timed(argv, env)
+            measured = timed(argv, env)
             if round_:
-                times[name].append(elapsed)
+                times[name].append(measured)
     return times
 
 
@@ -84,7 +90,7 @@ def parallel_rate(command: str, jobs: int, shells: int, env: dict[str, str]) -> 
     return jobs / elapsed
 
 
-def lclient_rows(work: Path, args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, float]]:
+def lclient_rows(work: Path, args: argparse.Namespace) -> tuple[Times, dict[str, float]]:
     etcd = EtcdProcess(work)
     etcd.start()
     node = NodeProcess(work / "node", etcd.endpoint, "/bench-client", "bench-client",
@@ -120,7 +126,7 @@ def lclient_rows(work: Path, args: argparse.Namespace) -> tuple[dict[str, list[f
         etcd.stop()
 
 
-def slurm_rows(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, float]] | str:
+def slurm_rows(args: argparse.Namespace) -> tuple[Times, dict[str, float]] | str:
     try:
         with one_node_slurm(STATE_PARENT) as slurm:
             if slurm is None:
@@ -138,15 +144,21 @@ def slurm_rows(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[s
         return "failed (see stderr)"
 
 
-def print_table(title: str, times: dict[str, list[float]], rates: dict[str, float]) -> None:
-    base = statistics.median(times["python3 -c pass (Debian)"])
+def print_table(title: str, times: Times, rates: dict[str, float]) -> None:
+    """Median and p90 of wall time, the median's ratio to python3 -c pass, and the median CPU
+    time (user + system) with its ratio: on a busy machine wall time waits for the CPU, and
+    the CPU ratio shows what the command itself costs."""
+    base = statistics.median(w for w, _ in times["python3 -c pass (Debian)"])
+    base_cpu = statistics.median(c for _, c in times["python3 -c pass (Debian)"])
     width = max(len(name) for name in [*times, *rates])
     print(title)
-    print(f"{'command':<{width}}  {'median ms':>9}  {'p90 ms':>7}  {'x python3':>9}  target")
+    print(f"{'command':<{width}}  {'median ms':>9}  {'p90 ms':>7}  {'x python3':>9}  {'CPU ms':>6}  {'x python3':>9}  target")
     for name, values in times.items():
-        median = statistics.median(values)
+        wall, cpu = [w for w, _ in values], [c for _, c in values]
+        median, median_cpu = statistics.median(wall), statistics.median(cpu)
         target = f"<= {TARGET_RATIO:g}x" if ("-check" in name or "-add" in name) and "launcher" in name else ""
-        print(f"{name:<{width}}  {median:9.1f}  {pct(values, 90):7.1f}  {median / base:8.2f}x  {target}")
+        print(f"{name:<{width}}  {median:9.1f}  {pct(wall, 90):7.1f}  {median / base:8.2f}x  {median_cpu:6.1f}  "
+              f"{median_cpu / base_cpu:8.2f}x  {target}")
     for name, rate in rates.items():
         print(f"{name:<{width}}  {rate:9.1f} /s")
 
