@@ -96,6 +96,25 @@ def full_read(endpoint: str) -> str:
         store.close()
 
 
+def etcd_reads(endpoint: str, runs: int = 10) -> str:
+    """Where a -list -limit 20 goes: etcd's answer for the newest 256 records by creation
+    revision (etcd sorts the whole prefix for it) against 256 records in key order (no sort)."""
+    store, keys = Store(endpoint, timeout=60), Keys(PREFIX)
+    prefix = keys.jobs_prefix
+    try:
+        sorted_ms, plain_ms = [], []
+        for _ in range(runs):
+            started = time.perf_counter()
+            store.get_newest(prefix, 256)
+            sorted_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            store.get_range(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), 256)
+            plain_ms.append((time.perf_counter() - started) * 1000)
+        return f"newest 256 by creation {statistics.median(sorted_ms):.0f} ms, 256 by key {statistics.median(plain_ms):.0f} ms"
+    finally:
+        store.close()
+
+
 def db_size(etcd: EtcdProcess) -> tuple[int, int]:
     """etcd's database file size and the part of it in use (bytes)."""
     out = subprocess.run(["etcdctl", "--endpoints", etcd.endpoint, "endpoint", "status", "-w", "json"],
@@ -154,6 +173,7 @@ def main() -> int:
         seconds, job = fill(etcd.endpoint, args.jobs)
         after, in_use = db_size(etcd)
         whole = full_read(etcd.endpoint)
+        reads = etcd_reads(etcd.endpoint)
         node, start_seconds = start_node(work, etcd)
         large = measure(node, launcher, job, args.runs)
         large_memory = memory_mb(node.process.pid)
@@ -169,6 +189,7 @@ def main() -> int:
             (f"daemon RSS / peak, {args.jobs} ended jobs (MB)", f"{large_memory[0]:.0f} / {large_memory[1]:.0f}", "< 150"),
             (f"node start on {args.jobs} ended jobs (s)", f"{start_seconds:.1f}", "-"),
             ("the whole jobs/ prefix read and decoded (the old -list -limit)", whole, "-"),
+            ("etcd range reads of jobs/ (p50, from this process)", reads, "-"),
             ("etcd db size per 1,000 jobs (KB)", f"{(after - before) / args.jobs:.0f} (file {after / 2**20:.0f} MB, "
              f"in use {in_use / 2**20:.0f} MB)", "-"),
             (f"writing the history ({BATCH} jobs per txn)", f"{args.jobs / seconds:.0f} jobs/s", "-"),

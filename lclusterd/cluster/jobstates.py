@@ -142,31 +142,29 @@ class JobStates:
                 self._set(Keys.last(event.key), data, now, event.key, event.mod_revision)
 
     def _reload(self) -> int:
-        """Read jobs/ afresh: the tally becomes what etcd holds; listeners get what changed."""
-        found, revision = self._read_all()
-        now = time.time()
-        with self._lock:
-            for job_id in [job_id for job_id in self._jobs if job_id not in found]:
-                self._set(job_id, None, now)
-            for job_id, (key, mod_revision, data) in found.items():
-                self._set(job_id, data, now, key, mod_revision)
-        return revision
-
-    def _read_all(self) -> tuple[dict[str, tuple[str, int, dict[str, Any] | None]], int]:
-        """Every job's state and node, read in pages of RELOAD_PAGE records at one revision:
-        one read of a long history would outgrow etcd's answer limits and this node's memory
-        (only the state and node of each page's records are kept)."""
+        """Read jobs/ afresh: the tally becomes what etcd holds; listeners get what changed.
+        In pages of RELOAD_PAGE records at one revision, each folded in as it arrives: one read
+        of a long history outgrows etcd's deadline, and holding every decoded record at once
+        costs this node hundreds of MB it never gives back."""
         prefix = self._keys.jobs_prefix
         start, end = prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        found: dict[str, tuple[str, int, dict[str, Any] | None]] = {}
+        seen: set[str] = set()
         revision = 0
         while True:
             kvs, revision = self._store.get_range(start, end, RELOAD_PAGE, revision)
-            for kv in kvs:
-                found[Keys.last(kv.key)] = (kv.key, kv.mod_revision, self._decoded(kv.key, kv.value, kv.mod_revision))
+            now = time.time()
+            with self._lock:
+                for kv in kvs:
+                    job_id = Keys.last(kv.key)
+                    seen.add(job_id)
+                    self._set(job_id, self._decoded(kv.key, kv.value, kv.mod_revision), now, kv.key, kv.mod_revision)
             if len(kvs) < RELOAD_PAGE:
-                return found, revision
+                break
             start = kvs[-1].key + "\0"
+        with self._lock:
+            for job_id in [job_id for job_id in self._jobs if job_id not in seen]:
+                self._set(job_id, None, time.time())
+        return revision
 
     @staticmethod
     def _decoded(key: str, raw: bytes, revision: int) -> dict[str, Any] | None:
