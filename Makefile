@@ -100,10 +100,16 @@ users:
 		--home-dir /nonexistent --shell /usr/sbin/nologin lclusterd
 	@for f in /etc/subuid /etc/subgid; do grep -q '^lclusterd:' $$f 2>/dev/null || echo '$(SUBID_RANGE)' >> $$f; done
 
-links: $(STAMPS)/venv
-	@for tool in lclusterd lclient; do \
-		[ "$$(readlink $(BINDIR)/$$tool)" = "$(VENV)/bin/$$tool" ] || ln -sfn $(VENV)/bin/$$tool $(BINDIR)/$$tool; \
-	done
+# lclient on PATH is a launcher that starts python without site (tools/launcher.py says why:
+# the venv's console script pays for the editable install's finder at every start).
+LCLIENT_LAUNCHER := $(VENV)/launch/lclient
+$(LCLIENT_LAUNCHER): tools/launcher.py $(STAMPS)/venv
+	@mkdir -p $(dir $@)
+	$(PY) tools/launcher.py $@
+
+links: $(STAMPS)/venv $(LCLIENT_LAUNCHER)
+	@[ "$$(readlink $(BINDIR)/lclusterd)" = "$(VENV)/bin/lclusterd" ] || ln -sfn $(VENV)/bin/lclusterd $(BINDIR)/lclusterd
+	@[ "$$(readlink $(BINDIR)/lclient)" = "$(LCLIENT_LAUNCHER)" ] || ln -sfn $(LCLIENT_LAUNCHER) $(BINDIR)/lclient
 
 run: prep
 	$(VENV)/bin/lclusterd --rootfs $(ROOTFS_DIR)

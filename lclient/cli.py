@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import sys
-import traceback
 from typing import Callable
 
 import click
@@ -25,9 +24,12 @@ from lclient import errors
 from lclient.client import SERVER_ENV, TLS_DIR_ENV, USER_ENV, JobsClient, Target
 from lclient.format import (dumps, event_json, event_text, image_json, image_rows, images_table, job_json, job_text,
                             jobs_table, members_table, node_json, nodes_table, outcome)
-from lclient.units import parse_array, parse_count, parse_cpus, parse_duration, parse_memory
-from lclusterd.rpc import lclusterd_pb2 as pb
+from lclient.lazy import LazyModule
+from lclient.specs import check_utf8, job_spec, parse_value
+from lclient.units import parse_array, parse_count, parse_duration
 from lclusterd.states import STATES
+
+pb = LazyModule("lclusterd.rpc.lclusterd_pb2")  # protobuf only when a request is built (not for -h)
 
 ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain", "-web", "-events",
            "-images")
@@ -133,7 +135,7 @@ def cli(ctx: click.Context, **o) -> int:
     Exit status: 0 ok (-wait: the job's own status, 128+N for signal N); 1 job failed or not
     found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 4 refused (who you are,
     or not yours to do); 124 -wait timed out."""
-    factory: ClientFactory = ctx.obj or JobsClient
+    factory: ClientFactory = ctx.obj or _one_shot_client
     keys = ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain", "web", "events", "images")
     chosen = [name for name, key in zip(ACTIONS, keys)
               if o[key] not in (None, False)]
@@ -146,12 +148,17 @@ def cli(ctx: click.Context, **o) -> int:
         raise click.UsageError("-wait needs a job uuid (or -add CMD)")
     action = chosen[0]
     _check_applicable(action, o)
-    _check_utf8(o)
+    check_utf8(o)
     client = factory(Target.choose(o["server"], o["tls_dir"], o["user"]))
     try:
         return HANDLERS[action](client, o)
     finally:
         client.close()
+
+
+def _one_shot_client(target: Target) -> JobsClient:
+    """lclient makes a call or two and exits: calls without gRPC where they can be (client.py)."""
+    return JobsClient(target, one_shot=True)
 
 
 def _check(client: JobsClient, o: dict) -> int:
@@ -170,7 +177,7 @@ def _kill(client: JobsClient, o: dict) -> int:
 
 
 def _list(client: JobsClient, o: dict) -> int:
-    limit = _parse("-limit", o["limit"], lambda t: parse_count(t, 0))
+    limit = parse_value("-limit", o["limit"], lambda t: parse_count(t, 0))
     jobs = client.list([s.upper() for s in o["states"]], limit, o["expand"])
     if o["as_json"]:
         for job in jobs:
@@ -216,7 +223,7 @@ def _events(client: JobsClient, o: dict) -> int:
 def _wait_action(client: JobsClient, o: dict) -> int:
     if o["follow"]:
         return _follow_then_wait(client, o["wait"])
-    timeout = _parse("-timeout", o["timeout"], parse_duration) if o["timeout"] else None
+    timeout = parse_value("-timeout", o["timeout"], parse_duration) if o["timeout"] else None
     return _wait(client, o["wait"], timeout, o["as_json"])
 
 
@@ -251,83 +258,15 @@ def _check_applicable(action: str, o: dict) -> None:
         raise click.UsageError("-all-nodes runs a copy on every ready node; leave out -node")
 
 
-def _parse(name: str, text: str, parser):
-    try:
-        return parser(text)
-    except ValueError as exc:
-        raise errors.InvalidRequest(f"bad {name} value {text!r}: {exc}") from None
-
-
-def _utf8(what: str, text: str) -> str:
-    """`text` if it can be sent (the API's strings are UTF-8, and an argument that is not
-    reaches Python as surrogates that gRPC cannot encode); InvalidRequest naming it otherwise."""
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:
-        byte = ord(text[exc.start]) & 0xFF
-        raise errors.InvalidRequest(f"{what} is not valid UTF-8 (byte 0x{byte:02x} at offset {exc.start})") from None
-    return text
-
-
-def _check_utf8(o: dict) -> None:
-    """Every argument that travels as an API string (the -add spec's are checked with it)."""
-    for key in ("check", "kill", "logs", "wait", "drain", "undrain"):
-        if isinstance(o[key], str):
-            _utf8(f"the -{key} argument", o[key])
-    for state in o["states"]:
-        _utf8("the -state argument", state)
-
-
-def _spec(o: dict) -> pb.JobSpec:
-    spec = pb.JobSpec(command=_utf8("the command", o["add"]))
-    for parent in (o["after"] or "").split(",") if o["after"] is not None else ():
-        if not parent.strip():
-            raise errors.InvalidRequest(f"bad -after value {o['after']!r}: expected UUID[,UUID...]")
-        spec.after.append(_utf8("the -after argument", parent.strip()))
-    if o["mem"]:
-        spec.memory_bytes = _parse("-mem", o["mem"], parse_memory)
-    if o["cpus"]:
-        spec.cpus = _parse("-cpus", o["cpus"], parse_cpus)
-    if o["pids"]:
-        spec.pids = _parse("-pids", o["pids"], parse_count)
-    if o["timeout"]:
-        spec.timeout_seconds = _parse("-timeout", o["timeout"], parse_duration)
-    if o["retries"]:
-        spec.retries = _parse("-retries", o["retries"], lambda t: parse_count(t, 0))
-    if o["node"]:
-        spec.node = _utf8("the -node name", o["node"])
-    if o["image"]:
-        spec.image = _utf8("the -image name", o["image"])
-    for item in o["env"]:
-        name, sep, value = _utf8("an -env value", item).partition("=")
-        if not sep or not name:
-            raise errors.InvalidRequest(f"bad -env value {item!r}: expected NAME=VALUE")
-        spec.env[name] = value
-    if o["net"] or o["publish"] or o["volume"] or o["workdir"]:
-        from lclient.netopts import network_and_volumes  # only for these options: lclient starts light
-
-        network_and_volumes(spec, o["net"], o["publish"], o["volume"], o["workdir"], _utf8)
-    if o["stdin"]:
-        try:
-            if o["stdin"] == "-":
-                spec.stdin = sys.stdin.buffer.read()
-            else:
-                with open(o["stdin"], "rb") as f:
-                    spec.stdin = f.read()
-        except OSError as exc:
-            raise errors.InvalidRequest(f"cannot read -stdin file {o['stdin']}: {exc.strerror}") from None
-    return spec
-
-
 def _add(client: JobsClient, o: dict) -> int:
     if o["add"] == "-":
         from lclient.many import add_batch  # (lazily: lclient starts fast)
-        return add_batch(client, sys.stdin.buffer, _spec({**o, "add": "-"}), o["as_json"], click.echo)
+        return add_batch(client, sys.stdin.buffer, job_spec({**o, "add": "-"}), o["as_json"], click.echo)
     array = None
     if o["array"] is not None:
-        first, last, most = _parse("-array", o["array"], parse_array)
+        first, last, most = parse_value("-array", o["array"], parse_array)
         array = pb.ArraySpec(first=first, last=last, max_running=most)
-    reply = client.add(_spec(o), all_nodes=o["all_nodes"], array=array)
+    reply = client.add(job_spec(o), all_nodes=o["all_nodes"], array=array)
     if o["follow"]:  # stdout is the job's now
         click.echo(f"lclient: job {reply.id}", err=True)
         return _follow_then_wait(client, reply.id)
@@ -407,6 +346,8 @@ def run(argv: list[str], client_factory: ClientFactory | None = None) -> int:
         return errors.EXIT_OK
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback (unless -debug)
         if debug:
+            import traceback
+
             traceback.print_exc()
         click.echo(f"lclient: internal error: {type(exc).__name__}: {exc}", err=True)
         return errors.EXIT_JOB

@@ -7,18 +7,20 @@ local node's Unix socket when this user can use it, else 127.0.0.1:64051. Over T
 
 from __future__ import annotations
 
-import getpass
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
-import grpc
-
 from lclient import errors
-from lclusterd.rpc import lclusterd_pb2 as pb
-from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
+from lclient.lazy import LazyModule
 from lclusterd.rpc.metadata import CALL_TIMEOUT, ERROR_METADATA_KEY
+
+# Loaded when the first client is made (lclient's -h and usage errors never need them; they
+# cost several times the interpreter's start, see README "lclient's start-up").
+grpc = LazyModule("grpc")
+pb = LazyModule("lclusterd.rpc.lclusterd_pb2")
+pb_grpc = LazyModule("lclusterd.rpc.lclusterd_pb2_grpc")
+SERVICE = "lclusterd.v1.Jobs"  # lclusterd.proto's package and service: the calls' paths
 
 LOCAL_SOCKET = "/var/lib/lclusterd/lclusterd.sock"  # the node's, under its default --state-dir
 DEFAULT_TCP = "127.0.0.1:64051"
@@ -75,6 +77,9 @@ def channel_for(target: Target) -> grpc.Channel:
 
 
 def _credentials(target: Target) -> grpc.ChannelCredentials:
+    import getpass
+    from pathlib import Path
+
     directory, user = Path(target.tls_dir), target.user or getpass.getuser()
     files = [directory / "ca.pem", directory / f"{user}.pem", directory / f"{user}-key.pem"]
     try:
@@ -114,15 +119,30 @@ def speaks_tls(server: str) -> bool:
 
 
 class JobsClient:
-    def __init__(self, target: Target | str | None = None, timeout: float = CALL_TIMEOUT):
+    """Calls to one node. `one_shot`: for a process that makes a call or two and exits (lclient):
+    each unary call without TLS goes on a connection of its own without gRPC (lclient/wire.py),
+    which costs a fraction of importing gRPC; streams, TLS and whatever wire.py cannot deliver
+    use the gRPC channel, made on first use. Without it, every call shares one gRPC channel."""
+
+    def __init__(self, target: Target | str | None = None, timeout: float = CALL_TIMEOUT, one_shot: bool = False):
         self.target = target if isinstance(target, Target) else Target.choose(target)
         self.server = self.target.server
         self.timeout = timeout
-        self._channel = channel_for(self.target)
-        self._stub = pb_grpc.JobsStub(self._channel)
+        self._wire = one_shot and (self.target.is_unix or not self.target.tls_dir)
+        self._channel = None if self._wire else channel_for(self.target)  # TLS files are read (and refused) now
+        self._grpc_stub = None
+
+    @property
+    def _stub(self):
+        if self._grpc_stub is None:
+            if self._channel is None:
+                self._channel = channel_for(self.target)
+            self._grpc_stub = pb_grpc.JobsStub(self._channel)
+        return self._grpc_stub
 
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
 
     def __enter__(self) -> JobsClient:
         return self
@@ -134,32 +154,32 @@ class JobsClient:
     def add(self, spec: pb.JobSpec, all_nodes: bool = False, array: pb.ArraySpec | None = None) -> pb.AddReply:
         """Queue a job; with all_nodes, a pool (one member per ready node), with `array` an array
         (one member per index): the reply's id is the pool's or the array's."""
-        return self._call(self._stub.Add, pb.AddRequest(spec=spec, all_nodes=all_nodes, array=array))
+        return self._unary("Add", pb.AddRequest(spec=spec, all_nodes=all_nodes, array=array), pb.AddReply)
 
     def add_batch(self, specs: list[pb.JobSpec]) -> list[pb.Job]:
         """Queue one job per spec in one call (all or none); the jobs in order."""
-        return list(self._call(self._stub.Add, pb.AddRequest(batch=specs)).job.members)
+        return list(self._unary("Add", pb.AddRequest(batch=specs), pb.AddReply).job.members)
 
     def check(self, job_id: str) -> pb.Job:
         """The job, or for a pool id the pool (is_pool set, every member in `members`)."""
-        return self._call(self._stub.Check, pb.JobRef(id=job_id))
+        return self._unary("Check", pb.JobRef(id=job_id), pb.Job)
 
     def kill(self, job_id: str) -> pb.Job:
-        return self._call(self._stub.Kill, pb.JobRef(id=job_id))
+        return self._unary("Kill", pb.JobRef(id=job_id), pb.Job)
 
     def list(self, states: list[str] | None = None, limit: int = 0, expand_arrays: bool = False) -> list[pb.Job]:
         request = pb.ListRequest(states=states or [], limit=limit, expand_arrays=expand_arrays)
-        return list(self._call(self._stub.List, request).jobs)
+        return list(self._unary("List", request, pb.ListReply).jobs)
 
     def nodes(self) -> list[pb.Node]:
-        return list(self._call(self._stub.Nodes, pb.NodesRequest()).nodes)
+        return list(self._unary("Nodes", pb.NodesRequest(), pb.NodesReply).nodes)
 
     def drain(self, node: str, drain: bool = True) -> pb.Node:
-        return self._call(self._stub.Drain, pb.DrainRequest(node=node, drain=drain))
+        return self._unary("Drain", pb.DrainRequest(node=node, drain=drain), pb.Node)
 
     def web_login(self) -> pb.WebLoginReply:
         """A login link to the node's web page, and a token for its JSON API."""
-        return self._call(self._stub.WebLogin, pb.WebLoginRequest())
+        return self._unary("WebLogin", pb.WebLoginRequest(), pb.WebLoginReply)
 
     def logs(self, job_id: str, follow: bool = False) -> Iterator[pb.LogChunk]:
         stream = self._stub.Logs(pb.LogsRequest(id=job_id, follow=follow), timeout=None if follow else self.timeout)
@@ -183,9 +203,26 @@ class JobsClient:
 
     def wait(self, job_id: str, timeout: float | None = None) -> pb.Job:
         deadline = None if timeout is None else timeout + self.timeout
-        return self._call(self._stub.Wait, pb.WaitRequest(id=job_id, timeout_seconds=timeout or 0), deadline)
+        return self._unary("Wait", pb.WaitRequest(id=job_id, timeout_seconds=timeout or 0), pb.Job, deadline)
 
     # -- errors ------------------------------------------------------------------------------
+    def _unary(self, method: str, request, reply_type, timeout: float | None | str = "default"):
+        timeout = self.timeout if timeout == "default" else timeout
+        if self._wire:
+            from lclient import wire
+
+            body = request.SerializeToString()
+            if wire.fits(body):
+                try:
+                    reply = wire.unary(self.server, f"/{SERVICE}/{method}", body, timeout, ERROR_METADATA_KEY)
+                except wire.NotDelivered:
+                    pass  # gRPC's client makes the call, and says what went wrong as it always has
+                else:
+                    if reply.code != "OK":
+                        raise self._error(reply.code, reply.details, reply.ours)
+                    return reply_type.FromString(reply.body)
+        return self._call(getattr(self._stub, method), request, timeout)
+
     def _call(self, method, request, timeout: float | None | str = "default"):
         try:
             return method(request, timeout=self.timeout if timeout == "default" else timeout)
@@ -193,32 +230,36 @@ class JobsClient:
             raise self._translate(exc) from None
 
     def _translate(self, exc: grpc.RpcError) -> errors.ClientError:
-        code, details = exc.code(), exc.details() or ""
         ours = any(k == ERROR_METADATA_KEY for k, _ in (exc.trailing_metadata() or ()))
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return self._error(exc.code().name, exc.details() or "", ours)
+
+    def _error(self, code: str, details: str, ours: bool) -> errors.ClientError:
+        """The client error for a call that ended with status `code` (its name); `ours`: the
+        node answered it (else gRPC's client or transport did)."""
+        if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             return errors.Refused(details)
-        if code == grpc.StatusCode.UNAVAILABLE and not ours and self._refused(details.lower()):
+        if code == "UNAVAILABLE" and not ours and self._refused(details.lower()):
             return errors.Refused(self._refusal())
-        if code == grpc.StatusCode.UNAVAILABLE and not ours:
+        if code == "UNAVAILABLE" and not ours:
             return errors.ServerUnreachable(
                 f"cannot reach lclusterd at {self.server} (is it running? choose another with -server or {SERVER_ENV})")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED and not ours:
+        if code == "DEADLINE_EXCEEDED" and not ours:
             return errors.ServerUnreachable(f"lclusterd at {self.server} did not answer within {self.timeout:g}s")
-        if code == grpc.StatusCode.UNAVAILABLE:
+        if code == "UNAVAILABLE":
             return errors.Unavailable(f"lclusterd at {self.server} cannot serve the request: {details}")
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not ours and "larger than max" in details:
+        if code == "RESOURCE_EXHAUSTED" and not ours and "larger than max" in details:
             return errors.InvalidRequest(f"the request is too large for lclusterd at {self.server} "
                                          f"({details.removeprefix('SERVER: ')})")
         mapping = {
-            grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidRequest,
-            grpc.StatusCode.NOT_FOUND: errors.NotFound,
-            grpc.StatusCode.FAILED_PRECONDITION: errors.NotPossible,
-            grpc.StatusCode.DEADLINE_EXCEEDED: errors.WaitTimeout,
-            grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Unavailable,
+            "INVALID_ARGUMENT": errors.InvalidRequest,
+            "NOT_FOUND": errors.NotFound,
+            "FAILED_PRECONDITION": errors.NotPossible,
+            "DEADLINE_EXCEEDED": errors.WaitTimeout,
+            "RESOURCE_EXHAUSTED": errors.Unavailable,
         }
         cls = mapping.get(code)
         if cls is None:
-            return errors.ServerError(f"lclusterd at {self.server} failed: {code.name}: {details}")
+            return errors.ServerError(f"lclusterd at {self.server} failed: {code}: {details}")
         return cls(details)
 
     def _refused(self, details: str) -> bool:

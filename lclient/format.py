@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import signal as signals
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lclient.units import format_size
-from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.states import TERMINAL
+
+if TYPE_CHECKING:  # the messages' types only: formatting reads fields and never builds one
+    from lclusterd.rpc import lclusterd_pb2 as pb
 
 SCHEMA_VERSION = 1
 
@@ -34,6 +36,9 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}" if ts else "-"
 
 
+_LIMITS = ("memory_bytes", "cpus", "pids", "timeout_seconds")  # None where the node's default applies
+
+
 def job_json(job: pb.Job) -> dict[str, Any]:
     spec = job.spec
     data = {
@@ -45,12 +50,7 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "command": spec.command,
         "image": spec.image or None,  # None: the node's rootfs (busybox)
         "owner": job.owner or None,
-        "limits": {
-            "memory_bytes": spec.memory_bytes if spec.HasField("memory_bytes") else None,
-            "cpus": spec.cpus if spec.HasField("cpus") else None,
-            "pids": spec.pids if spec.HasField("pids") else None,
-            "timeout_seconds": spec.timeout_seconds if spec.HasField("timeout_seconds") else None,
-        },
+        "limits": {name: getattr(spec, name) if spec.HasField(name) else None for name in _LIMITS},
         "retries": spec.retries,
         "created_at": job.created_at or None,
         "assigned_at": job.assigned_at or None,

@@ -23,6 +23,7 @@ from lclusterd.errors import JobFinished, JobNotFound
 from lclusterd.model import ASSIGNED, CANCELLED, QUEUED, JobRecord
 
 log = logging.getLogger(__name__)
+LIST_PAGE = 256  # records per read when listing the newest few of a long history
 
 KILLS_PER_TXN = MAX_TXN_OPS // 3  # a queued job's cancel is 3 operations
 KILLS_IN_FLIGHT = 8
@@ -157,17 +158,42 @@ class Jobs:
         return decode.job_or_missing(kv, job_id), kv.mod_revision
 
     def list(self, states: set[str] | None = None, limit: int = 0, owner: str | None = None) -> list[JobRecord]:
-        """Records oldest first, optionally only in `states` and only `owner`'s; the newest
-        `limit` when given. Malformed records are left out (decode.py logs them)."""
+        """Records oldest first (by creation revision, then array index and key), optionally only in `states`
+        and only `owner`'s; the newest `limit` when given. Malformed records are left out
+        (decode.py logs them)."""
+        if limit > 0:
+            newest = self._newest(states, limit, owner)
+            if newest is not None:
+                return newest
         kvs, _ = self.store.get_prefix(self.keys.jobs_prefix)
         # (an array's members share a transaction, so a create revision: then by index)
         found = sorted(decode.jobs_of(kvs), key=lambda pair: (pair[1].create_revision, pair[0].array_index or 0))
-        records = [record for record, _ in found]
-        if states:
-            records = [r for r in records if r.state in states]
-        if owner is not None:
-            records = [r for r in records if r.owner == owner]
+        records = [record for record, _ in found if _listed(record, states, owner)]
         return records[-limit:] if limit > 0 else records
+
+    def _newest(self, states: set[str] | None, limit: int, owner: str | None) -> list[JobRecord] | None:
+        """The newest `limit` records that pass the filters, read from the newest end in pages
+        at one revision, so a long history costs what is listed (and skipped on the way), not
+        the whole prefix. Jobs added in one transaction share a creation revision: a page never
+        ends inside such a group (its cut group is read again whole with the next page), so the
+        order and the choice are the full read's. None when one group fills a page."""
+        found: list[tuple[int, int, str, JobRecord]] = []
+        page, created_before, revision = max(limit, LIST_PAGE), 0, 0
+        while len(found) < limit:
+            kvs, revision = self.store.get_newest(self.keys.jobs_prefix, page, created_before, revision)
+            full = len(kvs) == page
+            if full:
+                boundary = kvs[-1].create_revision
+                if kvs[0].create_revision == boundary:
+                    return None
+                kvs = [kv for kv in kvs if kv.create_revision != boundary]
+            found += [(kv.create_revision, r.array_index or 0, kv.key, r) for r, kv in decode.jobs_of(kvs)
+                      if _listed(r, states, owner)]
+            if not full:
+                break
+            created_before = boundary + 1
+        found.sort(key=lambda entry: entry[:3])  # as the full read orders them
+        return [record for *_, record in found[-limit:]]
 
     def kill_requested(self, job_id: str) -> bool:
         return self.store.get(self.keys.kill(job_id)) is not None
@@ -224,6 +250,10 @@ def _kill_change(jobs: Jobs, record: JobRecord, revision: int) -> Change:
         return jobs.cancel(record, revision, "cancelled by request before it started")
     return Change(record.id, revision, replace(record, kill_requested=True),
                   [Put(jobs.keys.kill(record.id), record.node.encode())])
+
+
+def _listed(record: JobRecord, states: set[str] | None, owner: str | None) -> bool:
+    return (not states or record.state in states) and (owner is None or record.owner == owner)
 
 
 def _batches(changes: list[Change], guard_compares: int = 0, max_bytes: int = MAX_TXN_BYTES):

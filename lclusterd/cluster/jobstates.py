@@ -2,7 +2,7 @@
 watch. Two readers: the metrics (jobs by state and node, read at scrape time: a scrape never
 scans etcd) and the Events call (every change of a job's state, as it happens).
 
-Loaded once at start (one read of jobs/), then kept by a share of the node's one watch
+Loaded once at start (jobs/ read in pages), then kept by a share of the node's one watch
 stream; after a compaction it re-reads, and listeners get the changes the re-read shows. A
 put that leaves a job's state as it was (a note on why it waits) is no change; a record
 retention removes leaves the tally without a change. The tally reads only the state and the
@@ -35,6 +35,7 @@ from lclusterd.model import NODE_NAME, JobRecord
 from lclusterd.states import STATES
 
 FEED_LIMIT = 10_000  # changes a listener may fall behind before its feed is cut off
+RELOAD_PAGE = 1000  # job records per read when loading jobs/ (about 1 MB)
 _STATE_NAMES = {state: state for state in STATES}  # one string object per state
 
 
@@ -141,15 +142,28 @@ class JobStates:
                 self._set(Keys.last(event.key), data, now, event.key, event.mod_revision)
 
     def _reload(self) -> int:
-        """Read jobs/ afresh: the tally becomes what etcd holds; listeners get what changed."""
-        kvs, revision = self._store.get_prefix(self._keys.jobs_prefix)
-        found = {Keys.last(kv.key): (kv, self._decoded(kv.key, kv.value, kv.mod_revision)) for kv in kvs}
-        now = time.time()
+        """Read jobs/ afresh: the tally becomes what etcd holds; listeners get what changed.
+        In pages of RELOAD_PAGE records at one revision, each folded in as it arrives: one read
+        of a long history outgrows etcd's deadline, and holding every decoded record at once
+        costs this node hundreds of MB it never gives back."""
+        prefix = self._keys.jobs_prefix
+        start, end = prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        seen: set[str] = set()
+        revision = 0
+        while True:
+            kvs, revision = self._store.get_range(start, end, RELOAD_PAGE, revision)
+            now = time.time()
+            with self._lock:
+                for kv in kvs:
+                    job_id = Keys.last(kv.key)
+                    seen.add(job_id)
+                    self._set(job_id, self._decoded(kv.key, kv.value, kv.mod_revision), now, kv.key, kv.mod_revision)
+            if len(kvs) < RELOAD_PAGE:
+                break
+            start = kvs[-1].key + "\0"
         with self._lock:
-            for job_id in [job_id for job_id in self._jobs if job_id not in found]:
-                self._set(job_id, None, now)
-            for job_id, (kv, data) in found.items():
-                self._set(job_id, data, now, kv.key, kv.mod_revision)
+            for job_id in [job_id for job_id in self._jobs if job_id not in seen]:
+                self._set(job_id, None, time.time())
         return revision
 
     @staticmethod

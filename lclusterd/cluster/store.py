@@ -222,9 +222,25 @@ class Store:
         return found
 
     @_mapped
-    def get_range(self, start: str, end: str, limit: int = 0) -> tuple[list[KeyValue], int]:
-        """Keys in [start, end), sorted by key, at most `limit` (0: all), and the revision read."""
-        request = etcdrpc.RangeRequest(key=_raw(start), range_end=_raw(end), limit=limit)
+    def get_range(self, start: str, end: str, limit: int = 0, revision: int = 0) -> tuple[list[KeyValue], int]:
+        """Keys in [start, end), sorted by key, at most `limit` (0: all), as of `revision` (0:
+        now), and the revision read."""
+        request = etcdrpc.RangeRequest(key=_raw(start), range_end=_raw(end), limit=limit, revision=revision)
+        response = self._client.kvstub.Range(request, self.timeout)
+        return [_kv(kv) for kv in response.kvs], response.header.revision
+
+    @_mapped
+    def get_newest(self, prefix: str, limit: int, created_before: int = 0, revision: int = 0,
+                   keys_only: bool = False) -> tuple[list[KeyValue], int]:
+        """At most `limit` keys under `prefix`, the most recently created first; only those
+        created before revision `created_before` (0: all), as of `revision` (0: now); and the
+        revision read. Pages through a large prefix from its newest end: etcd sorts the range
+        by itself, and only `limit` records cross the wire."""
+        key = _raw(prefix)
+        request = etcdrpc.RangeRequest(key=key, range_end=etcd3.utils.prefix_range_end(key), limit=limit,
+                                       sort_order=etcdrpc.RangeRequest.DESCEND, sort_target=etcdrpc.RangeRequest.CREATE,
+                                       max_create_revision=max(0, created_before - 1), revision=revision,
+                                       keys_only=keys_only)
         response = self._client.kvstub.Range(request, self.timeout)
         return [_kv(kv) for kv in response.kvs], response.header.revision
 

@@ -27,9 +27,15 @@ class MemStore:
     def get_prefix(self, prefix: str, keys_only: bool = False) -> tuple[list[KeyValue], int]:
         return [kv for k, kv in sorted(self.data.items()) if k.startswith(prefix)], self.rev
 
-    def get_range(self, start: str, end: str, limit: int = 0) -> tuple[list[KeyValue], int]:
+    def get_range(self, start: str, end: str, limit: int = 0, revision: int = 0) -> tuple[list[KeyValue], int]:
         found = [kv for k, kv in sorted(self.data.items()) if start <= k < end]
         return (found[:limit] if limit else found), self.rev
+
+    def get_newest(self, prefix: str, limit: int, created_before: int = 0, revision: int = 0,
+                   keys_only: bool = False) -> tuple[list[KeyValue], int]:
+        found = [kv for k, kv in self.data.items() if k.startswith(prefix)
+                 and (not created_before or kv.create_revision < created_before)]
+        return sorted(found, key=lambda kv: -kv.create_revision)[:limit], self.rev
 
     def _holds(self, c: Compare) -> bool:
         kv = self.data.get(c.key)

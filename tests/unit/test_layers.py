@@ -21,7 +21,8 @@ ALLOWED = {
     # the instruments and the plain functions every layer may call to feed them
     "lclusterd.metrics": ("lclusterd.metrics", "lclusterd.states"),
     "lclusterd.logformat": (),
-    "lclusterd.model": ("lclusterd.errors", "lclusterd.limits", "lclusterd.records", "lclusterd.states"),
+    "lclusterd.model": ("lclusterd.errors", "lclusterd.limits", "lclusterd.records", "lclusterd.states", "lclusterd.nodeinfo"),
+    "lclusterd.nodeinfo": ("lclusterd.records",),
     "lclusterd.records": ("lclusterd.errors", "lclusterd.states", "lclusterd.limits"),
     "lclusterd.states": (),
     "lclusterd.limits": ("lclusterd.errors",),

@@ -139,6 +139,20 @@ def test_job_states_load_then_follow_the_watch():
     assert states.counts() == {("RUNNING", "n1"): 1}
 
 
+def test_job_states_load_a_long_history_in_pages(monkeypatch):
+    """jobs/ is read in pages (one read of 100,000 records outgrows etcd's answer): every page
+    counted once, at the first page's revision, the watch following from there."""
+    from lclusterd.cluster import jobstates
+    monkeypatch.setattr(jobstates, "RELOAD_PAGE", 7)
+    store = MemStore()
+    ids = [f"{i:032x}" for i in range(50)]
+    store.txn([], [Put(KEYS.job(i), record(i, "EXITED" if n % 3 else "FAILED", "n1")) for n, i in enumerate(ids)])
+    store.txn([], [Put(KEYS.queue(ids[0]), b"x"), Put(KEYS.job("f" * 32), b"{broken")])  # other keys, a bad record
+    states, watches = started_states(store)
+    assert states.counts() == {("EXITED", "n1"): 33, ("FAILED", "n1"): 17}
+    assert watches.start == store.rev + 1
+
+
 def test_a_record_that_does_not_decode_is_skipped_and_counted():
     states, watches = started_states(MemStore())
     before = value("lclusterd_records_skipped_total", kind="job")
