@@ -85,6 +85,7 @@ class Launcher:
         try:
             ready = protocol.decode_event(channel.receive(ours))
         except (channel.ChannelClosed, OSError, ValueError) as error:
+            self._process.kill()  # one that never said ready (a timeout) would otherwise be waited for forever
             self._process.wait()
             raise RuntimeUnavailable(f"the runtime helper did not start: {error or 'it exited'}") from None
         ours.settimeout(None)
