@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -208,15 +209,17 @@ def test_a_volume_root_that_does_not_exist_fails_the_runtimes_start(tmp_path):
 # -- hostile images and races ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def hostile_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def hostile_rootfs() -> Iterator[Path]:
     """A copy of the rootfs whose would-be mount points are symbolic links out of the job's
-    root: to the host's /, to /etc, and up past the top."""
-    rootfs = tmp_path_factory.mktemp("hostile") / "rootfs"
+    root: to the host's /, to /etc, and up past the top. Beside the rootfs, not under /tmp:
+    a job's root is an idmapped mount, which tmpfs (the v2 VM's /tmp) takes only from 6.3."""
+    rootfs = Path(ROOTFS).parent / f"test-hostile-{os.getpid()}"
     subprocess.run(["cp", "-a", ROOTFS, str(rootfs)], check=True)
     (rootfs / "to-root").symlink_to("/")
     (rootfs / "to-etc").symlink_to("/etc")
     (rootfs / "up").symlink_to("../../../../../../..")
-    return rootfs
+    yield rootfs
+    shutil.rmtree(rootfs)
 
 
 def test_an_image_symlink_cannot_redirect_a_volume_out_of_the_jobs_root(vr, data, hostile_rootfs):
