@@ -6,7 +6,7 @@
     members per etcd transaction) until it returns, the members durably QUEUED; and the same
     for a batch (`lclient -add -`) of as many lines. The node is drained meanwhile, so nothing
     runs beside the write (target: 10,000 members in at most 2 s).
-(b) end to end: an array of --e2e `true` members on one node (--capacity 32), Add until
+(b) end to end: an array of --e2e `true` members on one node (--capacity, default 256), Add until
     Wait of the array returns (members/s; target at least 500/s), --rounds times, the median
     with the range; and etcd write transactions per member; then as many single jobs, queued
     in one batch and each waited for, beside it.
@@ -101,6 +101,7 @@ def main() -> int:
     parser.add_argument("--members", type=int, default=10000)
     parser.add_argument("--e2e", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--capacity", type=int, default=256, help="the nodes' --capacity (lclusterd's default: 256)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/arrays.py: run as root", file=sys.stderr)
@@ -109,7 +110,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-arrays-", dir=STATE_PARENT))
     etcd = EtcdProcess(work)
     etcd.start()
-    options = ["--capacity", "32", "--log-level", "warning"]
+    options = ["--capacity", str(args.capacity), "--log-level", "warning"]
     drained = NodeProcess(work / "queue", etcd.endpoint, "/bench-queue", "bench-queue", options)
     runner = NodeProcess(work / "run", etcd.endpoint, "/bench-run", "bench-run", options)
     store = Store(etcd.endpoint)

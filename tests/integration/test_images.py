@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -62,7 +63,8 @@ def test_an_oci_layout_its_tar_and_its_docker_save_twin_import_to_the_same_tree(
         assert (status, err) == (0, ""), err
         outputs[name] = out
     assert outputs["oci"].startswith("imported oci: oci-layout v1, 2 layers, ")
-    assert outputs["docker"].startswith("imported docker: docker-archive docker.io/lclusterd-test/busybox:v1, 2 layers, ")
+    # skopeo prefixes the default registry's host to a tag without one: any host is fine here
+    assert re.match(r"imported docker: docker-archive (\S+/)?lclusterd-test/busybox:v1, 2 layers, ", outputs["docker"])
     store = ImageStore(state, ROOTFS)
     trees = {name: snapshot(store.rootfs(name)) for name in outputs}
     assert trees["oci"] == trees["ocitar"] == trees["docker"]

@@ -124,5 +124,5 @@ def choose(candidates: list[Any], names: list[list[str]], ref: str | None, path:
 
 
 def _names(name: str, ref: str) -> bool:
-    """`docker.io/library/debian:12` is named by itself, `library/debian:12` and `debian:12`."""
+    """`REGISTRY/library/debian:12` is named by itself, `library/debian:12` and `debian:12`."""
     return name == ref or name.endswith("/" + ref)
