@@ -13,7 +13,6 @@ A --subnet given by hand is claimed the same way, so claimed ones keep clear of 
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -21,7 +20,7 @@ from ipaddress import IPv4Network
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Absent, Put
 from lclusterd.cluster.store import Store
-from lclusterd.runtime.launcher import Launcher, NetworkConfig
+from lclusterd.runtime.launcher import NetworkConfig
 
 CLAIMED_PREFIX = 24  # one node's share of --cluster-subnet: 253 jobs' addresses
 
@@ -77,8 +76,6 @@ def checked_volume_roots(roots: list[str]) -> list[str]:
                              f"not {root!r}")
         if not os.path.isdir(root):
             raise OfferError(f"--volume-root {root} is not a directory")
-    if roots and "volume_roots" not in inspect.signature(Launcher).parameters:
-        raise OfferError("--volume-root: this lclusterd's runtime cannot mount volumes")
     return [root.rstrip("/") for root in roots]
 
 

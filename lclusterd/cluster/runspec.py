@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from lclusterd.errors import ImageNotFound, InvalidSpec
+from lclusterd.errors import ImageNotFound
 from lclusterd.model import DEFAULT_PIDS, JobSpec
 from lclusterd.runtime.images.config import ImageConfig, apply_defaults
 from lclusterd.runtime.spec import RuntimeSpec
@@ -61,7 +61,7 @@ def to_runtime_spec(job_id: str, spec: JobSpec, defaults: NodeDefaults,
         max_log_bytes=defaults.max_log_bytes,
         net=spec.net,
         publish=list(spec.publish),
-        **_volumes(spec),
+        volumes=list(spec.volumes),
     )
 
 
@@ -76,11 +76,3 @@ def _image_defaults(spec: JobSpec, defaults: NodeDefaults) -> tuple[str, list[st
     job = apply_defaults(defaults.images.config(spec.image), argv, spec.env, cwd=spec.workdir or None)
     return rootfs, job.argv, job.env, job.cwd
 
-
-def _volumes(spec: JobSpec) -> dict[str, list[str]]:
-    """The spec's volumes for the runtime (RuntimeSpec.volumes); InvalidSpec from a runtime without them."""
-    if not spec.volumes:
-        return {}
-    if "volumes" not in RuntimeSpec.__dataclass_fields__:
-        raise InvalidSpec("this node's runtime cannot mount volumes")
-    return {"volumes": list(spec.volumes)}

@@ -222,14 +222,6 @@ def test_a_node_with_bad_network_or_volume_options_refuses_to_start_with_one_lin
     assert [entry for entry in node.log().splitlines() if line in entry] != [], node.log()[-2000:]
 
 
-def runtime_has_volumes() -> bool:
-    import inspect
-
-    from lclusterd.runtime.launcher import Launcher
-    return "volume_roots" in inspect.signature(Launcher).parameters
-
-
-@pytest.mark.skipif(not runtime_has_volumes(), reason="this tree's runtime has no volumes (RuntimeSpec.volumes) yet")
 def test_volumes_and_workdir_through_lclient(cluster, tmp_path):
     root = tmp_path / "roots"
     (root / "data").mkdir(parents=True)
