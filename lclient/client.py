@@ -182,30 +182,29 @@ class JobsClient:
         return self._unary("WebLogin", pb.WebLoginRequest(), pb.WebLoginReply)
 
     def logs(self, job_id: str, follow: bool = False) -> Iterator[pb.LogChunk]:
-        stream = self._stub.Logs(pb.LogsRequest(id=job_id, follow=follow), timeout=None if follow else self.timeout)
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise self._translate(exc) from None
-        finally:
-            stream.cancel()
+        return self._stream(self._stub.Logs(pb.LogsRequest(id=job_id, follow=follow),
+                                            timeout=None if follow else self.timeout))
 
     def events(self) -> Iterator[pb.JobEvent]:
         """Every change of a job's state from now on (the caller's jobs, or all for an admin),
         until the caller stops iterating."""
-        stream = self._stub.Events(pb.EventsRequest(), timeout=None)
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise self._translate(exc) from None
-        finally:
-            stream.cancel()
+        return self._stream(self._stub.Events(pb.EventsRequest(), timeout=None))
 
     def wait(self, job_id: str, timeout: float | None = None) -> pb.Job:
         deadline = None if timeout is None else timeout + self.timeout
         return self._unary("Wait", pb.WaitRequest(id=job_id, timeout_seconds=timeout or 0), pb.Job, deadline)
 
     # -- errors ------------------------------------------------------------------------------
+    def _stream(self, stream) -> Iterator:
+        """A server stream's messages; errors as the client's, the call cancelled when the
+        caller stops iterating."""
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise self._translate(exc) from None
+        finally:
+            stream.cancel()
+
     def _unary(self, method: str, request, reply_type, timeout: float | None | str = "default"):
         timeout = self.timeout if timeout == "default" else timeout
         if self._wire:
