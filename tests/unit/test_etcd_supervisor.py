@@ -14,6 +14,7 @@ import pytest
 
 from lclusterd.etcd_embedded import EtcdStartError
 from lclusterd.etcd_supervisor import EtcdSupervisor, describe_exit
+from polling import until
 
 
 class FakeEtcd:
@@ -45,15 +46,6 @@ class FakeEtcd:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-def until(predicate, what: str, timeout: float = 10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

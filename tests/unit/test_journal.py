@@ -10,7 +10,6 @@ import logging
 import os
 import stat
 import threading
-import time
 
 import pytest
 from memstore import MemStore
@@ -24,6 +23,7 @@ from lclusterd.cluster.reporter import Owned, OwnedJobs, Reporter
 from lclusterd.errors import StoreUnavailable
 from lclusterd.model import ASSIGNED, EXITED, LOST, RUNNING, JobRecord, JobSpec
 from lclusterd.runtime.spec import RunResult
+from polling import until
 
 NODE = "lock-unit"
 KEYS = Keys("/t")
@@ -40,15 +40,6 @@ def journal(tmp_path) -> Journal:
     j.open()
     yield j
     j.close()
-
-
-def until(predicate, what: str, timeout: float = 10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- the journal -------------------------------------------------------------------------------------
