@@ -59,6 +59,17 @@ class ApiServices:
     states: JobStates
     web: WebPage | None = None  # this node's web page (--web-listen), None when it serves none
 
+    def as_checked(self, found: FoundJob | FoundPool) -> pb.Job:
+        """A resolved job or pool as Check answers it (and the web page shows it): a pool with
+        its members, a job that may still run with whether a kill was asked for."""
+        if isinstance(found, FoundPool):
+            pools = self.lookup.pools
+            return pool_to_proto(found.pool, pools.with_kill_requests([r for r, _ in pools.members(found.pool)]))
+        record = found.record
+        if not record.terminal and record.state != QUEUED:
+            record.kill_requested = self.jobs.kill_requested(record.id)
+        return job_to_proto(record)
+
 
 _STREAMS = (pb.LogChunk.STDOUT, pb.LogChunk.STDERR)
 
@@ -69,6 +80,7 @@ class JobsServicer(pb_grpc.JobsServicer):
 
     def __init__(self, services: ApiServices, authenticator: Authenticator):
         self.authenticator = authenticator
+        self.services = services
         self.node = services.node
         self.jobs = services.jobs
         self.pools = services.lookup.pools
@@ -143,14 +155,7 @@ class JobsServicer(pb_grpc.JobsServicer):
     @maps_errors
     def Check(self, request: pb.JobRef, context) -> pb.Job:
         job_id = parse_job_id(request.id)
-        found = self._resolve_for(context, job_id, "see")
-        if isinstance(found, FoundPool):
-            members = self.pools.with_kill_requests([r for r, _ in self.pools.members(found.pool)])
-            return pool_to_proto(found.pool, members)
-        record = found.record
-        if not record.terminal and record.state != QUEUED:
-            record.kill_requested = self.jobs.kill_requested(job_id)
-        return job_to_proto(record)
+        return self.services.as_checked(self._resolve_for(context, job_id, "see"))
 
     @maps_errors
     def Kill(self, request: pb.JobRef, context) -> pb.Job:

@@ -18,7 +18,7 @@ from lclusterd.api.identity import Identity
 from lclusterd.api.servicer import ApiServices
 from lclusterd.cluster.lookup import FoundJob, FoundPool
 from lclusterd.errors import InvalidSpec, IsAPool, NotAllowed
-from lclusterd.model import QUEUED, STATES, JobRecord, JobSpec, parse_job_id
+from lclusterd.model import STATES, JobRecord, JobSpec, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
 
 MAX_LIST = 1000  # most jobs one page or /api/jobs answers with
@@ -63,14 +63,7 @@ class WebCalls:
 
     def job(self, caller: Identity, job_id: str) -> pb.Job:
         """The job or pool, as Check answers it."""
-        found = self._resolve(caller, job_id, "see")
-        if isinstance(found, FoundPool):
-            members = self.pools.with_kill_requests([r for r, _ in self.pools.members(found.pool)])
-            return pool_to_proto(found.pool, members)
-        record = found.record
-        if not record.terminal and record.state != QUEUED:
-            record.kill_requested = self.s.jobs.kill_requested(record.id)
-        return job_to_proto(record)
+        return self.s.as_checked(self._resolve(caller, job_id, "see"))
 
     def kill(self, caller: Identity, job_id: str) -> pb.Job:
         found = self._resolve(caller, job_id, "kill")
