@@ -815,3 +815,21 @@ def test_device_rules_as_v1_lines_and_every_node_of_dev_is_allowed():
     assert binds == [f"/dev/{name}" for name, _, _ in mounts.DEVICES]
     for _, major, minor in mounts.DEVICES:  # a job can use every node its /dev gets
         assert any(rule.allows("c", major, minor, "rwm") for rule in devices.ALLOWED)
+
+
+@pytest.mark.parametrize("gone", [errno.ENOENT, errno.ENODEV])
+def test_pids_of_a_cgroup_removed_mid_read_are_none(tmp_path, monkeypatch, gone):
+    # cgroup2 answers ENODEV when the directory goes between open and read (seen in CI
+    # with a fork bomb's cgroup); both mean the cgroup is empty, not a runtime failure.
+    def vanished(path):
+        raise OSError(gone, f"read {path}: gone")
+    monkeypatch.setattr(v1, "read_file", vanished)
+    assert v1.read_pids(tmp_path / "cgroup.procs") == []
+
+
+def test_pids_read_error_other_than_gone_is_raised(tmp_path, monkeypatch):
+    def denied(path):
+        raise OSError(errno.EACCES, f"read {path}: denied")
+    monkeypatch.setattr(v1, "read_file", denied)
+    with pytest.raises(PermissionError):
+        v1.read_pids(tmp_path / "cgroup.procs")

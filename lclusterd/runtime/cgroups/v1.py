@@ -103,6 +103,11 @@ def read_pids(procs_file: Path) -> list[int]:
         return [int(pid) for pid in read_file(procs_file).split()]
     except FileNotFoundError:  # the cgroup is already gone, so nothing is in it
         return []
+    except OSError as e:
+        # Removed between open and read: cgroup2 answers ENODEV, which means the same.
+        if e.errno == errno.ENODEV:
+            return []
+        raise
 
 
 def signal_pids(pids: Iterable[int], sig: int) -> None:
