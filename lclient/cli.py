@@ -15,40 +15,20 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Callable
-
 import click
 
 from lclient import errors
-from lclient.client import SERVER_ENV, TLS_DIR_ENV, USER_ENV, JobsClient, Target
-from lclient.format import (dumps, event_json, event_text, image_json, image_rows, images_table, job_json, job_text,
-                            jobs_table, members_table, node_json, nodes_table, outcome)
-from lclient.lazy import LazyModule
-from lclient.specs import check_utf8, job_spec, parse_value
-from lclient.units import parse_array, parse_count, parse_duration
+from lclient.actions import echo, guarded, perform
+from lclient.client import SERVER_ENV, TLS_DIR_ENV, USER_ENV
 from lclusterd.states import STATES
 
-pb = LazyModule("lclusterd.rpc.lclusterd_pb2")  # protobuf only when a request is built (not for -h)
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing)
+if TYPE_CHECKING:
+    from lclient.actions import ClientFactory
 
 ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain", "-web", "-events",
            "-images")
 _WAIT_FOR_ADDED = "\0added"  # -wait given with no uuid: wait for the job this call adds
-
-ClientFactory = Callable[[Target], JobsClient]
-
-
-def job_exit_status(job: pb.Job) -> int:
-    """The exit status `-wait` returns for a finished job."""
-    if job.state == "EXITED" and job.HasField("exit_code"):
-        return job.exit_code
-    if job.state == "TIMED_OUT":
-        return errors.EXIT_TIMEOUT
-    if job.HasField("signal"):
-        return 128 + job.signal
-    if job.state == "OOM_KILLED":
-        return 128 + 9
-    return errors.EXIT_JOB
 
 
 def _opt(*names: str, **kw):
@@ -135,7 +115,6 @@ def cli(ctx: click.Context, **o) -> int:
     Exit status: 0 ok (-wait: the job's own status, 128+N for signal N); 1 job failed or not
     found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 4 refused (who you are,
     or not yours to do); 124 -wait timed out."""
-    factory: ClientFactory = ctx.obj or _one_shot_client
     keys = ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain", "web", "events", "images")
     chosen = [name for name, key in zip(ACTIONS, keys)
               if o[key] not in (None, False)]
@@ -148,83 +127,7 @@ def cli(ctx: click.Context, **o) -> int:
         raise click.UsageError("-wait needs a job uuid (or -add CMD)")
     action = chosen[0]
     _check_applicable(action, o)
-    check_utf8(o)
-    client = factory(Target.choose(o["server"], o["tls_dir"], o["user"]))
-    try:
-        return HANDLERS[action](client, o)
-    finally:
-        client.close()
-
-
-def _one_shot_client(target: Target) -> JobsClient:
-    """lclient makes a call or two and exits: calls without gRPC where they can be (client.py)."""
-    return JobsClient(target, one_shot=True)
-
-
-def _check(client: JobsClient, o: dict) -> int:
-    job = client.check(o["check"])
-    click.echo(dumps(job_json(job)) if o["as_json"] else job_text(job))
-    return errors.EXIT_OK
-
-
-def _kill(client: JobsClient, o: dict) -> int:
-    job = client.kill(o["kill"])
-    requested = " (kill requested)" if job.kill_requested else ""
-    click.echo(dumps(job_json(job)) if o["as_json"] else f"{job.id} {outcome(job)}{requested}")
-    if (job.is_pool or job.is_array) and not o["as_json"]:
-        click.echo(members_table(job))
-    return errors.EXIT_OK
-
-
-def _list(client: JobsClient, o: dict) -> int:
-    limit = parse_value("-limit", o["limit"], lambda t: parse_count(t, 0))
-    jobs = client.list([s.upper() for s in o["states"]], limit, o["expand"])
-    if o["as_json"]:
-        for job in jobs:
-            click.echo(dumps(job_json(job)))
-    else:
-        click.echo(jobs_table(jobs))
-    return errors.EXIT_OK
-
-
-def _nodes(client: JobsClient, o: dict) -> int:
-    nodes = client.nodes()
-    if o["as_json"]:
-        for node in nodes:
-            click.echo(dumps(node_json(node)))
-    else:
-        click.echo(nodes_table(nodes))
-    return errors.EXIT_OK
-
-
-def _images(client: JobsClient, o: dict) -> int:
-    nodes = client.nodes()
-    for line in [dumps(image_json(*row)) for row in image_rows(nodes)] if o["as_json"] else [images_table(nodes)]:
-        click.echo(line)
-    return errors.EXIT_OK
-
-
-def _drain(client: JobsClient, o: dict) -> int:
-    node = client.drain(o["drain"] or o["undrain"], bool(o["drain"]))
-    click.echo(dumps(node_json(node)) if o["as_json"] else nodes_table([node]))
-    return errors.EXIT_OK
-
-
-def _events(client: JobsClient, o: dict) -> int:
-    """One line (or JSON object) per change until Ctrl-C, which is how it ends: quietly, 130."""
-    try:
-        for event in client.events():
-            click.echo(dumps(event_json(event)) if o["as_json"] else event_text(event))
-    except KeyboardInterrupt:
-        return errors.EXIT_INTERRUPTED
-    return errors.EXIT_OK
-
-
-def _wait_action(client: JobsClient, o: dict) -> int:
-    if o["follow"]:
-        return _follow_then_wait(client, o["wait"])
-    timeout = parse_value("-timeout", o["timeout"], parse_duration) if o["timeout"] else None
-    return _wait(client, o["wait"], timeout, o["as_json"])
+    return perform(action, o, ctx.obj)
 
 
 def _check_applicable(action: str, o: dict) -> None:
@@ -258,105 +161,28 @@ def _check_applicable(action: str, o: dict) -> None:
         raise click.UsageError("-all-nodes runs a copy on every ready node; leave out -node")
 
 
-def _add(client: JobsClient, o: dict) -> int:
-    if o["add"] == "-":
-        from lclient.many import add_batch  # (lazily: lclient starts fast)
-        return add_batch(client, sys.stdin.buffer, job_spec({**o, "add": "-"}), o["as_json"], click.echo)
-    array = None
-    if o["array"] is not None:
-        first, last, most = parse_value("-array", o["array"], parse_array)
-        array = pb.ArraySpec(first=first, last=last, max_running=most)
-    reply = client.add(job_spec(o), all_nodes=o["all_nodes"], array=array)
-    if o["follow"]:  # stdout is the job's now
-        click.echo(f"lclient: job {reply.id}", err=True)
-        return _follow_then_wait(client, reply.id)
-    click.echo(dumps(job_json(reply.job)) if o["as_json"] and not o["wait"] else reply.id)
-    sys.stdout.flush()
-    if o["wait"]:
-        return _wait(client, reply.id, None, o["as_json"])
-    return errors.EXIT_OK
-
-
-def _follow_then_wait(client: JobsClient, job_id: str) -> int:
-    """The job's output as it comes, then its end like -wait (the stream ends when the job does)."""
-    _logs(client, job_id, True)
-    return _wait(client, job_id, None, False)
-
-
-def _wait(client: JobsClient, job_id: str, timeout: float | None, as_json: bool) -> int:
-    job = client.wait(job_id, timeout)
-    status = job_exit_status(job)
-    if as_json:
-        click.echo(dumps(job_json(job)))
-    # one line for an end a script would want explained; a job's plain non-zero exit speaks for itself
-    if status != 0 and (job.state != "EXITED" or job.is_pool or job.is_array or job.error):
-        reason = f": {job.error}" if job.error else ""
-        kind = "pool" if job.is_pool else "array" if job.is_array else "job"
-        click.echo(f"lclient: {kind} {job.id} ended {outcome(job)}{reason}", err=True)
-    return status
-
-
-def _logs(client: JobsClient, job_id: str, follow: bool) -> int:
-    out, err = sys.stdout.buffer, sys.stderr.buffer
-    for chunk in client.logs(job_id, follow):
-        target = err if chunk.stream == pb.LogChunk.STDERR else out
-        target.write(chunk.data)
-        target.flush()
-    return errors.EXIT_OK
-
-
-def _web(client: JobsClient, o: dict) -> int:
-    reply = client.web_login()
-    if o["as_json"]:
-        click.echo(dumps({"url": reply.url, "login_expires_at": reply.login_expires_at, "token": reply.token,
-                          "expires_at": reply.expires_at, "user": reply.user, "admin": reply.admin}))
-    else:
-        click.echo(reply.token if o["token"] else reply.url)
-    return errors.EXIT_OK
-
-
-HANDLERS: dict[str, Callable[[JobsClient, dict], int]] = {
-    "-add": lambda client, o: _add(client, o), "-check": _check, "-kill": _kill, "-list": _list, "-nodes": _nodes,
-    "-logs": lambda client, o: _logs(client, o["logs"], o["follow"]), "-wait": _wait_action,
-    "-drain": _drain, "-undrain": _drain, "-web": _web, "-events": _events, "-images": _images,
-}
-
-
 def run(argv: list[str], client_factory: ClientFactory | None = None) -> int:
     """Run lclient with `argv`; returns the exit status. Never raises (but SystemExit)."""
-    debug = "-debug" in argv or "--debug" in argv
+    return guarded(lambda: _parsed_and_run(argv, client_factory), debug="-debug" in argv or "--debug" in argv)
+
+
+def _parsed_and_run(argv: list[str], client_factory: ClientFactory | None) -> int:
     try:
         result = cli.main(args=argv, prog_name="lclient", standalone_mode=False, obj=client_factory)
     except click.exceptions.Exit as exc:  # -help
         return exc.exit_code
     except click.ClickException as exc:
         message = exc.format_message().replace("\n", " ")
-        click.echo(f"lclient: {message}", err=True)
+        echo(f"lclient: {message}", err=True)
         return errors.EXIT_USAGE
     except click.Abort:
-        click.echo("lclient: interrupted", err=True)
-        return 130
-    except errors.ClientError as exc:
-        click.echo(f"lclient: {exc}", err=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("lclient: interrupted", err=True)
-        return 130
-    except BrokenPipeError:
-        return errors.EXIT_OK
-    except Exception as exc:  # noqa: BLE001 - one line, never a traceback (unless -debug)
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        click.echo(f"lclient: internal error: {type(exc).__name__}: {exc}", err=True)
-        return errors.EXIT_JOB
+        echo("lclient: interrupted", err=True)
+        return errors.EXIT_INTERRUPTED
     return result if isinstance(result, int) else errors.EXIT_OK
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    """(Console scripts installed before lclient/main.py name this one.)"""
+    from lclient.main import main as plain_or_click
 
-
-if __name__ == "__main__":
-    main()
+    plain_or_click()

@@ -8,8 +8,7 @@ local node's Unix socket when this user can use it, else 127.0.0.1:64051. Over T
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple  # (not dataclasses: it imports inspect, a tenth of a -check's start)
 
 from lclient import errors
 from lclient.lazy import LazyModule
@@ -37,8 +36,7 @@ _CLOSED_WORDS = ("socket closed", "connection reset", "broken pipe", "end of fil
 _REFUSAL_WORDS = ("handshake", "ssl", "certificate", "verification", "permission denied")
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """Where and as whom lclient connects."""
 
     server: str  # "unix:PATH" or "HOST:PORT"

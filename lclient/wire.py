@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from typing import NamedTuple  # (not dataclasses: it imports inspect, a tenth of a -check's start)
 
 from lclient import hpack
 
@@ -44,8 +44,7 @@ class NotDelivered(Exception):
     """The request cannot have reached the server: the caller may make the call another way."""
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """How the call ended: gRPC's status code (by name) and message, whether the daemon itself
     answered it (its error metadata key in the trailers), and the reply message's bytes when OK."""
 

@@ -24,7 +24,7 @@ TEMPLATE = """#!{python} -IS
 # variables: written by tools/launcher.py (make prep); README "lclient's start-up" says why.
 import sys
 sys.path += {paths!r}
-from lclient.cli import main
+from lclient.main import main
 main()
 """
 

@@ -6,6 +6,7 @@ against RFC 7541's own examples."""
 from __future__ import annotations
 
 import socket
+import os
 import subprocess
 import sys
 import threading
@@ -202,3 +203,20 @@ def test_lclient_checks_a_job_without_importing_grpc(servers):
     assert out.returncode == 0, out.stderr
     assert "state:    EXITED (exit code 3)" in out.stdout
     assert out.stdout.splitlines()[-1] == "grpc modules: []"
+
+
+def test_the_launchers_plain_check_imports_neither_grpc_nor_click(servers, tmp_path):
+    """The command on PATH, run as its shebang runs it: a plain -check goes over the wire
+    without gRPC, and without click or inspect (what dataclasses imports), a third of the
+    start-up they would cost (README "lclient's start-up")."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import launcher
+
+    launcher.write_launcher(tmp_path / "lclient")
+    result = subprocess.run([sys.executable, "-IS", "-X", "importtime", str(tmp_path / "lclient"), "-check", "a" * 32],
+                            capture_output=True, text=True, env={**os.environ, "LCLUSTER_SERVER": servers["unix"]})
+    assert result.returncode == 0, result.stderr
+    assert "state:    EXITED (exit code 3)" in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "lclient.actions" in imported and "lclusterd.rpc.lclusterd_pb2" in imported
+    assert sorted(m for m in imported if m.split(".")[0] in ("grpc", "click", "inspect", "dataclasses")) == []
