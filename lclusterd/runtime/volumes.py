@@ -29,6 +29,7 @@ from lclusterd.runtime import kernel
 SYS_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10  # users.py: an image's /etc/passwd, its links resolved inside the image
 MS_PRIVATE = 1 << 18
 NO_VOLUMES = "this node allows no volumes: start lclusterd with --volume-root DIR"
 
