@@ -5,6 +5,7 @@ against a file outside that rootfs, whatever links the rootfs holds."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,28 @@ def test_a_passwd_of_exactly_the_cap_is_read(rootfs):
     entry = b"app:x:5:6::/h:/bin/sh\n"
     (rootfs / "etc" / "passwd").write_bytes(entry + b"#" * (users.MAX_FILE_BYTES - len(entry) - 1) + b"\n")
     assert resolve(rootfs, "app").uid == 5
+
+
+def test_a_climbing_link_resolves_while_renames_elsewhere_race_its_walk(rootfs, tmp_path):
+    """A rename anywhere on the host during a '..' of a RESOLVE_IN_ROOT walk makes openat2
+    answer EAGAIN (a few percent of walks here); the wrapper retries, as the kernel asks, so a
+    busy host does not fail jobs with "Resource temporarily unavailable"."""
+    (rootfs / "etc" / "passwd").rename(rootfs / "etc" / "real")
+    (rootfs / "etc" / "passwd").symlink_to("../" * 40 + "etc/real")
+    stop = threading.Event()
+
+    def churn() -> None:
+        a, b = tmp_path / "a", tmp_path / "b"
+        a.touch()
+        while not stop.is_set():
+            a.rename(b)
+            b.rename(a)
+
+    renamer = threading.Thread(target=churn)
+    renamer.start()
+    try:
+        found = [resolve(rootfs, "app").uid for _ in range(3000)]
+    finally:
+        stop.set()
+        renamer.join()
+    assert found == [1234] * 3000
