@@ -277,3 +277,33 @@ def check_image(name: str) -> None:
     """"" (the node's default image) or a name the image store can hold."""
     if name and not is_image_name(name):
         raise InvalidSpec(f"invalid image name {_shown(name)}: {IMAGE_NAME_RULE}")
+
+
+# A job's user, as an image's config names it (OCI's User): "uid", "uid:gid", "name",
+# "name:group", "uid:group" or "name:gid"; "" is the job's root. Names are the image's
+# (/etc/passwd, /etc/group of the job's root), which only the runtime can read
+# (runtime/users.py); what is checked here is the form and the numbers.
+MAX_ID = 2**32 - 2  # uid_t's largest: (uid_t)-1 means "leave unchanged" to setresuid
+MAX_USER_BYTES = 256
+_ID = re.compile(r"^[0-9]+$")
+
+
+def is_id(part: str) -> bool:
+    """Whether a part of a User is numeric (an id), not a name: ASCII digits only."""
+    return _ID.match(part) is not None
+
+
+def parse_user(text: str) -> tuple[str, str]:
+    """A User as (user, group); group "" when not given, both "" for the job's root.
+    InvalidSpec for an empty part, a third part, a control character or an id over MAX_ID."""
+    if not text:
+        return "", ""
+    parts = text.split(":")
+    if (len(parts) > 2 or not all(parts) or len(text.encode("utf-8", "replace")) > MAX_USER_BYTES
+            or any(ord(c) < 0x20 or c == "\x7f" for c in text)):
+        raise InvalidSpec(f"user {_shown(text)} is not USER or USER:GROUP (a name or a number each, "
+                          f"at most {MAX_USER_BYTES} bytes)")
+    for part in parts:
+        if is_id(part) and int(part) > MAX_ID:
+            raise InvalidSpec(f"user {_shown(text)}: ids go from 0 to {MAX_ID}, not {part}")
+    return parts[0], parts[1] if len(parts) == 2 else ""

@@ -4,9 +4,10 @@ image. Pure, but for the two lookups it asks of the node's image store (ImageLoo
 A job without an image runs `/bin/sh -c COMMAND` on the node's rootfs (the image busybox),
 as it always has. A job with one runs on that image's tree, with its config's defaults under
 the job's own options (runtime/images/config.py, apply_defaults): the image's Env under the
-job's -env, its WorkingDir under the job's -workdir, and its Entrypoint + Cmd when the job has
-no command; a command is a whole shell line and replaces both. (The image's User is not applied: the runtime runs
-every job as the root of its user namespace.)
+job's -env, its WorkingDir under the job's -workdir, its Entrypoint + Cmd when the job has
+no command (a command is a whole shell line and replaces both), and its User, which the runtime
+resolves in the image's own /etc/passwd and /etc/group when the job starts (runtime/users.py:
+only the runtime reads files). A job without an image runs as its root, as it always has.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def to_runtime_spec(job_id: str, spec: JobSpec, defaults: NodeDefaults,
                     stdout_path: str | None = None, stderr_path: str | None = None) -> RuntimeSpec:
     """The job as the runtime runs it. ImageNotFound (an ImageError) when its image is not on
     this node, InvalidSpec when it has no command and its image none either."""
-    rootfs, argv, env, cwd = _image_defaults(spec, defaults)
+    rootfs, argv, env, cwd, user = _image_defaults(spec, defaults)
     return RuntimeSpec(
-        job_id=job_id, argv=argv, rootfs=rootfs, env=env, cwd=cwd,
+        job_id=job_id, argv=argv, rootfs=rootfs, env=env, cwd=cwd, user=user,
         memory_bytes=spec.memory_bytes if spec.memory_bytes is not None else defaults.memory_bytes,
         cpus=spec.cpus,
         pids=spec.pids if spec.pids is not None else defaults.pids,
@@ -65,14 +66,14 @@ def to_runtime_spec(job_id: str, spec: JobSpec, defaults: NodeDefaults,
     )
 
 
-def _image_defaults(spec: JobSpec, defaults: NodeDefaults) -> tuple[str, list[str], dict[str, str], str]:
-    """(rootfs, argv, env, cwd) of the job: its image's defaults under its own options."""
+def _image_defaults(spec: JobSpec, defaults: NodeDefaults) -> tuple[str, list[str], dict[str, str], str, str]:
+    """(rootfs, argv, env, cwd, user) of the job: its image's defaults under its own options."""
     argv = ["/bin/sh", "-c", spec.command] if spec.command else None
     if not spec.image:
-        return defaults.rootfs, argv or [], dict(spec.env), spec.workdir or DEFAULT_WORKDIR
+        return defaults.rootfs, argv or [], dict(spec.env), spec.workdir or DEFAULT_WORKDIR, ""
     if defaults.images is None:
         raise ImageNotFound(spec.image)
     rootfs = defaults.images.rootfs(spec.image)
     job = apply_defaults(defaults.images.config(spec.image), argv, spec.env, cwd=spec.workdir or None)
-    return rootfs, job.argv, job.env, job.cwd
+    return rootfs, job.argv, job.env, job.cwd, job.user
 

@@ -1,5 +1,5 @@
 """`python -m lclusterd.runtime run [--mem 64M --pids 32 --cpus 0.5 --timeout 5s] [--net bridge --publish 8080:80]
-[--volume-root /srv --volume /srv/data:/data:ro] [--workdir /data] -- CMD...`
+[--volume-root /srv --volume /srv/data:/data:ro] [--workdir /data] [--user 1000:1000] -- CMD...`
 
 Runs one command through the runtime alone (no etcd, no gRPC): the handle for tests
 and benchmarks. The job's stdout and stderr go to this command's own (or to files);
@@ -51,6 +51,7 @@ def cli() -> None:
 @click.option("--workdir", "--cwd", "cwd", default="/", show_default=True,
               help="Working directory inside the job (made in its writable layer if the rootfs lacks it).")
 @click.option("--hostname", help="Hostname (default: the job id's first 12 characters).")
+@click.option("--user", default="", help="Run as USER[:GROUP] (names or ids; names from the rootfs's /etc/passwd and /etc/group).")
 @click.option("--stdin", "stdin_file", type=click.File("rb"), help="File whose content is the job's stdin.")
 @click.option("--stdout", "stdout_path", help="Host file for the job's stdout (default: this command's stdout).")
 @click.option("--stderr", "stderr_path", help="Host file for the job's stderr (default: this command's stderr).")
@@ -70,7 +71,7 @@ def cli() -> None:
 @click.argument("command", nargs=-1)
 def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpus: float | None,
         pids: int | None, timeout: str | None, grace: str, env: tuple[str, ...], cwd: str,
-        hostname: str | None, stdin_file: object, stdout_path: str, stderr_path: str,
+        hostname: str | None, user: str, stdin_file: object, stdout_path: str, stderr_path: str,
         shell: str | None, userns: str, net: str, publish: tuple[str, ...], bridge: str, subnet: str,
         volumes: tuple[str, ...], volume_roots: tuple[str, ...], as_json: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND (after --) isolated in its own namespaces, cgroup and rootfs."""
@@ -85,7 +86,7 @@ def run(rootfs: str, state_dir: str, cgroup_parent: str, memory: str | None, cpu
                 raise click.UsageError(f"--env takes K=V, not {item!r}")
             environment[name] = value
         spec = RuntimeSpec(
-            job_id=uuid.uuid4().hex, argv=argv, rootfs=rootfs, env=environment, cwd=cwd, hostname=hostname,
+            job_id=uuid.uuid4().hex, argv=argv, rootfs=rootfs, env=environment, cwd=cwd, hostname=hostname, user=user,
             memory_bytes=_parse("--mem", memory, parse_size), cpus=cpus, pids=pids,
             timeout=_parse("--timeout", timeout, parse_duration), grace=_parse("--grace", grace, parse_grace),
             stdin_data=stdin_file.read() if stdin_file else None,  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from lclusterd.errors import LclusterdError, SetupFailed
-from lclusterd.runtime import caps, channel, kernel, plan, protocol, volumes
+from lclusterd.runtime import caps, channel, kernel, plan, protocol, users, volumes
 from lclusterd.runtime.cgroups import Limits, NodeLimits, detect
 from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
 from lclusterd.runtime.mounts import Scratch
@@ -172,6 +172,8 @@ class ForkServer:
         Everything that can fail on bad input fails here, before the job has a process."""
         if not os.path.isdir(spec.rootfs):
             raise SetupFailed("rootfs", f"rootfs {spec.rootfs} does not exist (build it with `make rootfs`)")
+        # no User, no file read; with user namespaces every id must be in the job's slot
+        user = users.resolve(spec.rootfs, spec.user, self.pool.setup.slots is not None) if spec.user else None
         opened = stdio  # one list: whatever is opened here is closed with the caller's fds
         relays: list[LogRelay] = []
         cgroup: JobCgroup | None = None
@@ -181,7 +183,7 @@ class ForkServer:
             trees = volumes.open_all(self.volume_roots, spec.volumes) if spec.volumes else []
             cgroup = self.driver.create(spec.job_id, Limits(spec.memory_bytes, spec.cpus, spec.pids))
             fds = stdio or open_stdio(spec, opened, relays, self.devnull)
-            spare = self._hand_over(spec, cgroup, fds + trees, net is not None)
+            spare = self._hand_over(spec, cgroup, fds + trees, net is not None, user)
         except BaseException as error:
             _close_all(trees)
             _close_all(opened)
@@ -200,13 +202,15 @@ class ForkServer:
         for relay in relays:
             self.selector.register(relay.fileno(), selectors.EVENT_READ, _bind(self._on_output, job, relay))
 
-    def _hand_over(self, spec: RuntimeSpec, cgroup: JobCgroup, fds: list[int], network: bool) -> SpareInit:
+    def _hand_over(self, spec: RuntimeSpec, cgroup: JobCgroup, fds: list[int], network: bool,
+                   user: users.Credentials | None) -> SpareInit:
         """Give the job's plan and `fds` (stdio, then the volumes' mounts) to a waiting spare (or a
         new one). A spare that died waiting is dropped and a fresh one spawned (the plan rebuilt)."""
+        env = spec.job_environment(user.home) if user else spec.job_environment()
         for attempt in (1, 2):
             spare = self.pool.take()
             prepared = plan.PreparedJob(
-                job_id=spec.job_id, argv=spec.argv, env=spec.job_environment(), cwd=spec.cwd,
+                job_id=spec.job_id, argv=spec.argv, env=env, cwd=spec.cwd, user=user,
                 hostname=spec.effective_hostname, rootfs=spec.rootfs, cgroup_procs=cgroup.procs_files,
                 keep_caps=self.keep_caps, cap_last=self.cap_last, ids=spare.slot.ids if spare.slot else None,
                 writable_bytes=spec.memory_bytes // 2 if spec.memory_bytes else None, network=network,
@@ -330,11 +334,6 @@ def _bind(method: Callable[..., None], *args: object) -> Callable[[], None]:
     return lambda: method(*args)
 
 
-def _id_range(text: str) -> IdRange:
-    start, _, count = text.partition(":")
-    return IdRange(int(start), int(count))
-
-
 def _setup(args: argparse.Namespace) -> tuple[CgroupDriver, SparePool, BridgeNetwork | NoNetwork]:
     """The job network first (a subnet in use or no nft fails before anything is made), then
     the rest. Raises LclusterdError or OSError with the reason."""
@@ -368,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="the launcher's socket")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--cgroup-parent", default="lclusterd")
-    parser.add_argument("--userns-uids", type=_id_range, help="START:COUNT host uids for jobs' user namespaces")
-    parser.add_argument("--userns-gids", type=_id_range, help="START:COUNT host gids for jobs' user namespaces")
+    parser.add_argument("--userns-uids", type=IdRange.parse, help="START:COUNT host uids for jobs' user namespaces")
+    parser.add_argument("--userns-gids", type=IdRange.parse, help="START:COUNT host gids for jobs' user namespaces")
     parser.add_argument("--node-memory", type=int, help="memory ceiling of all jobs together (bytes)")
     parser.add_argument("--node-pids", type=int, help="pids ceiling of all jobs together")
     parser.add_argument("--bridge", default=DEFAULT_BRIDGE, help="the job network's bridge (with --subnet)")

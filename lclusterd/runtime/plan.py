@@ -15,9 +15,10 @@ plan arrives on the init's socket when a job is handed over (docs/container.md):
   job:    join the job cgroup -> unshare the cgroup namespace -> stdio -> size the
           scratch tmpfs [and give it to the job's root] -> [idmapped rootfs] -> mounts ->
           pivot_root -> masks -> hostname -> [enter the user namespace -> drop the
-          bounding set] -> no_new_privs -> capabilities -> seccomp -> find the command ->
-          close fds -> chdir -> exec
-  ([...]: with a user namespace; without one the spare drops the bounding set.)
+          bounding set] -> {the job's user: groups, gid, uid} -> no_new_privs ->
+          capabilities -> seccomp -> find the command -> close fds -> chdir -> exec
+  ([...]: with a user namespace; without one the spare drops the bounding set. {...}: with
+  a User.)
 
 Everything that needs root on the host (mounts, pivot_root, hostname) happens before the
 job enters its user namespace, in mount, UTS and IPC namespaces the host's root owns; the
@@ -41,6 +42,7 @@ from typing import Iterator
 
 from lclusterd.runtime import kernel, mounts
 from lclusterd.runtime.mounts import Scratch
+from lclusterd.runtime.users import Credentials
 from lclusterd.runtime.userns import IdMap
 
 JOBINIT = Path(__file__).resolve().parent / "jobinit" / "lclusterd-jobinit"
@@ -59,7 +61,7 @@ ARITY = {
     "mount": 5, "mkdir": 2, "file": 1, "symlink": 2, "mask": 1, "readonly": 1,
     "loopback": 0, "bounding": 2, "capset": 1, "cgroup": 1, "stdio": 0, "umask": 1,
     "pivot": 1, "hostname": 1, "nnp": 0, "seccomp": 1, "wait": 0, "exec": -1, "network": 0,
-    "mkdirs": 4, "volume": 3,
+    "mkdirs": 4, "volume": 3, "ids": 3,
 }
 
 
@@ -170,6 +172,7 @@ class PreparedJob:
     network: bool = False  # net="bridge": the fork server sets its network up when asked (op network)
     # Where each volume goes in the job, in the order of their detached mounts (sent after stdio).
     volumes: tuple[str, ...] = ()
+    user: Credentials | None = None  # who the job runs as (users.py); None: its root, no lookups
 
 
 def spare_plan(scratch: Scratch, keep_caps: int, cap_last: int, ids: IdMap | None = None) -> list[str]:
@@ -232,14 +235,30 @@ def job_plan(job: PreparedJob, scratch: Scratch) -> list[str]:
     if job.ids is not None:
         plan += ["step", "user namespace", "setuser"]
         plan += ["step", "capability bounding set", "bounding", f"{job.keep_caps:x}", str(job.cap_last)]
+    user_tokens, keep = _user(job)
+    plan += user_tokens
     plan += ["step", "no_new_privs", "nnp"]
-    plan += ["step", "capabilities", "capset", f"{job.keep_caps:x}"]
+    plan += ["step", "capabilities", "capset", f"{keep:x}"]
     plan += ["step", "seccomp", "seccomp", seccomp_token(SECCOMP_RULES)]
     # exec finds the command (PATH from the job's environment), marks every fd but stdio
     # close-on-exec, enters cwd and execs, naming each of those steps itself.
     env = [f"{name}={value}" for name, value in job.env.items()]
     plan += ["exec", job.cwd, job.env.get("PATH", ""), str(len(job.argv)), *job.argv, str(len(env)), *env]
     return plan
+
+
+def _user(job: PreparedJob) -> tuple[list[str], int]:
+    """The op that makes the job its user (after the bounding set: dropping it takes
+    CAP_SETPCAP, which leaving uid 0 takes away), and the capabilities it keeps then."""
+    if job.user is None:
+        return [], job.keep_caps
+    # Groups and gid before the uid: both need CAP_SETGID, which leaving uid 0 takes away.
+    groups = ",".join(str(gid) for gid in job.user.groups)
+    tokens = ["step", "user", "ids", str(job.user.uid), str(job.user.gid), groups]
+    # Leaving uid 0 clears the permitted and effective sets; the inheritable set goes too, so
+    # a user other than root holds no capability at all. The bounding set stays the kept set
+    # (as Docker's), and no_new_privs keeps a setuid file from raising anything from it.
+    return tokens, job.keep_caps if job.user.is_root else 0
 
 
 def _writable_layer(job: PreparedJob, scratch: Scratch) -> list[str]:

@@ -60,6 +60,9 @@ class RuntimeSpec:
     # HOST:PATH[:ro] (limits.parse_volume): host directories beneath one of the node's
     # volume roots, bound at PATH (runtime/volumes.py).
     volumes: list[str] = field(default_factory=list)
+    # Who the job runs as (OCI's User: "uid", "uid:gid", "name", "name:group", ...), names
+    # looked up in the rootfs's /etc/passwd and /etc/group (runtime/users.py); "": its root.
+    user: str = ""
 
     @staticmethod
     def shell(job_id: str, command: str, rootfs: str, **kw: Any) -> RuntimeSpec:
@@ -79,6 +82,7 @@ class RuntimeSpec:
         if any(c in self.rootfs for c in ",:\0"):
             raise InvalidSpec(f"rootfs path {self.rootfs!r} must not contain ',' or ':' (overlay options)")
         limits.check_env(self.env)
+        limits.parse_user(self.user)
         if not os.path.isabs(self.cwd) or "\0" in self.cwd:
             raise InvalidSpec(f"working directory must be an absolute path, not {self.cwd!r}")
         if self.hostname is not None and not _HOSTNAME.match(self.hostname):
@@ -107,9 +111,10 @@ class RuntimeSpec:
     def effective_hostname(self) -> str:
         return self.hostname or self.job_id[:12]
 
-    def job_environment(self) -> dict[str, str]:
-        """The clean environment the job starts with: defaults, then the spec's own."""
-        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": self.effective_hostname}
+    def job_environment(self, home: str = "/root") -> dict[str, str]:
+        """The clean environment the job starts with: defaults, then the spec's own. `home`:
+        its user's home directory (runtime/users.py), root's without a user."""
+        env = {"PATH": DEFAULT_PATH, "HOME": home, "HOSTNAME": self.effective_hostname}
         env.update(self.env)
         return env
 
@@ -139,7 +144,7 @@ _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "memory_bytes": _INT + _NONE, "cpus": _NUM + _NONE, "pids": _INT + _NONE, "timeout": _NUM + _NONE,
     "grace": _NUM, "stdin_data": _STR + _NONE, "stdout_path": _STR + _NONE, "stderr_path": _STR + _NONE,
     "max_log_bytes": _INT + _NONE, "net": _STR, "publish": (list,),
-    "volumes": (list,),
+    "volumes": (list,), "user": _STR,
 }
 _REQUIRED = ("job_id", "argv", "rootfs")
 

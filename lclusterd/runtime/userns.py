@@ -31,6 +31,12 @@ class IdRange:
     start: int
     count: int
 
+    @staticmethod
+    def parse(text: str) -> IdRange:
+        """START:COUNT (the fork server's --userns-uids and --userns-gids)."""
+        start, _, count = text.partition(":")
+        return IdRange(int(start), int(count))
+
 
 @dataclass(frozen=True)
 class IdRanges:

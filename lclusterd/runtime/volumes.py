@@ -29,6 +29,7 @@ from lclusterd.runtime import kernel
 SYS_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10  # users.py: an image's /etc/passwd, its links resolved inside the image
 MS_PRIVATE = 1 << 18
 NO_VOLUMES = "this node allows no volumes: start lclusterd with --volume-root DIR"
 
@@ -41,15 +42,24 @@ _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
+# With RESOLVE_BENEATH or RESOLVE_IN_ROOT the kernel answers EAGAIN when a rename or a mount
+# anywhere on the host raced a '..' of the walk, and asks the caller to retry (openat2(2)):
+# under load (other jobs starting, renaming) a few percent of such walks hit it.
+OPENAT2_TRIES = 64
+
+
 def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
     """openat2(2), by number: glibc has no wrapper. OSError naming the call otherwise."""
     how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
-    ret = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)),
-                        ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-    if ret < 0:
+    for _ in range(OPENAT2_TRIES):
+        ret = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)),
+                            ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+        if ret >= 0:
+            return ret
         err = ctypes.get_errno()
-        raise OSError(err, f"openat2({path}, resolve {resolve:#x}): {os.strerror(err)}")
-    return ret
+        if err != errno.EAGAIN:
+            break
+    raise OSError(err, f"openat2({path}, resolve {resolve:#x}): {os.strerror(err)}")
 
 
 def clone_tree(fd: int, read_only: bool) -> int:

@@ -6,8 +6,9 @@ options win), placement only on the node that has the image, an image no node ha
 at add with one line (exit 1), a removed image refused for new jobs and named in the
 `waiting` of a queued one, `lclient -images`; and the image `debian` (make rootfs
 ROOTFS=debian) running python3 and compiling a C program that reads its stdin, under a
-timeout; and a job whose image its node cannot use at the start (damaged there) FAILED with
-the reason."""
+timeout; a job whose image its node cannot use at the start (damaged there) FAILED with
+the reason; and a job as its image's User, one whose User the image does not name FAILED with
+one line naming it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from support.images import docker_archive, run_image_cli, umoci_image
+from support.images import docker_archive, run_image_cli, umoci_image, umoci_users_image
 from support.jobs import add, check, ran_on, until
 
 SYSTEM_STORE = Path("/var/lib/lclusterd/images")  # where `make rootfs ROOTFS=debian` puts debian
@@ -29,8 +30,8 @@ def oci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return umoci_image(tmp_path_factory.mktemp("umoci"))
 
 
-def import_image(node, name: str, path: Path) -> None:
-    code, _, err = run_image_cli("import", "--state-dir", str(node.state_dir), name, str(path))
+def import_image(node, name: str, path: Path, *more: str) -> None:
+    code, _, err = run_image_cli("import", "--state-dir", str(node.state_dir), name, str(path), *more)
     assert code == 0, err
 
 
@@ -138,6 +139,23 @@ def test_an_image_its_node_cannot_use_at_the_start_fails_the_job_with_the_reason
     assert (done.returncode, job["state"], job["node"]) == (1, "FAILED", "a")
     assert job["error"].startswith("node a cannot run the job's image: malformed image config: not JSON")
     assert done.stderr.count("\n") == 1 and "cannot run the job's image" in done.stderr
+
+
+def test_a_job_runs_as_its_images_user_and_one_the_image_does_not_name_fails_with_one_line(cluster, tmp_path):
+    outside = tmp_path / "host-passwd"
+    outside.write_text("hostonly:x:4242:4242::/:/bin/sh\n")
+    layout = umoci_users_image(tmp_path, outside)
+    a = cluster.daemon("a")
+    for tag in ("app", "nosuch"):
+        import_image(a, tag, layout, "--ref", tag)
+    until(lambda: {("a", "app"), ("a", "nosuch")} <= images(a), "a to publish both images")
+    done = follow(a, "id -un; id -G; echo $HOME", "-image", "app")
+    assert (done.returncode, done.stdout) == (0, "app\n1235 2000\n/home/app\n"), done.stderr
+    done = a.lclient("-add", "echo ran", "-image", "nosuch", "-wait", timeout=120)
+    job = check(a, done.stdout.strip())
+    assert (done.returncode, job["state"], job["error"]) == (1, "FAILED",
+                                                           "user nosuch: no such user in the image's /etc/passwd")
+    assert done.stderr == f"lclient: job {job['id']} ended FAILED: user nosuch: no such user in the image's /etc/passwd\n"
 
 
 SUM_C = r"""

@@ -157,6 +157,26 @@ def test_what_the_jobs_root_may_write_in_a_volume(vr, data):
         assert (data / "closed").stat().st_uid == 0 and (data / "open" / "made").stat().st_uid == 0
 
 
+def test_a_jobs_user_writes_in_a_volume_as_its_own_uid(vr, data):
+    """A job's User (here 1000:1000) writes where that user may: a 0777 directory, not one only
+    root may write. On the host what it makes is owned by its uid as the job's user namespace
+    maps it (the slot's base + 1000), or by host uid 1000 without one."""
+    (data / "open").mkdir()
+    os.chmod(data / "open", 0o777)
+    result, out, err = vr.run("touch /data/closed || echo closed refused; touch /data/open/made && echo open written",
+                              [f"{data}:/data"], user="1000:1000")
+    assert result.status == "EXITED", result
+    assert out.splitlines() == ["closed refused", "open written"] and "Permission denied" in err
+    owner = (data / "open" / "made").stat()
+    if vr.userns:
+        ranges = userns.subordinate_ranges()
+        assert (owner.st_uid - ranges.uids.start) % userns.SLOT_SIZE == 1000
+        assert (owner.st_gid - ranges.gids.start) % userns.SLOT_SIZE == 1000
+        assert ranges.uids.start <= owner.st_uid < ranges.uids.start + ranges.uids.count
+    else:
+        assert (owner.st_uid, owner.st_gid) == (1000, 1000)
+
+
 # -- refusals --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", ["/etc", "../../..", "/"])

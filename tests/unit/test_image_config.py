@@ -43,6 +43,9 @@ def test_a_config_without_run_settings_gives_no_defaults():
     (config({"Cmd": ["/bin/sh", 3]}), "Cmd is not a list of strings"),
     (config({"WorkingDir": "relative"}), "WorkingDir 'relative' is not an absolute path"),
     (config({"User": 0}), "User is not a string"),
+    (config({"User": "a:b:c"}), "user 'a:b:c' is not USER or USER:GROUP"),
+    (config({"User": ":1000"}), "is not USER or USER:GROUP"),
+    (config({"User": "99999999999"}), "ids go from 0 to 4294967294, not 99999999999"),
     (config([]), "config is not an object"),
     (config({}, rootfs={"type": "layers", "diff_ids": ["md5:x"]}), "diff_ids is not a list of sha256 digests"),
     (config({}, rootfs=None), "rootfs is not"),
@@ -97,6 +100,6 @@ def test_no_command_at_all_is_refused():
 def test_the_result_is_a_runtime_specs_fields():
     spec = RuntimeSpec(job_id="j1", rootfs="/images/x/rootfs", **apply_defaults(IMAGE, env={"B": "2"}).spec_fields())
     spec.validate()
-    assert (spec.argv, spec.cwd) == (["/entry", "--serve", "8080"], "/srv")
+    assert (spec.argv, spec.cwd, spec.user) == (["/entry", "--serve", "8080"], "/srv", "app:app")
     assert spec.job_environment()["PATH"] == "/opt/bin:/bin"  # the image's PATH over the runtime's default
     assert spec.job_environment()["B"] == "2"

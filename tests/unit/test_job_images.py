@@ -34,13 +34,14 @@ class Store:
 
 
 CONFIG = ImageConfig(env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, entrypoint=("/usr/bin/python3",),
-                     cmd=("-c", "print(1)"), working_dir="/srv")
+                     cmd=("-c", "print(1)"), working_dir="/srv", user="app")
 DEFAULTS = NodeDefaults(rootfs="/rootfs", images=Store(CONFIG))
 
 
 def test_the_image_gives_env_workdir_and_command_under_the_jobs_own():
     spec = to_runtime_spec(JOB, JobSpec("echo $LANG", env={"LANG": "C"}, image="debian"), DEFAULTS)
     assert (spec.rootfs, spec.argv, spec.cwd) == ("/state/images/debian/rootfs", ["/bin/sh", "-c", "echo $LANG"], "/srv")
+    assert spec.user == "app"  # the runtime resolves it in the image's /etc/passwd
     assert spec.env == {"PATH": "/usr/bin:/bin", "LANG": "C"}
     spec = to_runtime_spec(JOB, JobSpec("", image="debian"), DEFAULTS)
     assert spec.argv == ["/usr/bin/python3", "-c", "print(1)"]
@@ -48,7 +49,8 @@ def test_the_image_gives_env_workdir_and_command_under_the_jobs_own():
 
 def test_a_job_without_an_image_runs_on_the_nodes_rootfs_as_before():
     spec = to_runtime_spec(JOB, JobSpec("true", env={"A": "1"}), DEFAULTS)
-    assert (spec.rootfs, spec.argv, spec.env, spec.cwd) == ("/rootfs", ["/bin/sh", "-c", "true"], {"A": "1"}, "/")
+    assert (spec.rootfs, spec.argv, spec.env, spec.cwd, spec.user) == ("/rootfs", ["/bin/sh", "-c", "true"], {"A": "1"},
+                                                                       "/", "")
 
 
 def test_an_image_that_is_gone_or_has_no_command_is_an_error_not_a_traceback():

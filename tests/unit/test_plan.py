@@ -14,6 +14,7 @@ import pytest
 
 from lclusterd.runtime import caps, kernel, plan
 from lclusterd.runtime.mounts import Scratch
+from lclusterd.runtime.users import Credentials
 from lclusterd.runtime.userns import IdMap
 
 SCRATCH = Scratch("/scratch")
@@ -71,6 +72,28 @@ def test_job_plan_arguments():
     assert steps[:4] == ["start", "join cgroup", "unshare cgroup namespace", "stdio"]
 
 
+@pytest.mark.parametrize("ids", [None, IDS], ids=["no-userns", "userns"])
+def test_a_jobs_user_is_set_after_the_bounding_set_and_before_no_new_privs_and_capset(ids):
+    tokens = plan.job_plan(job(ids=ids, user=Credentials(1000, 1001, (20, 30), "/home/app")), SCRATCH)
+    order = names(tokens)
+    # the bounding set needs CAP_SETPCAP, which leaving uid 0 takes away; seccomp refuses nothing
+    # the op calls, but it is last before exec anyway
+    assert order.index("hostname") < order.index("ids") < order.index("nnp") < order.index("capset")
+    if ids is not None:
+        assert order.index("setuser") < order.index("bounding") < order.index("ids")
+    assert args_of(tokens, "ids") == [["1000", "1001", "20,30"]]
+    assert [args[0] for args in args_of(tokens, "step")][-4:] == ["user", "no_new_privs", "capabilities", "seccomp"]
+    # a user other than root keeps no capability, the inheritable set included
+    assert args_of(tokens, "capset") == [["0"]]
+
+
+def test_root_by_name_keeps_the_kept_capabilities_and_no_user_adds_no_op():
+    as_root = plan.job_plan(job(user=Credentials(0, 1000)), SCRATCH)
+    assert args_of(as_root, "ids") == [["0", "1000", ""]]
+    assert int(args_of(as_root, "capset")[0][0], 16) == caps.mask_of(caps.DEFAULT_KEEP)
+    assert "ids" not in names(plan.job_plan(job(), SCRATCH))  # no User: the plan of every job without one
+
+
 def test_with_user_namespace_the_rootfs_is_idmapped_and_the_writable_layer_given_to_the_jobs_root():
     tokens = plan.job_plan(job(ids=IDS, writable_bytes=32 << 20), SCRATCH)
     assert args_of(tokens, "idmap") == [["/rootfs", "/scratch/lower"]]
@@ -111,7 +134,8 @@ def test_every_op_is_one_the_c_init_knows_with_the_same_arity():
     table = table[:table.index("};")]
     in_c = {name: int(count) for name, count in re.findall(r'\{"(\w+)", (-?\d+), \w+\}', table)}
     assert in_c == plan.ARITY
-    for tokens in (plan.job_plan(job(ids=IDS, writable_bytes=1 << 20), Scratch("/s")), plan.spare_plan(Scratch("/s"), 1, 40, IDS)):
+    for tokens in (plan.job_plan(job(ids=IDS, writable_bytes=1 << 20, user=Credentials(1, 2, (3,))), Scratch("/s")),
+                   plan.spare_plan(Scratch("/s"), 1, 40, IDS)):
         assert all(name in plan.ARITY for name, _ in plan.ops(tokens))
 
 

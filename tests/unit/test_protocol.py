@@ -12,7 +12,8 @@ from lclusterd.runtime import protocol
 from lclusterd.runtime.spec import RunResult, RuntimeSpec
 
 SPEC = RuntimeSpec(job_id="a" * 32, argv=["/bin/sh", "-c", "true"], rootfs="/r", env={"A": "1"}, memory_bytes=64 << 20,
-                   timeout=5.0, stdin_data=b"\x00in", stdout_path="/l/a.out", stderr_path="/l/a.err", max_log_bytes=1 << 20)
+                   timeout=5.0, stdin_data=b"\x00in", stdout_path="/l/a.out", stderr_path="/l/a.err", max_log_bytes=1 << 20,
+                   user="app:staff")
 
 
 def wire(message) -> dict:
@@ -53,6 +54,7 @@ def start_with(**changes) -> dict:
     (start_with(env={"A": 1}), "env must map strings"),
     (start_with(stdin_data="!!not base64!!"), "not base64"),
     (start_with(evil=1), "unknown field 'evil'"),
+    (start_with(user=1000), "user has the wrong type"),
     ({"type": "Kill", "job_id": 5, "grace": None}, "valid field 'job_id'"),
     ({"type": "Kill", "job_id": "a", "grace": -1}, "grace period"),
     ({"type": "Kill", "job_id": "a", "grace": math.inf}, "grace period"),

@@ -45,6 +45,8 @@ def good_spec(**kw) -> RuntimeSpec:
     ({"grace": float("inf")}, "grace period"),
     ({"stdout_path": "relative/out"}, "log paths must be absolute"),
     ({"max_log_bytes": 10}, "log cap must be at least"),
+    ({"user": "a:b:c"}, "user 'a:b:c' is not USER or USER:GROUP"),
+    ({"user": "4294967295"}, "ids go from 0 to 4294967294"),
 ])
 def test_spec_validation_names_the_problem(changes, message):
     job = good_spec()
@@ -55,7 +57,8 @@ def test_spec_validation_names_the_problem(changes, message):
 
 
 def test_valid_spec_passes_and_round_trips_through_json():
-    job = good_spec(env={"A": "1"}, memory_bytes=64 << 20, cpus=0.5, pids=10, timeout=3.0, stdin_data=b"\x00\xff")
+    job = good_spec(env={"A": "1"}, memory_bytes=64 << 20, cpus=0.5, pids=10, timeout=3.0, stdin_data=b"\x00\xff",
+                    user="app:1000")
     job.validate()
     assert RuntimeSpec.from_json(job.to_json()) == job
     result = RunResult(job_id=job.job_id, status="EXITED", exit_code=0)
@@ -65,6 +68,9 @@ def test_valid_spec_passes_and_round_trips_through_json():
 def test_job_environment_is_clean_defaults_plus_spec():
     env = good_spec(env={"PATH": "/bin", "X": "y"}).job_environment()
     assert env == {"PATH": "/bin", "HOME": "/root", "HOSTNAME": "0" * 12, "X": "y"}
+    # a User's home (runtime/users.py) is HOME unless the job's environment names one
+    assert good_spec().job_environment("/home/app")["HOME"] == "/home/app"
+    assert good_spec(env={"HOME": "/h"}).job_environment("/home/app")["HOME"] == "/h"
 
 
 @pytest.mark.parametrize("text, size", [("1048576", 1 << 20), ("64M", 64 << 20), ("64MiB", 64 << 20),

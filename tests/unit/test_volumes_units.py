@@ -127,3 +127,10 @@ def test_places_follow_the_entries_order():
     assert limits.MAX_VOLUMES == 32  # jobinit.h's MAX_VOLUMES: the descriptors the init takes with a job
     header = (Path(plan.__file__).parent / "jobinit" / "jobinit.h").read_text()
     assert f"#define MAX_VOLUMES {limits.MAX_VOLUMES}" in header
+
+
+def test_the_job_init_retries_openat2_as_often_as_the_fork_server():
+    """Both retry a walk a rename raced (EAGAIN) the same number of times (test_users.py has
+    the race itself)."""
+    source = (Path(plan.__file__).parent / "jobinit" / "mounts.c").read_text()
+    assert f"#define OPENAT2_TRIES {volumes.OPENAT2_TRIES} " in source

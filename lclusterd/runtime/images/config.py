@@ -57,7 +57,7 @@ class ImageConfig:
         if not isinstance(run, dict):
             raise InvalidImage("malformed image config: config is not an object")
         return cls(env=_env(run.get("Env")), entrypoint=_strings(run, "Entrypoint"), cmd=_strings(run, "Cmd"),
-                   working_dir=_working_dir(run.get("WorkingDir")), user=_string(run, "User"),
+                   working_dir=_working_dir(run.get("WorkingDir")), user=_user(run.get("User")),
                    os=_string(data, "os"), architecture=_string(data, "architecture"),
                    created=_string(data, "created"), diff_ids=_diff_ids(data.get("rootfs")))
 
@@ -109,6 +109,15 @@ def _working_dir(value: Any) -> str:
     return text
 
 
+def _user(value: Any) -> str:
+    text = _string({"User": value}, "User")
+    try:
+        limits.parse_user(text)  # the runtime's own check: its form and ids; names are looked up at start
+    except InvalidSpec as exc:
+        raise InvalidImage(f"malformed image config: {exc}") from None
+    return text
+
+
 def _diff_ids(rootfs: Any) -> tuple[str, ...]:
     if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
         raise InvalidImage("malformed image config: rootfs is not {\"type\": \"layers\", ...}")
@@ -121,9 +130,9 @@ def _diff_ids(rootfs: Any) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class JobDefaults:
     """A job's command, environment, working directory and user once its image's defaults
-    are applied: argv, env and cwd are RuntimeSpec's fields of the same names
-    (`RuntimeSpec(job_id=..., rootfs=..., **defaults.spec_fields())`); the runtime has no
-    user yet, so `user` ("" for the image's root) is for the control plane to act on."""
+    are applied: RuntimeSpec's fields of the same names
+    (`RuntimeSpec(job_id=..., rootfs=..., **defaults.spec_fields())`); `user` is "" for the
+    job's root, else a User the runtime resolves in the image's own files (runtime/users.py)."""
 
     argv: list[str]
     env: dict[str, str]
@@ -131,7 +140,7 @@ class JobDefaults:
     user: str
 
     def spec_fields(self) -> dict[str, Any]:
-        return {"argv": list(self.argv), "env": dict(self.env), "cwd": self.cwd}
+        return {"argv": list(self.argv), "env": dict(self.env), "cwd": self.cwd, "user": self.user}
 
 
 def apply_defaults(image: ImageConfig, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,

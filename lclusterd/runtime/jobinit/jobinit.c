@@ -14,7 +14,7 @@
  *                   many bytes of NUL-terminated tokens (the job's plan), with the
  *                   job's stdin, stdout and stderr as SCM_RIGHTS, then its volumes'
  *                   detached mounts; EOF = no job, exit 0
- *   the job's plan  cgroup join, mounts, pivot_root, masks, capabilities, ..., exec
+ *   the job's plan  cgroup join, mounts, pivot_root, masks, user, capabilities, ..., exec
  *
  * Status on fd 3 (close-on-exec, read to EOF by the fork server): nothing when the
  * exec succeeded, or one line E{"step":..,"errno":..,"detail":..} and exit 127 when an
@@ -22,8 +22,9 @@
  * hears it as that job's failure (and does not respawn a failing spare in a loop).
  *
  * This file is the interpreter: the ops table, the job message and the failure report.
- * The ops are in mounts.c (mounts and files) and process.c (the process, its namespaces
- * and credentials, exec); seccomp.c compiles the seccomp filter; jobinit.h is what they share.
+ * The ops are in mounts.c (mounts and files), process.c (the process, its namespaces and
+ * capabilities, exec) and users.c (the user namespace and the job's user); seccomp.c
+ * compiles the seccomp filter; jobinit.h is what they share.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -200,7 +201,7 @@ static const struct op {
     {"loopback", 0, op_loopback}, {"bounding", 2, op_bounding}, {"capset", 1, op_capset}, {"cgroup", 1, op_cgroup},
     {"stdio", 0, op_stdio}, {"umask", 1, op_umask}, {"pivot", 1, op_pivot}, {"hostname", 1, op_hostname},
     {"nnp", 0, op_nnp}, {"seccomp", 1, op_seccomp}, {"wait", 0, NULL}, {"exec", -1, op_exec},
-    {"network", 0, op_network}, {"mkdirs", 4, op_mkdirs}, {"volume", 3, op_volume},
+    {"network", 0, op_network}, {"mkdirs", 4, op_mkdirs}, {"volume", 3, op_volume}, {"ids", 3, op_ids},
 };
 
 static const struct op *find_op(const char *name) {

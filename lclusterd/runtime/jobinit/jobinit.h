@@ -30,7 +30,7 @@ unsigned long long number(const char *s, int base);
 extern int stdio_fds[3];
 
 /* The job's user namespace, made while a spare ("userns") and entered last ("setuser")
- * (process.c); the idmap op (mounts.c) maps the rootfs to its ids. -1: none. */
+ * (users.c); the idmap op (mounts.c) maps the rootfs to its ids. -1: none. */
 extern int userns_fd;
 
 /* The volumes' detached mounts, received after stdio (jobinit.c), moved into place by the
@@ -54,7 +54,12 @@ int op_chown(char **a, int n);
 int op_mkdirs(char **a, int n);
 int op_volume(char **a, int n);
 
-/* process.c: the process, its namespaces, credentials and what it execs */
+/* users.c: the user namespace and the job's user */
+int op_userns(char **a, int n);
+int op_setuser(char **a, int n);
+int op_ids(char **a, int n);
+
+/* process.c: the process, its namespaces, capabilities and what it execs */
 int op_loopback(char **a, int n);
 int op_bounding(char **a, int n);
 int op_capset(char **a, int n);
@@ -62,8 +67,6 @@ int op_seccomp(char **a, int n);
 int op_cgroup(char **a, int n_args);
 int op_stdio(char **a, int n);
 int op_exec(char **args, int count);
-int op_userns(char **a, int n);
-int op_setuser(char **a, int n);
 int op_name(char **a, int n);
 int op_pdeathsig(char **a, int n);
 int op_closefds(char **a, int n);

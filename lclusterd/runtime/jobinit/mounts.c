@@ -149,16 +149,22 @@ struct open_how_ {
 #define RESOLVE_NO_MAGICLINKS_ 0x02
 #define RESOLVE_IN_ROOT_ 0x10
 #define MOVE_MOUNT_T_EMPTY_PATH_ 0x40
+#define OPENAT2_TRIES 64 /* lclusterd.runtime.volumes.OPENAT2_TRIES (a unit test holds them equal) */
 
 int volume_fds[MAX_VOLUMES];
 int volume_count;
 
 /* PATH (absolute, inside the job) resolved in the directory root_fd as if it were "/": a
  * symbolic link of the image, absolute or "..", can only lead to another place in the job's
- * root, never onto the host; /proc's magic links are not followed at all. */
+ * root, never onto the host; /proc's magic links are not followed at all. EAGAIN: a rename
+ * or mount on the host raced a ".." of the walk, and the kernel asks for a retry. */
 static int in_root(int root_fd, const char *path) {
     struct open_how_ how = {O_PATH | O_DIRECTORY | O_CLOEXEC, 0, RESOLVE_IN_ROOT_ | RESOLVE_NO_MAGICLINKS_};
-    return (int)syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+    int fd, tries = 0;
+    do
+        fd = (int)syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+    while (fd < 0 && errno == EAGAIN && ++tries < OPENAT2_TRIES);
+    return fd;
 }
 
 static int open_root(const char *root) {

@@ -4,6 +4,7 @@ tree, its `docker save` twin made with skopeo, and the CLI run as a subprocess.
 
     tar_of(*members)         a layer tar from member specs (file, directory, symlink, ...)
     umoci_image(dir)         an OCI layout of two layers (the second deletes and replaces)
+    umoci_users_image(...)   an OCI layout whose tags name users: by name, unknown, a hostile /etc/passwd
     docker_archive(...)      skopeo copy oci:DIR:TAG docker-archive:FILE:NAME:TAG
     snapshot(root)           what is in a tree: path -> (type, mode, uid, gid, size or target, sha256)
     run_image_cli(args)      `python -m lclusterd image ARGS`: (exit status, stdout, stderr)
@@ -92,6 +93,35 @@ def umoci_image(work: Path) -> Path:
     umoci("config", "--image", f"{layout}:{UMOCI_TAG}", "--config.env", "GREETING=from the image",
           "--config.env", "PATH=/bin:/usr/bin", "--config.workingdir", "/home/user", "--config.user", "1000:1000",
           "--config.cmd", "/bin/sh", "--config.cmd", "-c", "--config.cmd", "echo image default command")
+    umoci("gc", "--layout", str(layout))
+    return layout
+
+
+USERS_PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1234:1235:the app:/home/app:/bin/sh\n"
+USERS_GROUP = "root:x:0:\nappgroup:x:1235:\nextra:x:2000:someone,app\nother:x:2001:someone\n"
+
+
+def umoci_users_image(work: Path, outside: Path) -> Path:
+    """An OCI layout at work/oci-users made by umoci, a busybox tree whose /etc/passwd names
+    app (1234:1235, home /home/app) and whose /etc/group puts app in extra (2000), with tags:
+    `app` (User app), `nosuch` (User nosuch), and `hostile` (User hostonly), whose second
+    layer makes /etc/passwd a link climbing out of the image to `outside`, a file of the host."""
+    layout, bundle = work / "oci-users", work / "bundle-users"
+    umoci("init", "--layout", str(layout))
+    umoci("new", "--image", f"{layout}:app")
+    umoci("unpack", "--image", f"{layout}:app", str(bundle))
+    root = bundle / "rootfs"
+    _busybox_tree(root)
+    (root / "etc" / "passwd").write_text(USERS_PASSWD)
+    (root / "etc" / "group").write_text(USERS_GROUP)
+    (root / "home" / "app").mkdir()
+    umoci("repack", "--refresh-bundle", "--image", f"{layout}:app", str(bundle))
+    umoci("config", "--image", f"{layout}:app", "--config.user", "app")
+    umoci("config", "--image", f"{layout}:app", "--tag", "nosuch", "--config.user", "nosuch")
+    (root / "etc" / "passwd").unlink()
+    (root / "etc" / "passwd").symlink_to("../" * 16 + str(outside).lstrip("/"))
+    umoci("repack", "--image", f"{layout}:hostile", str(bundle))
+    umoci("config", "--image", f"{layout}:hostile", "--config.user", "hostonly")
     umoci("gc", "--layout", str(layout))
     return layout
 
