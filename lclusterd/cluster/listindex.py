@@ -29,8 +29,10 @@ the rest see it at once. Until the first pass after an upgrade, -list reads all 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+from typing import Iterable, Iterator
 
 from lclusterd.cluster import decode
 from lclusterd.cluster.keys import Keys
@@ -81,8 +83,7 @@ class ListedIndex:
         (jobs, listed), _ = self.store.counts([self.keys.jobs_prefix, self.keys.listed_prefix])
         if complete and jobs - listed in (0, self._settled):
             return 0
-        fixes = self._fixes()
-        done, whole = self._apply(fixes, stopped)
+        done, whole = self._apply(self._fixes(), stopped)
         if done < 0:
             log.warning("list index: the prime key is no longer ours; writing nothing more")
             return done
@@ -96,29 +97,29 @@ class ListedIndex:
         self._settled = jobs - listed if whole else None
         return done
 
-    def _fixes(self) -> list[Fix]:
-        """What makes listed/ one key per valid record, and nothing else (the module docstring)."""
-        indexed_kvs, _ = self.store.get_prefix(self.keys.listed_prefix, keys_only=True)
-        job_kvs, _ = self.store.get_prefix(self.keys.jobs_prefix, keys_only=True)
-        ids = {Keys.last(kv.key) for kv in job_kvs}
-        ids = {job_id for job_id in ids if JOB_ID.match(job_id)}
-        fixes: list[Fix] = []
+    def _fixes(self) -> Iterator[Fix]:
+        """What makes listed/ one key per valid record, and nothing else (the module docstring),
+        as it is found: the records are read a chunk at a time, not held all at once. listed/ is
+        read before jobs/, so a job added in between (key and record) is never taken for a key
+        without its record."""
         indexed: dict[str, list[str]] = {}
+        indexed_kvs, _ = self.store.get_prefix(self.keys.listed_prefix, keys_only=True)
         for kv in indexed_kvs:
             try:
-                job_id = self.keys.listed_parts(kv.key)[2]
+                indexed.setdefault(self.keys.listed_parts(kv.key)[2], []).append(kv.key)
             except ValueError:
-                fixes.append((None, Delete(kv.key)))
-                continue
-            if job_id in ids:
-                indexed.setdefault(job_id, []).append(kv.key)
-            else:
-                fixes.append((Absent(self.keys.job(job_id)), Delete(kv.key)))
-        return fixes + self._from_records(sorted(i for i in ids if len(indexed.get(i, ())) != 1), indexed)
+                yield None, Delete(kv.key)
+        del indexed_kvs
+        job_kvs, _ = self.store.get_prefix(self.keys.jobs_prefix, keys_only=True)
+        ids = {job_id for job_id in (Keys.last(kv.key) for kv in job_kvs) if JOB_ID.match(job_id)}
+        del job_kvs
+        for job_id, keys in indexed.items():
+            if job_id not in ids:  # its record is gone
+                yield from ((Absent(self.keys.job(job_id)), Delete(key)) for key in keys)
+        yield from self._from_records(sorted(i for i in ids if len(indexed.get(i, ())) != 1), indexed)
 
-    def _from_records(self, ids: list[str], indexed: dict[str, list[str]]) -> list[Fix]:
+    def _from_records(self, ids: list[str], indexed: dict[str, list[str]]) -> Iterator[Fix]:
         """For jobs with no key or several: the key their record gives, the others deleted."""
-        fixes: list[Fix] = []
         for start in range(0, len(ids), READ_CHUNK):
             chunk = ids[start:start + READ_CHUNK]
             for job_id, kv in zip(chunk, self.store.get_many([self.keys.job(i) for i in chunk])):
@@ -130,19 +131,18 @@ class ListedIndex:
                     continue
                 have = indexed.get(job_id, [])
                 if put.key not in have:
-                    fixes.append((ModIs(kv.key, kv.mod_revision), put))
-                fixes += [(None, Delete(key)) for key in have if key != put.key]
-        return fixes
+                    yield ModIs(kv.key, kv.mod_revision), put
+                yield from ((None, Delete(key)) for key in have if key != put.key)
 
-    def _apply(self, fixes: list[Fix], stopped: threading.Event | None) -> tuple[int, bool]:
+    def _apply(self, fixes: Iterable[Fix], stopped: threading.Event | None) -> tuple[int, bool]:
         """Send `fixes` in transactions under the prime guard; a batch whose guard fails is sent
         again one fix at a time (one changed meanwhile is left for the next pass). How many were
         applied (-1: the prime key is not ours) and whether all were."""
         done, whole = 0, True
-        for start in range(0, len(fixes), FIXES_PER_TXN):
+        fixes = iter(fixes)
+        while batch := list(itertools.islice(fixes, FIXES_PER_TXN)):
             if stopped is not None and stopped.is_set():
                 return done, False
-            batch = fixes[start:start + FIXES_PER_TXN]
             if self._send(batch):
                 done += len(batch)
                 continue
