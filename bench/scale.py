@@ -211,7 +211,7 @@ def run_one(endpoint: str, n_nodes: int, n_jobs: int, fleet_kind: str = "process
         "assign_rate": n_jobs / (report["last_assigned"] - t0) if report["finished"] else 0.0,
         "e2e_rate": n_jobs / (report["done_at"] - t0) if report["finished"] else 0.0,
         "txns_per_job": 1 + (rev1 - rev0 - 1) / n_jobs,  # minus the prime key's own txn
-        "key_writes_per_job": 2 + (writes1 - writes0 - 1) / n_jobs,  # add = record + queue key
+        "key_writes_per_job": 3 + (writes1 - writes0 - 1) / n_jobs,  # add = record, queue key and listed/ key
     }
 
 

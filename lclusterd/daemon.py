@@ -33,13 +33,14 @@ from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.journal import Journal
 from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.listindex import history_duties
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.lookup import Lookup
 from lclusterd.cluster.node import NodeDirectory, NodeSession
 from lclusterd.cluster.offer import OfferError, node_offer
 from lclusterd.cluster.pools import Pools
 from lclusterd.cluster.prime import PrimeElection, prime_duties
-from lclusterd.cluster.retention import LogSweep, Retention
+from lclusterd.cluster.retention import LogSweep
 from lclusterd.cluster.runspec import NodeDefaults
 from lclusterd.cluster.scheduler import Scheduler
 from lclusterd.cluster.store import Store, StoreTls
@@ -228,9 +229,8 @@ class Daemon:
             # with the embedded etcd lost for good there is nothing to wait for: results are journaled
             self._teardown.callback(lambda: self.worker.stop(c.on_shutdown == "kill", 3 if self.etcd_lost else 15))
             self.scheduler = Scheduler(store, watches, keys, self.jobs, c.node_name, c.scheduling)
-            retention = Retention(store, keys, c.keep_seconds)
-            election = PrimeElection(store, watches, keys, session, *prime_duties(self.scheduler, retention))
-            self.election = self._started(election, PrimeElection.stop)
+            duties = prime_duties(self.scheduler, *history_duties(store, keys, c.keep_seconds))  # + retention, -list's index
+            self.election = self._started(PrimeElection(store, watches, keys, session, *duties), PrimeElection.stop)
             self.states = self.operations.follow_jobs(store, watches, keys, self._teardown)  # the last share
         except StoreUnavailable as exc:
             raise StartupError(str(exc)) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lclusterd.cluster.jobstates import StateChange
+from lclusterd.cluster.listing import Row, fold
 from lclusterd.cluster.node import NodeView
 from lclusterd.model import ARRAY, ASSIGNED, EXITED, QUEUED, RUNNING, JobRecord, JobSpec, PoolRecord, pool_outcome
 from lclusterd.rpc import lclusterd_pb2 as pb
@@ -116,31 +117,14 @@ def pool_to_proto(pool: PoolRecord, members: list[JobRecord], with_members: bool
 
 
 def list_rows(records: list[JobRecord], states: set[str], limit: int, expand_arrays: bool) -> list[pb.Job]:
-    """-list's rows, oldest first: a job each, and an array folded into one row (at its first
-    member's place, its state summed up from its members', member_count set) unless
-    `expand_arrays`; then only rows in `states` (when given), the newest `limit` (when > 0)."""
-    rows: list[JobRecord | list[JobRecord]] = []
-    arrays: dict[str, list[JobRecord]] = {}
-    for record in records:
-        if record.array_index is None or expand_arrays:
-            rows.append(record)
-            continue
-        members = arrays.get(record.pool)
-        if members is None:
-            members = arrays[record.pool] = []
-            rows.append(members)
-        members.append(record)
-    shown = []
-    for row in rows:
-        if isinstance(row, JobRecord):
-            if not states or row.state in states:
-                shown.append(row)
-            continue
-        state, _ = pool_outcome(row)
-        if not states or state in states:
-            shown.append(row)
-    shown = shown[-limit:] if limit > 0 else shown
-    return [job_to_proto(row) if isinstance(row, JobRecord) else _array_row(row) for row in shown]
+    """-list's rows from records in its order (cluster/listing.py's fold: an array as one row at
+    its first member's place unless `expand_arrays`, only rows in `states`, the newest `limit`)."""
+    return rows_to_proto(fold(records, states, limit, expand_arrays))
+
+
+def rows_to_proto(rows: list[Row]) -> list[pb.Job]:
+    """-list's rows as messages: a job each, an array (its members) as one, member_count set."""
+    return [job_to_proto(row) if isinstance(row, JobRecord) else _array_row(row) for row in rows]
 
 
 def _array_row(members: list[JobRecord]) -> pb.Job:

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import grpc
 
 from lclusterd.api import access
-from lclusterd.api.convert import (events_of, job_to_proto, list_rows, node_to_proto, pool_to_proto, spec_from_proto,
+from lclusterd.api.convert import (events_of, job_to_proto, node_to_proto, pool_to_proto, rows_to_proto, spec_from_proto,
                                    spec_to_proto)
 from lclusterd.api.errors import maps_errors, maps_stream_errors
 from lclusterd.api.identity import Authenticator
@@ -177,7 +177,7 @@ class JobsServicer(pb_grpc.JobsServicer):
         if request.expand_arrays:
             return pb.ListReply(jobs=[job_to_proto(r) for r in self.jobs.list(states or None, request.limit, owner)])
         # an array's row sums up all its members: filtered and cut after folding
-        return pb.ListReply(jobs=list_rows(self.jobs.list(None, 0, owner), states, request.limit, False))
+        return pb.ListReply(jobs=rows_to_proto(self.jobs.rows(states or None, request.limit, owner)))
 
     @maps_errors
     def Nodes(self, request: pb.NodesRequest, context) -> pb.NodesReply:

@@ -89,7 +89,7 @@ class Admission:
 
     def _add(self, spec: JobSpec, owner: str) -> JobRecord:
         self.check(spec)
-        record = JobRecord(id=new_job_id(), spec=spec, created_at=time.time(), owner=owner)
+        record = JobRecord(id=new_job_id(), spec=spec, created_at=self.jobs.added_at(), owner=owner)
         # a job with -after waits in the queue for its parents (the scheduler checks them)
         placement = self.placer.reserve(record.id, spec) if not spec.after else None
         if placement is not None:

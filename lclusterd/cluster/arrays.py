@@ -8,27 +8,27 @@ index, each naming the array (record.pool), its index (record.array_index) and t
 LCLUSTER_ARRAY_INDEX and LCLUSTER_ARRAY_ID added to its environment. Reading, waiting on,
 killing and removing an array is a pool's (pools.py, retention.py): only the labels differ.
 
-The write is a pool's too (pools.write_chunk, plan_chunks): chunks of up to 64 members (2
-puts and 1 compare each), up to IN_FLIGHT of them at once, the array record with the last
+The write is a pool's too (pools.write_chunk, plan_chunks): chunks of up to 42 members (3
+puts, jobs/, queue/ and the listed/ key, and 1 compare each), up to IN_FLIGHT of them at once, the array record with the last
 chunk once the others have landed, so the array exists, and its id is returned, only once
 every member does; the prime may start the first chunks' members before the last is written. If etcd fails between chunks, the members already written are
 cancelled (best effort) and the caller gets the error; a member that outlives that (etcd
 down, daemon crashed) runs as an ordinary job whose `pool` names no record.
 
 A batch is the same without a group record: its jobs are independent, written in chunks of
-64 in the order given; a failure part way cancels those written, as for an array.
+42 in the order given; a failure part way cancels those written, as for an array.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from lclusterd import limits
 from lclusterd.cluster.jobs import Jobs
-from lclusterd.cluster.kv import MAX_TXN_OPS
+from lclusterd.cluster.kv import MAX_TXN_OPS, Put
+from lclusterd.cluster.listing import index_put
 from lclusterd.cluster.pools import cancel_written, plan_chunks, write_chunk
 from lclusterd.errors import StoreUnavailable
 from lclusterd.model import ARRAY, JobRecord, JobSpec, PoolRecord, new_job_id
@@ -61,13 +61,15 @@ class Arrays:
                   ) -> tuple[PoolRecord, list[str]]:
         """Write an array of `spec` over indexes first..last (checked by admission); its record
         and its member ids in index order. StoreUnavailable (the members written are cancelled)."""
-        now = time.time()
+        now = self.jobs.added_at()
         array = PoolRecord(id=new_job_id(), spec=spec, created_at=now, owner=owner, kind=ARRAY, max_running=max_running)
         ids = [uuid.uuid4().hex for _ in range(first, last + 1)]
         array.members = {str(index): job_id for index, job_id in zip(range(first, last + 1), ids)}
         encode = _member_encoder(JobRecord(id="", spec=spec, created_at=now, pool=array.id, array_limit=max_running,
                                            owner=owner), array.id)
-        self._write(array, [(job_id, encode(job_id, index)) for index, job_id in zip(range(first, last + 1), ids)])
+        hint = owner.encode(errors="surrogateescape")  # (listing.index_put's value)
+        self._write(array, [(job_id, encode(job_id, index), Put(self.keys.listed(now, index, job_id), hint))
+                            for index, job_id in zip(range(first, last + 1), ids)])
         log.info("array %s: %d member(s), %d-%d%s", array.id, len(ids), first, last,
                  f" at most {max_running} at once" if max_running else "")
         return array, ids
@@ -75,15 +77,17 @@ class Arrays:
     def add_batch(self, specs: list[JobSpec], owner: str = "") -> list[JobRecord]:
         """Write one QUEUED job per spec (each admitted), in order. StoreUnavailable (the jobs
         written are cancelled)."""
-        now = time.time()
+        now = self.jobs.added_at()
         records = [JobRecord(id=new_job_id(), spec=spec, created_at=now, owner=owner) for spec in specs]
-        self._write(None, [(r.id, r.to_bytes()) for r in records])
+        self._write(None, [(r.id, r.to_bytes(), index_put(self.keys, r)) for r in records])
         return records
 
-    def _write(self, group: PoolRecord | None, members: list[tuple[str, bytes]]) -> None:
-        """The members (id, encoded record) in chunks, up to IN_FLIGHT transactions at once, then
-        the group's record with the last chunk; on a failure the members written are cancelled."""
-        member_bytes = 2 * (max(len(raw) for _, raw in members) + KEY_BYTES)
+    def _write(self, group: PoolRecord | None, members: list[tuple[str, bytes, Put]]) -> None:
+        """The members (id, encoded record, listed/ key) in chunks, up to IN_FLIGHT transactions at
+        once, then the group's record with the last chunk; on a failure the members written are
+        cancelled."""
+        listed = members[0][2]
+        member_bytes = 2 * (max(len(raw) for _, raw, _ in members) + KEY_BYTES) + len(listed.key) + len(listed.value)
         group_bytes = len(group.to_bytes()) + KEY_BYTES if group is not None else 0
         plan = plan_chunks(len(members), MAX_TXN_OPS, member_bytes, group_bytes)
         starts = [sum(plan[:i]) for i in range(len(plan))]
@@ -96,7 +100,7 @@ class Arrays:
                 for chunk, future in futures:
                     try:
                         _landed(future.result())
-                        written += [job_id for job_id, _ in chunk]
+                        written += [job_id for job_id, *_ in chunk]
                     except StoreUnavailable as exc:
                         failure = failure or exc
                 if failure is not None:

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 LOGGED_ONCE = 4096
 # what a skipped value is, by the key's section (metrics' `kind` label)
-_KINDS = {"jobs": "job", "queue": "queue", "assign": "assignment", "pools": "pool", "nodes": "node", "members": "node"}
+_KINDS = {"jobs": "job", "queue": "queue", "assign": "assignment", "pools": "pool", "nodes": "node", "members": "node",
+          "listed": "index"}
 
 _logged: OrderedDict[tuple[str, int], None] = OrderedDict()
 _lock = threading.Lock()
@@ -106,4 +107,6 @@ def _kind(key: str) -> str:
     parts = key.split("/")
     if parts[-3:-2] == ["assign"]:
         return "assignment"
+    if parts[-4:-3] == ["listed"]:  # <prefix>/listed/<time>/<index>/<uuid>, -list's index (listing.py)
+        return "index"
     return _KINDS.get(parts[-2], "other") if len(parts) > 1 else "other"

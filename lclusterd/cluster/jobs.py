@@ -17,13 +17,13 @@ from lclusterd import metrics
 from lclusterd.cluster import decode
 from lclusterd.cluster.groupcommit import GroupCommit
 from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.listing import AddClock, Listing, Row, fold, index_put
 from lclusterd.cluster.kv import MAX_TXN_BYTES, MAX_TXN_OPS, Absent, Compare, Delete, ModIs, Op, Put, txn_bytes
 from lclusterd.cluster.store import Store
 from lclusterd.errors import JobFinished, JobNotFound
 from lclusterd.model import ASSIGNED, CANCELLED, QUEUED, JobRecord
 
 log = logging.getLogger(__name__)
-LIST_PAGE = 256  # records per read when listing the newest few of a long history
 
 KILLS_PER_TXN = MAX_TXN_OPS // 3  # a queued job's cancel is 3 operations
 KILLS_IN_FLIGHT = 8
@@ -46,6 +46,8 @@ class Jobs:
         self.store = store
         self.keys = keys
         self._adds = GroupCommit(store)  # concurrent adds share transactions
+        self.added_at = AddClock()  # created_at of a new job (listing.py: -list's order)
+        self.listing = Listing(store, keys, added=self.added_at)
 
     # -- transitions as Changes (pure apart from the key layout) ---------------------------
     def assign(self, record: JobRecord, revision: int, node: str) -> Change:
@@ -126,14 +128,14 @@ class Jobs:
 
     # -- user requests -----------------------------------------------------------------------
     def add(self, record: JobRecord) -> JobRecord:
-        """Write a new job's record (QUEUED) and its queue entry in one transaction, shared with
-        the adds of other clients arriving meanwhile (groupcommit.py). The spec must have been
-        admitted (admission.py)."""
+        """Write a new job's record (QUEUED), its queue entry and its listed/ key in one
+        transaction, shared with the adds of other clients arriving meanwhile (groupcommit.py).
+        The spec must have been admitted (admission.py)."""
         raw = record.to_bytes()
         key = self.keys.job(record.id)
         # The guard fails only if jobs/<uuid> exists: with a fresh uuid4 that is our own write,
         # applied by an earlier try whose answer was lost (the store retried on another member).
-        self._adds.txn([Absent(key)], [Put(key, raw), Put(self.keys.queue(record.id), raw)])
+        self._adds.txn([Absent(key)], [Put(key, raw), Put(self.keys.queue(record.id), raw), index_put(self.keys, record)])
         return record
 
     def add_assigned(self, record: JobRecord, node: str, guard: list[Compare]) -> tuple[JobRecord, int | None]:
@@ -143,7 +145,8 @@ class Jobs:
         assigned = record.moved_to(ASSIGNED, node=node, assigned_at=time.time())
         raw = assigned.to_bytes()
         key = self.keys.job(record.id)
-        result = self._adds.txn([Absent(key), *guard], [Put(key, raw), Put(self.keys.assign(node, record.id), raw)])
+        result = self._adds.txn([Absent(key), *guard], [Put(key, raw), Put(self.keys.assign(node, record.id), raw),
+                                                        index_put(self.keys, record)])
         if result.succeeded:
             return assigned, result.revision
         kv = self.store.get(key)  # (as in add) an earlier try of ours may have landed
@@ -158,42 +161,22 @@ class Jobs:
         return decode.job_or_missing(kv, job_id), kv.mod_revision
 
     def list(self, states: set[str] | None = None, limit: int = 0, owner: str | None = None) -> list[JobRecord]:
-        """Records oldest first (by creation revision, then array index and key), optionally only in `states`
-        and only `owner`'s; the newest `limit` when given. Malformed records are left out
-        (decode.py logs them)."""
+        """Records in -list's order, oldest first (listing.py: by created_at, then array index and
+        id), optionally only in `states` and only `owner`'s; the newest `limit` when given, read
+        from the listed/ index. Malformed records are left out (decode.py logs them)."""
+        return self._rows(states, limit, owner, True)
+
+    def rows(self, states: set[str] | None = None, limit: int = 0, owner: str | None = None) -> list[Row]:
+        """As `list`, with each array folded into one row (its members, by index) at its place;
+        `states` and `limit` then count rows, an array by its summed-up state."""
+        return self._rows(states, limit, owner, False)
+
+    def _rows(self, states: set[str] | None, limit: int, owner: str | None, expand: bool) -> list[Row]:
         if limit > 0:
-            newest = self._newest(states, limit, owner)
+            newest = self.listing.newest(states, limit, owner, expand)
             if newest is not None:
                 return newest
-        kvs, _ = self.store.get_prefix(self.keys.jobs_prefix)
-        # (an array's members share a transaction, so a create revision: then by index)
-        found = sorted(decode.jobs_of(kvs), key=lambda pair: (pair[1].create_revision, pair[0].array_index or 0))
-        records = [record for record, _ in found if _listed(record, states, owner)]
-        return records[-limit:] if limit > 0 else records
-
-    def _newest(self, states: set[str] | None, limit: int, owner: str | None) -> list[JobRecord] | None:
-        """The newest `limit` records that pass the filters, read from the newest end in pages
-        at one revision, so a long history costs what is listed (and skipped on the way), not
-        the whole prefix. Jobs added in one transaction share a creation revision: a page never
-        ends inside such a group (its cut group is read again whole with the next page), so the
-        order and the choice are the full read's. None when one group fills a page."""
-        found: list[tuple[int, int, str, JobRecord]] = []
-        page, created_before, revision = max(limit, LIST_PAGE), 0, 0
-        while len(found) < limit:
-            kvs, revision = self.store.get_newest(self.keys.jobs_prefix, page, created_before, revision)
-            full = len(kvs) == page
-            if full:
-                boundary = kvs[-1].create_revision
-                if kvs[0].create_revision == boundary:
-                    return None
-                kvs = [kv for kv in kvs if kv.create_revision != boundary]
-            found += [(kv.create_revision, r.array_index or 0, kv.key, r) for r, kv in decode.jobs_of(kvs)
-                      if _listed(r, states, owner)]
-            if not full:
-                break
-            created_before = boundary + 1
-        found.sort(key=lambda entry: entry[:3])  # as the full read orders them
-        return [record for *_, record in found[-limit:]]
+        return fold(self.listing.everything(owner), states, limit, expand)
 
     def kill_requested(self, job_id: str) -> bool:
         return self.store.get(self.keys.kill(job_id)) is not None
@@ -250,10 +233,6 @@ def _kill_change(jobs: Jobs, record: JobRecord, revision: int) -> Change:
         return jobs.cancel(record, revision, "cancelled by request before it started")
     return Change(record.id, revision, replace(record, kill_requested=True),
                   [Put(jobs.keys.kill(record.id), record.node.encode())])
-
-
-def _listed(record: JobRecord, states: set[str] | None, owner: str | None) -> bool:
-    return (not states or record.state in states) and (owner is None or record.owner == owner)
 
 
 def _batches(changes: list[Change], guard_compares: int = 0, max_bytes: int = MAX_TXN_BYTES):

@@ -19,14 +19,31 @@
                             share a subnet
     removed/<uuid>          a tombstone for a job (or pool) that retention removed: JSON finished_at,
                             removed_at, keep (seconds), kind; under a lease with TTL = keep
+    listed/<t>/<i>/<d>      -list's index, newest first in key order: one key per job record, written in
+                            the record's first transaction and deleted with it. <t> is its created_at in
+                            microseconds, <i> its array index (0 for no array), <d> its uuid, each inverted
+                            (<t> = LISTED_MAX - us, 17 digits; <i> = 9999999999 - index; every hex digit d
+                            of the uuid as f - d), so a range read in key order with a limit gives the
+                            newest jobs, as -list orders them, without a sort. Value: the job's owner (a
+                            hint that lets a user's listing skip others' records; the record decides).
+                            Every part is derived from the record, so it is checked against it.
+    listed-complete         present once the prime has indexed every record (values: "1"); until then -list
+                            reads jobs/ itself
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "/lclusterd"
 ENDED_DIGITS = 15  # milliseconds since 1970 fit until the year 33658
+# listed/: microseconds since 1970 up to records.MAX_TIME (1e11 s, the year 5138) in 17 digits,
+# an array index (records: an int32, not negative) in 10
+LISTED_MAX = 10**17 - 1
+LISTED_INDEX_MAX = 10**10 - 1
+_LISTED = re.compile(r"^([0-9]{17})/([0-9]{10})/([0-9a-f]{32})$")
+_INVERT_HEX = str.maketrans("0123456789abcdef", "fedcba9876543210")  # its own inverse
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,35 @@ class Keys:
     def removed(self, job_id: str) -> str:
         return self._k("removed", job_id)
 
+    def listed(self, created_at: float, array_index: int | None, job_id: str) -> str:
+        """The index key of a job created at `created_at` (seconds) with `array_index` (None: no
+        array, as 0): listed/ in key order is the newest job first (see the docstring)."""
+        inverted = (LISTED_MAX - stamp_us(created_at), LISTED_INDEX_MAX - min(max(array_index or 0, 0), LISTED_INDEX_MAX))
+        return self._k("listed", f"{inverted[0]:017d}", f"{inverted[1]:010d}", job_id.translate(_INVERT_HEX))
+
+    def listed_parts(self, key: str) -> tuple[int, int, str]:
+        """(created_at in microseconds, array index, uuid) of a listed/ key; ValueError when the key
+        is not one this layout makes (whoever writes etcd may write anything there)."""
+        match = _LISTED.match(key[len(self.listed_prefix):]) if key.startswith(self.listed_prefix) else None
+        if match is None:
+            raise ValueError(f"not an index key: {key[:200]!r}")
+        stamp, index, job_id = match.groups()
+        return LISTED_MAX - int(stamp), LISTED_INDEX_MAX - int(index), job_id.translate(_INVERT_HEX)
+
+    def listed_newer_than(self, us: int) -> str:
+        """The range end of the listed/ keys of jobs created after `us` microseconds: [listed_prefix,
+        this) holds exactly those, newest first (a key of `us` itself sorts after it)."""
+        return self._k("listed", f"{LISTED_MAX - min(max(us, 0), LISTED_MAX):017d}")
+
+    def listed_group(self, us: int) -> str:
+        """The prefix of the listed/ keys of every job created in microsecond `us` (a batch, a
+        pool or an array is added at one instant)."""
+        return self._k("listed", f"{LISTED_MAX - min(max(us, 0), LISTED_MAX):017d}", "")
+
+    @property
+    def listed_complete(self) -> str:
+        return self._k("listed-complete")
+
     @property
     def prime(self) -> str:
         return self._k("prime")
@@ -125,6 +171,10 @@ class Keys:
         return self._k("removed", "")
 
     @property
+    def listed_prefix(self) -> str:
+        return self._k("listed", "")
+
+    @property
     def assign_all_prefix(self) -> str:
         return self._k("assign", "")
 
@@ -150,3 +200,9 @@ class Keys:
 
 def _millis(when: float) -> str:
     return f"{max(0, int(when * 1000)):0{ENDED_DIGITS}d}"
+
+
+def stamp_us(created_at: float) -> int:
+    """A job's created_at in whole microseconds, as its listed/ key holds it (within the layout's
+    range); the same float always gives the same number, so the key can be made again from the record."""
+    return min(max(round(created_at * 1_000_000), 0), LISTED_MAX)

@@ -17,11 +17,11 @@ absent, so a transaction that etcd applied but whose answer was lost, and that t
 retried on another etcd member, can never be applied twice.
 
 One transaction writes the pool record and all its members whenever they fit: etcd allows
-MAX_TXN_OPS (128) operations and as many compares per transaction; a member costs 2 puts
-(jobs/, queue/) and 2 compares, the pool record 1 of each, so up to 63 members go in one
-transaction with their pool. A larger pool is written as chunks of 64 members first and the
-pool record last (plan_chunks): the pool exists, and its id is returned, only once every member
-does, and the chunks are queued in node order as they land (the prime may start the first
+MAX_TXN_OPS (128) operations and as many compares per transaction; a member costs 3 puts
+(jobs/, queue/ and its listed/ key) and 2 compares, the pool record 1 of each, so up to 42
+members go in one transaction with their pool. A larger pool is written as chunks of 42
+members, the pool record with the last (plan_chunks): the pool exists, and its id is
+returned, only once every member does, and the chunks are queued in node order as they land (the prime may start the first
 members before the last are written). If etcd fails between chunks, the members already
 written are cancelled (best effort; the caller gets the error, so nobody knows the pool's id);
 one that outlives that (etcd down, daemon crashed) runs as an ordinary job whose `pool` names
@@ -31,12 +31,12 @@ no pool record.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
 
 from lclusterd.cluster import decode
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.listing import index_put
 from lclusterd.cluster.node import ready_nodes
 from lclusterd.cluster.placement import Needs
 from lclusterd.cluster.kv import MAX_TXN_BYTES, MAX_TXN_OPS, Absent, Compare, ModIs, Op, Put
@@ -47,16 +47,16 @@ from lclusterd.model import ASSIGNED, LOST, RUNNING, JobRecord, JobSpec, PoolRec
 
 log = logging.getLogger(__name__)
 
-MEMBER_OPS = 2  # puts per member: jobs/<uuid> and queue/<uuid> (and as many compares: jobs/ absent, nodes/ unchanged)
+MEMBER_OPS = 3  # puts per member: jobs/<uuid>, queue/<uuid> and its listed/ key (compares: jobs/ absent, nodes/ unchanged)
 MAX_REPLANS = 5  # the ready nodes changed under a write this often in a row: give up ("try again")
 
 
 def plan_chunks(members: int, max_ops: int = MAX_TXN_OPS, member_bytes: int = 0, pool_bytes: int = 0,
                 max_bytes: int = MAX_TXN_BYTES) -> list[int]:
     """How many members each transaction writes, in order; the last one also writes the pool
-    record (1 put + 1 compare), so it holds at most (max_ops - 1) // 2 members, the others
-    max_ops // 2. One transaction for up to 63 members (at the default 128); [64, 0] for 64
-    (the pool record alone last). With `member_bytes` (what one member's keys and values
+    record (1 put + 1 compare), so it holds at most (max_ops - 1) // MEMBER_OPS members, the others
+    max_ops // MEMBER_OPS. One transaction for up to 42 members (at the default 128: both 42), then
+    chunks of 42, the last with the pool record ([42, 1] for 43; [3, 0] for 3 at max_ops 9). With `member_bytes` (what one member's keys and values
     take) and `pool_bytes` (the pool record's), each also stays within `max_bytes` (at least one
     member a chunk), so a pool of a large spec is written in smaller chunks."""
     per_chunk, with_pool = max_ops // MEMBER_OPS, (max_ops - 1) // MEMBER_OPS
@@ -77,20 +77,20 @@ def _sizes(pool: PoolRecord, members: dict[str, JobRecord]) -> tuple[int, int]:
     """(bytes of one member's writes, bytes of the pool record's), keys included, for plan_chunks."""
     member = next(iter(members.values()))
     full = PoolRecord(pool.id, pool.spec, pool.created_at, {node: m.id for node, m in members.items()}, pool.owner)
-    return 2 * (len(member.to_bytes()) + 128), len(full.to_bytes()) + 128
+    return 2 * (len(member.to_bytes()) + 128) + 128 + len(member.owner.encode()), len(full.to_bytes()) + 128
 
 
-def write_chunk(store: Store, keys: Keys, group: PoolRecord | None, chunk: list[tuple[str, bytes]],
+def write_chunk(store: Store, keys: Keys, group: PoolRecord | None, chunk: list[tuple[str, bytes, Put]],
                 guards: list[Compare] = ()) -> bool:
-    """One transaction: the chunk's members (job id and encoded record each: jobs/ and queue/,
-    jobs/ absent), the group's record when given, and `guards` (a pool's: each member's node
-    still the registration read). False when a guard failed (the caller plans again). Also
-    used for arrays and batches (arrays.py)."""
+    """One transaction: the chunk's members (job id, encoded record and listed/ key each: jobs/,
+    queue/ and the key, jobs/ absent), the group's record when given, and `guards` (a pool's:
+    each member's node still the registration read). False when a guard failed (the caller
+    plans again). Also used for arrays and batches (arrays.py)."""
     compares: list[Compare] = [*guards]
     ops: list[Op] = []
-    for job_id, raw in chunk:
+    for job_id, raw, listed in chunk:
         compares.append(Absent(keys.job(job_id)))
-        ops += [Put(keys.job(job_id), raw), Put(keys.queue(job_id), raw)]
+        ops += [Put(keys.job(job_id), raw), Put(keys.queue(job_id), raw), listed]
     if group is not None:
         compares.append(Absent(keys.pool(group.id)))
         ops.append(Put(keys.pool(group.id), group.to_bytes()))
@@ -142,7 +142,7 @@ class Pools:
         NoReadyNode when no node is ready, StoreUnavailable."""
         if spec.node:
             raise InvalidSpec(f"a pool runs on every ready node; it cannot be pinned to node {spec.node} as well")
-        pool = PoolRecord(id=new_job_id(), spec=spec, created_at=time.time(), owner=owner)
+        pool = PoolRecord(id=new_job_id(), spec=spec, created_at=self.jobs.added_at(), owner=owner)
         ready, why = ready_nodes(self.store, self.keys, spec.image)
         needs = Needs.of(spec)
         if needs is not None and ready:  # members only where their network and volumes can be had
@@ -162,7 +162,7 @@ class Pools:
             while True:
                 plan = plan_chunks(len(left), MAX_TXN_OPS, *sizes)
                 size = plan[0]
-                chunk, last = left[:size], len(plan) == 1  # (64 members: [64, 0], the pool record alone last)
+                chunk, last = left[:size], len(plan) == 1  # (the last chunk may hold the pool record alone)
                 if last:
                     pool.members = {node: members[node].id for node in written + chunk}
                 if self._write(pool if last else None, [members[n] for n in chunk], revisions):
@@ -187,7 +187,8 @@ class Pools:
 
     def _write(self, pool: PoolRecord | None, chunk: list[JobRecord], revisions: dict[str, int]) -> bool:
         guards = [ModIs(self.keys.node(m.spec.node), revisions[m.spec.node]) for m in chunk]
-        return write_chunk(self.store, self.keys, pool, [(m.id, m.to_bytes()) for m in chunk], guards)
+        return write_chunk(self.store, self.keys, pool, [(m.id, m.to_bytes(), index_put(self.keys, m)) for m in chunk],
+                           guards)
 
     def _cancel_written(self, job_ids: list[str], pool_id: str) -> None:
         cancel_written(self.jobs, job_ids, pool_id)

@@ -4,7 +4,8 @@ The prime runs a pass every `interval_for(keep)` while it is the prime (started 
 with the scheduler). A pass range-reads ended/ (keys.py: one key per terminal record, written
 in the record's own transaction, sorted by end time) up to now - keep, so it never scans the
 jobs; it removes them in batches, each one transaction under the prime guard: jobs/<uuid>, its
-ended/ key, and a tombstone removed/<uuid> under one lease per pass with TTL = keep (at least
+ended/ key, its listed/ key (-list's index, made from the record: listing.py), and a tombstone
+removed/<uuid> under one lease per pass with TTL = keep (at least
 MIN_TOMBSTONE_SECONDS), so that for another keep period Check, Wait, Logs and Kill can say the job was removed rather than unknown
 (`removal_of`). A pool record goes once none of its members' records is left.
 
@@ -27,6 +28,7 @@ from typing import Callable
 
 from lclusterd.cluster import decode
 from lclusterd.cluster.keys import Keys
+from lclusterd.cluster.listing import index_key as index_key_of
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.kv import MAX_TXN_OPS, Delete, KeyValue, ModIs, Op, Put
 from lclusterd.cluster.store import Store
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 # A tombstone is a few dozen bytes; with a short --keep it still outlives a script that asks a
 # little late (or a busy machine between two calls), instead of turning "removed" into "unknown".
 MIN_TOMBSTONE_SECONDS = 600
-JOB_OPS = 3  # per removed job: delete jobs/<uuid> and its ended/ key, put removed/<uuid>
+JOB_OPS = 4  # per removed job: delete jobs/<uuid>, its ended/ and listed/ keys, put removed/<uuid>
 JOBS_PER_TXN = MAX_TXN_OPS // JOB_OPS
 POOLS_PER_TXN = MAX_TXN_OPS // 2  # delete pools/<uuid>, put removed/<uuid>
 
@@ -69,7 +71,7 @@ def removal_of(store: Store, keys: Keys, job_id: str) -> JobRemoved | None:
         return None
 
 
-class _Loop:
+class Loop:
     """A thread calling `work` every `interval` seconds until stopped; each start gets its own
     stop flag, so a thread still finishing after stop() never sees a later start as its own."""
 
@@ -94,7 +96,7 @@ class _Loop:
                 self._work(stopped)
             except StoreUnavailable as exc:
                 log.warning("%s: %s", self.name, exc)
-            except Exception:  # a bug in one pass must not end retention for good
+            except Exception:  # a bug in one pass must not end the passes for good
                 log.exception("%s failed", self.name)
             stopped.wait(self.interval)
 
@@ -107,7 +109,7 @@ class Retention:
         self._clock = clock
         self._prime_revision = 0
         self._previous = 0  # the revision the previous pass saw: compacted to at this pass
-        self._loop = _Loop("retention", interval_for(keep), self.run_pass)
+        self._loop = Loop("retention", interval_for(keep), self.run_pass)
 
     def start(self, prime_revision: int) -> None:
         self._prime_revision, self._previous = prime_revision, 0
@@ -151,18 +153,21 @@ class Retention:
         """One transaction for a batch of expired ended/ keys; then the pools they emptied."""
         ops: list[Op] = []
         pools: dict[str, float] = {}  # pool -> when its latest member in this batch ended
-        for kv, finished_at, job_id, pool_id in self._expired(kvs):
+        for kv, finished_at, job_id, pool_id, listed in self._expired(kvs):
             ops.append(Delete(kv.key))
             if job_id:
                 ops += [Delete(self.keys.job(job_id)), Put(self.keys.removed(job_id), tombstone(finished_at, now, self.keep), lease)]
+            if listed:
+                ops.append(Delete(listed))
             if pool_id:
                 pools[pool_id] = finished_at
         if not self.store.txn(self._guard(), ops).succeeded:
             return False
         return self._remove_empty_pools(pools, lease, now)
 
-    def _expired(self, kvs: list[KeyValue]) -> list[tuple[KeyValue, float, str, str]]:
-        """Each index key with its end time, the job to remove ("" for none) and its pool ("").
+    def _expired(self, kvs: list[KeyValue]) -> list[tuple[KeyValue, float, str, str, str]]:
+        """Each index key with its end time, the job to remove ("" for none), its pool ("") and its
+        listed/ key (made from its record, "" without one: listindex.py removes a key left so).
 
         The index is input like the records: a job is removed only when its record is gone
         already or is a record lclusterd wrote that ended when its key says, so an index key
@@ -184,23 +189,24 @@ class Retention:
         expired = []
         for kv, finished_at, job_id in parsed:
             record_kv = next(records) if job_id else None
-            pool_id = kv.value.decode(errors="replace")
+            pool_id, listed = kv.value.decode(errors="replace"), ""
             if record_kv is not None:
-                job_id, pool_id = self._ended_as_indexed(kv.key, record_kv, job_id)
-            expired.append((kv, finished_at, job_id, pool_id if JOB_ID.match(pool_id) else ""))
+                job_id, pool_id, listed = self._ended_as_indexed(kv.key, record_kv, job_id)
+            expired.append((kv, finished_at, job_id, pool_id if JOB_ID.match(pool_id) else "", listed))
         return expired
 
-    def _ended_as_indexed(self, index_key: str, record_kv: KeyValue, job_id: str) -> tuple[str, str]:
-        """(job id, pool id) to remove for an index key whose job has a record, or ("", "")."""
+    def _ended_as_indexed(self, index_key: str, record_kv: KeyValue, job_id: str) -> tuple[str, str, str]:
+        """(job id, pool id, listed/ key) to remove for an index key whose job has a record, or
+        ("", "", "")."""
         try:
             record = decode.job_kv(record_kv)
         except RecordError:  # logged once; not ours to remove
-            return "", ""
+            return "", "", ""
         if not record.terminal or self.keys.ended(record.finished_at or 0.0, job_id) != index_key:
             log.warning("retention: removing the index key %s, which does not match job %s (%s)", index_key, job_id,
                         record.state)
-            return "", ""
-        return job_id, record.pool
+            return "", "", ""
+        return job_id, record.pool, index_key_of(self.keys, record)
 
     def _remove_empty_pools(self, pools: dict[str, float], lease: int, now: float) -> bool:
         """Remove the pool records none of whose members' records is left."""
@@ -232,7 +238,7 @@ class LogSweep:
         self.logs, self.keep = logs, keep
         self._running = running
         self._clock = clock
-        self._loop = _Loop("log sweep", interval_for(keep), lambda _stopped: self.sweep())
+        self._loop = Loop("log sweep", interval_for(keep), lambda _stopped: self.sweep())
 
     def start(self) -> None:
         self._loop.start()

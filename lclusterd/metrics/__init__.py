@@ -32,7 +32,7 @@ PlatformCollector(registry=REGISTRY)  # python_info
 STREAMS = ("stdout", "stderr")
 TXN_RESULTS = ("committed", "guard_failed", "error")  # a write transaction: applied, a compare failed, no answer
 # What a record skipped as invalid was (anything else counts as "other", so the label stays bounded).
-RECORD_KINDS = ("job", "queue", "assignment", "node", "pool", "kill", "drain", "tombstone", "other")
+RECORD_KINDS = ("job", "queue", "assignment", "node", "pool", "kill", "drain", "tombstone", "index", "other")
 
 # Buckets (seconds). Latencies are milliseconds on an idle node and may grow to seconds under
 # load; a queue wait can last hours, a run days.

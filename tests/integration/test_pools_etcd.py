@@ -43,7 +43,7 @@ def test_a_pool_larger_than_one_transaction_is_written_in_chunks_pool_record_las
     pool, members = pools.add(JobSpec("uname -n", retries=1))
 
     ready = [n for n in names if n not in ("n007", "n042")]
-    assert [m.spec.node for m in members] == ready and plan_chunks(len(ready)) == [64, 34]
+    assert [m.spec.node for m in members] == ready and plan_chunks(len(ready)) == [42, 42, 14]
     stored = store.get(keys.pool(pool.id))
     assert PoolRecord.from_bytes(stored.value, pool.id).members == {m.spec.node: m.id for m in members}
     records = store.get_many([keys.job(m.id) for m in members])
@@ -52,8 +52,10 @@ def test_a_pool_larger_than_one_transaction_is_written_in_chunks_pool_record_las
     assert all(r.pool == pool.id and r.state == QUEUED for r in read)
     assert all(q is not None and q.mod_revision == r.mod_revision for q, r in zip(queued, records))  # the prime's guard
     revisions = sorted({kv.mod_revision for kv in records})
-    assert len(revisions) == 2  # two transactions: 64 members, then 34 with the pool record
-    assert stored.mod_revision == revisions[-1] and sum(kv.mod_revision == revisions[0] for kv in records) == 64
+    assert len(revisions) == 3  # three transactions: 42 members twice, then 14 with the pool record
+    assert stored.mod_revision == revisions[-1] and [sum(kv.mod_revision == r for kv in records) for r in revisions] == [42, 42, 14]
+    listed = store.get_many([keys.listed(r.created_at, None, r.id) for r in read])  # -list's index, in each record's transaction
+    assert [kv.mod_revision for kv in listed] == [kv.mod_revision for kv in records]
     assert [r.id for r, _ in pools.members(pool)] == [m.id for m in members]
 
 
@@ -95,7 +97,7 @@ def test_a_transaction_the_store_applied_twice_counts_once(world, monkeypatch):
 
 def test_etcd_failing_between_chunks_cancels_the_members_written(world, monkeypatch):
     store, keys, lease, pools = world
-    register(store, keys, lease, [f"n{i:03d}" for i in range(70)])  # two transactions: 64, then 6 with the pool
+    register(store, keys, lease, [f"n{i:03d}" for i in range(50)])  # two transactions: 42, then 8 with the pool
     real_txn = store.txn
     calls = []
 
@@ -109,7 +111,7 @@ def test_etcd_failing_between_chunks_cancels_the_members_written(world, monkeypa
     with pytest.raises(StoreUnavailable):
         pools.add(JobSpec("true"))
     kvs, _ = store.get_prefix(keys.jobs_prefix)
-    assert len(kvs) == 64 and {JobRecord.from_bytes(kv.value, Keys.last(kv.key)).state for kv in kvs} == {CANCELLED}
+    assert len(kvs) == 42 and {JobRecord.from_bytes(kv.value, Keys.last(kv.key)).state for kv in kvs} == {CANCELLED}
     assert store.get_prefix(keys.queue_prefix)[0] == [] and store.get_prefix(keys.pools_prefix)[0] == []
 
 

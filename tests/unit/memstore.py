@@ -1,8 +1,11 @@
-"""An in-memory stand-in for cluster.store.Store with etcd's semantics for what the retention
-tests use (revisions, guarded transactions, sorted range reads with a limit, leases, compaction),
-recording every transaction so tests can assert how writes were batched and guarded."""
+"""An in-memory stand-in for cluster.store.Store with etcd's semantics for what the unit tests
+use (revisions, guarded transactions, range reads in key order with a limit, counts, leases,
+compaction), recording every transaction and range read so tests can assert how writes were
+batched and guarded and how wide the reads were."""
 
 from __future__ import annotations
+
+import bisect
 
 from lclusterd.cluster.kv import Absent, Compare, Delete, KeyValue, ModIs, Op, Put, TxnResult, ValueIs
 
@@ -14,6 +17,8 @@ class MemStore:
         self.txns: list[tuple[list[Compare], list[Op], bool]] = []
         self.leases: dict[int, int] = {}  # lease id -> ttl
         self.compacted: list[int] = []
+        self.ranges: list[tuple[str, str, int]] = []
+        self._sorted: list[str] | None = None  # the keys in order, for range reads (None: changed since)  # each get_range: start, end, keys etcd visits (in the range)
 
     def revision(self) -> int:
         return self.rev
@@ -27,15 +32,17 @@ class MemStore:
     def get_prefix(self, prefix: str, keys_only: bool = False) -> tuple[list[KeyValue], int]:
         return [kv for k, kv in sorted(self.data.items()) if k.startswith(prefix)], self.rev
 
-    def get_range(self, start: str, end: str, limit: int = 0, revision: int = 0) -> tuple[list[KeyValue], int]:
-        found = [kv for k, kv in sorted(self.data.items()) if start <= k < end]
+    def get_range(self, start: str, end: str, limit: int = 0, revision: int = 0, keys_only: bool = False
+                  ) -> tuple[list[KeyValue], int]:
+        if self._sorted is None:
+            self._sorted = sorted(self.data)
+        keys = self._sorted[bisect.bisect_left(self._sorted, start):bisect.bisect_left(self._sorted, end)]
+        found = [self.data[k] for k in keys]
+        self.ranges.append((start, end, len(found)))
         return (found[:limit] if limit else found), self.rev
 
-    def get_newest(self, prefix: str, limit: int, created_before: int = 0, revision: int = 0,
-                   keys_only: bool = False) -> tuple[list[KeyValue], int]:
-        found = [kv for k, kv in self.data.items() if k.startswith(prefix)
-                 and (not created_before or kv.create_revision < created_before)]
-        return sorted(found, key=lambda kv: -kv.create_revision)[:limit], self.rev
+    def counts(self, prefixes: list[str]) -> tuple[list[int], int]:
+        return [sum(1 for k in self.data if k.startswith(p)) for p in prefixes], self.rev
 
     def _holds(self, c: Compare) -> bool:
         kv = self.data.get(c.key)
@@ -53,6 +60,7 @@ class MemStore:
         chosen = ops if ok else else_ops
         if chosen:
             self.rev += 1
+            self._sorted = None
         for op in chosen:
             if isinstance(op, Put):
                 old = self.data.get(op.key)

@@ -148,11 +148,13 @@ def test_bad_array_records_are_refused(change, why):
 
 
 # -- the write path ---------------------------------------------------------------------------------
-def test_an_array_is_written_in_chunks_of_64_with_its_record_last():
+def test_an_array_is_written_in_chunks_of_42_with_its_record_last():
     store = MemStore()
     array, members = Arrays(Jobs(store, KEYS)).add_array(JobSpec("true", env={"A": "1"}), 5, 204, 4, "ann")
-    assert len(members) == 200 and len(store.txns) == 4  # 64 + 64 + 64 + 8 with the record
-    assert [len([op for op in ops if "/jobs/" in op.key]) for _, ops, _ in store.txns] == [64, 64, 64, 8]
+    assert len(members) == 200 and len(store.txns) == 5  # 4 x 42 + 32 with the record
+    assert [len([op for op in ops if "/jobs/" in op.key]) for _, ops, _ in store.txns] == [42, 42, 42, 42, 32]
+    assert all(len([op for op in ops if "/listed/" in op.key]) == len([op for op in ops if "/jobs/" in op.key])
+               for _, ops, _ in store.txns)  # each member's -list index key in its record's transaction
     assert KEYS.pool(array.id) in {op.key for op in store.txns[-1][1]}
     stored = PoolRecord.from_bytes(store.get(KEYS.pool(array.id)).value, array.id)
     assert (stored.kind, stored.max_running, stored.owner, len(stored.members)) == (ARRAY, 4, "ann", 200)
@@ -163,6 +165,7 @@ def test_an_array_is_written_in_chunks_of_64_with_its_record_last():
                                                                   "LCLUSTER_ARRAY_ID": array.id}),
                              created_at=read.created_at, pool=array.id, array_index=index, array_limit=4, owner="ann")
         assert read == expected and store.get(KEYS.job(job_id)).value == expected.to_bytes()
+        assert store.get(KEYS.listed(read.created_at, index, job_id)).value == b"ann"
     assert stored.spec.env == {"A": "1"}
 
 
@@ -181,7 +184,7 @@ def test_etcd_failing_part_way_cancels_what_was_written():
     with pytest.raises(StoreUnavailable):
         Arrays(Jobs(store, KEYS)).add_array(JobSpec("true"), 0, 199, 0)
     records = [JobRecord.from_bytes(kv.value, KEYS.last(kv.key)) for kv in store.get_prefix(KEYS.jobs_prefix)[0]]
-    assert len(records) == 128 and {r.state for r in records} == {CANCELLED}
+    assert len(records) == 126 and {r.state for r in records} == {CANCELLED}  # 3 of the first 4 chunks of 42 landed
     assert store.get_prefix(KEYS.queue_prefix)[0] == [] and store.get_prefix(KEYS.pools_prefix)[0] == []
 
 
@@ -305,17 +308,18 @@ def _puts(record: JobRecord) -> list[Put]:
     return [Put(KEYS.job(record.id), raw), Put(KEYS.queue(record.id), raw)]
 
 
-def test_64_members_go_in_one_transaction_and_the_record_alone_in_a_second():
-    """(etcd refuses a 129th operation: 64 members are 128 puts, so the record cannot join them)"""
-    store = MemStore()
-    array, members = Arrays(Jobs(store, KEYS)).add_array(JobSpec("true"), 0, 63, 0)
-    assert [len(ops) for _, ops, _ in store.txns] == [128, 1] and len(PoolRecord.from_bytes(
-        store.get(KEYS.pool(array.id)).value, array.id).members) == 64
-    nodes = MemStore()  # the same for a pool of exactly 64 ready nodes
-    for i in range(64):
+def test_42_members_go_in_one_transaction_with_the_record_and_43_in_two():
+    """(etcd refuses a 129th operation: 43 members are 129 puts, jobs/, queue/ and listed/ each)"""
+    for last, sizes in ((41, [127]), (42, [126, 4])):
+        store = MemStore()
+        array, members = Arrays(Jobs(store, KEYS)).add_array(JobSpec("true"), 0, last, 0)
+        assert [len(ops) for _, ops, _ in store.txns] == sizes and len(PoolRecord.from_bytes(
+            store.get(KEYS.pool(array.id)).value, array.id).members) == last + 1
+    nodes = MemStore()  # the same for a pool of 43 ready nodes
+    for i in range(43):
         nodes.put(KEYS.node(f"n{i:02d}"), NodeInfo(f"n{i:02d}", "localhost:1", 1).to_bytes())
     pool, _ = Pools(Jobs(nodes, KEYS)).add(JobSpec("true"))
-    assert [len(ops) for _, ops, _ in nodes.txns[64:]] == [128, 1] and len(pool.members) == 64
+    assert [len(ops) for _, ops, _ in nodes.txns[43:]] == [126, 4] and len(pool.members) == 43
 
 
 def test_killing_an_array_cancels_its_queued_members_in_batches_and_asks_for_the_others():

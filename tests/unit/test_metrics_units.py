@@ -165,15 +165,15 @@ def test_a_record_that_does_not_decode_is_skipped_and_counted():
 
 
 def test_records_skipped_by_any_reader_are_counted_once_by_kind():
-    kinds = ("job", "queue", "assignment", "node", "pool", "other")
+    kinds = ("job", "queue", "assignment", "node", "pool", "index", "other")
     before = {kind: value("lclusterd_records_skipped_total", kind=kind) for kind in kinds}
     error = RecordError("not a record")
     for key in (KEYS.job(B), KEYS.queue(B), KEYS.assign("jobs", B), KEYS.node("n1"), KEYS.member("n1"), KEYS.pool(B),
-                KEYS.prefix + "/odd"):
+                KEYS.prefix + "/odd", KEYS.listed(1.0, 2, B), KEYS.listed_prefix + "odd"):
         decode.skipped(key, 7001, error)
         decode.skipped(key, 7001, error)  # logged and counted once per key and revision
     after = {kind: value("lclusterd_records_skipped_total", kind=kind) - before[kind] for kind in kinds}
-    assert after == {"job": 1, "queue": 1, "assignment": 1, "node": 2, "pool": 1, "other": 1}
+    assert after == {"job": 1, "queue": 1, "assignment": 1, "node": 2, "pool": 1, "index": 2, "other": 1}
 
 
 def test_a_resync_tells_listeners_what_changed_meanwhile():

@@ -66,19 +66,20 @@ def test_member_records_carry_their_pool_and_others_are_unchanged():
 
 
 @pytest.mark.parametrize("members, sizes", [
-    (1, [1]), (3, [3]), (63, [63]), (64, [64, 0]), (65, [64, 1]), (127, [64, 63]), (128, [64, 64, 0]), (500, [64] * 7 + [52]),
+    (1, [1]), (3, [3]), (42, [42]), (43, [42, 1]), (84, [42, 42]), (85, [42, 42, 1]), (500, [42] * 11 + [38]),
 ])
 def test_plan_chunks_fit_etcds_limit(members, sizes):
     plan = plan_chunks(members)
     assert plan == sizes and sum(plan) == members
-    for size in plan[:-1]:  # 2 puts and 2 compares per member
-        assert 2 * size <= MAX_TXN_OPS
-    assert 2 * plan[-1] + 1 <= MAX_TXN_OPS  # and the pool record with the last
+    for size in plan[:-1]:  # 3 puts (jobs/, queue/, listed/) and 2 compares per member
+        assert 3 * size <= MAX_TXN_OPS and 2 * size <= MAX_TXN_OPS
+    assert 3 * plan[-1] + 1 <= MAX_TXN_OPS  # and the pool record with the last
 
 
 def test_plan_chunks_at_another_limit():
-    assert plan_chunks(10, max_ops=8) == [4, 4, 2]
-    assert plan_chunks(3, max_ops=8) == [3]
+    assert plan_chunks(10, max_ops=8) == [2, 2, 2, 2, 2]
+    assert plan_chunks(2, max_ops=8) == [2]
+    assert plan_chunks(3, max_ops=9) == [3, 0]  # the pool record alone last
 
 
 def test_pool_proto_sums_up_its_members():

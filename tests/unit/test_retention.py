@@ -18,7 +18,9 @@ from lclusterd.api.errors import status_of
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.logs import LogFiles
-from lclusterd.cluster.retention import JOBS_PER_TXN, MIN_TOMBSTONE_SECONDS, LogSweep, Retention, interval_for, removal_of, tombstone
+from lclusterd.cluster.listing import index_key, index_put
+from lclusterd.cluster.retention import (JOB_OPS, JOBS_PER_TXN, MIN_TOMBSTONE_SECONDS, LogSweep, Retention, interval_for,
+                                         removal_of, tombstone)
 from lclusterd.cluster.kv import ModIs, Put
 from lclusterd.errors import JobNotFound, JobRemoved
 from lclusterd.model import ASSIGNED, EXITED, LOST, QUEUED, RUNNING, JobRecord, JobSpec, PoolRecord
@@ -39,7 +41,7 @@ def store() -> MemStore:
 def running(store: MemStore, job_id: str, pool: str = "", retries: int = 0) -> tuple[JobRecord, int]:
     record = JobRecord(id=job_id, spec=JobSpec("true", retries=retries), node="n1", pool=pool).moved_to(ASSIGNED, node="n1")
     record = record.moved_to(RUNNING, started_at=1.0)
-    return record, store.put(KEYS.job(job_id), record.to_bytes())
+    return record, store.txn([], [Put(KEYS.job(job_id), record.to_bytes()), index_put(KEYS, record)]).revision  # as added
 
 
 def ended(jobs: Jobs, store: MemStore, job_id: str, finished_at: float, pool: str = "") -> None:
@@ -102,7 +104,7 @@ def test_a_pass_removes_exactly_the_expired_jobs_in_guarded_batches(store):
     assert retention(store, [NOW]).run_pass() == 100
 
     removals = store.txns[writes_before:]
-    assert [len(ops) for _, ops, _ in removals] == [3 * JOBS_PER_TXN, 3 * JOBS_PER_TXN, 3 * (100 - 2 * JOBS_PER_TXN)]
+    assert JOBS_PER_TXN == 32 and [len(ops) for _, ops, _ in removals] == [JOB_OPS * n for n in (32, 32, 32, 4)]
     assert all(compares == [ModIs(KEYS.prime, prime)] and ok for compares, _, ok in removals)
     assert store.leases == {1: max(int(KEEP), MIN_TOMBSTONE_SECONDS)}  # one lease for the pass, TTL = keep (or the floor)
     for job_id in expired:
@@ -110,7 +112,11 @@ def test_a_pass_removes_exactly_the_expired_jobs_in_guarded_batches(store):
         stone = store.get(KEYS.removed(job_id))
         assert stone.lease == 1 and json.loads(stone.value)["removed_at"] == NOW
     assert [kv.key for kv in store.get_prefix(KEYS.ended_prefix)[0]] == [KEYS.ended(NOW - KEEP + 1, recent)]
-    assert {KEYS.last(kv.key) for kv in store.get_prefix(KEYS.jobs_prefix)[0]} == {recent, still_running.id, queued.id}
+    left = {KEYS.last(kv.key): kv for kv in store.get_prefix(KEYS.jobs_prefix)[0]}
+    assert set(left) == {recent, still_running.id, queued.id}
+    # -list's index went with each record, and no key is left without its record
+    assert sorted(kv.key for kv in store.get_prefix(KEYS.listed_prefix)[0]) == sorted(
+        index_key(KEYS, JobRecord.from_bytes(kv.value, job_id)) for job_id, kv in left.items())
 
 
 def test_compaction_trails_one_pass_behind(store):

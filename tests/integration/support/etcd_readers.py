@@ -31,6 +31,16 @@ def etcd_prefix(cluster, section: str) -> dict[str, bytes]:
             for kv in json.loads(result.stdout).get("kvs", [])}
 
 
+def raw_prefix(cluster, section: str) -> dict[str, bytes]:
+    """As etcd_prefix, for keys that need not be UTF-8 (their bytes kept as surrogates, as the
+    store reads them)."""
+    result = etcdctl(cluster.etcd.live_endpoints(), "get", "--prefix", f"{cluster.prefix}/{section}/", "-w", "json",
+                     tls=getattr(cluster.etcd, "client_tls", None))
+    assert result.returncode == 0, result.stderr
+    return {base64.b64decode(kv["key"]).decode(errors="surrogateescape"): base64.b64decode(kv.get("value", ""))
+            for kv in json.loads(result.stdout).get("kvs", [])}
+
+
 def etcd_records(cluster) -> dict[str, dict]:
     """Every job record, by job id."""
     return {key.rsplit("/", 1)[1]: json.loads(value) for key, value in etcd_prefix(cluster, "jobs").items()}
