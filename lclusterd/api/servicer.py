@@ -20,7 +20,7 @@ from lclusterd.api.peers import Peers
 from lclusterd.api.tokens import WebPage
 from lclusterd.cluster.admission import Admission
 from lclusterd.cluster import decode
-from lclusterd.cluster.events import JobEvents, Subscription
+from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.jobstates import FEED_LIMIT, JobStates
 from lclusterd.cluster.logs import LogFiles
@@ -232,19 +232,21 @@ class JobsServicer(pb_grpc.JobsServicer):
                 changed.wait(FOLLOW_TICK)
                 if changed.is_set():
                     changed.clear()
-                    record = self._from_watch(job_id, changed) or self.jobs.get(job_id)[0]
+                    record = self._from_watch(job_id, changed.seen) or self.jobs.get(job_id)[0]
                     if record.node and record.node != self.node:  # its next attempt runs elsewhere
                         if not proxied:
                             yield from self.peers.logs(record.node, request, context)
                         return
 
-    def _from_watch(self, job_id: str, flag: Subscription) -> JobRecord | None:
-        """The newest record of `job_id` the jobs/ watch brought; None when it brought none or
-        a malformed one (decode.py logs it): then read etcd, which answers MalformedRecord."""
-        if flag.latest is None:
+    def _from_watch(self, job_id: str, seen: tuple[bytes | None, int]) -> JobRecord | None:
+        """The record of `job_id` the jobs/ watch brought (a Subscription's `seen`, read once);
+        None when it brought none or a malformed one (decode.py logs it): then read etcd, which
+        answers MalformedRecord."""
+        raw, revision = seen
+        if raw is None:
             return None
         try:
-            return decode.job(self.jobs.keys.job(job_id), flag.latest, flag.revision)
+            return decode.job(self.jobs.keys.job(job_id), raw, revision)
         except RecordError:
             return None
 
@@ -289,9 +291,10 @@ class JobsServicer(pb_grpc.JobsServicer):
         WAIT_TICK (for a large group, less often: REREAD_PER), in case a wake-up was missed."""
         reread = min(MAX_REREAD, WAIT_TICK * max(1, len(ids) // REREAD_PER))
         with self.events.subscribe_many(ids) as flags:
-            watched = [self._from_watch(job_id, flag) for job_id, flag in zip(ids, flags)]
+            seen = [flag.seen for flag in flags]
+            watched = [self._from_watch(job_id, pair) for job_id, pair in zip(ids, seen)]
             if all(record is not None for record in watched):
-                records, revisions = watched, [f.revision for f in flags]
+                records, revisions = watched, [revision for _, revision in seen]
                 read_at = time.monotonic()
             else:
                 read_at = None
@@ -311,12 +314,13 @@ class JobsServicer(pb_grpc.JobsServicer):
                 flags[0].wait(WAIT_TICK if remaining is None else min(WAIT_TICK, remaining))
                 flags[0].clear()
                 for i, flag in enumerate(flags):  # what the watch brought since
-                    if flag.latest is not None and flag.revision > revisions[i]:
-                        record = self._from_watch(ids[i], flag)
+                    pair = flag.seen  # (read once: the watch thread may replace it meanwhile)
+                    if pair[0] is not None and pair[1] > revisions[i]:
+                        record = self._from_watch(ids[i], pair)
                         if record is None:  # malformed: etcd is read (and says so) at once
                             read_at = None
                             break
-                        records[i], revisions[i] = record, flag.revision
+                        records[i], revisions[i] = record, pair[1]
 
 
 def _kind(job: pb.Job) -> str:

@@ -27,13 +27,22 @@ RECENT = 10_000  # records remembered (a few MB)
 
 
 class Subscription:
-    """Set whenever jobs/<id> changes; `latest` holds the newest record bytes seen by the watch
-    (None when the watch has not seen the job, or after a resync: then read the store)."""
+    """Set whenever jobs/<id> changes; `seen` holds the newest record bytes the watch delivered
+    and their mod revision (bytes None when the watch has not seen the job, or after a resync:
+    then read the store). One attribute, replaced whole by the watch thread, so a waiter that
+    reads it once never pairs one record with another's revision (and so never skips the newer)."""
 
     def __init__(self, changed: threading.Event | None = None) -> None:
         self.changed = changed or threading.Event()
-        self.latest: bytes | None = None
-        self.revision = 0
+        self.seen: tuple[bytes | None, int] = (None, 0)
+
+    @property
+    def latest(self) -> bytes | None:
+        return self.seen[0]
+
+    @property
+    def revision(self) -> int:
+        return self.seen[1]
 
     def wait(self, timeout: float | None) -> bool:
         return self.changed.wait(timeout)
@@ -77,7 +86,7 @@ class JobEvents:
         with self._lock:
             for job_id, flag in zip(job_ids, flags):
                 self._waiters.setdefault(job_id, set()).add(flag)
-                flag.latest, flag.revision = self._recent.get(job_id, (None, 0))
+                flag.seen = self._recent.get(job_id, (None, 0))
         try:
             yield flags
         finally:
@@ -102,8 +111,8 @@ class JobEvents:
                 else:
                     recent.pop(job_id, None)
                 for flag in self._waiters.get(job_id, ()):
-                    if event.kind == "put" and event.mod_revision > flag.revision:
-                        flag.latest, flag.revision = event.value, event.mod_revision
+                    if event.kind == "put" and event.mod_revision > flag.seen[1]:
+                        flag.seen = (event.value, event.mod_revision)
                     flag.changed.set()
 
     def on_resync(self) -> int:
@@ -111,6 +120,6 @@ class JobEvents:
             self._recent.clear()
             for flags in self._waiters.values():
                 for flag in flags:
-                    flag.latest = None
+                    flag.seen = (None, flag.seen[1])
                     flag.changed.set()
         return self._store.revision()
