@@ -18,6 +18,7 @@ from lclusterd.api.errors import maps_errors, maps_stream_errors
 from lclusterd.api.identity import Authenticator
 from lclusterd.api.peers import Peers
 from lclusterd.api.tokens import WebPage
+from lclusterd.api.waiting import Waited
 from lclusterd.cluster.admission import Admission
 from lclusterd.cluster import decode
 from lclusterd.cluster.events import JobEvents
@@ -286,41 +287,41 @@ class JobsServicer(pb_grpc.JobsServicer):
         """Until every job of `ids` (the job waited for, or the members of the pool) has ended;
         `answer` turns their records into the reply (and names the job or pool on a timeout).
         The jobs/ watch carries each new record (and JobEvents the newest it saw, so a job that
-        changed since this node started needs no etcd read at all); `read` (records and mod
-        revisions, from etcd) runs when the watch has not seen one of them, and at least every
-        WAIT_TICK (for a large group, less often: REREAD_PER), in case a wake-up was missed."""
+        changed since this node started needs no etcd read at all; waiting.py); `read` (records
+        and mod revisions, from etcd) runs when the watch has not seen one of them, and at least
+        every WAIT_TICK (for a large group, less often: REREAD_PER), in case a wake-up was missed."""
         reread = min(MAX_REREAD, WAIT_TICK * max(1, len(ids) // REREAD_PER))
+        waited = Waited(self.jobs.keys, ids)
         with self.events.subscribe_many(ids) as flags:
-            seen = [flag.seen for flag in flags]
-            watched = [self._from_watch(job_id, pair) for job_id, pair in zip(ids, seen)]
-            if all(record is not None for record in watched):
-                records, revisions = watched, [revision for _, revision in seen]
-                read_at = time.monotonic()
-            else:
-                read_at = None
+            touched = flags[0].touched
+            read_at = time.monotonic() if all(waited.watched(i, flag.seen) for i, flag in enumerate(flags)) else None
             while True:
                 if read_at is None or time.monotonic() - read_at >= reread:
-                    found = read()
-                    records, revisions = [r for r, _ in found], [rev for _, rev in found]
+                    waited.read(read())
                     read_at = time.monotonic()
-                if all(r.terminal for r in records):
-                    return answer(records)
+                if not waited.left:
+                    return answer(self._records_of(waited, read))
                 if not context.is_active():
                     context.abort(grpc.StatusCode.CANCELLED, "the client went away")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    now = answer(records)
+                    now = answer(self._records_of(waited, read))
                     raise WaitTimedOut(now.id, now.state, seconds, kind=_kind(now))
                 flags[0].wait(WAIT_TICK if remaining is None else min(WAIT_TICK, remaining))
                 flags[0].clear()
-                for i, flag in enumerate(flags):  # what the watch brought since
-                    pair = flag.seen  # (read once: the watch thread may replace it meanwhile)
-                    if pair[0] is not None and pair[1] > revisions[i]:
-                        record = self._from_watch(ids[i], pair)
-                        if record is None:  # malformed: etcd is read (and says so) at once
-                            read_at = None
-                            break
-                        records[i], revisions[i] = record, pair[1]
+                while touched:  # the jobs whose record the watch brought since (or forgot: read etcd)
+                    i = touched.popleft()
+                    if not waited.watched(i, flags[i].seen):
+                        read_at = None
+
+    @staticmethod
+    def _records_of(waited: Waited, read: Callable[[], list[tuple[JobRecord, int]]]) -> list[JobRecord]:
+        """Every job's newest record for the answer; from etcd if one the watch brought is malformed."""
+        records = waited.records()
+        if records is None:
+            waited.read(read())
+            records = waited.records()
+        return records
 
 
 def _kind(job: pb.Job) -> str:
