@@ -18,9 +18,10 @@ from lclusterd.api.errors import maps_errors, maps_stream_errors
 from lclusterd.api.identity import Authenticator
 from lclusterd.api.peers import Peers
 from lclusterd.api.tokens import WebPage
+from lclusterd.api.waiting import Waited
 from lclusterd.cluster.admission import Admission
 from lclusterd.cluster import decode
-from lclusterd.cluster.events import JobEvents, Subscription
+from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.jobstates import FEED_LIMIT, JobStates
 from lclusterd.cluster.logs import LogFiles
@@ -232,19 +233,21 @@ class JobsServicer(pb_grpc.JobsServicer):
                 changed.wait(FOLLOW_TICK)
                 if changed.is_set():
                     changed.clear()
-                    record = self._from_watch(job_id, changed) or self.jobs.get(job_id)[0]
+                    record = self._from_watch(job_id, changed.seen) or self.jobs.get(job_id)[0]
                     if record.node and record.node != self.node:  # its next attempt runs elsewhere
                         if not proxied:
                             yield from self.peers.logs(record.node, request, context)
                         return
 
-    def _from_watch(self, job_id: str, flag: Subscription) -> JobRecord | None:
-        """The newest record of `job_id` the jobs/ watch brought; None when it brought none or
-        a malformed one (decode.py logs it): then read etcd, which answers MalformedRecord."""
-        if flag.latest is None:
+    def _from_watch(self, job_id: str, seen: tuple[bytes | None, int]) -> JobRecord | None:
+        """The record of `job_id` the jobs/ watch brought (a Subscription's `seen`, read once);
+        None when it brought none or a malformed one (decode.py logs it): then read etcd, which
+        answers MalformedRecord."""
+        raw, revision = seen
+        if raw is None:
             return None
         try:
-            return decode.job(self.jobs.keys.job(job_id), flag.latest, flag.revision)
+            return decode.job(self.jobs.keys.job(job_id), raw, revision)
         except RecordError:
             return None
 
@@ -284,39 +287,41 @@ class JobsServicer(pb_grpc.JobsServicer):
         """Until every job of `ids` (the job waited for, or the members of the pool) has ended;
         `answer` turns their records into the reply (and names the job or pool on a timeout).
         The jobs/ watch carries each new record (and JobEvents the newest it saw, so a job that
-        changed since this node started needs no etcd read at all); `read` (records and mod
-        revisions, from etcd) runs when the watch has not seen one of them, and at least every
-        WAIT_TICK (for a large group, less often: REREAD_PER), in case a wake-up was missed."""
+        changed since this node started needs no etcd read at all; waiting.py); `read` (records
+        and mod revisions, from etcd) runs when the watch has not seen one of them, and at least
+        every WAIT_TICK (for a large group, less often: REREAD_PER), in case a wake-up was missed."""
         reread = min(MAX_REREAD, WAIT_TICK * max(1, len(ids) // REREAD_PER))
+        waited = Waited(self.jobs.keys, ids)
         with self.events.subscribe_many(ids) as flags:
-            watched = [self._from_watch(job_id, flag) for job_id, flag in zip(ids, flags)]
-            if all(record is not None for record in watched):
-                records, revisions = watched, [f.revision for f in flags]
-                read_at = time.monotonic()
-            else:
-                read_at = None
+            touched = flags[0].touched
+            read_at = time.monotonic() if all(waited.watched(i, flag.seen) for i, flag in enumerate(flags)) else None
             while True:
                 if read_at is None or time.monotonic() - read_at >= reread:
-                    found = read()
-                    records, revisions = [r for r, _ in found], [rev for _, rev in found]
+                    waited.read(read())
                     read_at = time.monotonic()
-                if all(r.terminal for r in records):
-                    return answer(records)
+                if not waited.left:
+                    return answer(self._records_of(waited, read))
                 if not context.is_active():
                     context.abort(grpc.StatusCode.CANCELLED, "the client went away")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    now = answer(records)
+                    now = answer(self._records_of(waited, read))
                     raise WaitTimedOut(now.id, now.state, seconds, kind=_kind(now))
                 flags[0].wait(WAIT_TICK if remaining is None else min(WAIT_TICK, remaining))
                 flags[0].clear()
-                for i, flag in enumerate(flags):  # what the watch brought since
-                    if flag.latest is not None and flag.revision > revisions[i]:
-                        record = self._from_watch(ids[i], flag)
-                        if record is None:  # malformed: etcd is read (and says so) at once
-                            read_at = None
-                            break
-                        records[i], revisions[i] = record, flag.revision
+                while touched:  # the jobs whose record the watch brought since (or forgot: read etcd)
+                    i = touched.popleft()
+                    if not waited.watched(i, flags[i].seen):
+                        read_at = None
+
+    @staticmethod
+    def _records_of(waited: Waited, read: Callable[[], list[tuple[JobRecord, int]]]) -> list[JobRecord]:
+        """Every job's newest record for the answer; from etcd if one the watch brought is malformed."""
+        records = waited.records()
+        if records is None:
+            waited.read(read())
+            records = waited.records()
+        return records
 
 
 def _kind(job: pb.Job) -> str:

@@ -13,7 +13,7 @@ needs no etcd read at all for a job that changed since this node started (the us
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -27,13 +27,25 @@ RECENT = 10_000  # records remembered (a few MB)
 
 
 class Subscription:
-    """Set whenever jobs/<id> changes; `latest` holds the newest record bytes seen by the watch
-    (None when the watch has not seen the job, or after a resync: then read the store)."""
+    """Set whenever jobs/<id> changes; `seen` holds the newest record bytes the watch delivered
+    and their mod revision (bytes None when the watch has not seen the job, or after a resync:
+    then read the store). One attribute, replaced whole by the watch thread, so a waiter that
+    reads it once never pairs one record with another's revision (and so never skips the newer)."""
 
-    def __init__(self, changed: threading.Event | None = None) -> None:
+    def __init__(self, changed: threading.Event | None = None, index: int = 0, touched: deque[int] | None = None) -> None:
         self.changed = changed or threading.Event()
-        self.latest: bytes | None = None
-        self.revision = 0
+        self.seen: tuple[bytes | None, int] = (None, 0)
+        # in a group (subscribe_many): its place, and the group's queue of the places whose job
+        # changed, so a waiter looks at those only and not at every member on each wake-up
+        self.index, self.touched = index, touched
+
+    @property
+    def latest(self) -> bytes | None:
+        return self.seen[0]
+
+    @property
+    def revision(self) -> int:
+        return self.seen[1]
 
     def wait(self, timeout: float | None) -> bool:
         return self.changed.wait(timeout)
@@ -65,19 +77,21 @@ class JobEvents:
     @contextmanager
     def subscribe(self, job_id: str) -> Iterator[Subscription]:
         """A Subscription set whenever jobs/<job_id> changes (clear it before each wait)."""
-        with self.subscribe_many([job_id]) as (flag,):
+        with self.subscribe_many([job_id], group=False) as (flag,):
             yield flag
 
     @contextmanager
-    def subscribe_many(self, job_ids: list[str]) -> Iterator[list[Subscription]]:
-        """One Subscription per job (in the order given), all sharing one `changed` flag: a
-        wait on any of them wakes when any of the jobs changes; each keeps its own `latest`."""
-        shared = threading.Event()
-        flags = [Subscription(shared) for _ in job_ids]
+    def subscribe_many(self, job_ids: list[str], group: bool = True) -> Iterator[list[Subscription]]:
+        """One Subscription per job (in the order given), all sharing one `changed` flag and
+        (with `group`) one `touched` queue: a wait on any of them wakes when any of the jobs
+        changes, and the queue says which (an index is put there after its `seen`, and must be
+        taken out by the waiter); each keeps its own `seen`."""
+        shared, touched = threading.Event(), deque() if group else None
+        flags = [Subscription(shared, index, touched) for index in range(len(job_ids))]
         with self._lock:
             for job_id, flag in zip(job_ids, flags):
                 self._waiters.setdefault(job_id, set()).add(flag)
-                flag.latest, flag.revision = self._recent.get(job_id, (None, 0))
+                flag.seen = self._recent.get(job_id, (None, 0))
         try:
             yield flags
         finally:
@@ -102,8 +116,10 @@ class JobEvents:
                 else:
                     recent.pop(job_id, None)
                 for flag in self._waiters.get(job_id, ()):
-                    if event.kind == "put" and event.mod_revision > flag.revision:
-                        flag.latest, flag.revision = event.value, event.mod_revision
+                    if event.kind == "put" and event.mod_revision > flag.seen[1]:
+                        flag.seen = (event.value, event.mod_revision)
+                    if flag.touched is not None:
+                        flag.touched.append(flag.index)
                     flag.changed.set()
 
     def on_resync(self) -> int:
@@ -111,6 +127,8 @@ class JobEvents:
             self._recent.clear()
             for flags in self._waiters.values():
                 for flag in flags:
-                    flag.latest = None
+                    flag.seen = (None, flag.seen[1])
+                    if flag.touched is not None:
+                        flag.touched.append(flag.index)
                     flag.changed.set()
         return self._store.revision()

@@ -1,4 +1,4 @@
-"""The single-threaded helper that starts every job: `python -m lclusterd.runtime.forkserver`.
+"""The helper that starts every job, one loop: `python -m lclusterd.runtime.forkserver`.
 
 The daemon runs gRPC and etcd threads, and a threaded Python process must not fork a
 child that goes on running Python. So the launcher starts this helper as a fresh process
@@ -7,7 +7,7 @@ one select loop over: requests, signals, each job's status socket and output pip
 timers (timeouts and kill grace periods). Nothing in here blocks on a job.
 
 A job's first process is `lclusterd-jobinit`, a small static C binary (jobinit/jobinit.c)
-that executes a plan built in plan.py; spares.py keeps some spawned ahead of their jobs.
+that executes a plan built in plan.py; spares.py keeps some spawned ahead (its own thread).
 Starting a job clones its volumes (volumes.py), makes its cgroup, opens its stdio (its output
 through log relays when it has a log cap) and hands a spare the job's plan.
 """

@@ -105,3 +105,50 @@ def set_process_name(name: str) -> None:
     """PR_SET_NAME takes a pointer; the kernel keeps the first 15 bytes."""
     buf = ctypes.create_string_buffer(name.encode()[:15])
     _check(_libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0), f"prctl(PR_SET_NAME, {name})")
+
+
+POSIX_SPAWN_SETSIGDEF = 0x04
+POSIX_SPAWN_SETSIGMASK = 0x08
+_SPAWN_STATE = 512  # bytes for a posix_spawn_file_actions_t or posix_spawnattr_t (glibc: 80 and 336)
+_SIGSET = 128  # sizeof(sigset_t) in glibc
+
+
+def posix_spawn(path: str, argv: list[str], dup2: tuple[int, int], default_signals: list[int]) -> int:
+    """posix_spawn(3) of `path` with an empty environment, one file action dup2(*dup2), an
+    empty signal mask and the default disposition for `default_signals`; the child's pid.
+
+    What os.posix_spawn(path, argv, {}, file_actions=[(POSIX_SPAWN_DUP2, *dup2)],
+    setsigmask=(), setsigdef=default_signals) does, through ctypes, which lets go of the GIL
+    while libc waits for the child's exec (its vfork); os.posix_spawn holds the GIL meanwhile,
+    so no other thread of the process ran during a spawn (spares.py)."""
+    actions, attr = ctypes.create_string_buffer(_SPAWN_STATE), ctypes.create_string_buffer(_SPAWN_STATE)
+    empty, default = ctypes.create_string_buffer(_SIGSET), ctypes.create_string_buffer(_SIGSET)
+    _libc.sigemptyset(empty)
+    _libc.sigemptyset(default)
+    for signum in default_signals:
+        _libc.sigaddset(default, signum)
+    argv_c = (ctypes.c_char_p * (len(argv) + 1))(*[os.fsencode(arg) for arg in argv], None)
+    env_c = (ctypes.c_char_p * 1)(None)
+    pid = ctypes.c_int()
+    _spawn_check(_libc.posix_spawn_file_actions_init(actions), "posix_spawn_file_actions_init")
+    try:
+        _spawn_check(_libc.posix_spawn_file_actions_adddup2(actions, *dup2), f"posix_spawn_file_actions_adddup2{dup2}")
+        _spawn_check(_libc.posix_spawnattr_init(attr), "posix_spawnattr_init")
+        try:
+            _spawn_check(_libc.posix_spawnattr_setsigmask(attr, empty), "posix_spawnattr_setsigmask")
+            _spawn_check(_libc.posix_spawnattr_setsigdefault(attr, default), "posix_spawnattr_setsigdefault")
+            _spawn_check(_libc.posix_spawnattr_setflags(attr, ctypes.c_short(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)),
+                         "posix_spawnattr_setflags")
+            _spawn_check(_libc.posix_spawn(ctypes.byref(pid), os.fsencode(path), actions, attr, argv_c, env_c),
+                         f"posix_spawn({path})")
+        finally:
+            _libc.posix_spawnattr_destroy(attr)
+    finally:
+        _libc.posix_spawn_file_actions_destroy(actions)
+    return pid.value
+
+
+def _spawn_check(err: int, call: str) -> None:
+    """The posix_spawn family returns an error number instead of setting errno."""
+    if err:
+        raise OSError(err, f"{call}: {os.strerror(err)}")
