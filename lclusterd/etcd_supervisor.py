@@ -108,9 +108,9 @@ class EtcdSupervisor:
                 last = str(exc)
                 why = f"the embedded etcd did not start again ({exc})"
                 continue
-            self.restarts += 1
             self._up_since = time.monotonic()
             log.info("the embedded etcd is running again (pid %d, at %s)", self.etcd.process.pid, self.etcd.endpoint)
+            self.restarts += 1  # (after the line: a reader of the count finds the restart said)
             return True
         self.on_lost(f"the embedded etcd could not be started again after {self.tries} tries; the last: {last}")
         return False
