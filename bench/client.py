@@ -133,11 +133,11 @@ def slurm_rows(args: argparse.Namespace) -> tuple[Times, dict[str, float]] | str
                 return "not installed (make bench-deps)"
             commands = {
                 "python3 -c pass (Debian)": ["/usr/bin/python3", "-c", "pass"],
-                "sbatch --wrap true": ["sbatch", "--oversubscribe", "--wrap", "true"],
+                "sbatch --wrap true": ["sbatch", "--oversubscribe", "-o", "/dev/null", "--wrap", "true"],
                 "squeue": ["squeue"],
             }
             times = round_robin(commands, slurm.env, args.runs)
-            rate = parallel_rate("sbatch --oversubscribe --wrap true", args.jobs, args.shells, slurm.env)
+            rate = parallel_rate("sbatch --oversubscribe -o /dev/null --wrap true", args.jobs, args.shells, slurm.env)
             return times, {f"{args.jobs} x sbatch from {args.shells} shells": rate}
     except (SlurmError, OSError, RuntimeError) as exc:
         print(f"bench/client.py: Slurm: {exc}", file=sys.stderr)
