@@ -206,8 +206,9 @@ def test_forged_index_keys_break_listing_for_no_one(etcd, user_place, store):
     try:
         (user_place / "lidx-f").mkdir(mode=0o711)
         node = cluster.daemon("lidx-f", extra=KEEP, directory=user_place / "lidx-f")
-        mine = [as_user(USER, "-add", "true", server=node.socket).stdout.strip() for _ in range(2)]
-        roots = [add(node, "true") for _ in range(2)]
+        # jobs that do not end: with --keep 2s an ended one would be removed while the test reads
+        mine = [as_user(USER, "-add", "sleep 600", server=node.socket).stdout.strip() for _ in range(2)]
+        roots = [add(node, "sleep 600") for _ in range(2)]
         keys, future = Keys(cluster.prefix), time.time() + 3600
         missing, malformed = uuid.uuid4().hex, uuid.uuid4().hex
         store.txn([], [Put(keys.job(malformed), b"not json")])
