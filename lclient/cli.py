@@ -71,7 +71,8 @@ def _opt(*names: str, **kw):
 @_opt("-node", "--node", "node", metavar="NAME", help="With -add: run it on node NAME only (it waits while NAME is full or away).")
 @_opt("-image", "--image", "image", metavar="NAME",
       help="With -add: run it in image NAME, on a node that has it (lclient -images); its Env and WorkingDir are "
-           "the job's defaults, and with an empty command (-add '') its Entrypoint and Cmd are the command.")
+           "the job's defaults, it runs as its User, and with an empty command (-add '') its Entrypoint and Cmd "
+           "are the command.")
 @_opt("-net", "--net", "net", metavar="none|bridge",
       help="With -add: the job's network: none (loopback only, the default) or bridge (an address on its node's "
            "bridge, outbound NAT; -check shows the address).")
