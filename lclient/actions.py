@@ -107,27 +107,22 @@ def _kill(client: JobsClient, o: dict) -> int:
 def _list(client: JobsClient, o: dict) -> int:
     limit = parse_value("-limit", o["limit"], lambda t: parse_count(t, 0))
     jobs = client.list([s.upper() for s in o["states"]], limit, o["expand"])
-    if o["as_json"]:
-        for job in jobs:
-            echo(dumps(job_json(job)))
-    else:
-        echo(jobs_table(jobs))
-    return errors.EXIT_OK
+    return _rows_or_table(o["as_json"], [job_json(job) for job in jobs], lambda: jobs_table(jobs))
 
 
 def _nodes(client: JobsClient, o: dict) -> int:
     nodes = client.nodes()
-    if o["as_json"]:
-        for node in nodes:
-            echo(dumps(node_json(node)))
-    else:
-        echo(nodes_table(nodes))
-    return errors.EXIT_OK
+    return _rows_or_table(o["as_json"], [node_json(node) for node in nodes], lambda: nodes_table(nodes))
 
 
 def _images(client: JobsClient, o: dict) -> int:
     nodes = client.nodes()
-    for line in [dumps(image_json(*row)) for row in image_rows(nodes)] if o["as_json"] else [images_table(nodes)]:
+    return _rows_or_table(o["as_json"], [image_json(*row) for row in image_rows(nodes)], lambda: images_table(nodes))
+
+
+def _rows_or_table(as_json: bool, documents: list, table) -> int:
+    """The read commands' output: one JSON document per line with -json, else the table."""
+    for line in [dumps(document) for document in documents] if as_json else [table()]:
         echo(line)
     return errors.EXIT_OK
 
