@@ -181,9 +181,3 @@ def _parsed_and_run(argv: list[str], client_factory: ClientFactory | None) -> in
         return errors.EXIT_INTERRUPTED
     return result if isinstance(result, int) else errors.EXIT_OK
 
-
-def main() -> None:
-    """(Console scripts installed before lclient/main.py name this one.)"""
-    from lclient.main import main as plain_or_click
-
-    plain_or_click()

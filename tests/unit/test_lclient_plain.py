@@ -4,7 +4,6 @@ same calls, same output, same exit status, for successes and failures alike."""
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from lclient import actions, cli, errors, main
@@ -57,10 +56,3 @@ def test_the_defaults_are_the_click_commands():
     parsed = cli.cli.make_context("lclient", ["-check", JOB]).params
     assert {**parsed, "check": None} == actions.DEFAULTS
 
-
-def test_grpc_errors_read_the_same_either_way(capsys):
-    class Rpc(grpc.RpcError):
-        def code(self):
-            return grpc.StatusCode.UNAVAILABLE
-
-    assert outcome(plain, ["-check", JOB], capsys, fail=Rpc()) == outcome(by_click, ["-check", JOB], capsys, fail=Rpc())
