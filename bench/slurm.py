@@ -124,6 +124,7 @@ SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
 MaxJobCount=100000
+MaxArraySize=100001
 MinJobAge=2
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool

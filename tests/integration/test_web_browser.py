@@ -6,6 +6,7 @@ error, a resource that failed to load, a refused script) fails the test."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -79,6 +80,8 @@ def test_submit_from_the_form_and_filter_the_list(node, browser):
     browser.find_element(By.ID, "submit-command").send_keys("echo from the form; echo oops >&2; exit 3")
     browser.find_element(By.NAME, "mem").send_keys("32M")
     browser.find_element(By.ID, "submit-button").click()
+    # the click starts the POST and its redirect; the job's id is known once its page is shown
+    until(lambda: re.search(r"/jobs/[0-9a-f]{32}$", browser.current_url), "the new job's page")
     job = browser.current_url.rsplit("/", 1)[1]
     record = check(node, job)
     assert (record["owner"], record["limits"]["memory_bytes"]) == ("root", 32 << 20)
