@@ -103,6 +103,13 @@ class JobEvents:
                         if not waiting:
                             del self._waiters[job_id]
 
+    def recent(self, job_id: str) -> tuple[bytes, int] | None:
+        """The newest record of `job_id` the watch delivered and its mod revision, if it still
+        remembers one. It may trail etcd by the watch's delay: good for what never changes in
+        a record (its owner, that it is a job) and for a waiter that follows later changes."""
+        with self._lock:
+            return self._recent.get(job_id)
+
     def on_events(self, events: list[Event]) -> None:
         with self._lock:
             recent = self._recent

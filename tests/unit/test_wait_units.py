@@ -9,12 +9,17 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from lclusterd.api import waiting
+from lclusterd.api.identity import Identity
 from lclusterd.api.servicer import ApiServices, JobsServicer
 from lclusterd.api.waiting import Waited
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Event
+from lclusterd.cluster.lookup import FoundJob
+from lclusterd.errors import NotAllowed
 from lclusterd.model import EXITED, RUNNING, JobRecord, JobSpec, new_job_id
 
 KEYS = Keys("/t")
@@ -89,3 +94,49 @@ def test_a_group_subscription_queues_the_places_whose_job_changed():
         hub.on_events([put(record(c, RUNNING), 3), put(record(a, RUNNING), 4), put(record(c, EXITED), 5)])
         assert list(flags[0].touched) == [2, 0, 2] and flags[0].changed.is_set()
         assert alone.touched is None and not alone.is_set()
+
+
+class Unreachable:
+    """A lookup that must not be used: etcd is not read for what the watch brought."""
+
+    pools = None
+
+    def __init__(self, found=None):
+        self.calls, self._found = [], found
+
+    def resolve(self, job_id: str):
+        self.calls.append(job_id)
+        if self._found is None:
+            raise AssertionError(f"etcd read for {job_id}")
+        return self._found
+
+
+def waiter_over(hub: JobEvents, lookup, caller: Identity) -> JobsServicer:
+    services = ApiServices(node="n", jobs=SimpleNamespace(keys=KEYS), admission=None, lookup=lookup,
+                           nodes=None, events=hub, logs=None, peers=None, states=None)
+    return JobsServicer(services, authenticator=SimpleNamespace(identify=lambda context: caller))
+
+
+def owned(job_id: str, state: str, owner: str) -> JobRecord:
+    return JobRecord(id=job_id, spec=JobSpec(command="true"), state=state, node="n", created_at=1.0, owner=owner)
+
+
+def test_wait_finds_a_job_the_watch_brought_without_reading_etcd_and_still_checks_its_owner():
+    job = new_job_id()
+    hub = JobEvents(None, None, KEYS)
+    hub.on_events([Event("put", KEYS.job(job), owned(job, EXITED, "alice").to_bytes(), 12)])
+    found = waiter_over(hub, Unreachable(), Identity("alice"))._resolve_for(None, job, "wait for", watched=True)
+    assert isinstance(found, FoundJob) and (found.record.state, found.revision) == (EXITED, 12)
+    with pytest.raises(NotAllowed, match="user bob may not wait for"):
+        waiter_over(hub, Unreachable(), Identity("bob"))._resolve_for(None, job, "wait for", watched=True)
+
+
+def test_wait_reads_etcd_when_the_watch_has_no_record_or_a_malformed_one_and_check_always_does():
+    job, other = new_job_id(), new_job_id()
+    hub = JobEvents(None, None, KEYS)
+    hub.on_events([Event("put", KEYS.job(job), b'{"state":"EXITED","owner":"alice"}', 5)])  # forged: no id, no spec
+    from_etcd = FoundJob(owned(job, EXITED, "alice"), 5)
+    for job_id, watched in ((job, True), (other, True), (job, False)):
+        lookup = Unreachable(from_etcd)
+        assert waiter_over(hub, lookup, Identity("alice"))._resolve_for(None, job_id, "see", watched) is from_etcd
+        assert lookup.calls == [job_id]
