@@ -165,6 +165,14 @@ class ImageNotFound(ImageError):
         self.name = name
 
 
+class ImageInUse(ImageError):
+    """A job running on this node has the image as its root: it is not removed or replaced under it."""
+
+    def __init__(self, name: str):
+        super().__init__(f"image {name!r} is in use by a job running on this node: remove or replace it once "
+                         "its jobs have ended")
+
+
 class ImageExists(ImageError):
     """The name is taken: by an image in the store (--replace replaces it) or by the node's rootfs."""
 

@@ -15,6 +15,7 @@ through log relays when it has a log cap) and hands a spare the job's plan.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import selectors
@@ -22,12 +23,13 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from lclusterd.errors import LclusterdError, SetupFailed
 from lclusterd.runtime import caps, channel, kernel, plan, protocol, users, volumes
 from lclusterd.runtime.cgroups import Limits, NodeLimits, detect
 from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
+from lclusterd.runtime.images import inuse
 from lclusterd.runtime.mounts import Scratch
 from lclusterd.runtime.job import (RunningJob, answer_network, begin_kill, failure_report, kill_now, remove_empty_cgroup,
                                    sweep_leftovers)
@@ -161,17 +163,17 @@ class ForkServer:
                 raise SetupFailed("start", f"job {spec.job_id} is already running")
             if stdio and len(stdio) != 3:
                 raise SetupFailed("start", f"expected 3 stdio descriptors, got {len(stdio)}")
-            self._start_job(spec, started_at, stdio)
+            with inuse.holding(spec.rootfs) as hold:  # first: a missing rootfs, or one being removed, starts nothing
+                self._start_job(spec, started_at, stdio, hold)
         except (LclusterdError, OSError) as error:
             _close_all(stdio)
             self._send_result(RunResult(job_id=spec.job_id, status=FAILED, error=_reason(error),
                                         started_at=started_at, finished_at=time.time()))
 
-    def _start_job(self, spec: RuntimeSpec, started_at: float, stdio: list[int]) -> None:
-        """Make the job's cgroup and open its stdio, then hand it to a spare init.
+    def _start_job(self, spec: RuntimeSpec, started_at: float, stdio: list[int], hold: int) -> None:
+        """Make the job's cgroup and open its stdio, then hand it to a spare init; `hold` (its
+        rootfs held in use) is the job's once it is started, else still the caller's.
         Everything that can fail on bad input fails here, before the job has a process."""
-        if not os.path.isdir(spec.rootfs):
-            raise SetupFailed("rootfs", f"rootfs {spec.rootfs} does not exist (build it with `make rootfs`)")
         # no User, no file read; with user namespaces every id must be in the job's slot
         user = users.resolve(spec.rootfs, spec.user, self.pool.setup.slots is not None) if spec.user else None
         opened = stdio  # one list: whatever is opened here is closed with the caller's fds
@@ -196,11 +198,11 @@ class ForkServer:
         _close_all(opened)  # the job holds its own copies now
         deadline = time.monotonic() + spec.timeout if spec.timeout else None
         facts = RunFacts(spec.job_id, spare.pid, started_at, spec.timeout, address=net and str(net.address))
-        job = RunningJob(spec, cgroup, spare, facts, deadline, relays, net=net)
+        job = RunningJob(spec, cgroup, spare, facts, deadline, relays, net=net, rootfs_hold=hold)
         self.jobs[spec.job_id] = self.by_pid[spare.pid] = job
         self.selector.register(spare.sock, selectors.EVENT_READ, lambda: self._on_status(job))
         for relay in relays:
-            self.selector.register(relay.fileno(), selectors.EVENT_READ, _bind(self._on_output, job, relay))
+            self.selector.register(relay.fileno(), selectors.EVENT_READ, functools.partial(self._on_output, job, relay))
 
     def _hand_over(self, spec: RuntimeSpec, cgroup: JobCgroup, fds: list[int], network: bool,
                    user: users.Credentials | None) -> SpareInit:
@@ -293,6 +295,7 @@ class ForkServer:
             job.facts.notes.append(f"removing the cgroup failed: {describe(error)}")
             log.warning("job %s: %s", job.spec.job_id, job.facts.notes[-1])
         SparePool.release(job.spare)
+        os.close(job.rootfs_hold)
         try:
             self.network.release(job.net)
         except OSError as error:
@@ -328,10 +331,6 @@ class ForkServer:
         if kill:
             for job in list(self.jobs.values()):
                 begin_kill(job, KILLED, job.spec.grace)
-
-
-def _bind(method: Callable[..., None], *args: object) -> Callable[[], None]:
-    return lambda: method(*args)
 
 
 def _setup(args: argparse.Namespace) -> tuple[CgroupDriver, SparePool, BridgeNetwork | NoNetwork]:

@@ -33,6 +33,7 @@ class RunningJob:
     status_closed: bool = False
     kill_at: float | None = None  # monotonic time to escalate SIGTERM to SIGKILL
     net: JobNet | None = None  # its share of the node's bridge (net="bridge")
+    rootfs_hold: int = -1  # the shared lock on its rootfs (images/inuse.py), closed once it is reaped
 
     @property
     def host_pid(self) -> int:

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from lclusterd.errors import ImageInUse
 from lclusterd.runtime.images.config import apply_defaults
 from lclusterd.runtime.images.store import ImageStore
 from lclusterd.runtime.spec import RunResult, RuntimeSpec
 
 from support.host import ROOTFS
-from support.images import snapshot, umoci_image, umoci_users_image
+from support.images import run_image_cli, snapshot, umoci_image, umoci_users_image
+from support.jobs import until
 
 
 @pytest.fixture(autouse=True)
@@ -140,3 +142,30 @@ def test_an_images_passwd_linked_out_of_the_image_is_not_followed_to_the_hosts(r
     result, out, _ = start(runtime, users, tmp_path, "echo ran", name="hostile")
     assert (result.status, result.error, out) == ("FAILED", "user hostonly: no such user in the image's /etc/passwd",
                                                   "")
+
+
+# -- an image in use --------------------------------------------------------------------
+
+def test_an_image_a_job_runs_on_is_neither_removed_nor_replaced_until_the_job_has_ended(runtime, tmp_path):
+    store = ImageStore(tmp_path / "state", ROOTFS)
+    layout = str(umoci_image(tmp_path / "layout"))
+    store.import_image("inuse", layout)
+    defaults = apply_defaults(store.config("inuse"), ["/bin/sh", "-c", "echo up; sleep 60"], user="0")
+    out = tmp_path / "job.out"
+    spec = RuntimeSpec(job_id=uuid.uuid4().hex, rootfs=store.rootfs("inuse"), stdout_path=str(out),
+                       stderr_path=str(tmp_path / "job.err"), **defaults.spec_fields())
+    runtime.launcher.submit(spec)
+    until(lambda: out.exists() and out.read_text() == "up\n", "the job to start")
+    tree = snapshot(store.rootfs("inuse"))
+    refused = "image 'inuse' is in use by a job running on this node: remove or replace it once its jobs have ended"
+    with pytest.raises(ImageInUse, match=refused):
+        store.remove("inuse")
+    with pytest.raises(ImageInUse, match=refused):
+        store.import_image("inuse", layout, replace=True)
+    state = ["--state-dir", str(tmp_path / "state"), "--rootfs", ROOTFS]
+    assert run_image_cli("rm", "inuse", *state) == (1, "", f"lclusterd image: {refused}\n")
+    assert snapshot(store.rootfs("inuse")) == tree and "inuse" in {info.name for info in store.list()}
+    runtime.launcher.kill(spec.job_id, 0)
+    assert runtime.launcher.wait(spec.job_id, 30).status == "KILLED"
+    assert run_image_cli("rm", "inuse", *state) == (0, "removed inuse\n", "")
+    assert [info.name for info in store.list()] == ["busybox"]

@@ -11,7 +11,8 @@ its config as the image gave it (`config.json`) and the store's record of it
 An import builds its tree in a temporary directory beside the images and renames it into
 place with one renameat2 (RENAME_NOREPLACE, or RENAME_EXCHANGE for --replace), so a name
 is always a whole image or none, and a failed import leaves nothing. Imports and removals
-hold the store's lock (flock) for their whole length; reads take none.
+hold the store's lock (flock) for their whole length; reads take none. An image a job runs
+on is neither removed nor replaced (inuse.py: the job holds its tree's lock).
 
 The image `busybox` is the node's own rootfs (`--rootfs`, built by `make prep`), not a
 copy in the store: it stays where the daemon and `make prep` expect it, jobs without an
@@ -37,7 +38,7 @@ from lclusterd.errors import ImageError, ImageExists, ImageNotFound, InvalidImag
 from lclusterd.limits import IMAGE_NAME, IMAGE_NAME_RULE, is_image_name
 from lclusterd.runtime import kernel
 from lclusterd.runtime.host import DEFAULT_ROOTFS
-from lclusterd.runtime.images import importer
+from lclusterd.runtime.images import importer, inuse
 from lclusterd.runtime.images.config import ImageConfig
 from lclusterd.runtime.images.manifest import ImageManifest, read_manifest
 from lclusterd.runtime.images.sources import Source, open_source
@@ -222,8 +223,9 @@ class ImageStore:
         if not final.exists():
             kernel.rename(str(work), str(final), kernel.RENAME_NOREPLACE)
             return
-        kernel.rename(str(work), str(final), kernel.RENAME_EXCHANGE)
-        shutil.rmtree(work)  # now the old image
+        with inuse.unused(final.name, str(final / ROOTFS)):  # the old tree goes: no job may run on it
+            kernel.rename(str(work), str(final), kernel.RENAME_EXCHANGE)
+            shutil.rmtree(work)  # now the old image
 
     def remove(self, name: str) -> None:
         """Remove image `name`: ImageNotFound if there is none; the node's rootfs is refused."""
@@ -236,8 +238,9 @@ class ImageStore:
                 raise ImageNotFound(name)
             # Renamed first, so the name is gone at once and a crash mid-removal leaves only a leftover.
             doomed = self.dir / f".old-{name}-{secrets.token_hex(4)}"
-            kernel.rename(str(final), str(doomed), kernel.RENAME_NOREPLACE)
-            shutil.rmtree(doomed)
+            with inuse.unused(name, str(final / ROOTFS)):
+                kernel.rename(str(final), str(doomed), kernel.RENAME_NOREPLACE)
+                shutil.rmtree(doomed)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
