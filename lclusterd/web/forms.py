@@ -1,6 +1,8 @@
 """A job spec from what the page's form or a POST /api/jobs sends: the options of `lclient
--add`, by the same names, parsed by the same functions (lclient/units.py), so `mem=64M` means
-here what `-mem 64M` means there. Pure."""
+-add`, by the same names (`volumes` for -volume), parsed by the same functions
+(lclient/units.py), so `mem=64M` means here what `-mem 64M` means there. What the values must
+be (an image name, a network mode, published ports, volumes) is checked once, by admission,
+for the web as for lclient. Pure."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from lclient.units import parse_count, parse_cpus, parse_duration, parse_memory
 from lclusterd.errors import InvalidSpec
 from lclusterd.model import JobSpec
 
-FIELDS = ("command", "mem", "cpus", "pids", "timeout", "env", "stdin", "retries", "node", "all_nodes")
+FIELDS = ("command", "mem", "cpus", "pids", "timeout", "env", "stdin", "retries", "node", "all_nodes", "image", "net",
+          "publish", "volumes", "workdir")
 
 
 def spec_from(data: dict[str, Any]) -> tuple[JobSpec, bool]:
@@ -25,7 +28,9 @@ def spec_from(data: dict[str, Any]) -> tuple[JobSpec, bool]:
     if not isinstance(command, str):
         raise InvalidSpec("command must be a string (run as /bin/sh -c COMMAND)")
     spec = JobSpec(command=command, env=_env(data.get("env")), stdin_data=_text("stdin", data.get("stdin")).encode(),
-                   node=_text("node", data.get("node")).strip())
+                   node=_text("node", data.get("node")).strip(), image=_text("image", data.get("image")).strip(),
+                   net=_text("net", data.get("net")).strip() or "none", publish=_entries("publish", data.get("publish")),
+                   volumes=_entries("volumes", data.get("volumes")), workdir=_text("workdir", data.get("workdir")).strip())
     spec.memory_bytes = _parsed(data, "mem", parse_memory)
     spec.cpus = _parsed(data, "cpus", parse_cpus)
     spec.pids = _parsed(data, "pids", parse_count)
@@ -52,6 +57,18 @@ def _text(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidSpec(f"{name} must be a string")
     return value
+
+
+def _entries(name: str, value: Any) -> list[str]:
+    """-publish's or -volume's entries: a JSON list of strings, or one a line (the form's
+    textarea; a volume's path may hold spaces and commas, never a newline)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [line.strip() for line in value.splitlines() if line.strip()]
+    if isinstance(value, list) and all(isinstance(entry, str) for entry in value):
+        return list(value)
+    raise InvalidSpec(f"{name} must be a list of strings (or one a line)")
 
 
 def _env(value: Any) -> dict[str, str]:

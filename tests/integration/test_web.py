@@ -138,6 +138,23 @@ def test_submit_list_and_kill_through_the_api(node, admin):
     assert check(node, job["id"])["state"] == "KILLED"
 
 
+def test_the_api_takes_an_image_a_workdir_and_a_network_as_lclient_add_does(node, admin):
+    body = {"command": "pwd; ls /", "image": "busybox", "workdir": "/srv/work", "net": "none", "volumes": [], "publish": ""}
+    added = http("POST", api(node, "/jobs"), token=admin, body=body)
+    assert added.status == 201, added.body
+    job = added.json
+    assert (job["image"], job["workdir"], job["net"], job["publish"], job["volumes"]) == ("busybox", "/srv/work", "none", [], [])
+    node.lclient("-wait", job["id"])
+    logs = node.lclient("-logs", job["id"])
+    assert logs.stdout.startswith("/srv/work\n") and "bin" in logs.stdout.split(), logs
+    # the same checks as lclient's, at add: a port without a network, an image no node has, a volume's bad form
+    error(http("POST", api(node, "/jobs"), token=admin, body={"command": "true", "publish": ["8080:80"]}), 400,
+          "publishing a port needs net=bridge")
+    error(http("POST", api(node, "/jobs"), token=admin, body={"command": "true", "image": "nosuch"}), 409,
+          "no node has the image 'nosuch'")
+    error(http("POST", api(node, "/jobs"), token=admin, body={"command": "true", "volumes": "relative:/x"}), 400, "volume")
+
+
 def test_every_error_is_its_status_and_one_line_of_json(node, admin):
     finished = add(node, "true")
     node.lclient("-wait", finished)

@@ -79,12 +79,13 @@ def test_submit_from_the_form_and_filter_the_list(node, browser):
     browser.get(web_login(node)["url"])
     browser.find_element(By.ID, "submit-command").send_keys("echo from the form; echo oops >&2; exit 3")
     browser.find_element(By.NAME, "mem").send_keys("32M")
+    browser.find_element(By.NAME, "workdir").send_keys("/tmp")
     browser.find_element(By.ID, "submit-button").click()
     # the click starts the POST and its redirect; the job's id is known once its page is shown
     until(lambda: re.search(r"/jobs/[0-9a-f]{32}$", browser.current_url), "the new job's page")
     job = browser.current_url.rsplit("/", 1)[1]
     record = check(node, job)
-    assert (record["owner"], record["limits"]["memory_bytes"]) == ("root", 32 << 20)
+    assert (record["owner"], record["limits"]["memory_bytes"], record["workdir"], record["net"]) == ("root", 32 << 20, "/tmp", "none")
     until(lambda: "oops" in text_of(browser, "stderr") and "from the form" in text_of(browser, "stdout"), "the output")
     until(lambda: text_of(browser, "state").startswith("EXITED (exit code 3)"), "the final state after the reload")
 

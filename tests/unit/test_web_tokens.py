@@ -93,7 +93,16 @@ def test_the_form_takes_lclients_add_options():
     assert spec.env == {"A": "1", "B": "x=y"} and pool is True
     spec, pool = spec_from({"command": "true", "env": {"K": "V"}, "stdin": "in"})
     assert (spec.env, spec.stdin_data, spec.memory_bytes, pool) == ({"K": "V"}, b"in", None, False)
+    spec, _ = spec_from({"command": "", "image": " debian ", "net": "bridge", "publish": "18080:8080\n\n9000:9000/udp\n",
+                         "volumes": "/srv/my data:/data:ro\n", "workdir": "/data"})  # the form: one a line
+    assert (spec.image, spec.net, spec.publish, spec.volumes, spec.workdir) == (
+        "debian", "bridge", ["18080:8080", "9000:9000/udp"], ["/srv/my data:/data:ro"], "/data")
+    spec, _ = spec_from({"command": "true", "publish": [], "volumes": ["/srv/a:/a"]})  # JSON lists
+    assert (spec.net, spec.publish, spec.volumes, spec.image, spec.workdir) == ("none", [], ["/srv/a:/a"], "", "")
     for bad, words in [({"command": 3}, "command must be a string"), ({"command": "x", "mem": "lots"}, "bad mem value"),
+                       ({"command": "x", "volumes": [1]}, "volumes must be a list of strings"),
+                       ({"command": "x", "publish": {"a": 1}}, "publish must be a list"), ({"command": "x", "net": 1}, "net must"),
+                       ({"command": "x", "ports": "80"}, "unknown field 'ports'"),
                        ({"command": "x", "env": "NOEQUALS"}, "bad env value"), ({"command": "x", "pids": True}, "bad pids"),
                        ({"command": "x", "all_nodes": "maybe"}, "bad all_nodes"), ([], "JSON object"),
                        ({"command": "x", "retries": "-1"}, "bad retries")]:
