@@ -4,8 +4,10 @@ Job ids come from etcd, which is input, and the daemon is root: a name here is m
 well-formed job id and nothing else (anything else is a ValueError, never a path), the
 directory is one only root can write (`prepare` checks it and every directory above it), and
 no file is ever opened through a symlink. A job's first attempt on this node creates its
-files exclusively (O_CREAT|O_EXCL|O_NOFOLLOW); a later attempt on this node (after the node
-was declared lost and the job re-queued) appends to them. Once the job has ended for good
+stdout file exclusively (O_CREAT|O_EXCL|O_NOFOLLOW), and the runtime its stderr file at the
+first output there (a stream never written to has no file; reading it reads nothing); a
+later attempt on this node (after the node was declared lost and the job re-queued) appends
+to them. Once the job has ended for good
 here, its files are sealed (`seal`: no write permission bit; root ignores the bit, so it is
 a mark this module reads): a record re-using that id is refused rather than appended to the
 finished job's log.
@@ -59,16 +61,21 @@ class LogFiles:
         return self.directory / f"{job_id}.{suffix}"
 
     def create(self, job_id: str) -> None:
-        """Create both files before the job is handed to the runtime; their existence later
-        means "this node may have started the job" (see Worker reconcile). Existing ones (an
-        earlier attempt's, appended to) are made new again for the log sweep. LogsSealed when
-        they are a finished job's; OSError when they are not plain files."""
+        """Create the stdout file before the job is handed to the runtime; its existence later
+        means "this node may have started the job" (see Worker reconcile). The stderr file is
+        made by the runtime at the job's first output there (runtime/relay.py: most jobs write
+        none, and each file is an inode to allocate and later free). Existing ones (an earlier
+        attempt's, appended to) are made new again for the log sweep. LogsSealed when they are a
+        finished job's; OSError when they are not plain files."""
         for path in (self.stdout(job_id), self.stderr(job_id)):
             try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
+                flags = os.O_CREAT | os.O_EXCL if path.suffix == ".out" else 0
+                os.close(os.open(path, os.O_WRONLY | flags | _NOFOLLOW, 0o600))
                 continue
             except FileExistsError:
                 pass
+            except FileNotFoundError:  # no stderr yet: the runtime makes it if the job writes there
+                continue
             fd = _open_plain(path, os.O_WRONLY)
             try:
                 if not os.fstat(fd).st_mode & stat.S_IWUSR:

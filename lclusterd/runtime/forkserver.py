@@ -260,6 +260,8 @@ class ForkServer:
         job.facts.written[relay.stream] = relay.written
         if relay.dropped:
             job.facts.dropped[relay.stream] = relay.dropped
+        if relay.error:
+            job.facts.notes.append(relay.error)
         self._finish_if_done(job)
 
     def _reap(self) -> None:

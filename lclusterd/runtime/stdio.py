@@ -2,7 +2,8 @@
 
 stdin: /dev/null, or the spec's stdin data in a memory file (no disk, nothing to remove).
 stdout and stderr: the spec's log files; with a log cap (spec.max_log_bytes) each is a pipe
-whose read end a LogRelay moves into the file, up to the cap.
+whose read end a LogRelay moves into the file, up to the cap (made at the stream's first
+output: a job that writes nothing to a stream leaves no file for it).
 """
 
 from __future__ import annotations
@@ -29,15 +30,20 @@ def open_stdio(spec: RuntimeSpec, opened: list[int], relays: list[LogRelay], dev
 
 
 def _relayed(stream: str, path: str, limit: int, opened: list[int], relays: list[LogRelay], devnull: int) -> int:
-    log_fd = _open_log(path, os.O_RDWR)
+    """The pipe's write end; the relay opens the file itself at the job's first output on
+    the stream (relay.py), in the directory opened here (a missing one fails the start)."""
+    directory, name = os.path.split(path)
     try:
-        os.lseek(log_fd, 0, os.SEEK_END)  # after what an earlier attempt on this node wrote
+        directory_fd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise SetupFailed("log file", f"cannot open {path}: {error.strerror}", error.errno) from error
+    try:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     except OSError:
-        os.close(log_fd)
+        os.close(directory_fd)
         raise
     os.set_blocking(read_fd, False)  # the job's end stays blocking
-    relays.append(LogRelay(stream, read_fd, log_fd, limit, devnull))
+    relays.append(LogRelay(stream, read_fd, directory_fd, name, limit, devnull))
     return _track(write_fd, opened)
 
 
@@ -54,7 +60,7 @@ def _open_stdin(spec: RuntimeSpec, opened: list[int]) -> int:
 
 def _open_log(path: str, flags: int) -> int:
     # Never through a symlink: the directory is root's, but the name comes from a job id. On a
-    # node the worker has made the files already, exclusively, from a validated id
+    # node the worker has made stdout's file already, exclusively, from a validated id
     # (cluster/logs.py); the runtime's own CLI may be given any path (/dev/null too).
     try:
         return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)

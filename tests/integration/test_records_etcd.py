@@ -112,7 +112,7 @@ def test_forged_records_never_write_outside_the_state_dir_nor_into_another_jobs_
     tmp_name = f"../../../../../../../../tmp/lclusterd-forged-{uuid.uuid4().hex[:8]}"
     before_outside = files_under(outside)
     mine = finished_job(node, "echo mine; echo mine >&2")
-    other = finished_job(node, "echo other")
+    other = finished_job(node, "echo other; echo other >&2")  # (both streams written: both files made)
     logs_before = {job: (logs / f"{job}.out").read_bytes() + (logs / f"{job}.err").read_bytes() for job in (mine, other)}
 
     forged = new_id()
@@ -131,7 +131,7 @@ def test_forged_records_never_write_outside_the_state_dir_nor_into_another_jobs_
         assert "belong to a job that has ended" in etcd_records(cluster)[job]["error"]
     assert node.stop() == 0
     node.start()  # a restart reconciles what is left: nothing forged runs then either
-    later = add(node, "echo later")
+    later = add(node, "echo later; echo later >&2")
     assert node.lclient("-wait", later).returncode == 0
     assert node.lclient("-list").returncode == 0 and node.process.poll() is None
 

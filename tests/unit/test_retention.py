@@ -194,6 +194,7 @@ def test_format_duration_reads_back(text):
 # -- logs ----------------------------------------------------------------------------------------
 def aged(logs: LogFiles, job_id: str, out_age: float, err_age: float | None = None) -> None:
     logs.create(job_id)
+    logs.stderr(job_id).write_bytes(b"")  # (the runtime makes it at the job's first output there)
     now = time.time()
     os.utime(logs.stdout(job_id), (now - out_age, now - out_age))
     age = out_age if err_age is None else err_age
