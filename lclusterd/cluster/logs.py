@@ -7,10 +7,9 @@ no file is ever opened through a symlink. A job's first attempt on this node cre
 stdout file exclusively (O_CREAT|O_EXCL|O_NOFOLLOW), and the runtime its stderr file at the
 first output there (a stream never written to has no file; reading it reads nothing); a
 later attempt on this node (after the node was declared lost and the job re-queued) appends
-to them. Once the job has ended for good
-here, its files are sealed (`seal`: no write permission bit; root ignores the bit, so it is
-a mark this module reads): a record re-using that id is refused rather than appended to the
-finished job's log.
+to them. Once the job has ended for good here, its files are sealed (`seal`: no write
+permission bit; root ignores the bit, so it is a mark this module reads): a record re-using
+that id is refused rather than appended to the finished job's log.
 """
 
 from __future__ import annotations
