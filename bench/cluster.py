@@ -9,7 +9,9 @@
 (b) add -> running: the job's started_at minus created_at (both stamped by the daemon)
 (c) end-to-end throughput of N `true` jobs on one node (jobs/s, makespan), and etcd write
     transactions per job (from etcd's revision counter: each write txn adds one); measured
-    --rounds times (default 3) on the same node, the median shown with the range
+    --rounds times (default 3) on the same node, the median shown with the range; and the CPU
+    per job of each process in those rounds (bench/cpu.py: daemon, fork server, the jobs' own
+    processes, etcd, this benchmark's client), steadier than throughput for comparing code
 (d) daemon RSS with N concurrently running `sleep` jobs (plus the runtime helper's)
 (e) an array of --array-members `true` members end to end on the plain TCP node (members/s),
     beside `sbatch --array` when Slurm is installed (bench/arrays.py has the rest)
@@ -43,6 +45,7 @@ from support.processes import EtcdProcess, NodeProcess  # noqa: E402
 from support.tls import make_pki  # noqa: E402
 
 from bench.arrays import array_rows, print_rows  # noqa: E402
+from bench.cpu import CpuMeter, per_job  # noqa: E402
 from bench.slurm import SlurmError, one_node_slurm  # noqa: E402
 from lclient.client import JobsClient, Target  # noqa: E402
 from lclusterd.cluster.store import Store, StoreTls  # noqa: E402
@@ -121,20 +124,25 @@ def rss_with_running(client: JobsClient, daemon: NodeProcess, n: int) -> tuple[f
     return daemon_rss, helper_rss, running
 
 
-def transport_rows(way: str, client: JobsClient, store: Store, args) -> tuple[list[tuple[str, str, str]], list[float]]:
-    """Submit latency (idle, back to back) and throughput through `client`'s way in; and the
-    add -> running delays of the idle submits."""
+def transport_rows(way: str, client: JobsClient, store: Store, args,
+                   meter: CpuMeter) -> tuple[list[tuple[str, str, str]], list[float]]:
+    """Submit latency (idle, back to back) and throughput through `client`'s way in, with the
+    CPU each process spent per job in the throughput rounds; and the add -> running delays of
+    the idle submits."""
     client.wait(client.add(pb.JobSpec(command="true")).id, 60)  # warm up
     idle, running = add_to_running(client, args.latency_runs)
     submit = submit_latency(client, args.latency_runs)
     time.sleep(1)
+    before = meter.read()
     rounds = sorted(throughput(client, store, args.jobs) for _ in range(max(1, args.rounds)))
+    cpu = per_job(before, meter.read(), args.jobs * len(rounds))
     rate, makespan, txns = rounds[len(rounds) // 2]
     return [
         (f"{way}: submit p50 / p99 (ms)", f"{pct(idle, 50):.2f} / {pct(idle, 99):.2f}", "<= 5 (p50)"),
         ("  back to back, jobs running (ms)", f"{pct(submit, 50):.2f} / {pct(submit, 99):.2f}", "-"),
         (f"  throughput, {args.jobs} x true (jobs/s)",
          f"{rate:.0f} (makespan {makespan:.2f}s; {len(rounds)} rounds {rounds[0][0]:.0f}-{rounds[-1][0]:.0f})", ">= 300"),
+        ("  CPU per job in those rounds (ms)", cpu, "-"),
         ("  etcd write txns per job", f"{txns:.2f}", "<= 4"),
     ], running
 
@@ -225,7 +233,7 @@ def main() -> int:
         delays = {}
         for way, target in ways.items():
             with JobsClient(target, timeout=60) as client:
-                found, delays[way] = transport_rows(way, client, store, args)
+                found, delays[way] = transport_rows(way, client, store, args, CpuMeter(daemon.process.pid, etcd.process.pid))
                 rows += found
         running = delays["Unix socket"]
         with JobsClient(ways["Unix socket"], timeout=60) as client:
@@ -233,7 +241,7 @@ def main() -> int:
         daemon.stop()
         plain.start()
         with JobsClient(Target(plain.server), timeout=60) as client:
-            rows += transport_rows("plain TCP", client, store, args)[0]
+            rows += transport_rows("plain TCP", client, store, args, CpuMeter(plain.process.pid, etcd.process.pid))[0]
         if args.array_members:  # an array end to end on the same node, beside sbatch --array
             with JobsClient(Target(plain.server), timeout=120) as client:
                 rows += array_rows(client, store, args.array_members)
