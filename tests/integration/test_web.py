@@ -153,6 +153,7 @@ def test_the_api_takes_an_image_a_workdir_and_a_network_as_lclient_add_does(node
     error(http("POST", api(node, "/jobs"), token=admin, body={"command": "true", "image": "nosuch"}), 409,
           "no node has the image 'nosuch'")
     error(http("POST", api(node, "/jobs"), token=admin, body={"command": "true", "volumes": "relative:/x"}), 400, "volume")
+    error(http("POST", api(node, "/jobs"), token=admin, body={"command": "true", "net": "bridge"}), 400, "no node offers -net bridge")
 
 
 def test_every_error_is_its_status_and_one_line_of_json(node, admin):
