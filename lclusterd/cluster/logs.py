@@ -66,16 +66,16 @@ class LogFiles:
         none, and each file is an inode to allocate and later free). Existing ones (an earlier
         attempt's, appended to) are made new again for the log sweep. LogsSealed when they are a
         finished job's; OSError when they are not plain files."""
-        for path in (self.stdout(job_id), self.stderr(job_id)):
+        try:
+            os.close(os.open(self.stdout(job_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
+            earlier = [self.stderr(job_id)]  # (one the log sweep left when it removed stdout's first)
+        except FileExistsError:
+            earlier = [self.stdout(job_id), self.stderr(job_id)]
+        for path in earlier:
             try:
-                flags = os.O_CREAT | os.O_EXCL if path.suffix == ".out" else 0
-                os.close(os.open(path, os.O_WRONLY | flags | _NOFOLLOW, 0o600))
+                fd = _open_plain(path, os.O_WRONLY)
+            except FileNotFoundError:  # no stderr file: the job wrote nothing there
                 continue
-            except FileExistsError:
-                pass
-            except FileNotFoundError:  # no stderr yet: the runtime makes it if the job writes there
-                continue
-            fd = _open_plain(path, os.O_WRONLY)
             try:
                 if not os.fstat(fd).st_mode & stat.S_IWUSR:
                     raise LogsSealed(f"the log files of job {job_id} on this node belong to a job that has ended; "

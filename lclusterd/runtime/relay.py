@@ -23,7 +23,10 @@ from lclusterd.units import format_size
 
 CHUNK = 1 << 20  # most bytes moved per splice call
 FIRST = 64 << 10  # most bytes read before the file is open
-_OPEN = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+# How a log file is opened, by a relay and for a job writing to its file directly (stdio.py):
+# made if missing, root's alone, never through a symlink (the name comes from a job id).
+LOG_FLAGS = os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+LOG_MODE = 0o600
 
 
 class LogRelay:
@@ -77,7 +80,7 @@ class LogRelay:
             self.at_eof = True
             return True
         try:
-            self.log_fd = os.open(self.name, _OPEN, 0o600, dir_fd=self.directory_fd)
+            self.log_fd = os.open(self.name, os.O_RDWR | LOG_FLAGS, LOG_MODE, dir_fd=self.directory_fd)
             self.start = os.lseek(self.log_fd, 0, os.SEEK_END)
         except OSError as error:
             self.error = f"{self.stream} dropped: its log file cannot be opened ({error.strerror})"

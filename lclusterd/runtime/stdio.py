@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from lclusterd.errors import SetupFailed
-from lclusterd.runtime.relay import LogRelay
+from lclusterd.runtime.relay import LOG_FLAGS, LOG_MODE, LogRelay
 from lclusterd.runtime.spec import RuntimeSpec
 
 
@@ -59,11 +59,10 @@ def _open_stdin(spec: RuntimeSpec, opened: list[int]) -> int:
 
 
 def _open_log(path: str, flags: int) -> int:
-    # Never through a symlink: the directory is root's, but the name comes from a job id. On a
-    # node the worker has made stdout's file already, exclusively, from a validated id
-    # (cluster/logs.py); the runtime's own CLI may be given any path (/dev/null too).
+    """A log file the job writes to directly (no cap: the runtime's own CLI, which may be
+    given any path, /dev/null too); with a cap the relay opens it (relay.py)."""
     try:
-        return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+        return os.open(path, flags | LOG_FLAGS, LOG_MODE)
     except OSError as error:
         raise SetupFailed("log file", f"cannot open {path}: {error.strerror}", error.errno) from error
 
