@@ -289,21 +289,26 @@ class JobsServicer(pb_grpc.JobsServicer):
         with self._blocking_slot():
             if isinstance(found, FoundJob):
                 return self._wait_ended([job_id], lambda: [self.jobs.get(job_id)], lambda rs: job_to_proto(rs[0]),
-                                        deadline, request.timeout_seconds, context)
+                                        deadline, request.timeout_seconds, context, known=[(found.record, found.revision)])
             pool = found.pool
             return self._wait_ended(pool.member_ids(), lambda: self.pools.members(pool), lambda rs: pool_to_proto(pool, rs),
                                     deadline, request.timeout_seconds, context)
 
     def _wait_ended(self, ids: list[str], read: Callable[[], list[tuple[JobRecord, int]]],
-                    answer: Callable[[list[JobRecord]], pb.Job], deadline: float | None, seconds: float, context) -> pb.Job:
+                    answer: Callable[[list[JobRecord]], pb.Job], deadline: float | None, seconds: float, context,
+                    known: list[tuple[JobRecord, int]] | None = None) -> pb.Job:
         """Until every job of `ids` (the job waited for, or the members of the pool) has ended;
         `answer` turns their records into the reply (and names the job or pool on a timeout).
         The jobs/ watch carries each new record (and JobEvents the newest it saw, so a job that
         changed since this node started needs no etcd read at all; waiting.py); `read` (records
         and mod revisions, from etcd) runs when the watch has not seen one of them, and at least
-        every WAIT_TICK (for a large group, less often: REREAD_PER), in case a wake-up was missed."""
+        every WAIT_TICK (for a large group, less often: REREAD_PER), in case a wake-up was missed.
+        `known`: the records already found (and decoded) for `ids`, which the watch's own are
+        then not decoded again unless newer."""
         reread = min(MAX_REREAD, WAIT_TICK * max(1, len(ids) // REREAD_PER))
         waited = Waited(self.jobs.keys, ids)
+        if known is not None:
+            waited.read(known)
         with self.events.subscribe_many(ids) as flags:
             touched = flags[0].touched
             read_at = time.monotonic() if all(waited.watched(i, flag.seen) for i, flag in enumerate(flags)) else None

@@ -140,3 +140,24 @@ def test_wait_reads_etcd_when_the_watch_has_no_record_or_a_malformed_one_and_che
         lookup = Unreachable(from_etcd)
         assert waiter_over(hub, lookup, Identity("alice"))._resolve_for(None, job_id, "see", watched) is from_etcd
         assert lookup.calls == [job_id]
+
+
+def test_a_record_already_found_is_not_decoded_again_and_a_newer_one_from_the_watch_wins(monkeypatch):
+    job = new_job_id()
+    exited = record(job, EXITED)
+    hub = JobEvents(None, None, KEYS)
+    hub.on_events([put(exited, 7)])
+    decoded = []
+    real_job = waiting.decode.job
+    monkeypatch.setattr(waiting.decode, "job", lambda key, raw, revision=0: decoded.append(raw) or real_job(key, raw, revision))
+
+    def unread() -> list[tuple[JobRecord, int]]:
+        raise AssertionError("etcd read")
+
+    answer = servicer_over(hub)._wait_ended([job], unread, lambda records: records[0], time.monotonic() + 5, 5, Active(),
+                                            known=[(exited, 7)])
+    assert answer is exited and decoded == []  # Wait found it in the watch's record already: one decode, not two
+    running = record(job, RUNNING)  # found while running; the watch has brought its end since
+    answer = servicer_over(hub)._wait_ended([job], unread, lambda records: records[0], time.monotonic() + 5, 5, Active(),
+                                            known=[(running, 5)])
+    assert (answer.state, len(decoded)) == (EXITED, 1)
