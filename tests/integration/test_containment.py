@@ -63,9 +63,13 @@ def run_job(daemon: NodeProcess, command: str, *args: str) -> tuple[dict, str, s
     job = add(daemon, command, *args)
     daemon.lclient("-wait", job, timeout=120)
     record = check(daemon, job)
-    out, err = (Path(daemon.state_dir, "logs", f"{job}.{stream}") for stream in ("out", "err"))
-    # (a stream the job never wrote to has no file: runtime/relay.py)
-    return record, *(p.read_text(errors="replace") if p.exists() else "" for p in (out, err))
+    return record, _log(daemon, job, "out"), _log(daemon, job, "err")
+
+
+def _log(daemon: NodeProcess, job: str, stream: str) -> str:
+    """What the job wrote on `stream` ("" for a stream it never wrote to: it has no file)."""
+    path = Path(daemon.state_dir, "logs", f"{job}.{stream}")
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 @pytest.fixture(params=["userns", "no-userns"])
