@@ -14,6 +14,9 @@ calls etcd (lclusterd itself).
 
     DIR/ca.pem, DIR/ca-key.pem         the cluster CA (keep ca-key.pem off the nodes)
     DIR/NAME.pem, DIR/NAME-key.pem     a node's or a user's certificate and key
+    DIR/revoked.pem                    the certificates no longer good: a CRL the CA signed
+                                       (`revoke`), which nodes read from their --tls-dir at
+                                       start and on SIGHUP
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -40,6 +44,7 @@ _SERVES = (NODE, SERVER)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 CA_DAYS = 3650
 DAYS = 365
+REVOKED = "revoked.pem"
 
 
 class CertError(Exception):
@@ -52,6 +57,7 @@ class Holder:
 
     name: str
     role: str
+    serial: int = 0  # the certificate's serial number: what a revocation names
 
     @property
     def is_admin(self) -> bool:
@@ -126,7 +132,67 @@ def holder_of(cert_pem: bytes) -> Holder:
     roles = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     if len(names) != 1 or len(roles) != 1 or roles[0].value not in ROLES:
         raise CertError("the certificate names no lclusterd holder (CN) and role (OU)")
-    return Holder(str(names[0].value), str(roles[0].value))
+    return Holder(str(names[0].value), str(roles[0].value), cert.serial_number)
+
+
+def revoke(directory: str | Path, names: tuple[str, ...] = (), files: tuple[str, ...] = ()) -> tuple[Path, list[Holder]]:
+    """Add certificates to DIR/revoked.pem, the CRL of the CA in `directory` (the revocations
+    already in it are kept, with their dates): those of the holders `names` as issued there
+    (DIR/NAME.pem) and the certificate files `files`, each of which must have been signed by
+    this CA. Returns the CRL's path and the holders it now names that it did not before."""
+    directory = Path(directory)
+    ca_cert, ca_key = load_ca(directory)
+    path = directory / REVOKED
+    now = datetime.datetime.now(datetime.timezone.utc)
+    dates = {e.serial_number: e.revocation_date_utc for e in _crl(ca_cert, path.read_bytes())} if path.exists() else {}
+    added: list[Holder] = []
+    for cert in [_read_cert(directory / f"{name}.pem", f"no certificate was issued to {name} in {directory}")
+                 for name in names] + [_read_cert(Path(f), f"no certificate file {f}") for f in files]:
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise CertError(f"the certificate of serial {cert.serial_number:#x} was not signed by the CA in {directory}") from None
+        if cert.serial_number not in dates:
+            dates[cert.serial_number] = now
+            added.append(holder_of(cert.public_bytes(serialization.Encoding.PEM)))
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
+               .next_update(max(ca_cert.not_valid_after_utc, now + datetime.timedelta(days=1))))
+    for serial, date in sorted(dates.items()):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(date).build())
+    try:
+        _write_file(path, builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM), 0o644)
+    except OSError as error:
+        raise CertError(f"cannot write {path}: {error.strerror}") from None
+    return path, added
+
+
+def revoked_serials(ca_pem: bytes, crl_pem: bytes) -> frozenset[int]:
+    """The serial numbers a CRL revokes, once it is shown to be the CA's (CertError if not)."""
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as bad:
+        raise CertError(f"unreadable CA certificate: {bad}") from None
+    return frozenset(entry.serial_number for entry in _crl(ca, crl_pem))
+
+
+def _crl(ca: x509.Certificate, crl_pem: bytes) -> x509.CertificateRevocationList:
+    try:
+        crl = x509.load_pem_x509_crl(crl_pem)
+    except ValueError as bad:
+        raise CertError(f"unreadable {REVOKED}: {bad}") from None
+    if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):
+        raise CertError(f"{REVOKED} was not signed by the cluster CA (ca.pem)")
+    return crl
+
+
+def _read_cert(path: Path, missing: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise CertError(missing) from None
+    except ValueError as bad:
+        raise CertError(f"unreadable certificate {path}: {bad}") from None
 
 
 def check_node_certificate(cert_pem: bytes, name: str, address: str) -> None:

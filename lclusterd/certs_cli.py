@@ -1,6 +1,6 @@
-"""`lclusterd certs init|node|user|server|client`: make the cluster CA and the certificates of
-nodes and users, and of etcd's members and clients (certs.py). Each writes its files and says
-which, one line each; an error is one line on stderr and exit status 1 (2 for a usage error)."""
+"""`lclusterd certs init|node|user|server|client|revoke`: make the cluster CA and the
+certificates of nodes and users, and of etcd's members and clients, and revoke certificates
+(certs.py). Each writes its files and says which, one line each; an error is one line on stderr and exit status 1 (2 for a usage error)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,24 @@ def server(directory: str, name: str, hosts: tuple[str, ...], days: int, force: 
 def client(directory: str, name: str, days: int, force: bool) -> None:
     """A client certificate NAME for etcd (a node's --etcd-cert and --etcd-key), signed by the CA in DIRECTORY."""
     _report(certs.issue(directory, name, certs.CLIENT, (), days, force))
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--cert", "files", multiple=True, metavar="FILE",
+              help="A certificate file to revoke (repeatable), e.g. an older one of a NAME issued again since.")
+def revoke(directory: str, names: tuple[str, ...], files: tuple[str, ...]) -> None:
+    """Revoke the certificates of the holders NAME (as issued in DIRECTORY) and the --cert files:
+    adds them to DIRECTORY/revoked.pem, signed by the CA. Copy that file into every node's
+    --tls-dir and send the nodes SIGHUP; from then on they refuse those certificates."""
+    if not names and not files:
+        raise click.UsageError("name at least one holder or --cert FILE to revoke")
+    path, added = certs.revoke(directory, names, files)
+    for holder in added:
+        click.echo(f"revoked {holder.role} {holder.name} (serial {holder.serial:#x})")
+    click.echo(f"wrote {path}{'' if added else ' (no new revocation: each was revoked already)'}; copy it into "
+               "every node's --tls-dir and send the nodes SIGHUP")
 
 
 def _report(paths) -> None:

@@ -14,20 +14,18 @@ import signal
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
 from lclusterd import __version__
 from lclusterd.api.gate import UnixGate
 from lclusterd.api.identity import Authenticator
+from lclusterd.api.listen import SERVICE_NAME, ListenError, bind_server
 from lclusterd.api.peers import Peers
-from lclusterd.api.tls import TlsError, TlsFiles
-from lclusterd.api.servicer import MAX_BLOCKING, ApiServices, JobsServicer
+from lclusterd.api.tls import LiveTls, TlsError
+from lclusterd.api.servicer import ApiServices, JobsServicer
 from lclusterd.cluster.admission import Admission
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
@@ -53,7 +51,6 @@ from lclusterd.etcd_supervisor import start_embedded
 from lclusterd.etcd_tls import ClientFiles, EtcdTlsError, check_external
 from lclusterd.model import NodeInfo
 from lclusterd.operations import MetricsStartError, NodeOperations, configure_logging
-from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 from lclusterd.runtime import host, userns
 from lclusterd.runtime.cgroups import NodeLimits
@@ -70,7 +67,6 @@ EXIT_OK = 0
 # The node could not start, or lost its fork server or its embedded etcd while running: a
 # supervisor should look at the log (the reason is its last line) and start it again.
 EXIT_FAILURE = 3
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Jobs"].full_name
 
 
 class StartupError(Exception):
@@ -94,6 +90,7 @@ class Daemon:
         self.worker: Worker | None = None
         self.web: WebServer | None = None
         self.web_page = None
+        self.tls: LiveTls | None = None  # with --tls-dir; read again on SIGHUP
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -143,16 +140,20 @@ class Daemon:
     def _bind_listeners(self) -> None:
         """The listening sockets, so that a port in use fails before this node touches etcd."""
         c = self.config
-        self.tls = None
         if c.tls_dir:
             try:
-                self.tls = TlsFiles.load(c.tls_dir, c.node_name, c.namespace)
+                self.tls = LiveTls(c.tls_dir, c.node_name, c.namespace)
             except TlsError as exc:
                 raise StartupError(str(exc)) from None
         elif c.insecure:
             log.warning("--insecure: plain TCP on %s:%d, every caller an admin; use --tls-dir outside labs and tests",
                         c.bind_host, c.port)
-        self.server, self.health = bind_server(c, self.tls)
+        tcp = (f"[{c.bind_host}]:{c.port}" if ":" in c.bind_host else f"{c.bind_host}:{c.port}") if c.serves_tcp else None
+        try:
+            self.server, self.health = bind_server(tcp, self.tls.server_credentials() if self.tls else None,
+                                                   c.private_socket_path)
+        except ListenError as exc:
+            raise StartupError(str(exc)) from None
         self._teardown.callback(self._stop_server)
         gate = UnixGate(c.socket_path, c.private_socket_path, f"lclusterd-{c.node_name}-{os.getpid()}")
         try:
@@ -172,6 +173,8 @@ class Daemon:
             self.web, self.web_page = bind_web(c.web_address, c.web_url, self.state / "web.key")
         except WebStartError as exc:
             raise StartupError(str(exc)) from None
+        if self.tls is not None:  # a token minted for a certificate ends when it is revoked
+            self.web_page.tokens.revoked = self.tls.is_revoked
         self._teardown.callback(self.web.stop)
 
     def _connect_etcd(self) -> None:
@@ -217,7 +220,7 @@ class Daemon:
         try:
             self.events = self._started(JobEvents(store, watches, keys), JobEvents.stop)
             self._started(LogSweep(self.logs, c.keep_seconds, self.launcher.running), LogSweep.stop)
-            self.peers = Peers(store, keys, c.node_name, self.tls.channel_credentials() if self.tls else None)
+            self.peers = Peers(store, keys, c.node_name, self.tls.channel_credentials if self.tls else None)
             self._teardown.callback(self.peers.close)
             session = NodeSession(store, keys, self.info, ttl=c.lease_ttl, images=self.images)
             self.worker = Worker(store, watches, keys, self.jobs, c.node_name, self.launcher, defaults, self.logs,
@@ -241,7 +244,8 @@ class Daemon:
                                lookup=Lookup(self.jobs, Pools(self.jobs)), nodes=NodeDirectory(self.store, self.keys),
                                events=self.events, logs=self.logs, peers=self.peers, states=self.states,
                                web=self.web_page)
-        pb_grpc.add_JobsServicer_to_server(JobsServicer(services, Authenticator(self.gate.identity)), self.server)
+        authenticator = Authenticator(self.gate.identity, *([self.tls.is_revoked] if self.tls else []))
+        pb_grpc.add_JobsServicer_to_server(JobsServicer(services, authenticator), self.server)
         self.server.start()
         self.gate.start()
         if self.web is not None:
@@ -341,6 +345,16 @@ class Daemon:
             log.warning("second %s: killing the running jobs now", signal.Signals(signum).name)
             self.worker.kill_all_now()
 
+    def handle_reload(self, _signum, _frame) -> None:
+        """SIGHUP: read --tls-dir again (certificate, key, CA, revocations); nothing else reloads."""
+        if self.tls is None:
+            log.info("SIGHUP: nothing to reload (no --tls-dir)")
+            return
+        try:
+            log.info("SIGHUP: reloaded --tls-dir %s: %s", self.config.tls_dir, self.tls.reload().describe())
+        except TlsError as exc:
+            log.error("SIGHUP: kept the certificates in use: %s", exc)
+
     def wait(self) -> None:
         while not self.stop_requested.wait(0.5):
             pass
@@ -352,43 +366,13 @@ class Daemon:
         log.info("stopped")
 
 
-def bind_server(c: Config, tls: TlsFiles | None) -> tuple[grpc.Server, health.HealthServicer]:
-    """A gRPC server bound to the socket gate's private Unix socket and, with --tls-dir (mutual
-    TLS) or --insecure (plain), to the node's TCP address; with health checking and
-    reflection; its Jobs service is added later. StartupError if it cannot bind."""
-    # MAX_BLOCKING of these threads may sit in Wait/Logs(follow); the rest serve the quick calls
-    server = grpc.server(ThreadPoolExecutor(max_workers=MAX_BLOCKING + 64, thread_name_prefix="grpc"),
-                         options=[("grpc.so_reuseport", 0)])
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if c.serves_tcp:
-        address = f"[{c.bind_host}]:{c.port}" if ":" in c.bind_host else f"{c.bind_host}:{c.port}"
-        try:
-            if tls is not None:
-                server.add_secure_port(address, tls.server_credentials())
-            else:
-                server.add_insecure_port(address)
-        except RuntimeError:
-            raise StartupError(f"cannot listen on {address}: the port is in use or the address is not on this host "
-                               "(is another lclusterd running? pick another with --listen)") from None
-    private = Path(c.private_socket_path)
-    private.parent.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(private.parent, 0o700)  # only root reaches the API without the gate
-    private.unlink(missing_ok=True)
-    try:
-        server.add_insecure_port(f"unix:{private}")
-    except RuntimeError:
-        raise StartupError(f"cannot listen on unix:{private}") from None
-    return server, health_servicer
-
-
 def run(config: Config) -> int:
     """Run a node until SIGTERM/SIGINT; returns the process exit status."""
     configure_logging(config.log_level, config.log_format, quiet=("etcd3",))
     daemon = Daemon(config)
     signal.signal(signal.SIGTERM, daemon.handle_signal)
     signal.signal(signal.SIGINT, daemon.handle_signal)
+    signal.signal(signal.SIGHUP, daemon.handle_reload)  # its default would end the node without a shutdown
     try:
         daemon.start()
     except (StartupError, MetricsStartError) as exc:

@@ -6,13 +6,14 @@ call came in.
   refused before a byte reaches the API.
 - Over TCP with mutual TLS (`--tls-dir`), the client's certificate says: its name (CN) and
   its role (OU: user, admin, or node for a peer node's proxied call), verified against the
-  cluster CA by the TLS handshake itself.
+  cluster CA by the TLS handshake itself, and checked against the CA's revocations at every
+  call (so a certificate revoked while its connection is open is refused from then on).
 - Over plain TCP (`--insecure`, for labs and tests), every caller is an admin.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -27,6 +28,9 @@ class Identity:
     name: str
     admin: bool = False
     node: bool = False  # a peer node, calling on a user's behalf (log proxying)
+    # the serial of the certificate the caller came with (None: the socket or plain TCP): web
+    # tokens minted for it carry it, so revoking the certificate ends them too
+    serial: int | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -35,10 +39,12 @@ class Identity:
 
 class Authenticator:
     """Finds the Identity of a call. `gate_identity` looks up a connection the Unix-socket
-    gate handed over, by the abstract address it names it with."""
+    gate handed over, by the abstract address it names it with; `revoked` says whether a
+    certificate's serial number is revoked."""
 
-    def __init__(self, gate_identity=lambda _peer: None):
+    def __init__(self, gate_identity=lambda _peer: None, revoked=lambda _serial: False):
         self._gate_identity = gate_identity
+        self._revoked = revoked
         self._by_cert: dict[bytes, Identity] = {}  # parsing a certificate costs more than a lookup
 
     def identify(self, context: grpc.ServicerContext) -> Identity:
@@ -63,8 +69,11 @@ class Authenticator:
                 holder = certs.holder_of(pem)
             except certs.CertError as error:
                 raise NotAuthenticated(f"client certificate refused: {error}") from None
-            found = Identity(holder.name, admin=holder.is_admin, node=holder.role == certs.NODE)
+            found = Identity(holder.name, admin=holder.is_admin, node=holder.role == certs.NODE, serial=holder.serial)
             if len(self._by_cert) > 10_000:
                 self._by_cert.clear()
             self._by_cert[pem] = found
+        if self._revoked(found.serial):
+            raise NotAuthenticated(f"client certificate refused: {found.label}'s certificate "
+                                   f"(serial {found.serial:#x}) is revoked")
         return found

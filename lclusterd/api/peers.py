@@ -8,7 +8,7 @@ so a request is forwarded at most once and can never loop between nodes.
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 
@@ -23,14 +23,18 @@ from lclusterd.rpc.metadata import CALL_TIMEOUT, ERROR_METADATA_KEY, PROXIED_KEY
 
 
 class Peers:
-    def __init__(self, store: Store, keys: Keys, me: str, credentials: grpc.ChannelCredentials | None = None):
-        """credentials: this node's certificate for its peers (--tls-dir); None: plain TCP."""
+    def __init__(self, store: Store, keys: Keys, me: str,
+                 credentials: Callable[[], grpc.ChannelCredentials] | None = None):
+        """credentials: gives this node's certificate for its peers (--tls-dir), a new object
+        once the certificate was read again; None: plain TCP."""
         self.store = store
         self.keys = keys
         self.me = me
-        self.credentials = credentials
+        self._credentials = credentials
         self._lock = threading.Lock()
         self._stubs: dict[str, tuple[grpc.Channel, pb_grpc.JobsStub]] = {}
+        self._made_with: grpc.ChannelCredentials | None = None  # the credentials of the channels in _stubs
+        self._retired: list[grpc.Channel] = []  # made with earlier credentials; calls may still use them
 
     def _stub(self, node: str) -> tuple[pb_grpc.JobsStub, str]:
         live = self.store.get(self.keys.node(node))
@@ -44,10 +48,15 @@ class Peers:
         if not address:
             raise NodeUnreachable(f"the job ran on node {node}, which serves no TCP (start it with --tls-dir to "
                                   "read its jobs' logs through other nodes); ask that node on its own socket")
+        credentials = self._credentials() if self._credentials is not None else None
         with self._lock:
+            if credentials is not self._made_with:  # reloaded: new connections present the new certificate
+                self._retired += [channel for channel, _ in self._stubs.values()]
+                self._stubs.clear()
+                self._made_with = credentials
             if address not in self._stubs:
                 options = [("grpc.enable_http_proxy", 0)]
-                channel = (grpc.secure_channel(address, self.credentials, options) if self.credentials is not None
+                channel = (grpc.secure_channel(address, credentials, options) if credentials is not None
                            else grpc.insecure_channel(address, options))
                 self._stubs[address] = (channel, pb_grpc.JobsStub(channel))
             return self._stubs[address][1], address
@@ -71,6 +80,7 @@ class Peers:
 
     def close(self) -> None:
         with self._lock:
-            for channel, _ in self._stubs.values():
+            for channel in self._retired + [channel for channel, _ in self._stubs.values()]:
                 channel.close()
             self._stubs.clear()
+            self._retired.clear()

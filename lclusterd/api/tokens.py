@@ -4,8 +4,9 @@ A browser cannot present the uid behind a Unix socket or a client certificate, s
 page accepts only what the node itself signed for someone who had one: the WebLogin call
 (authenticated like every other call, identity.py) mints tokens for its caller, and the web
 page checks them with the same key. A token is `<payload>.<signature>`, both base64url; the
-payload is JSON naming the user, whether they are an admin, its kind, its end and a random
-id; the signature is HMAC-SHA256 under the node's web key (`<state-dir>/web.key`, 32 random
+payload is JSON naming the user, whether they are an admin, its kind, its end, a random
+id and, for a caller who came with a certificate, its serial number (a token of a certificate
+revoked since is refused: `revoked`); the signature is HMAC-SHA256 under the node's web key (`<state-dir>/web.key`, 32 random
 bytes, 0600, made at the first start and kept, so a restart keeps sessions; removing it and
 restarting ends every token). Two kinds:
 
@@ -52,10 +53,11 @@ class Claims:
     kind: str
     expires_at: float
     id: str
+    serial: int | None = None  # the certificate the identity was proven with, if any
 
     @property
     def identity(self) -> Identity:
-        return Identity(self.user, admin=self.admin)
+        return Identity(self.user, admin=self.admin, serial=self.serial)
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,10 @@ def load_key(path: str | Path) -> bytes:
 class Tokens:
     """Mints and checks this node's web tokens. Thread-safe (the web page's threads share it)."""
 
-    def __init__(self, key: bytes, clock=time.time):
+    def __init__(self, key: bytes, clock=time.time, revoked=lambda _serial: False):
         self._key = key
         self._clock = clock
+        self.revoked = revoked  # a certificate's serial -> whether it is revoked (set once TLS is loaded)
         self._lock = threading.Lock()
         self._used_logins: dict[str, float] = {}  # login token id -> its end
 
@@ -100,6 +103,8 @@ class Tokens:
 
     def mint(self, caller: Identity, kind: str, expires_at: float) -> str:
         payload = {"u": caller.name, "a": caller.admin, "k": kind, "e": int(expires_at), "i": secrets.token_hex(12)}
+        if caller.serial is not None:
+            payload["c"] = f"{caller.serial:x}"
         body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
         return f"{body}.{_b64(self._sign(body))}"
 
@@ -110,7 +115,8 @@ class Tokens:
         try:
             given = _unb64(signature) if dot else b""
             data = json.loads(_unb64(body))
-            claims = Claims(str(data["u"]), bool(data["a"]), str(data["k"]), float(data["e"]), str(data["i"]))
+            serial = int(data["c"], 16) if "c" in data else None
+            claims = Claims(str(data["u"]), bool(data["a"]), str(data["k"]), float(data["e"]), str(data["i"]), serial)
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise NotAuthenticated(f"the web token is malformed; {HOW_TO_LOG_IN}") from None
         if not hmac.compare_digest(given, self._sign(body)):
@@ -120,6 +126,8 @@ class Tokens:
             raise NotAuthenticated(f"this is {what}; {HOW_TO_LOG_IN}")
         if claims.expires_at <= self._clock():
             raise NotAuthenticated(f"the web token expired at {_when(claims.expires_at)}; {HOW_TO_LOG_IN}")
+        if claims.serial is not None and self.revoked(claims.serial):
+            raise NotAuthenticated(f"the certificate this web token was issued for is revoked; {HOW_TO_LOG_IN}")
         return claims
 
     def redeem(self, token: str) -> tuple[Claims, str]:

@@ -34,6 +34,7 @@ def test_systemd_accepts_the_unit(installed):
     unit = installed / "etc/systemd/system/lclusterd.service"
     text = unit.read_text()
     assert f"ExecStart={LCLUSTERD}\n" in text and "Restart=on-failure\n" in text and "RestartPreventExitStatus=2" in text
+    assert "ExecReload=/bin/kill -HUP $MAINPID\n" in text  # systemctl reload: the node reads its --tls-dir again
     for status in ("#   0 ", "#   2 ", "#   3 ", "#   130 "):  # the exit statuses are documented in it
         assert status in text
     # verify exits 0 on a directive it ignores, saying so: nothing may be said
