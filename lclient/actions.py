@@ -29,7 +29,7 @@ DEFAULTS: dict = {
     "add": None, "check": None, "kill": None, "list_": False, "states": (), "limit": "0", "nodes": False,
     "images": False, "drain": None, "undrain": None, "events": False, "logs": None, "follow": False, "wait": None,
     "mem": None, "cpus": None, "pids": None, "timeout": None, "env": (), "stdin": None, "retries": None,
-    "node": None, "image": None, "net": None, "publish": (), "volume": (), "workdir": None, "all_nodes": False,
+    "node": None, "image": None, "net": None, "publish": (), "volume": (), "workdir": None, "run_as": None, "all_nodes": False,
     "array": None, "after": None, "expand": False, "web": False, "token": False, "as_json": False, "server": None,
     "tls_dir": None, "user": None, "debug": False,
 }

@@ -84,6 +84,9 @@ def _opt(*names: str, **kw):
            "read-only with :ro (repeatable).")
 @_opt("-workdir", "--workdir", "workdir", metavar="DIR",
       help="With -add: the command's working directory (default: its image's WorkingDir, or /).")
+@_opt("-run-as", "--run-as", "run_as", metavar="USER[:GROUP]",
+      help="With -add: run the command as USER (and GROUP) inside the job: names from the job's own /etc/passwd "
+           "and /etc/group, or numbers (default: its image's User, or the job's root).")
 @_opt("-all-nodes", "--all-nodes", "all_nodes", is_flag=True,
       help="With -add: a pool, one copy on every ready node (not draining); prints the pool's uuid alone, "
            "which -check, -wait and -kill take.")
@@ -134,7 +137,7 @@ def cli(ctx: click.Context, **o) -> int:
 def _check_applicable(action: str, o: dict) -> None:
     only_add = {"mem": "-mem", "cpus": "-cpus", "pids": "-pids", "env": "-env", "stdin": "-stdin", "retries": "-retries",
                 "node": "-node", "image": "-image", "net": "-net", "publish": "-publish", "volume": "-volume",
-                "workdir": "-workdir"}
+                "workdir": "-workdir", "run_as": "-run-as"}
     for key, name in only_add.items():
         if o[key] and action != "-add":
             raise click.UsageError(f"{name} goes with -add")

@@ -76,6 +76,7 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "publish": list(spec.publish),
         "volumes": list(spec.volumes),
         "workdir": spec.workdir or None,
+        "run_as": spec.run_as or None,  # -run-as (an image's User is not shown: it is the image's)
         "after": list(spec.after),  # -after parents
         "array": job.array or None,  # an array member: its array's id, and its index
         "array_index": job.array_index if job.HasField("array_index") else None,
@@ -263,7 +264,7 @@ def job_rows(job: pb.Job) -> list[tuple[str, str]]:
 
 
 def _network_rows(job: pb.Job) -> list[tuple[str, str]]:
-    """-check's rows for the job's network, volumes and working directory (only those it set)."""
+    """-check's rows for the job's network, volumes, working directory and user (only those it set)."""
     spec, rows = job.spec, []
     if spec.net == "bridge":
         rows.append(("net", "bridge" + (f", address {job.address}" if job.address else "")))
@@ -273,6 +274,8 @@ def _network_rows(job: pb.Job) -> list[tuple[str, str]]:
         rows.append(("volumes", ", ".join(spec.volumes)))
     if spec.workdir:
         rows.append(("workdir", spec.workdir))
+    if spec.run_as:
+        rows.append(("runs as", spec.run_as))
     return rows
 
 

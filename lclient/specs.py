@@ -64,10 +64,10 @@ def job_spec(o: dict) -> pb.JobSpec:
         if not sep or not name:
             raise errors.InvalidRequest(f"bad -env value {item!r}: expected NAME=VALUE")
         spec.env[name] = value
-    if o["net"] or o["publish"] or o["volume"] or o["workdir"]:
+    if o["net"] or o["publish"] or o["volume"] or o["workdir"] or o["run_as"]:
         from lclient.netopts import network_and_volumes  # only for these options: lclient starts light
 
-        network_and_volumes(spec, o["net"], o["publish"], o["volume"], o["workdir"], utf8)
+        network_and_volumes(spec, o["net"], o["publish"], o["volume"], o["workdir"], o["run_as"], utf8)
     if o["stdin"]:
         try:
             if o["stdin"] == "-":

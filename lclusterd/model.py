@@ -87,6 +87,7 @@ class JobSpec:
     workdir: str = ""  # the command's working directory; "": its image's WorkingDir, or /
     # -after: job, pool or array ids that must all end EXITED 0 before this one may start
     after: list[str] = field(default_factory=list)
+    run_as: str = ""  # USER[:GROUP] inside the job (limits.parse_user); "": its image's User, or root
     # fields a newer lclusterd wrote that this one does not know: kept and written back as they
     # were, so nodes of two versions can share one etcd during an upgrade
     unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -112,6 +113,7 @@ class JobSpec:
         limits.check_volumes(self.volumes)
         limits.check_workdir(self.workdir)
         limits.check_after(self.after)
+        limits.parse_user(self.run_as)
         if not stored:
             limits.check_no_reserved_env(self.env)
             limits.check_sizes(self.command, self.env, self.stdin_data)
@@ -130,6 +132,7 @@ class JobSpec:
         at most 12 bytes; stdin goes in base64), without encoding it."""
         text = len(self.command) + sum(len(k) + len(v) for k, v in self.env.items()) + len(self.node)
         text += sum(len(entry) + 3 for entry in (*self.publish, *self.volumes)) + len(self.workdir) + len(self.net)
+        text += len(self.run_as)
         return 12 * text + (len(self.stdin_data) + 2) // 3 * 4 + 1024
 
     def to_json(self) -> dict[str, Any]:
@@ -164,7 +167,8 @@ class JobSpec:
         return spec
 
 
-_SPEC_DEFAULTS = (("image", ""), ("net", "none"), ("publish", []), ("volumes", []), ("workdir", ""), ("after", []))
+_SPEC_DEFAULTS = (("image", ""), ("net", "none"), ("publish", []), ("volumes", []), ("workdir", ""), ("after", []),
+                  ("run_as", ""))
 
 
 @dataclass

@@ -33,7 +33,8 @@ NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # holds these tables to the dataclasses' fields, so a field added there must be added here.
 JOB_SPEC = {"command": "str", "env": "dict", "memory_bytes": "i64?", "cpus": "num?", "pids": "i64?",
             "timeout": "num?", "stdin_data": "str?", "retries": "i32", "node": "str",
-            "image": "str", "net": "str", "publish": "list", "volumes": "list", "workdir": "str", "after": "list"}
+            "image": "str", "net": "str", "publish": "list", "volumes": "list", "workdir": "str", "after": "list",
+            "run_as": "str"}
 JOB_RECORD = {"id": "str", "spec": "dict", "state": "str", "node": "str", "attempt": "i32", "created_at": "time?",
               "assigned_at": "time?", "started_at": "time?", "finished_at": "time?", "exit_code": "i32?", "signal": "i32?",
               "oom_killed": "bool", "error": "str", "host_pid": "i32?", "peak_memory_bytes": "i64?", "cpu_seconds": "num?",

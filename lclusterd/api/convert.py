@@ -26,13 +26,14 @@ def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
         volumes=list(msg.volumes),
         workdir=msg.workdir,
         after=[parent.strip().lower().replace("-", "") for parent in msg.after],
+        run_as=msg.run_as,
     )
 
 
 def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
     msg = pb.JobSpec(command=spec.command, env=spec.env, stdin=spec.stdin_data, retries=spec.retries, node=spec.node,
                      image=spec.image, net=spec.net, publish=spec.publish, volumes=spec.volumes,
-                     workdir=spec.workdir, after=spec.after)
+                     workdir=spec.workdir, after=spec.after, run_as=spec.run_as)
     if spec.memory_bytes is not None:
         msg.memory_bytes = spec.memory_bytes
     if spec.cpus is not None:

@@ -5,9 +5,10 @@ A job without an image runs `/bin/sh -c COMMAND` on the node's rootfs (the image
 as it always has. A job with one runs on that image's tree, with its config's defaults under
 the job's own options (runtime/images/config.py, apply_defaults): the image's Env under the
 job's -env, its WorkingDir under the job's -workdir, its Entrypoint + Cmd when the job has
-no command (a command is a whole shell line and replaces both), and its User, which the runtime
-resolves in the image's own /etc/passwd and /etc/group when the job starts (runtime/users.py:
-only the runtime reads files). A job without an image runs as its root, as it always has.
+no command (a command is a whole shell line and replaces both), and its User under the job's
+-run-as; the runtime resolves either in the image's own /etc/passwd and /etc/group when the
+job starts (runtime/users.py: only the runtime reads files). A job with neither runs as its
+root, as it always has.
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ def _image_defaults(spec: JobSpec, defaults: NodeDefaults) -> tuple[str, list[st
     """(rootfs, argv, env, cwd, user) of the job: its image's defaults under its own options."""
     argv = ["/bin/sh", "-c", spec.command] if spec.command else None
     if not spec.image:
-        return defaults.rootfs, argv or [], dict(spec.env), spec.workdir or DEFAULT_WORKDIR, ""
+        return defaults.rootfs, argv or [], dict(spec.env), spec.workdir or DEFAULT_WORKDIR, spec.run_as
     if defaults.images is None:
         raise ImageNotFound(spec.image)
     rootfs = defaults.images.rootfs(spec.image)
     job = apply_defaults(defaults.images.config(spec.image), argv, spec.env, cwd=spec.workdir or None)
-    return rootfs, job.argv, job.env, job.cwd, job.user
+    return rootfs, job.argv, job.env, job.cwd, spec.run_as or job.user
 

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("command", "env", "memory_bytes", "cpus", "pids", "timeout_seconds", "stdin", "retries", "node", "image", "net", "publish", "volumes", "workdir", "after")
+    __slots__ = ("command", "env", "memory_bytes", "cpus", "pids", "timeout_seconds", "stdin", "retries", "node", "image", "net", "publish", "volumes", "workdir", "after", "run_as")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class JobSpec(_message.Message):
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
+    RUN_AS_FIELD_NUMBER: _ClassVar[int]
     command: str
     env: _containers.ScalarMap[str, str]
     memory_bytes: int
@@ -46,7 +47,8 @@ class JobSpec(_message.Message):
     volumes: _containers.RepeatedScalarFieldContainer[str]
     workdir: str
     after: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., stdin: _Optional[bytes] = ..., retries: _Optional[int] = ..., node: _Optional[str] = ..., image: _Optional[str] = ..., net: _Optional[str] = ..., publish: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ...) -> None: ...
+    run_as: str
+    def __init__(self, command: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., stdin: _Optional[bytes] = ..., retries: _Optional[int] = ..., node: _Optional[str] = ..., image: _Optional[str] = ..., net: _Optional[str] = ..., publish: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., run_as: _Optional[str] = ...) -> None: ...
 
 class AddRequest(_message.Message):
     __slots__ = ("spec", "all_nodes", "batch", "array")

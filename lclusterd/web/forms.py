@@ -1,7 +1,7 @@
 """A job spec from what the page's form or a POST /api/jobs sends: the options of `lclient
 -add`, by the same names (`volumes` for -volume), parsed by the same functions
 (lclient/units.py), so `mem=64M` means here what `-mem 64M` means there. What the values must
-be (an image name, a network mode, published ports, volumes) is checked once, by admission,
+be (an image name, a network mode, published ports, volumes, a user) is checked once, by admission,
 for the web as for lclient. Pure."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from lclusterd.errors import InvalidSpec
 from lclusterd.model import JobSpec
 
 FIELDS = ("command", "mem", "cpus", "pids", "timeout", "env", "stdin", "retries", "node", "all_nodes", "image", "net",
-          "publish", "volumes", "workdir")
+          "publish", "volumes", "workdir", "run_as")
 
 
 def spec_from(data: dict[str, Any]) -> tuple[JobSpec, bool]:
@@ -30,7 +30,8 @@ def spec_from(data: dict[str, Any]) -> tuple[JobSpec, bool]:
     spec = JobSpec(command=command, env=_env(data.get("env")), stdin_data=_text("stdin", data.get("stdin")).encode(),
                    node=_text("node", data.get("node")).strip(), image=_text("image", data.get("image")).strip(),
                    net=_text("net", data.get("net")).strip() or "none", publish=_entries("publish", data.get("publish")),
-                   volumes=_entries("volumes", data.get("volumes")), workdir=_text("workdir", data.get("workdir")).strip())
+                   volumes=_entries("volumes", data.get("volumes")), workdir=_text("workdir", data.get("workdir")).strip(),
+                   run_as=_text("run_as", data.get("run_as")).strip())
     spec.memory_bytes = _parsed(data, "mem", parse_memory)
     spec.cpus = _parsed(data, "cpus", parse_cpus)
     spec.pids = _parsed(data, "pids", parse_count)

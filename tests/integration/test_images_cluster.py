@@ -8,7 +8,7 @@ at add with one line (exit 1), a removed image refused for new jobs and named in
 ROOTFS=debian) running python3 and compiling a C program that reads its stdin, under a
 timeout; a job whose image its node cannot use at the start (damaged there) FAILED with
 the reason; and a job as its image's User, one whose User the image does not name FAILED with
-one line naming it."""
+one line naming it; `-run-as` for one job, on the rootfs or over an image's User."""
 
 from __future__ import annotations
 
@@ -156,6 +156,40 @@ def test_a_job_runs_as_its_images_user_and_one_the_image_does_not_name_fails_wit
     assert (done.returncode, job["state"], job["error"]) == (1, "FAILED",
                                                            "user nosuch: no such user in the image's /etc/passwd")
     assert done.stderr == f"lclient: job {job['id']} ended FAILED: user nosuch: no such user in the image's /etc/passwd\n"
+
+
+
+def test_run_as_names_the_user_of_one_job_on_the_rootfs_or_over_its_images(cluster, tmp_path):
+    a = cluster.daemon("a")
+    # busybox's own /etc/passwd: nobody is 65534, and holds no capability (no write to /etc)
+    done = follow(a, "id -u; id -g; echo $HOME; touch /etc/x", "-run-as", "nobody")
+    assert (done.returncode, done.stdout) == (1, "65534\n65534\n/nonexistent\n"), done.stderr
+    assert "Permission denied" in done.stderr
+    done = follow(a, "id -u; id -g; id -G", "-run-as", "1234:5678")  # numbers need no entry
+    assert (done.returncode, done.stdout) == (0, "1234\n5678\n5678\n"), done.stderr
+    job = check(a, add(a, "true", "-run-as", "nobody:nogroup"))
+    assert job["run_as"] == "nobody:nogroup"
+    assert "runs as:     nobody:nogroup\n" in a.lclient("-check", job["id"]).stdout
+    # over an image's User: -run-as wins
+    outside = tmp_path / "host-passwd"
+    outside.write_text("hostonly:x:4242:4242::/:/bin/sh\n")
+    import_image(a, "app", umoci_users_image(tmp_path, outside), "--ref", "app")
+    until(lambda: ("a", "app") in images(a), "a to publish the image")
+    assert follow(a, "id -un", "-image", "app", "-run-as", "root").stdout == "root\n"
+    # a name the job's root lacks (the host's own users are not the job's): FAILED, one line
+    done = a.lclient("-add", "echo ran", "-run-as", "hostonly", "-wait", timeout=120)
+    job = check(a, done.stdout.strip())
+    assert (done.returncode, job["state"], job["error"]) == (1, "FAILED",
+                                                           "user hostonly: no such user in the image's /etc/passwd")
+    # a malformed one is refused before anything is queued, by lclient and by the API
+    listed = lambda: a.lclient("-list", "-json").stdout.count("\n")  # noqa: E731
+    before = listed()
+    for bad in ("a:b:c", ":5", "1:99999999999"):
+        refused = a.lclient("-add", "true", "-run-as", bad)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert refused.stderr.startswith("lclient: user ") and bad in refused.stderr, refused.stderr
+    assert a.lclient("-check", "-run-as", "nobody", "0" * 32).returncode == 2  # -run-as goes with -add
+    assert listed() == before
 
 
 SUM_C = r"""

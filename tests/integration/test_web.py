@@ -138,7 +138,7 @@ def test_submit_list_and_kill_through_the_api(node, admin):
     assert check(node, job["id"])["state"] == "KILLED"
 
 
-def test_the_api_takes_an_image_a_workdir_and_a_network_as_lclient_add_does(node, admin):
+def test_the_api_takes_an_image_a_workdir_a_network_and_a_user_as_lclient_add_does(node, admin):
     body = {"command": "pwd; ls /", "image": "busybox", "workdir": "/srv/work", "net": "none", "volumes": [], "publish": ""}
     added = http("POST", api(node, "/jobs"), token=admin, body=body)
     assert added.status == 201, added.body
@@ -154,6 +154,12 @@ def test_the_api_takes_an_image_a_workdir_and_a_network_as_lclient_add_does(node
           "no node has the image 'nosuch'")
     error(http("POST", api(node, "/jobs"), token=admin, body={"command": "true", "volumes": "relative:/x"}), 400, "volume")
     error(http("POST", api(node, "/jobs"), token=admin, body={"command": "true", "net": "bridge"}), 400, "no node offers -net bridge")
+    # and the user it runs as (-run-as)
+    added = http("POST", api(node, "/jobs"), token=admin, body={"command": "id -u", "run_as": "nobody"})
+    assert added.status == 201 and added.json["run_as"] == "nobody", added.body
+    node.lclient("-wait", added.json["id"])
+    assert node.lclient("-logs", added.json["id"]).stdout == "65534\n"
+    error(http("POST", api(node, "/jobs"), token=admin, body={"command": "true", "run_as": "a:b:c"}), 400, "user 'a:b:c'")
 
 
 def test_every_error_is_its_status_and_one_line_of_json(node, admin):

@@ -158,3 +158,20 @@ def test_the_stores_stamp_moves_with_each_image_put_in_place(tmp_path):
     assert store.stamp() is None and store.names() == ["busybox", "x"]
     os.utime(work.parent, (1_700_000_001, 1_700_000_001))
     assert store.stamp() not in (None, before)
+
+
+def test_run_as_names_the_user_of_one_job_over_its_images():
+    spec = to_runtime_spec(JOB, JobSpec("id", image="debian", run_as="nobody:nogroup"), DEFAULTS)
+    assert spec.user == "nobody:nogroup"  # over the image's User "app"
+    assert to_runtime_spec(JOB, JobSpec("id", run_as="1000"), DEFAULTS).user == "1000"  # the node's rootfs
+    record = JobRecord(id=JOB, spec=JobSpec("id", run_as="1000:1000"))
+    assert JobRecord.from_bytes(record.to_bytes(), JOB).spec.run_as == "1000:1000"
+    assert "run_as" not in json.loads(JobRecord(id=JOB, spec=JobSpec("id")).to_bytes())["spec"]  # as before -run-as
+    for bad in ("a:b:c", ":5", "x:", "1:99999999999", "a\nb", "x" * 300):
+        with pytest.raises(InvalidSpec, match="user "):
+            JobSpec("id", run_as=bad).validate()
+    data = record.to_json()
+    for bad, words in (("a:b:c", "out of range: user 'a:b:c'"), (7, "'run_as' is the number 7")):
+        data["spec"]["run_as"] = bad  # a forged record is refused, not run as whatever it says
+        with pytest.raises(RecordError, match=words):
+            JobRecord.from_json(data, JOB)

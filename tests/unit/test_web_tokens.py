@@ -94,9 +94,9 @@ def test_the_form_takes_lclients_add_options():
     spec, pool = spec_from({"command": "true", "env": {"K": "V"}, "stdin": "in"})
     assert (spec.env, spec.stdin_data, spec.memory_bytes, pool) == ({"K": "V"}, b"in", None, False)
     spec, _ = spec_from({"command": "", "image": " debian ", "net": "bridge", "publish": "18080:8080\n\n9000:9000/udp\n",
-                         "volumes": "/srv/my data:/data:ro\n", "workdir": "/data"})  # the form: one a line
-    assert (spec.image, spec.net, spec.publish, spec.volumes, spec.workdir) == (
-        "debian", "bridge", ["18080:8080", "9000:9000/udp"], ["/srv/my data:/data:ro"], "/data")
+                         "volumes": "/srv/my data:/data:ro\n", "workdir": "/data", "run_as": " nobody "})  # the form: one a line
+    assert (spec.image, spec.net, spec.publish, spec.volumes, spec.workdir, spec.run_as) == (
+        "debian", "bridge", ["18080:8080", "9000:9000/udp"], ["/srv/my data:/data:ro"], "/data", "nobody")
     spec, _ = spec_from({"command": "true", "publish": [], "volumes": ["/srv/a:/a"]})  # JSON lists
     assert (spec.net, spec.publish, spec.volumes, spec.image, spec.workdir) == ("none", [], ["/srv/a:/a"], "", "")
     for bad, words in [({"command": 3}, "command must be a string"), ({"command": "x", "mem": "lots"}, "bad mem value"),
