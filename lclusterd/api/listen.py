@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lclusterd.api.servicer import MAX_BLOCKING
+from lclusterd.api.slots import MAX_BLOCKING
 from lclusterd.errors import LclusterdError
 from lclusterd.rpc import lclusterd_pb2 as pb
 

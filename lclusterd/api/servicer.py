@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -15,8 +13,9 @@ from lclusterd.api import access
 from lclusterd.api.convert import (events_of, job_to_proto, node_to_proto, pool_to_proto, rows_to_proto, spec_from_proto,
                                    spec_to_proto)
 from lclusterd.api.errors import maps_errors, maps_stream_errors
-from lclusterd.api.identity import Authenticator
+from lclusterd.api.identity import Authenticator, Identity
 from lclusterd.api.peers import Peers
+from lclusterd.api.slots import BlockingSlots
 from lclusterd.api.tokens import WebPage
 from lclusterd.api.waiting import Waited
 from lclusterd.cluster.admission import Admission
@@ -40,9 +39,6 @@ WAIT_TICK = 1.0  # a waiter re-reads the record at least this often (in case a w
 REREAD_PER = 64
 MAX_REREAD = 30.0
 EVENTS_TICK = 1.0  # an Events stream looks at least this often whether its client is still there
-# Wait and Logs(follow) hold a server thread each; past this many, they are refused at once
-# (RESOURCE_EXHAUSTED) so the threads left keep add/check/kill answering.
-MAX_BLOCKING = 192
 
 
 @dataclass(frozen=True)
@@ -93,21 +89,14 @@ class JobsServicer(pb_grpc.JobsServicer):
         self.peers = services.peers
         self.web = services.web
         self.states = services.states
-        self._blocking = threading.BoundedSemaphore(MAX_BLOCKING)
-
-    @contextmanager
-    def _blocking_slot(self):
-        if not self._blocking.acquire(blocking=False):
-            raise TooBusy(f"this node already serves {MAX_BLOCKING} waits and follows; try again later")
-        try:
-            yield
-        finally:
-            self._blocking.release()
+        self.slots = BlockingSlots()  # Wait, Logs(follow) and Events each hold one while they block
 
     def _resolve_for(self, context, job_id: str, what: str, watched: bool = False) -> FoundJob | FoundPool:
         """The job or pool `job_id`, if the caller may `what` it (NotAllowed otherwise). With
         `watched`, a job's record the jobs/ watch brought is taken as it is (_watched_job)."""
-        caller = self.authenticator.identify(context)
+        return self._resolved_for(self.authenticator.identify(context), job_id, what, watched)
+
+    def _resolved_for(self, caller: Identity, job_id: str, what: str, watched: bool = False) -> FoundJob | FoundPool:
         found = (watched and self._watched_job(job_id)) or self.lookup.resolve(job_id)
         access.check_may_act(caller, _owner_of(found), what, job_id)
         return found
@@ -225,7 +214,7 @@ class JobsServicer(pb_grpc.JobsServicer):
         if not request.follow:
             yield from self._read_new(job_id, offsets)
             return
-        with self._blocking_slot(), self.events.subscribe(job_id) as changed:
+        with self.slots.held(caller), self.events.subscribe(job_id) as changed:
             while True:
                 ended = record.terminal
                 yield from self._read_new(job_id, offsets)
@@ -265,8 +254,9 @@ class JobsServicer(pb_grpc.JobsServicer):
 
     @maps_stream_errors
     def Events(self, request: pb.EventsRequest, context) -> Iterator[pb.JobEvent]:
-        owner = access.owner_filter(self.authenticator.identify(context))  # as List: a user's own jobs only
-        with self._blocking_slot(), self.states.listen() as feed:
+        caller = self.authenticator.identify(context)
+        owner = access.owner_filter(caller)  # as List: a user's own jobs only
+        with self.slots.held(caller), self.states.listen() as feed:
             context.add_callback(feed.wake)  # the client went away: stop waiting at once
             while context.is_active():
                 for change in feed.take(EVENTS_TICK):
@@ -285,8 +275,9 @@ class JobsServicer(pb_grpc.JobsServicer):
         if request.timeout_seconds < 0:
             raise InvalidSpec(f"timeout must not be negative, not {request.timeout_seconds:g}")
         deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
-        found = self._resolve_for(context, job_id, "wait for", watched=True)
-        with self._blocking_slot():
+        caller = self.authenticator.identify(context)
+        found = self._resolved_for(caller, job_id, "wait for", watched=True)
+        with self.slots.held(caller):
             if isinstance(found, FoundJob):
                 return self._wait_ended([job_id], lambda: [self.jobs.get(job_id)], lambda rs: job_to_proto(rs[0]),
                                         deadline, request.timeout_seconds, context, known=[(found.record, found.revision)])

@@ -13,11 +13,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import grpc
 import pytest
 
+from lclusterd.api.slots import MAX_BLOCKING_PER_CALLER
+from lclusterd.rpc import lclusterd_pb2 as pb
+from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 from support.jobs import until
 from support.processes import Cluster, run_lclient
-from support.tls import expired_user, make_pki
+from support.tls import channel_credentials, expired_user, make_pki
 from support.users import as_user, make_user, remove_user
 
 ANN, BOB, EVE = "lcu-ann", "lcu-bob", "lcu-eve"  # ann and bob in the group lclusterd, eve not
@@ -163,3 +167,30 @@ def test_logs_are_proxied_between_nodes_over_mutual_tls(nodes, pki: Path):
     assert record["node"] == "ids-t2"
     assert run_lclient("-logs", job, *tls(pki, ANN), server=t1.server).stdout == "ran on t2\n"
     one_line(run_lclient("-logs", job, *tls(pki, BOB), server=t1.server), REFUSED, f"{ANN}'s job")
+
+
+def test_one_user_cannot_take_every_waiting_thread_of_a_node(nodes, pki: Path):
+    """A node lends at most 64 threads to one caller's blocking calls (api/slots.py): the 65th
+    Wait of ann is refused with one line, while bob still waits."""
+    t1 = nodes["ids-t1"]
+    job = added(run_lclient("-add", "sleep 300", "-node", "ids-t1", *tls(pki, ANN), server=t1.server))
+    bobs = added(run_lclient("-add", "sleep 300", "-node", "ids-t1", *tls(pki, BOB), server=t1.server))
+    channel = grpc.secure_channel(t1.server, channel_credentials(pki, ANN))
+    stub = pb_grpc.JobsStub(channel)
+    waits = [stub.Wait.future(pb.WaitRequest(id=job, timeout_seconds=120)) for _ in range(MAX_BLOCKING_PER_CALLER)]
+    try:
+        def refused() -> str | None:
+            result = run_lclient("-wait", job, "-timeout", "60s", *tls(pki, ANN), server=t1.server)
+            return result.stderr if result.returncode == 3 else None
+        error = until(refused, "ann's waits to fill her share of the node's threads", timeout=60)
+        assert error.count("\n") == 1 and f"user {ANN} already has 64 waits and follows open" in error, error
+        timed_out = run_lclient("-wait", bobs, "-timeout", "1s", *tls(pki, BOB), server=t1.server)
+        assert timed_out.returncode == 124, timed_out.stderr  # bob waited, and his timeout ended it
+    finally:
+        for wait in waits:
+            wait.cancel()
+        channel.close()
+    until(lambda: run_lclient("-wait", job, "-timeout", "1s", *tls(pki, ANN), server=t1.server).returncode == 124,
+          "ann's slots to be given back")
+    for each in (job, bobs):
+        assert run_lclient("-kill", each, server=nodes["ids-plain"].socket).returncode == 0
