@@ -54,6 +54,9 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
               help="The cgroup under which each node's jobs get their parent cgroup ROOT/NODE-NAME (in every v1 "
                    "hierarchy, or the v2 tree); separate test runs or clusters on one host may use their own.")
 @click.option("--capacity", default=_D["capacity"], type=click.IntRange(min=1), help="Most jobs this node runs at once.")
+@click.option("--max-jobs-per-user", default=_D["max_jobs_per_user"], type=click.IntRange(min=0),
+              help="Most jobs one user may have in etcd at once, queued, running or ended and not yet removed "
+                   "(--keep), counted by the node taking an add; admins are not held to it. 0: no limit.")
 @click.option("--prefix", default=_D["prefix"], help="etcd key prefix; clusters sharing one etcd need different prefixes.")
 @click.option("--keep", default=_D["keep"],
               help="How long an ended job's record and log files are kept (e.g. 12h, 30d). Then the prime removes "

@@ -32,6 +32,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 DEFAULT_BRIDGE = "lcl0"
 DEFAULT_CLUSTER_SUBNET = "10.88.0.0/16"  # one /24 per node: 256 nodes
+MAX_JOBS_PER_USER = 10**9
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"  # loopback: docs/operations.md, "Who may read metrics"
 
 
@@ -54,6 +55,7 @@ class Config:
     node_name: str = field(default_factory=socket.gethostname)
     cgroup_root: str = "lclusterd"  # the cgroup every node's parent cgroup is under
     capacity: int = 256
+    max_jobs_per_user: int = 100_000  # jobs (any state, until removed after keep) one user may have; 0: no limit
     prefix: str = "/lclusterd"
     keep: str = "7d"  # how long ended jobs' records, tombstones and logs are kept
     insecure: bool = False  # plain TCP, every caller an admin (labs and tests)
@@ -215,6 +217,8 @@ class Config:
         if not NODE_NAME.match(self.cgroup_root or ""):
             raise ConfigError(f"--cgroup-root must be one cgroup name (letters, digits, '.', '_' or '-'), "
                               f"not {self.cgroup_root!r}")
+        if not 0 <= self.max_jobs_per_user <= MAX_JOBS_PER_USER:
+            raise ConfigError(f"--max-jobs-per-user must be between 0 and {MAX_JOBS_PER_USER}, not {self.max_jobs_per_user}")
         if self.capacity < 1:
             raise ConfigError(f"--capacity must be at least 1, not {self.capacity}")
         if self.on_shutdown not in SHUTDOWN_MODES:

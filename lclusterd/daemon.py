@@ -26,7 +26,7 @@ from lclusterd.api.listen import SERVICE_NAME, ListenError, bind_server
 from lclusterd.api.peers import Peers
 from lclusterd.api.tls import LiveTls, TlsError
 from lclusterd.api.servicer import ApiServices, JobsServicer
-from lclusterd.cluster.admission import Admission
+from lclusterd.cluster.admission import Admission, JobQuota
 from lclusterd.cluster.events import JobEvents
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.journal import Journal
@@ -240,7 +240,8 @@ class Daemon:
 
     def _serve(self) -> None:
         c = self.config
-        services = ApiServices(node=c.node_name, jobs=self.jobs, admission=Admission(self.jobs, self.info, self.scheduler),
+        services = ApiServices(node=c.node_name, jobs=self.jobs, admission=Admission(self.jobs, self.info, self.scheduler,
+                                                                     JobQuota(c.max_jobs_per_user, self.states.owned_by)),
                                lookup=Lookup(self.jobs, Pools(self.jobs)), nodes=NodeDirectory(self.store, self.keys),
                                events=self.events, logs=self.logs, peers=self.peers, states=self.states,
                                web=self.web_page)

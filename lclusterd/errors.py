@@ -106,6 +106,10 @@ class TooBusy(LclusterdError):
     """The node already serves as many blocking requests (wait, follow) as it allows."""
 
 
+class QuotaExceeded(LclusterdError):
+    """The owner already has as many jobs stored as a node admits for one user (--max-jobs-per-user)."""
+
+
 class NodeNotFound(LclusterdError):
     """No node of that name has ever registered."""
 

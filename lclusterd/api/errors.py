@@ -13,7 +13,8 @@ import grpc
 
 from lclusterd.errors import (InvalidSpec, InvalidTransition, IsAPool, JobFinished, JobNotFound, JobRemoved, LclusterdError,
                               NodeNotFound, NoNodeHasImage, NodeUnreachable, NoReadyNode, NotAllowed, NotAuthenticated, RuntimeUnavailable,
-                              StoreUnavailable, TooBusy, WaitTimedOut, WebDisabled)
+                              QuotaExceeded, StoreUnavailable, TooBusy, WaitTimedOut,
+                              WebDisabled)
 from lclusterd.rpc.metadata import ERROR_METADATA_KEY
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ STATUS_OF = {
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     RuntimeUnavailable: grpc.StatusCode.UNAVAILABLE,
     TooBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     JobFinished: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
     NoReadyNode: grpc.StatusCode.FAILED_PRECONDITION,

@@ -110,7 +110,7 @@ class JobsServicer(pb_grpc.JobsServicer):
                 raise InvalidSpec("a batch is of single jobs: it cannot be a pool or an array as well")
             specs = [spec_from_proto(s) for s in request.batch]
             self._check_parents(caller, specs)
-            records = self.admission.add_batch(specs, caller.name)
+            records = self.admission.add_batch(specs, caller.name, caller.admin)
             return pb.AddReply(job=pb.Job(members=[job_to_proto(r) for r in records], member_count=len(records)))
         spec = spec_from_proto(request.spec)
         self._check_parents(caller, [spec])
@@ -118,16 +118,17 @@ class JobsServicer(pb_grpc.JobsServicer):
             if request.all_nodes:
                 raise InvalidSpec("an array runs its members wherever there is room: it cannot be a pool as well")
             a = request.array
-            array, members = self.admission.add_array(spec, a.first, a.last, a.max_running, caller.name)
+            array, members = self.admission.add_array(spec, a.first, a.last, a.max_running, caller.name,
+                                                     caller.admin)
             # the array as just queued, without a document per member (-check lists them)
             queued = pb.Job(id=array.id, state=QUEUED, spec=spec_to_proto(array.spec), created_at=array.created_at,
                             owner=array.owner, is_array=True, member_count=len(members))
             queued.spec.stdin = b""  # (not echoed back, as for a job)
             return pb.AddReply(id=array.id, job=queued)
         if request.all_nodes:  # a pool: one member per ready node
-            pool, members = self.admission.add_pool(spec, caller.name)
+            pool, members = self.admission.add_pool(spec, caller.name, caller.admin)
             return pb.AddReply(id=pool.id, job=pool_to_proto(pool, members))
-        record = self.admission.add(spec, caller.name)
+        record = self.admission.add(spec, caller.name, caller.admin)
         return pb.AddReply(id=record.id, job=job_to_proto(record))
 
     def _check_parents(self, caller, specs) -> None:

@@ -10,6 +10,11 @@ image nobody has).
 The node taking the request is asked first, from what it knows of itself; only a spec it
 could not run itself costs a read of the other nodes' registrations.
 
+A user (not an admin) may have at most --max-jobs-per-user jobs in etcd at once, any state,
+ended ones until retention removes them (JobQuota, counted from this node's watch of jobs/):
+one user cannot fill etcd, which every node needs to report its jobs. Counted as the watch has
+told this node, so adds racing on several nodes may pass it by a few.
+
 Then the job is written: on the prime, when the scheduler can place it at once (Placer.reserve),
 straight to ASSIGNED in the add's own transaction; otherwise QUEUED for the prime to assign.
 """
@@ -17,7 +22,7 @@ straight to ASSIGNED in the add's own transaction; otherwise QUEUED for the prim
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from lclusterd import metrics
 from lclusterd import limits
@@ -27,7 +32,7 @@ from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.pools import Pools
 from lclusterd.cluster.placement import Needs, Placement
-from lclusterd.errors import InvalidSpec, NoNodeHasImage, RecordError
+from lclusterd.errors import InvalidSpec, NoNodeHasImage, QuotaExceeded, RecordError
 from lclusterd.model import JobRecord, JobSpec, NodeInfo, PoolRecord, new_job_id
 from lclusterd.units import format_size
 
@@ -70,8 +75,26 @@ def _shortfalls(node: NodeInfo, spec: JobSpec) -> list[str]:
     return found
 
 
+class JobQuota:
+    """At most `limit` jobs stored per owner (0: no limit); `stored(owner)` counts theirs."""
+
+    def __init__(self, limit: int, stored: Callable[[str], int]):
+        self.limit, self.stored = limit, stored
+
+    def check(self, owner: str, adding: int) -> None:
+        have = self.stored(owner) if self.limit else 0
+        if self.limit and have + adding > self.limit:
+            raise QuotaExceeded(f"user {owner} has {have} jobs in the cluster (queued, running, or ended and kept for "
+                                f"--keep) and may have at most {self.limit} (--max-jobs-per-user): this add of "
+                                f"{adding} would pass it; wait for jobs to end and be removed, or ask an admin")
+
+
+NO_QUOTA = JobQuota(0, lambda _owner: 0)
+
+
 class Admission:
-    def __init__(self, jobs: Jobs, me: NodeInfo, placer: Placer):
+    def __init__(self, jobs: Jobs, me: NodeInfo, placer: Placer, quota: JobQuota = NO_QUOTA):
+        self.quota = quota
         self.jobs = jobs
         self.pools = Pools(jobs)
         self.arrays = Arrays(jobs)
@@ -80,9 +103,11 @@ class Admission:
         self.me = me
         self.placer = placer
 
-    def add(self, spec: JobSpec, owner: str) -> JobRecord:
-        """Admit and write `owner`'s job; its record as written (QUEUED, or ASSIGNED when placed now)."""
+    def add(self, spec: JobSpec, owner: str, unlimited: bool = False) -> JobRecord:
+        """Admit and write `owner`'s job; its record as written (QUEUED, or ASSIGNED when placed now).
+        `unlimited`: an admin's, not held to the quota (as in every add below)."""
         started = time.perf_counter()
+        self._count(owner, 1, unlimited)
         record = self._add(spec, owner)
         metrics.job_submitted(1, time.perf_counter() - started)
         return record
@@ -102,26 +127,28 @@ class Admission:
                 return assigned
         return self.jobs.add(record)
 
-    def add_pool(self, spec: JobSpec, owner: str) -> tuple[PoolRecord, list[JobRecord]]:
+    def add_pool(self, spec: JobSpec, owner: str, unlimited: bool = False) -> tuple[PoolRecord, list[JobRecord]]:
         """Admit and write `owner`'s pool: one member per ready node (pools.py)."""
         started = time.perf_counter()
+        self._count(owner, 1, unlimited)  # its members are counted once made
         self.check(spec)
         pool, members = self.pools.add(spec, owner)
         metrics.job_submitted(len(members), time.perf_counter() - started)
         return pool, members
 
-    def add_array(self, spec: JobSpec, first: int, last: int, max_running: int, owner: str
+    def add_array(self, spec: JobSpec, first: int, last: int, max_running: int, owner: str, unlimited: bool = False
                   ) -> tuple[PoolRecord, list[str]]:
         """Admit and write `owner`'s array: one member per index first..last (arrays.py); its
         record and its member ids in index order."""
         started = time.perf_counter()
         limits.check_array(first, last, max_running)
+        self._count(owner, last - first + 1, unlimited)
         self.check(spec)
         array, members = self.arrays.add_array(spec, first, last, max_running, owner)
         metrics.job_submitted(len(members), time.perf_counter() - started)
         return array, members
 
-    def add_batch(self, specs: list[JobSpec], owner: str) -> list[JobRecord]:
+    def add_batch(self, specs: list[JobSpec], owner: str, unlimited: bool = False) -> list[JobRecord]:
         """Admit every spec, then write them all (arrays.py); nothing is written when one is
         refused (InvalidSpec naming its place in the batch)."""
         started = time.perf_counter()
@@ -129,6 +156,7 @@ class Admission:
             raise InvalidSpec("the batch is empty: no command to add")
         if len(specs) > limits.MAX_BATCH:
             raise InvalidSpec(f"the batch has {len(specs)} jobs, more than the limit of {limits.MAX_BATCH}")
+        self._count(owner, len(specs), unlimited)
         for number, spec in enumerate(specs, 1):
             try:
                 self.check(spec)
@@ -137,6 +165,10 @@ class Admission:
         records = self.arrays.add_batch(specs, owner)
         metrics.job_submitted(len(records), time.perf_counter() - started)
         return records
+
+    def _count(self, owner: str, adding: int, unlimited: bool) -> None:
+        if not unlimited:
+            self.quota.check(owner, adding)
 
     def check(self, spec: JobSpec) -> None:
         """InvalidSpec with the reason when the spec is malformed or no node could run it."""

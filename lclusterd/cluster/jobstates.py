@@ -1,6 +1,7 @@
-"""JobStates: the state and node of every job in etcd, followed through the node's jobs/
-watch. Two readers: the metrics (jobs by state and node, read at scrape time: a scrape never
-scans etcd) and the Events call (every change of a job's state, as it happens).
+"""JobStates: the state, node and owner of every job in etcd, followed through the node's jobs/
+watch. Three readers: the metrics (jobs by state and node, read at scrape time: a scrape never
+scans etcd), the Events call (every change of a job's state, as it happens) and admission's
+quota (how many jobs an owner has stored, `owned_by`).
 
 Loaded once at start (jobs/ read in pages), then kept by a share of the node's one watch
 stream; after a compaction it re-reads, and listeners get the changes the re-read shows. A
@@ -82,6 +83,11 @@ class Feed:
             self._ready.notify_all()
 
 
+def _owner(data: dict[str, Any]) -> str:
+    owner = data.get("owner")
+    return sys.intern(owner) if isinstance(owner, str) and len(owner) <= 64 else ""
+
+
 def state_and_node(raw: bytes) -> dict[str, Any] | None:
     """The record's JSON when it has a known state and a node that is empty or a node name
     (the metrics' labels come from these); None otherwise."""
@@ -101,8 +107,9 @@ class JobStates:
         self._watches = watches
         self._keys = keys
         self._lock = threading.Lock()
-        self._jobs: dict[str, tuple[str, str]] = {}  # job id -> (state, node)
+        self._jobs: dict[str, tuple[str, str, str]] = {}  # job id -> (state, node, owner)
         self._counts: dict[tuple[str, str], int] = {}
+        self._owned: dict[str, int] = {}  # owner -> jobs stored
         self._feeds: list[Feed] = []
         self._watch = None
 
@@ -120,6 +127,10 @@ class JobStates:
         """(state, node) -> jobs, node "" for jobs not placed; only pairs with jobs."""
         with self._lock:
             return {key: count for key, count in self._counts.items() if count}
+
+    def owned_by(self, owner: str) -> int:
+        """How many job records of `owner` etcd holds, any state (as far as the watch has told)."""
+        return self._owned.get(owner, 0)
 
     @contextmanager
     def listen(self) -> Iterator[Feed]:
@@ -177,16 +188,18 @@ class JobStates:
         """The job's record is now `data` (None: gone, or unreadable), read at `key` with mod
         revision `revision`. Hold the lock."""
         old = self._jobs.get(job_id)
-        new = (_STATE_NAMES[data["state"]], sys.intern(data.get("node") or "")) if data is not None else None
+        new = (_STATE_NAMES[data["state"]], sys.intern(data.get("node") or ""), _owner(data)) if data is not None else None
         if new == old:
             return
         if old is not None:
-            self._counts[old] -= 1
+            self._counts[old[:2]] -= 1
+            self._owned[old[2]] -= 1
         if new is None:
             del self._jobs[job_id]
             return
         self._jobs[job_id] = new
-        self._counts[new] = self._counts.get(new, 0) + 1
+        self._counts[new[:2]] = self._counts.get(new[:2], 0) + 1
+        self._owned[new[2]] = self._owned.get(new[2], 0) + 1
         if self._feeds and (old is None or old[0] != new[0]):
             self._tell(job_id, data, old[0] if old else "", now, key, revision)
 

@@ -74,9 +74,9 @@ class WebCalls:
     def add(self, caller: Identity, spec: JobSpec, all_nodes: bool) -> pb.Job:
         access.check_may_add(caller)  # admission checks the spec itself
         if all_nodes:
-            pool, members = self.s.admission.add_pool(spec, caller.name)
+            pool, members = self.s.admission.add_pool(spec, caller.name, caller.admin)
             return pool_to_proto(pool, members)
-        return job_to_proto(self.s.admission.add(spec, caller.name))
+        return job_to_proto(self.s.admission.add(spec, caller.name, caller.admin))
 
     def output(self, caller: Identity, job_id: str, offsets: tuple[int, int]) -> Output:
         """What the job wrote past `offsets` (at most MAX_READ of each stream), read here or,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from lclusterd.errors import (InvalidSpec, InvalidTransition, IsAPool, JobFinished, JobNotFound, LclusterdError, NodeNotFound,
                               NodeUnreachable, NoNodeHasImage, NoReadyNode, NotAllowed, NotAuthenticated, RuntimeUnavailable,
-                              StoreUnavailable, TooBusy, WebDisabled)
+                              QuotaExceeded, StoreUnavailable, TooBusy, WebDisabled)
 from lclusterd.web.calls import PeerRefused
 
 STATUS_OF = {
@@ -25,6 +25,7 @@ STATUS_OF = {
     NodeUnreachable: 503,
     RuntimeUnavailable: 503,
     TooBusy: 503,
+    QuotaExceeded: 429,
 }
 # a peer node's answer to a proxied log read, by its gRPC status code's name
 STATUS_OF_CODE = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,

@@ -194,3 +194,33 @@ def test_one_user_cannot_take_every_waiting_thread_of_a_node(nodes, pki: Path):
           "ann's slots to be given back")
     for each in (job, bobs):
         assert run_lclient("-kill", each, server=nodes["ids-plain"].socket).returncode == 0
+
+
+def test_a_user_may_have_only_so_many_jobs_stored(module_etcd, place: Path, users):
+    """--max-jobs-per-user: one user cannot fill etcd (every node needs it to report its jobs);
+    an add that would pass the limit is refused with one line and adds nothing; an admin is not
+    held to it."""
+    cluster = Cluster(place, module_etcd)
+    directory = place / "ids-quota"
+    directory.mkdir(mode=0o711)
+    node = cluster.daemon("ids-quota", extra=["--max-jobs-per-user", "5"], directory=directory)
+    try:
+        # an add the node refuses anyway (-mem beyond any node) adds nothing; exit 3 once it is
+        # over the quota, as counted by the node's watch (which may trail the adds a little)
+        dry = lambda lines: as_user(ANN, "-add", "-", "-mem", "1T", server=node.socket, stdin="true\n" * lines)  # noqa: E731
+        for _ in range(3):
+            added(as_user(ANN, "-add", "true", server=node.socket))
+        until(lambda: dry(3).returncode == 3, "the node's watch to count ann's 3 jobs")
+        for action in (["-add", "true", "-array", "3"], ["-add", "-"]):
+            refused = as_user(ANN, *action, server=node.socket, stdin="true\ntrue\ntrue\n")
+            one_line(refused, 3, f"user {ANN} has 3 jobs in the cluster", "at most 5 (--max-jobs-per-user)",
+                     "this add of 3")
+        assert len(as_user(ANN, "-add", "-", server=node.socket, stdin="true\ntrue\n").stdout.split()) == 2
+        until(lambda: dry(1).returncode == 3, "the node's watch to count ann's 5 jobs")
+        one_line(as_user(ANN, "-add", "true", server=node.socket), 3, "has 5 jobs in the cluster")
+        added(as_user(BOB, "-add", "true", server=node.socket))  # others are not held by ann's
+        added(run_lclient("-add", "true", "-array", "10", server=node.socket))  # nor root, an admin
+        mine = [json.loads(line) for line in as_user(ANN, "-list", "-json", server=node.socket).stdout.splitlines()]
+        assert len(mine) == 5
+    finally:
+        cluster.close()

@@ -16,12 +16,13 @@ from prometheus_client import CollectorRegistry
 from lclusterd import metrics
 from lclusterd.api.convert import events_of
 from lclusterd.cluster import decode
+from lclusterd.cluster.admission import JobQuota
 from lclusterd.cluster.jobstates import Feed, JobStates, StateChange
 from lclusterd.cluster.keys import Keys
 from lclusterd.cluster.kv import Event, Put
 from lclusterd.metrics.collector import NodeCollector, NodeLoad
 from lclusterd.metrics.serve import MetricsServer, MetricsStartError
-from lclusterd.errors import RecordError
+from lclusterd.errors import QuotaExceeded, RecordError
 from lclusterd.model import JobRecord, JobSpec
 from memstore import MemStore
 
@@ -235,3 +236,20 @@ def test_the_endpoint_serves_prometheus_text():
     finally:
         server.stop()
     assert metrics.REGISTRY.get_sample_value("lclusterd_node_capacity_jobs", {"node": "n9"}) is None
+
+
+def test_job_states_count_each_owners_jobs_for_the_quota():
+    store = MemStore()
+    store.txn([], [Put(KEYS.job(A), record(A, "QUEUED")), Put(KEYS.job(B), record(B, "EXITED", "n1"))])
+    states, watches = started_states(store)
+    assert (states.owned_by("ann"), states.owned_by("bob")) == (2, 0)
+    bobs = JobRecord(id=C, spec=JobSpec(command="true"), state="QUEUED", owner="bob").to_bytes()
+    watches.handler.on_events([put(C, bobs), put(A, record(A, "RUNNING", "n1"))])  # a state change counts once
+    assert (states.owned_by("ann"), states.owned_by("bob")) == (2, 1)
+    watches.handler.on_events([Event("delete", KEYS.job(B), b"", 12)])  # removed by retention: no longer counted
+    assert states.owned_by("ann") == 1
+    quota = JobQuota(2, states.owned_by)
+    quota.check("ann", 1)
+    with pytest.raises(QuotaExceeded, match=r"user ann has 1 jobs .* at most 2 \(--max-jobs-per-user\): this add of 2"):
+        quota.check("ann", 2)
+    JobQuota(0, states.owned_by).check("ann", 10**6)  # 0: no limit
