@@ -57,6 +57,9 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
 @click.option("--max-jobs-per-user", default=_D["max_jobs_per_user"], type=click.IntRange(min=0),
               help="Most jobs one user may have in etcd at once, queued, running or ended and not yet removed "
                    "(--keep), counted by the node taking an add; admins are not held to it. 0: no limit.")
+@click.option("--max-log-space", default=_D["max_log_space"], metavar="SIZE|N%",
+              help="Most disk space the job logs of this node take together (a size, or a share of the disk they "
+                   "are on); past it the output of the jobs that ended first is replaced by a line saying so. 0: no limit.")
 @click.option("--prefix", default=_D["prefix"], help="etcd key prefix; clusters sharing one etcd need different prefixes.")
 @click.option("--keep", default=_D["keep"],
               help="How long an ended job's record and log files are kept (e.g. 12h, 30d). Then the prime removes "

@@ -17,7 +17,7 @@ from lclusterd import limits
 from lclusterd.cluster.placement import POLICIES
 from lclusterd.model import DEFAULT_PIDS, NODE_NAME
 from lclusterd.runtime.host import DEFAULT_ROOTFS, pid_max, total_memory
-from lclusterd.units import format_size, parse_duration, parse_size
+from lclusterd.units import format_size, parse_duration, parse_size, parse_size_or_share
 
 DEFAULT_PORT = 64051
 DEFAULT_STATE_DIR = "/var/lib/lclusterd"
@@ -75,6 +75,7 @@ class Config:
     default_mem: str = ""  # memory limit of a job that sets none; empty: 1 GiB (or --memory, if less)
     max_pids: int = 0  # processes all of this node's jobs may have together; 0: half the kernel's pid_max
     max_log_size: str = DEFAULT_MAX_LOG_SIZE  # most bytes kept of each job's stdout and of its stderr
+    max_log_space: str = "10%"  # all job logs of this node: a size, or a share of their disk; 0: no limit
     userns: str = "on"  # every job in a user namespace of its own ("off": a job's root is the host's root)
     bridge: str = DEFAULT_BRIDGE  # the bridge of jobs with -net bridge; empty: this node offers no job network
     subnet: str = ""  # its jobs' subnet; empty: a /24 of cluster_subnet claimed in etcd
@@ -276,6 +277,10 @@ class Config:
                               f"not {self.default_pids}")
         if self.max_log_bytes < limits.MIN_LOG_BYTES:
             raise ConfigError(f"--max-log-size must be at least {limits.MIN_LOG_BYTES} bytes, not {self.max_log_size!r}")
+        try:
+            parse_size_or_share(str(self.max_log_space))
+        except ValueError as exc:
+            raise ConfigError(f"bad --max-log-space value {self.max_log_space!r}: {exc}") from None
 
     def check_listen_address(self) -> None:
         """The TCP address must resolve (when TCP is served at all)."""

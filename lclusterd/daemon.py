@@ -38,6 +38,7 @@ from lclusterd.cluster.node import NodeDirectory, NodeSession
 from lclusterd.cluster.offer import OfferError, node_offer
 from lclusterd.cluster.pools import Pools
 from lclusterd.cluster.prime import PrimeElection, prime_duties
+from lclusterd.cluster.logspace import LogSpace, limit_of
 from lclusterd.cluster.retention import LogSweep
 from lclusterd.cluster.runspec import NodeDefaults
 from lclusterd.cluster.scheduler import Scheduler
@@ -220,6 +221,8 @@ class Daemon:
         try:
             self.events = self._started(JobEvents(store, watches, keys), JobEvents.stop)
             self._started(LogSweep(self.logs, c.keep_seconds, self.launcher.running), LogSweep.stop)
+            self._started(LogSpace(self.logs, limit_of(c.max_log_space, str(self.logs.directory)), c.node_name,
+                                   self.launcher.running), LogSpace.stop)
             self.peers = Peers(store, keys, c.node_name, self.tls.channel_credentials if self.tls else None)
             self._teardown.callback(self.peers.close)
             session = NodeSession(store, keys, self.info, ttl=c.lease_ttl, images=self.images)

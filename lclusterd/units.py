@@ -25,6 +25,23 @@ def parse_size(text: str) -> int:
     return size
 
 
+def parse_size_or_share(text: str) -> tuple[int, float]:
+    """(bytes, 0.0) from a size as parse_size reads it, or (0, share) from "N%" (0 < N <= 100),
+    or (0, 0.0) from "0" (none)."""
+    text = (text or "").strip()
+    if text == "0":
+        return 0, 0.0
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1])
+        except ValueError:
+            share = -1.0
+        if not 0 < share <= 100:
+            raise ValueError("expected a size like 10G, a share of the disk like 10%, or 0")
+        return 0, share / 100
+    return parse_size(text), 0.0
+
+
 def parse_duration(text: str) -> float:
     """Seconds from "30", "30s", "1m30s", "500ms", "2h"."""
     text = (text or "").strip().lower()

@@ -171,6 +171,49 @@ class LogFiles:
         return removed
 
 
+    def usage(self) -> dict[str, tuple[int, float]]:
+        """Job id -> (bytes its log files take on disk, their newest mtime), for every job here."""
+        found: dict[str, tuple[int, float]] = {}
+        try:
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    job_id, dot, suffix = entry.name.rpartition(".")
+                    if not (dot and suffix in ("out", "err") and JOB_ID.match(job_id)):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    size, mtime = found.get(job_id, (0, 0.0))
+                    found[job_id] = (size + st.st_blocks * 512, max(mtime, st.st_mtime))
+        except FileNotFoundError:
+            pass
+        return found
+
+    def replace_output(self, job_id: str, note: bytes) -> int:
+        """Replace an ended job's output by `note` (in stdout's file; stderr's goes), leaving
+        the files' times as they were (the log sweep removes them after --keep); the bytes freed."""
+        freed = 0
+        for path, text in ((self.stdout(job_id), note), (self.stderr(job_id), None)):
+            try:
+                fd = _open_plain(path, os.O_RDWR)
+            except OSError:  # gone, or not a plain file: nothing of the job's to free
+                continue
+            try:
+                st = os.fstat(fd)
+                freed += st.st_blocks * 512
+                if text is None:
+                    os.unlink(path)
+                    continue
+                os.ftruncate(fd, 0)
+                os.write(fd, text)
+                freed -= len(text)
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(fd)
+        return freed
+
+
 def _open_plain(path: Path, flags: int) -> int:
     """An fd of the regular file at `path`, never through a symlink (OSError: ELOOP) and never
     anything but a plain file (OSError naming it)."""
