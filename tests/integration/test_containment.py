@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -278,6 +279,22 @@ def test_the_nodes_jobs_together_have_its_memory_and_pids_ceilings(node):
     memory_file = "memory.max" if CGROUP_VERSION == 2 else "memory.limit_in_bytes"
     assert int(parent_cgroup_file(node, "memory", memory_file)) == NODE_MEMORY
     assert int(parent_cgroup_file(node, "pids", "pids.max")) == MAX_PIDS
+
+
+def test_jobs_spinning_on_every_core_do_not_starve_their_node(node):
+    """Jobs without -cpus may take every core; the node must still keep its lease (TTL 2 s here),
+    report, and answer: its jobs are one cgroup, weighed against the daemon as one."""
+    spinners = [add(node, "while :; do :; done", "-pids", "4") for _ in range(2 * (os.cpu_count() or 2))]
+    until(lambda: all(check(node, job)["state"] == "RUNNING" for job in spinners), "the spinning jobs to start")
+    deadline = time.monotonic() + 8  # four lease TTLs
+    while time.monotonic() < deadline:
+        result = node.lclient("-add", "echo alive", "-follow", timeout=60)
+        assert (result.returncode, result.stdout) == (0, "alive\n"), result.stderr
+    assert {check(node, job)["state"] for job in spinners} == {"RUNNING"}  # never declared lost
+    assert "node lease expired" not in node.log() and "keep-alive" not in node.log(), node.log()[-2000:]
+    for job in spinners:
+        assert node.lclient("-kill", job).returncode == 0
+    until(lambda: all(check(node, job)["state"] == "KILLED" for job in spinners), "the spinners to be killed")
 
 
 def test_300_mib_of_output_is_cut_at_the_log_cap_with_one_marker_line(node):
