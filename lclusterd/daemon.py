@@ -243,8 +243,8 @@ class Daemon:
 
     def _serve(self) -> None:
         c = self.config
-        services = ApiServices(node=c.node_name, jobs=self.jobs, admission=Admission(self.jobs, self.info, self.scheduler,
-                                                                     JobQuota(c.max_jobs_per_user, self.states.owned_by)),
+        quota = JobQuota(c.max_jobs_per_user, self.states.owned_by)  # users' jobs in etcd, counted from the watch
+        services = ApiServices(node=c.node_name, jobs=self.jobs, admission=Admission(self.jobs, self.info, self.scheduler, quota),
                                lookup=Lookup(self.jobs, Pools(self.jobs)), nodes=NodeDirectory(self.store, self.keys),
                                events=self.events, logs=self.logs, peers=self.peers, states=self.states,
                                web=self.web_page)

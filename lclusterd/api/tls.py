@@ -57,9 +57,6 @@ class TlsFiles:
             raise TlsError(f"--tls-dir {directory}: {error}") from None
         return TlsFiles(ca, cert, key, revoked)
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True)
-
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert)
 

@@ -6,9 +6,9 @@ page accepts only what the node itself signed for someone who had one: the WebLo
 page checks them with the same key. A token is `<payload>.<signature>`, both base64url; the
 payload is JSON naming the user, whether they are an admin, its kind, its end, a random
 id and, for a caller who came with a certificate, its serial number (a token of a certificate
-revoked since is refused: `revoked`); the signature is HMAC-SHA256 under the node's web key (`<state-dir>/web.key`, 32 random
-bytes, 0600, made at the first start and kept, so a restart keeps sessions; removing it and
-restarting ends every token). Two kinds:
+revoked since is refused: `revoked`); the signature is HMAC-SHA256 under the node's web key
+(`<state-dir>/web.key`, 32 random bytes, 0600, made at the first start and kept, so a restart
+keeps sessions; removing it and restarting ends every token). Two kinds:
 
 - a login token, in the link `lclient -web` prints: good for LOGIN_SECONDS and once (the
   page swaps it for a session at /login; the ids used are remembered until they expire);
