@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lclusterd.api.slots import MAX_BLOCKING_PER_CALLER
+from lclusterd.api.slots import MAX_BLOCKING_PER_USER
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 from support.jobs import until
@@ -177,7 +177,7 @@ def test_one_user_cannot_take_every_waiting_thread_of_a_node(nodes, pki: Path):
     bobs = added(run_lclient("-add", "sleep 300", "-node", "ids-t1", *tls(pki, BOB), server=t1.server))
     channel = grpc.secure_channel(t1.server, channel_credentials(pki, ANN))
     stub = pb_grpc.JobsStub(channel)
-    waits = [stub.Wait.future(pb.WaitRequest(id=job, timeout_seconds=120)) for _ in range(MAX_BLOCKING_PER_CALLER)]
+    waits = [stub.Wait.future(pb.WaitRequest(id=job, timeout_seconds=120)) for _ in range(MAX_BLOCKING_PER_USER)]
     try:
         def refused() -> str | None:
             result = run_lclient("-wait", job, "-timeout", "60s", *tls(pki, ANN), server=t1.server)
