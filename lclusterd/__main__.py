@@ -57,6 +57,9 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
 @click.option("--max-jobs-per-user", default=_D["max_jobs_per_user"], type=click.IntRange(min=0),
               help="Most jobs one user may have in etcd at once, queued, running or ended and not yet removed "
                    "(--keep), counted by the node taking an add; admins are not held to it. 0: no limit.")
+@click.option("--max-running-per-user", default=_D["max_running_per_user"], type=click.IntRange(min=0),
+              help="While this node is the prime: most jobs of one owner assigned or running at once in the "
+                   "cluster; their next ones wait and other users' are placed past them. 0: no limit.")
 @click.option("--max-log-space", default=_D["max_log_space"], metavar="SIZE|N%",
               help="Most disk space the job logs of this node take together (a size, or a share of the disk they "
                    "are on); past it the output of the jobs that ended first is replaced by a line saying so. 0: no limit.")

@@ -56,6 +56,7 @@ class Config:
     cgroup_root: str = "lclusterd"  # the cgroup every node's parent cgroup is under
     capacity: int = 256
     max_jobs_per_user: int = 100_000  # jobs (any state, until removed after keep) one user may have; 0: no limit
+    max_running_per_user: int = 0  # when prime: most jobs of one owner assigned or running at once; 0: no limit
     prefix: str = "/lclusterd"
     keep: str = "7d"  # how long ended jobs' records, tombstones and logs are kept
     insecure: bool = False  # plain TCP, every caller an admin (labs and tests)
@@ -218,8 +219,10 @@ class Config:
         if not NODE_NAME.match(self.cgroup_root or ""):
             raise ConfigError(f"--cgroup-root must be one cgroup name (letters, digits, '.', '_' or '-'), "
                               f"not {self.cgroup_root!r}")
-        if not 0 <= self.max_jobs_per_user <= MAX_JOBS_PER_USER:
-            raise ConfigError(f"--max-jobs-per-user must be between 0 and {MAX_JOBS_PER_USER}, not {self.max_jobs_per_user}")
+        for option, value in (("--max-jobs-per-user", self.max_jobs_per_user),
+                              ("--max-running-per-user", self.max_running_per_user)):
+            if not 0 <= value <= MAX_JOBS_PER_USER:
+                raise ConfigError(f"{option} must be between 0 and {MAX_JOBS_PER_USER}, not {value}")
         if self.capacity < 1:
             raise ConfigError(f"--capacity must be at least 1, not {self.capacity}")
         if self.on_shutdown not in SHUTDOWN_MODES:

@@ -234,7 +234,7 @@ class Daemon:
             self.worker.start()
             # with the embedded etcd lost for good there is nothing to wait for: results are journaled
             self._teardown.callback(lambda: self.worker.stop(c.on_shutdown == "kill", 3 if self.etcd_lost else 15))
-            self.scheduler = Scheduler(store, watches, keys, self.jobs, c.node_name, c.scheduling)
+            self.scheduler = Scheduler(store, watches, keys, self.jobs, c.node_name, c.scheduling, c.max_running_per_user)
             duties = prime_duties(self.scheduler, *history_duties(store, keys, c.keep_seconds))  # + retention, -list's index
             self.election = self._started(PrimeElection(store, watches, keys, session, *duties), PrimeElection.stop)
             self.states = self.operations.follow_jobs(store, watches, keys, self._teardown)  # the last share

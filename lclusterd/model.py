@@ -293,16 +293,16 @@ class JobRecord:
         return memory if type(memory) is int and 0 < memory <= limits.MAX_MEMORY_BYTES else 0
 
     @staticmethod
-    def assignment_facts(raw: bytes) -> tuple[int, str]:
-        """(-mem, its array's id if that has a %K limit, else ""), leniently as requested_memory."""
+    def assignment_facts(raw: bytes) -> tuple[int, str, str]:
+        """(-mem, its array's id if that has a %K limit else "", its owner), leniently."""
         try:
             data = json.loads(raw)
             memory = data["spec"].get("memory_bytes") or 0
-            limited = data.get("pool") or "" if data.get("array_limit") else ""
+            limited, owner = data.get("pool") or "" if data.get("array_limit") else "", data.get("owner") or ""
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-            return 0, ""
+            return 0, "", ""
         memory = memory if type(memory) is int and 0 < memory <= limits.MAX_MEMORY_BYTES else 0
-        return memory, limited if type(limited) is str else ""
+        return memory, limited if type(limited) is str else "", owner if type(owner) is str else ""
 
 
 _KNOWN: dict[type, frozenset[str]] = {}

@@ -41,7 +41,7 @@ class Placer(Protocol):
     """Add-time placement: the scheduler (scheduler.py), which answers only while its node is
     the prime and nothing is queued."""
 
-    def reserve(self, job_id: str, spec: JobSpec) -> Placement | None: ...
+    def reserve(self, job_id: str, spec: JobSpec, owner: str = "") -> Placement | None: ...
 
     def settle(self, job_id: str, revision: int | None) -> None: ...
 
@@ -116,7 +116,7 @@ class Admission:
         self.check(spec)
         record = JobRecord(id=new_job_id(), spec=spec, created_at=self.jobs.added_at(), owner=owner)
         # a job with -after waits in the queue for its parents (the scheduler checks them)
-        placement = self.placer.reserve(record.id, spec) if not spec.after else None
+        placement = self.placer.reserve(record.id, spec, owner) if not spec.after else None
         if placement is not None:
             revision = None
             try:

@@ -1,6 +1,10 @@
 """The prime's scheduler: assigns queued jobs to nodes, in batches, from its ClusterView (view.py),
 and buries dead nodes (their unfinished jobs become LOST, or the next attempt when retries allow).
 
+With --max-running-per-user N (the prime's), a user's queued jobs wait while N of theirs are
+assigned or running, and later jobs of other users are placed past them, so that one user's
+long queue cannot hold the cluster for everyone (their record's `waiting` says so).
+
 It also places jobs added on the prime itself at add time (`reserve`, asked by admission.py):
 when nothing is queued and a node has room, the add's own transaction writes the job ASSIGNED,
 with the same prime guard, and it never enters the queue. That saves the queue entry, its two
@@ -55,7 +59,9 @@ class WaitNote:
 class Scheduler:
     """Runs only while this node is prime: start(prime_revision) on election, stop() when deposed."""
 
-    def __init__(self, store: Store, watches: Watches, keys: Keys, jobs: Jobs, me: str, policy: str = PRIME_FIRST):
+    def __init__(self, store: Store, watches: Watches, keys: Keys, jobs: Jobs, me: str, policy: str = PRIME_FIRST,
+                 max_running_per_user: int = 0):
+        self.max_running_per_user = max_running_per_user  # 0: no limit
         self.store = store
         self.keys = keys
         self.jobs = jobs
@@ -90,19 +96,24 @@ class Scheduler:
         return [ModIs(self.keys.prime, self._prime_revision)]
 
     # -- add-time placement (asked by admission on gRPC threads) -------------------------------
-    def reserve(self, job_id: str, spec: JobSpec) -> Placement | None:
-        """Place a job being added on this node, if it is the prime, nothing is queued and a
-        node has room; the room is held until `settle`. None: let the job go through the queue."""
+    def reserve(self, job_id: str, spec: JobSpec, owner: str = "") -> Placement | None:
+        """Place `owner`'s job being added on this node, if it is the prime, nothing is queued,
+        the owner is under their limit and a node has room; the room is held until `settle`.
+        None: let the job go through the queue."""
         view = self.view
         with view.lock:
-            if not view.ready or self._stopped.is_set() or view.queue or view.dead:
+            if not view.ready or self._stopped.is_set() or view.queue or view.dead or self._at_cap(owner):
                 return None
             memory = spec.memory_bytes or 0
             node, _why = view.place(memory, spec.node, needs=Needs.of(spec), image=spec.image)
             if node is None:
                 return None
-            view.reserve(job_id, Reservation(node, IN_FLIGHT, memory))
+            view.reserve(job_id, Reservation(node, IN_FLIGHT, memory, owner=owner))
             return Placement(node, self._guard())
+
+    def _at_cap(self, owner: str) -> bool:
+        cap = self.max_running_per_user
+        return bool(cap) and self.view.running_of(owner) >= cap
 
     def settle(self, job_id: str, revision: int | None) -> None:
         """The add's transaction for a reserved job returned: written at `revision`, or not
@@ -157,13 +168,14 @@ class Scheduler:
         notes: list[WaitNote] = []
         view = self.view
         full: set[str] = set()  # arrays found at their %K in this pass: their other members are passed over at once
+        capped: set[str] = set()  # owners found at --max-running-per-user in this pass: likewise
         with view.lock:
             for job_id, entry in view.queue.items():
                 # while every ready node is full nothing can be placed (and scanning a long
                 # queue would only re-parse it); jobs no node could ever take get their note later
                 if view.free_slots() <= 0 or len(batch) >= BATCH:
                     break
-                if entry.skip or entry.limited in full:
+                if entry.skip or entry.limited in full or entry.owner in capped:
                     continue
                 try:
                     record = entry.record()
@@ -176,6 +188,9 @@ class Scheduler:
                 if limited and view.at_limit(limited, record.array_limit):
                     full.add(limited)
                     continue  # its array has %K members assigned or running
+                if self._capped(entry, record, notes):
+                    capped.add(record.owner)
+                    continue
                 memory = record.spec.memory_bytes or 0
                 avoid = [a.get("node", "") for a in record.history]
                 node, why = view.place(memory, record.spec.node, avoid, Needs.of(record.spec), record.spec.image)
@@ -184,9 +199,20 @@ class Scheduler:
                         notes.append(WaitNote(record, entry.revision, why))
                         entry.skip = True  # until the note's own event arrives
                     continue
-                view.reserve(job_id, Reservation(node, IN_FLIGHT, memory, limited))
+                view.reserve(job_id, Reservation(node, IN_FLIGHT, memory, limited, record.owner))
                 batch.append(Assignment(record, entry.revision, node))
         return batch, notes
+
+    def _capped(self, entry, record: JobRecord, notes: list[WaitNote]) -> bool:
+        """Whether the job's owner is at --max-running-per-user (then a note says so, once)."""
+        entry.owner = record.owner
+        if not self._at_cap(record.owner):
+            return False
+        why = f"its owner {record.owner or '(none)'} has {self.max_running_per_user} jobs running (--max-running-per-user)"
+        if why != record.waiting:
+            notes.append(WaitNote(record, entry.revision, why))
+            entry.skip = True  # until the note's own event arrives
+        return True
 
     def _assign(self, batch: list[Assignment], notes: list[WaitNote]) -> None:
         changes = [self.jobs.assign(a.record, a.revision, a.node) for a in batch]

@@ -42,12 +42,13 @@ class QueuedJob:
     again on every pass while other jobs are assigned). `skip`: the scheduler tried it at this
     revision and must not again until the entry changes (a new event makes a new entry)."""
 
-    __slots__ = ("key", "raw", "revision", "_record", "skip", "parents_ok", "limited")
+    __slots__ = ("key", "raw", "revision", "_record", "skip", "parents_ok", "limited", "owner")
 
     def __init__(self, key: str, raw: bytes, revision: int):
         self.key, self.raw, self.revision, self._record, self.skip = key, raw, revision, None, False
         self.parents_ok = False  # -after: the scheduler found every parent EXITED 0 (at this revision)
         self.limited: str | None = None  # the array whose %K it counts against ("": none; None: not looked at)
+        self.owner: str | None = None  # whose job (None: not looked at yet)
 
     def may_have_parents(self) -> bool:
         """Whether the record may name -after parents: it has the key only when it has parents
@@ -75,6 +76,7 @@ class Reservation:
     revision: int
     memory: int
     limited: str = ""  # the array it counts against, when that has a %K limit
+    owner: str = ""  # whose job: it counts against their --max-running-per-user
 
 
 class ClusterView:
@@ -99,6 +101,9 @@ class ClusterView:
         # arrays with a %K limit -> their members assigned, running or reserved (job ids)
         self.limited: dict[str, set[str]] = {}
         self._limited_assigned: dict[str, str] = {}  # job id -> its limited array, for the assignments
+        # owners -> their jobs assigned, running or reserved (job ids): --max-running-per-user
+        self.owned: dict[str, set[str]] = {}
+        self._owner_assigned: dict[str, str] = {}  # job id -> its owner, for the assignments
         self.assign_revision = 0  # last revision the assign watch delivered
         self.dead: dict[str, int] = {}  # node -> revision at which it was seen gone; to bury
         self.ready = False  # loaded and followed: add-time placement may use it
@@ -165,12 +170,13 @@ class ClusterView:
         kvs, revision = self.store.get_prefix(self.keys.assign_all_prefix)
         with self.lock:
             self.assigned = {}
-            self._limited_assigned = {}
+            self._limited_assigned, self._owner_assigned = {}, {}
             for kv in kvs:
                 node, job_id = self.keys.assign_parts(kv.key)
-                self.assigned.setdefault(node, {})[job_id], limited = JobRecord.assignment_facts(kv.value)
+                self.assigned.setdefault(node, {})[job_id], limited, owner = JobRecord.assignment_facts(kv.value)
                 if limited:
                     self._limited_assigned[job_id] = limited
+                self._owner_assigned[job_id] = owner
             self.assign_revision = revision
             self.reservations = {i: r for i, r in self.reservations.items() if r.revision > revision}
             self._recount_limited()
@@ -236,14 +242,17 @@ class ClusterView:
         before = jobs.pop(job_id, None) if jobs is not None else None
         jobs_delta, memory_delta = (0, 0) if before is None else (-1, -before)
         if event.kind == "put":
-            memory, limited = JobRecord.assignment_facts(event.value)
+            memory, limited, owner = JobRecord.assignment_facts(event.value)
             self.assigned.setdefault(node, {})[job_id] = memory
             jobs_delta, memory_delta = jobs_delta + 1, memory_delta + memory
             if limited:
                 self._limited_assigned[job_id] = limited
                 self.limited.setdefault(limited, set()).add(job_id)
+            self._owner_assigned[job_id] = owner
+            self.owned.setdefault(owner, set()).add(job_id)
         else:
             self._uncount_limited(job_id, self._limited_assigned.pop(job_id, ""))
+            _uncount(self.owned, job_id, self._owner_assigned.pop(job_id, ""))
         reservation = self.reservations.pop(job_id, None)
         if reservation is not None and reservation.node != node:
             self.index.use(reservation.node, -1, -reservation.memory)
@@ -291,25 +300,29 @@ class ClusterView:
         self.index.use(reservation.node, 1, reservation.memory)
         if reservation.limited:
             self.limited.setdefault(reservation.limited, set()).add(job_id)
+        self.owned.setdefault(reservation.owner, set()).add(job_id)
 
     def at_limit(self, array: str, limit: int) -> bool:
         """Whether `limit` members of `array` are already assigned, running or reserved."""
         return len(self.limited.get(array, ())) >= limit
 
+    def running_of(self, owner: str) -> int:
+        """How many of `owner`'s jobs are assigned, running or reserved."""
+        return len(self.owned.get(owner, ()))
+
     def _uncount_limited(self, job_id: str, array: str) -> None:
-        members = self.limited.get(array)
-        if members is not None:
-            members.discard(job_id)
-            if not members:
-                del self.limited[array]
+        _uncount(self.limited, job_id, array)
 
     def _recount_limited(self) -> None:
-        self.limited = {}
+        self.limited, self.owned = {}, {}
         for job_id, array in self._limited_assigned.items():
             self.limited.setdefault(array, set()).add(job_id)
+        for job_id, owner in self._owner_assigned.items():
+            self.owned.setdefault(owner, set()).add(job_id)
         for job_id, reservation in self.reservations.items():
             if reservation.limited:
                 self.limited.setdefault(reservation.limited, set()).add(job_id)
+            self.owned.setdefault(reservation.owner, set()).add(job_id)
 
     def settle(self, job_id: str, revision: int | None) -> None:
         """A reservation's transaction returned: written at `revision`, or not (None: the room
@@ -324,6 +337,8 @@ class ClusterView:
             self.index.use(reservation.node, -1, -reservation.memory)
             if job_id not in self._limited_assigned:
                 self._uncount_limited(job_id, reservation.limited)
+            if job_id not in self._owner_assigned:
+                _uncount(self.owned, job_id, reservation.owner)
 
     def skip_until_changed(self, job_id: str, revision: int) -> None:
         """Leave the queue entry of `job_id` alone while it is still at `revision`."""
@@ -342,3 +357,12 @@ class ClusterView:
     def buried(self, node: str, gone_at: int) -> None:
         if self.dead.get(node) == gone_at:
             del self.dead[node]
+
+
+def _uncount(groups: dict[str, set[str]], job_id: str, group: str) -> None:
+    """`job_id` no longer counts against `group` (an array's %K, or an owner's jobs)."""
+    members = groups.get(group)
+    if members is not None:
+        members.discard(job_id)
+        if not members:
+            del groups[group]

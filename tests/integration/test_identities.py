@@ -224,3 +224,27 @@ def test_a_user_may_have_only_so_many_jobs_stored(module_etcd, place: Path, user
         assert len(mine) == 5
     finally:
         cluster.close()
+
+
+def test_one_users_queue_does_not_hold_the_cluster_for_others(module_etcd, place: Path, users):
+    """--max-running-per-user: past it a user's jobs wait (saying why) and another user's later
+    jobs run past them, on a node with room for three (first in, first out, bob's job would
+    wait for ann's fourth)."""
+    cluster = Cluster(place, module_etcd)
+    directory = place / "ids-fair"
+    directory.mkdir(mode=0o711)
+    node = cluster.daemon("ids-fair", extra=["--max-running-per-user", "2", "--capacity", "3"], directory=directory)
+    state = lambda job: json.loads(run_lclient("-check", job, "-json", server=node.socket).stdout)  # noqa: E731
+    try:
+        anns = [added(as_user(ANN, "-add", "sleep 300", server=node.socket)) for _ in range(4)]
+        bobs = added(as_user(BOB, "-add", "sleep 300", server=node.socket))
+        until(lambda: state(bobs)["state"] == "RUNNING", "bob's job to run past ann's queue")
+        until(lambda: [state(job)["state"] for job in anns] == ["RUNNING", "RUNNING", "QUEUED", "QUEUED"],
+              "two of ann's jobs to run and two to wait")
+        waiting = state(anns[2])["waiting"]
+        assert waiting == f"its owner {ANN} has 2 jobs running (--max-running-per-user)", waiting
+        assert run_lclient("-kill", anns[0], server=node.socket).returncode == 0
+        until(lambda: state(anns[2])["state"] == "RUNNING", "ann's third job to start once her first ended")
+        assert state(anns[3])["state"] == "QUEUED"
+    finally:
+        cluster.close()

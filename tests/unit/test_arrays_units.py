@@ -334,3 +334,39 @@ def test_killing_an_array_cancels_its_queued_members_in_batches_and_asks_for_the
     assert [m.state for m in killed] == [CANCELLED] * 3 + [ASSIGNED] + [CANCELLED] * 96
     assert killed[3].kill_requested and store.get(KEYS.kill(ids[3])).value == b"n1"
     assert all(store.get(KEYS.queue(i)) is None for i in ids if i != ids[3])
+
+
+# -- the scheduler: --max-running-per-user ------------------------------------------------------------
+def owned(index: int, owner: str) -> JobRecord:
+    return JobRecord(id=f"{index + 128:032x}", spec=JobSpec("work"), owner=owner)
+
+
+def test_a_users_jobs_past_the_cap_wait_and_later_users_jobs_go_past_them():
+    store = MemStore()
+    s = scheduler(store)
+    s.max_running_per_user = 2
+    s._prime_revision = store.put(KEYS.prime, b"p")
+    anns = [owned(i, "ann") for i in range(4)]
+    bobs = owned(9, "bob")
+    for record in (*anns, bobs):  # ann's four queued first, then bob's one
+        queue(s, record, revision=store.txn([], _puts(record)).revision)
+    batch, notes = s._next_batch()
+    assert [a.record.id for a in batch] == [anns[0].id, anns[1].id, bobs.id]  # bob's is not held behind ann's
+    assert [n.record.id for n in notes] == [anns[2].id, anns[3].id]  # each of ann's others says why it waits
+    assert {n.why for n in notes} == {"its owner ann has 2 jobs running (--max-running-per-user)"}
+    assert s.view.running_of("ann") == 2 and s.reserve("f" * 32, JobSpec("x"), "ann") is None  # not at add time either
+    # one of ann's ends: the next of hers may go
+    for a in batch:
+        s.view.assigned_from_queue(a.record.id, a.revision)
+        record = a.record.moved_to(ASSIGNED, node="p")
+        s.view._assign_events([Event("put", KEYS.assign("p", record.id), record.to_bytes(), 90)])
+        s.settle(record.id, 90)
+    s.view._assign_events([Event("delete", KEYS.assign("p", anns[0].id), b"", 91)])
+    s.view.queue[anns[2].id].skip = False  # (as the note's own event would)
+    assert [a.record.id for a in s._next_batch()[0]] == [anns[2].id]
+
+
+def test_without_a_cap_the_queue_goes_in_order():
+    s = scheduler()
+    queue(s, *(owned(i, "ann") for i in range(3)), owned(9, "bob"))
+    assert [a.record.owner for a in s._next_batch()[0]] == ["ann", "ann", "ann", "bob"]
