@@ -188,7 +188,7 @@ class Scheduler:
                 if limited and view.at_limit(limited, record.array_limit):
                     full.add(limited)
                     continue  # its array has %K members assigned or running
-                if self._capped(entry, record, notes):
+                if self.max_running_per_user and self._capped(entry, record, notes):
                     capped.add(record.owner)
                     continue
                 memory = record.spec.memory_bytes or 0
