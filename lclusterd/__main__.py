@@ -73,8 +73,8 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
                    "NAME-key.pem for its --node-name; see lclusterd certs): TCP is then served with mutual TLS, "
                    "clients present user certificates and nodes node certificates to each other.")
 @click.option("--insecure", is_flag=True, default=False,
-              help="Serve plain TCP without --tls-dir, every caller an admin (labs and tests only). Without --tls-dir "
-                   "or --insecure the node serves only its Unix socket.")
+              help="Serve plain TCP without --tls-dir, every caller an admin (labs and tests only), on a loopback "
+                   "address only. Without --tls-dir or --insecure the node serves only its Unix socket.")
 @click.option("--web-listen", default=_D["web_listen"],
               help="HOST:PORT of this node's web page and its JSON API under /api/ (plain HTTP; log in with the link "
                    "`lclient -web` prints). Empty: no web page.")

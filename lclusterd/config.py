@@ -4,6 +4,7 @@ that some defaults are derived from."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import textwrap
@@ -286,16 +287,21 @@ class Config:
             raise ConfigError(f"bad --max-log-space value {self.max_log_space!r}: {exc}") from None
 
     def check_listen_address(self) -> None:
-        """The TCP address must resolve (when TCP is served at all)."""
+        """The TCP address must resolve (when TCP is served at all), and plain TCP, where every
+        caller is an admin, is served on loopback only: anyone who reaches it runs jobs as root."""
         if not self.serves_tcp:
             return
         host = self.bind_host
         try:
-            socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
+            found = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise ConfigError(f"cannot resolve the listen address {host!r}: {exc.strerror}") from None
         if self.tls_dir and self.insecure:
             raise ConfigError("--tls-dir and --insecure exclude each other: TCP is served with mutual TLS or plain")
+        if self.insecure and not all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in found):
+            raise ConfigError(f"--insecure serves plain TCP, where every caller is an admin, on a loopback address only, "
+                              f"and {host} is not one: serve other hosts with --tls-dir (lclusterd certs makes the "
+                              "certificates)")
 
 
 def defaults() -> dict[str, Any]:

@@ -135,6 +135,15 @@ def test_a_node_refuses_to_start_with_a_certificate_not_its_own(module_etcd, pla
         assert result.returncode == 3 and words in result.stderr, result.stderr
 
 
+def test_plain_tcp_is_served_on_loopback_only(module_etcd, place: Path):
+    """--insecure makes every caller an admin: a node refuses to serve it to the network."""
+    node = Cluster(place, module_etcd).daemon("ids-open", extra=["--namespace", "0.0.0.0"], start=False,
+                                              directory=place / "open")
+    result = subprocess.run(node.argv(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "--insecure serves plain TCP, where every caller is an admin, on a loopback address only" in result.stderr
+
+
 def test_certificates_name_the_caller(nodes, pki: Path, place: Path):
     t1 = nodes["ids-t1"]
     job = added(run_lclient("-add", "echo over tls", "-wait", *tls(pki, ANN), server=t1.server))

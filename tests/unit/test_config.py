@@ -47,7 +47,12 @@ def test_tcp_only_with_tls_or_insecure():
         Config(node_name="n", tls_dir="/d", insecure=True).check_listen_address()
     with pytest.raises(ConfigError, match="cannot resolve"):
         Config(node_name="n", insecure=True, namespace="no-such-host.invalid").check_listen_address()
-    Config(namespace="0.0.0.0", node_name="n", insecure=True).check_listen_address()
+    for host in ("127.0.0.1", "localhost", "::1"):
+        Config(namespace=host, node_name="n", insecure=True).check_listen_address()
+    for listen in ("0.0.0.0:64051", "[::]:64051"):  # every caller an admin: not for the network
+        with pytest.raises(ConfigError, match="on a loopback address only, and (0.0.0.0|::) is not one"):
+            Config(listen=listen, node_name="n", insecure=True).check_listen_address()
+    Config(namespace="0.0.0.0", node_name="n", tls_dir="/d").check_listen_address()  # with mutual TLS it may
 
 
 def test_config_file(tmp_path):
