@@ -169,7 +169,7 @@ test-v2: prep $(UDP_ECHO) build/v2-debs/.fetched
 	$(V2VM)/run-v2.sh -t 1200 -x ./.stamps -x ./.pytest_cache $(CURDIR) \
 		'set -e; make users; BUSYBOX=$(BUSYBOX) sh rootfs/build.sh busybox /var/lib/lclusterd/rootfs; \
 		 dpkg -i build/v2-debs/*.deb >/dev/null; \
-		 $(PY) -m pytest -p no:cacheprovider tests/integration/test_runtime.py tests/integration/test_users_runtime.py tests/integration/test_volumes_runtime.py tests/integration/test_cgroups_real.py tests/unit/test_cgroups.py tests/unit/test_runtime_units.py tests/integration/test_network.py tests/unit/test_network_units.py $(PYTEST_ARGS); \
+		 $(PY) -m pytest -p no:cacheprovider tests/integration/test_runtime.py tests/integration/test_users_runtime.py tests/integration/test_volumes_runtime.py tests/integration/test_exec_runtime.py tests/integration/test_cgroups_real.py tests/unit/test_cgroups.py tests/unit/test_runtime_units.py tests/integration/test_network.py tests/unit/test_network_units.py $(PYTEST_ARGS); \
 		 $(PY) -m pytest -p no:cacheprovider -m v2vm tests/integration/test_containment.py $(PYTEST_ARGS)'
 
 proto: $(STAMPS)/venv

@@ -12,7 +12,7 @@ from lclient.client import JobsClient, Target
 from lclient.format import (dumps, event_json, event_text, image_json, image_rows, images_table, job_json, job_text,
                             jobs_table, members_table, node_json, nodes_table, outcome)
 from lclient.lazy import LazyModule
-from lclient.specs import check_utf8, job_spec, parse_value
+from lclient.specs import check_utf8, job_spec, parse_value, utf8
 from lclient.units import parse_array, parse_count, parse_duration
 
 pb = LazyModule("lclusterd.rpc.lclusterd_pb2")  # protobuf only when a request is built (not for -h)
@@ -31,7 +31,7 @@ DEFAULTS: dict = {
     "mem": None, "cpus": None, "pids": None, "timeout": None, "env": (), "stdin": None, "retries": None,
     "node": None, "image": None, "net": None, "publish": (), "volume": (), "workdir": None, "run_as": None, "all_nodes": False,
     "array": None, "after": None, "expand": False, "web": False, "token": False, "as_json": False, "server": None,
-    "tls_dir": None, "user": None, "debug": False,
+    "tls_dir": None, "user": None, "debug": False, "exec_": None,
 }
 
 
@@ -197,6 +197,23 @@ def _logs(client: JobsClient, job_id: str, follow: bool) -> int:
     return errors.EXIT_OK
 
 
+def _exec(client: JobsClient, o: dict) -> int:
+    """-exec UUID CMD: the command's output as it comes, then its status as lclient's."""
+    job_id, command = o["exec_"]
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    for chunk in client.exec(job_id, utf8("the -exec command", command)):
+        if chunk.ended:
+            if chunk.error:
+                echo(f"lclient: {command!r} did not run in job {job_id}: {chunk.error}", err=True)
+                return errors.EXIT_NOT_RUN
+            return chunk.exit_code if chunk.HasField("exit_code") else 128 + chunk.signal
+        target = err if chunk.stream == pb.LogChunk.STDERR else out
+        target.write(chunk.data)
+        target.flush()
+    echo(f"lclient: job {job_id}: the command's end was not told (the node went away)", err=True)
+    return errors.EXIT_UNAVAILABLE
+
+
 def _web(client: JobsClient, o: dict) -> int:
     reply = client.web_login()
     if o["as_json"]:
@@ -211,6 +228,7 @@ HANDLERS: dict = {
     "-add": lambda client, o: _add(client, o), "-check": _check, "-kill": _kill, "-list": _list, "-nodes": _nodes,
     "-logs": lambda client, o: _logs(client, o["logs"], o["follow"]), "-wait": _wait_action,
     "-drain": _drain, "-undrain": _drain, "-web": _web, "-events": _events, "-images": _images,
+    "-exec": _exec,
 }
 
 

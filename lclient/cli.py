@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from lclient.actions import ClientFactory
 
 ACTIONS = ("-add", "-check", "-kill", "-list", "-nodes", "-logs", "-wait", "-drain", "-undrain", "-web", "-events",
-           "-images")
+           "-images", "-exec")
 _WAIT_FOR_ADDED = "\0added"  # -wait given with no uuid: wait for the job this call adds
 
 
@@ -52,6 +52,9 @@ def _opt(*names: str, **kw):
       help="Print each change of a job's state as it happens, one line each (yours, or everyone's for an admin), "
            "until Ctrl-C.")
 @_opt("-logs", "--logs", "logs", metavar="UUID", help="Print the job's stdout and stderr.")
+@_opt("-exec", "--exec", "exec_", nargs=2, default=None, metavar="UUID CMD",
+      help="Run CMD (/bin/sh -c CMD) inside the running job UUID, as one of its processes: its namespaces, cgroup, "
+           "user and limits. Prints its output as it comes and exits with its status (128+N for signal N).")
 @_opt("-follow", "--follow", "follow", is_flag=True,
       help="With -logs: keep printing until the job ends. With -add or -wait UUID: print the job's output as it "
            "comes (stdout to stdout, stderr to stderr), then exit with its status like -wait; -add prints the "
@@ -113,13 +116,14 @@ def _opt(*names: str, **kw):
 @click.pass_context
 def cli(ctx: click.Context, **o) -> int:
     """Submit and manage lclusterd jobs. Exactly one of -add, -check, -kill, -list, -nodes,
-    -logs, -wait (or -add with -wait), -drain, -undrain, -web, -events, -images. -add CMD -all-nodes queues a pool, one
+    -logs, -wait (or -add with -wait), -drain, -undrain, -web, -events, -images, -exec. -add CMD -all-nodes queues a pool, one
     copy of CMD on every ready node, under one uuid that -check, -wait and -kill take.
 
-    Exit status: 0 ok (-wait: the job's own status, 128+N for signal N); 1 job failed or not
-    found; 2 usage or invalid input; 3 lclusterd or etcd unreachable; 4 refused (who you are,
-    or not yours to do); 124 -wait timed out."""
-    keys = ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain", "web", "events", "images")
+    Exit status: 0 ok (-wait: the job's own status, 128+N for signal N; -exec: the command's,
+    127 if it could not run); 1 job failed or not found; 2 usage or invalid input; 3 lclusterd
+    or etcd unreachable; 4 refused (who you are, or not yours to do); 124 -wait timed out."""
+    keys = ("add", "check", "kill", "list_", "nodes", "logs", "wait", "drain", "undrain", "web", "events", "images",
+            "exec_")
     chosen = [name for name, key in zip(ACTIONS, keys)
               if o[key] not in (None, False)]
     if chosen == ["-add", "-wait"] and o["wait"] == _WAIT_FOR_ADDED:

@@ -183,6 +183,10 @@ class JobsClient:
         return self._stream(self._stub.Logs(pb.LogsRequest(id=job_id, follow=follow),
                                             timeout=None if follow else self.timeout))
 
+    def exec(self, job_id: str, command: str) -> Iterator[pb.ExecChunk]:
+        """Run `command` inside the running job: its output chunks, then its end (`ended`)."""
+        return self._stream(self._stub.Exec(pb.ExecRequest(id=job_id, command=command), timeout=None))
+
     def events(self) -> Iterator[pb.JobEvent]:
         """Every change of a job's state from now on (the caller's jobs, or all for an admin),
         until the caller stops iterating."""

@@ -14,6 +14,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_REFUSED = 4
 EXIT_TIMEOUT = 124
+EXIT_NOT_RUN = 127  # -exec: the command could not be run in the job (not found there, say), as a shell says
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 

@@ -28,6 +28,7 @@ from lclusterd.api.tls import LiveTls, TlsError
 from lclusterd.api.servicer import ApiServices, JobsServicer
 from lclusterd.cluster.admission import Admission, JobQuota
 from lclusterd.cluster.events import JobEvents
+from lclusterd.cluster.execs import Execs
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.journal import Journal
 from lclusterd.cluster.keys import Keys
@@ -247,7 +248,7 @@ class Daemon:
         services = ApiServices(node=c.node_name, jobs=self.jobs, admission=Admission(self.jobs, self.info, self.scheduler, quota),
                                lookup=Lookup(self.jobs, Pools(self.jobs)), nodes=NodeDirectory(self.store, self.keys),
                                events=self.events, logs=self.logs, peers=self.peers, states=self.states,
-                               web=self.web_page)
+                               web=self.web_page, execs=Execs(self.launcher))
         authenticator = Authenticator(self.gate.identity, *([self.tls.is_revoked] if self.tls else []))
         pb_grpc.add_JobsServicer_to_server(JobsServicer(services, authenticator), self.server)
         self.server.start()

@@ -50,6 +50,10 @@ def _when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
+class NotRunning(LclusterdError):
+    """The job is not running (queued, starting or ended): a command cannot be run in it."""
+
+
 class JobFinished(LclusterdError):
     """The job (or every member of the pool) is already in a terminal state, so it cannot be killed."""
 

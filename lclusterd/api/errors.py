@@ -12,7 +12,8 @@ import logging
 import grpc
 
 from lclusterd.errors import (InvalidSpec, InvalidTransition, IsAPool, JobFinished, JobNotFound, JobRemoved, LclusterdError,
-                              NodeNotFound, NoNodeHasImage, NodeUnreachable, NoReadyNode, NotAllowed, NotAuthenticated, RuntimeUnavailable,
+                              NodeNotFound, NoNodeHasImage, NodeUnreachable, NoReadyNode, NotAllowed, NotAuthenticated, NotRunning,
+                              RuntimeUnavailable,
                               QuotaExceeded, StoreUnavailable, TooBusy, WaitTimedOut,
                               WebDisabled)
 from lclusterd.rpc.metadata import ERROR_METADATA_KEY
@@ -30,6 +31,7 @@ STATUS_OF = {
     TooBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     JobFinished: grpc.StatusCode.FAILED_PRECONDITION,
+    NotRunning: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
     NoReadyNode: grpc.StatusCode.FAILED_PRECONDITION,
     NoNodeHasImage: grpc.StatusCode.FAILED_PRECONDITION,

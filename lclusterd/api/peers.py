@@ -1,5 +1,6 @@
 """Peers: calls this node makes to other nodes on a client's behalf (reading the logs of a job
-that ran elsewhere), so a client can ask any node about any job.
+that ran elsewhere, running a command in a job that runs elsewhere), so a client can ask any
+node about any job.
 
 A proxied call carries PROXIED_KEY, and a node answers a proxied call from its own files only,
 so a request is forwarded at most once and can never loop between nodes.
@@ -63,8 +64,15 @@ class Peers:
 
     def logs(self, node: str, request: pb.LogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogChunk]:
         """Stream the job's logs from `node`, passing its errors through with their status."""
+        return self._forward(node, "Logs", request, context, None if request.follow else CALL_TIMEOUT)
+
+    def exec(self, node: str, request: pb.ExecRequest, context: grpc.ServicerContext) -> Iterator[pb.ExecChunk]:
+        """Run the command in the job on `node`, streaming its output and end from there."""
+        return self._forward(node, "Exec", request, context, None)
+
+    def _forward(self, node: str, method: str, request, context: grpc.ServicerContext, timeout: float | None) -> Iterator:
         stub, address = self._stub(node)
-        call = stub.Logs(request, metadata=((PROXIED_KEY, self.me),), timeout=None if request.follow else CALL_TIMEOUT)
+        call = getattr(stub, method)(request, metadata=((PROXIED_KEY, self.me),), timeout=timeout)
         context.add_callback(call.cancel)  # the client went away: stop the upstream call too
         try:
             yield from call

@@ -21,13 +21,14 @@ from lclusterd.api.waiting import Waited
 from lclusterd.cluster.admission import Admission
 from lclusterd.cluster import decode
 from lclusterd.cluster.events import JobEvents
+from lclusterd.cluster.execs import Execs
 from lclusterd.cluster.jobs import Jobs
 from lclusterd.cluster.jobstates import FEED_LIMIT, JobStates
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.lookup import FoundJob, FoundPool, Lookup
 from lclusterd.cluster.node import NodeDirectory
-from lclusterd.errors import InvalidSpec, IsAPool, JobNotFound, RecordError, TooBusy, WaitTimedOut, WebDisabled
-from lclusterd.model import NODE_NAME, QUEUED, STATES, JobRecord, parse_job_id
+from lclusterd.errors import InvalidSpec, IsAPool, JobNotFound, NotRunning, RecordError, TooBusy, WaitTimedOut, WebDisabled
+from lclusterd.model import NODE_NAME, QUEUED, RUNNING, STATES, JobRecord, parse_job_id
 from lclusterd.rpc import lclusterd_pb2 as pb
 from lclusterd.rpc import lclusterd_pb2_grpc as pb_grpc
 from lclusterd.rpc.metadata import PROXIED_KEY
@@ -55,6 +56,7 @@ class ApiServices:
     peers: Peers
     states: JobStates
     web: WebPage | None = None  # this node's web page (--web-listen), None when it serves none
+    execs: Execs | None = None  # commands run in this node's jobs (lclient -exec); None: not here
 
     def as_checked(self, found: FoundJob | FoundPool) -> pb.Job:
         """A resolved job or pool as Check answers it (and the web page shows it): a pool with
@@ -194,20 +196,27 @@ class JobsServicer(pb_grpc.JobsServicer):
             raise InvalidSpec(f"invalid node name {request.node!r}")
         return node_to_proto(self.nodes.set_draining(name, request.drain))
 
-    @maps_stream_errors
-    def Logs(self, request: pb.LogsRequest, context) -> Iterator[pb.LogChunk]:
-        job_id = parse_job_id(request.id)
+    def _job_for(self, context, request_id: str, what: str, instead: str) -> tuple[Identity, JobRecord, bool]:
+        """(caller, record, proxied) of the job a per-node call (Logs, Exec) names, once the
+        caller may `what` it; a call another node proxied was checked there. IsAPool (saying
+        to do `instead` with a member) for a pool's id."""
+        job_id = parse_job_id(request_id)
         caller = self.authenticator.identify(context)
         proxied = any(k == PROXIED_KEY for k, _ in context.invocation_metadata())
         if proxied:  # the node it came through checked the user
             access.check_may_proxy(caller)
         found = self.lookup.resolve(job_id)
         if not proxied:
-            access.check_may_act(caller, _owner_of(found), "see", job_id)
+            access.check_may_act(caller, _owner_of(found), what, job_id)
         if isinstance(found, FoundPool):
-            raise IsAPool(job_id, len(found.pool.members), f"read a member's logs (lclient -check {job_id} lists them)",
+            raise IsAPool(job_id, len(found.pool.members), f"{instead} (lclient -check {job_id} lists them)",
                           found.pool.kind)
-        record = found.record
+        return caller, found.record, proxied
+
+    @maps_stream_errors
+    def Logs(self, request: pb.LogsRequest, context) -> Iterator[pb.LogChunk]:
+        caller, record, proxied = self._job_for(context, request.id, "see", "read a member's logs")
+        job_id = record.id
         if record.node and record.node != self.node and not proxied:
             yield from self.peers.logs(record.node, request, context)
             return
@@ -229,6 +238,23 @@ class JobsServicer(pb_grpc.JobsServicer):
                         if not proxied:
                             yield from self.peers.logs(record.node, request, context)
                         return
+
+    @maps_stream_errors
+    def Exec(self, request: pb.ExecRequest, context) -> Iterator[pb.ExecChunk]:
+        caller, record, proxied = self._job_for(context, request.id, "exec in", "run it in a member")
+        job_id = record.id
+        if record.state != RUNNING or self.services.execs is None:
+            raise NotRunning(f"job {job_id} is {record.state}: a command runs only in a running job")
+        if record.node != self.node:
+            if proxied:  # its record moved on since the node it came through read it
+                raise NotRunning(f"job {job_id} no longer runs on node {self.node}")
+            yield from self.peers.exec(record.node, request, context)
+            return
+        with self.slots.held(caller):
+            execs = self.services.execs
+            session = execs.start(job_id, request.command)
+            context.add_callback(lambda: execs.kill(session))  # the client went away: end the command
+            yield from _exec_chunks(execs.output(session))
 
     def _watched_job(self, job_id: str) -> FoundJob | None:
         """The job as the jobs/ watch last saw it, without reading etcd; None when the watch
@@ -339,3 +365,17 @@ def _kind(job: pb.Job) -> str:
 
 def _owner_of(found: FoundJob | FoundPool) -> str:
     return found.pool.owner if isinstance(found, FoundPool) else found.record.owner
+
+
+def _exec_chunks(output) -> Iterator[pb.ExecChunk]:
+    """The command's output as chunks, then its end as the last one."""
+    for item in output:
+        if isinstance(item, tuple):
+            yield pb.ExecChunk(stream=_STREAMS[item[0]], data=item[1])
+            continue
+        end = pb.ExecChunk(ended=True, error=item.error)
+        if item.exit_code is not None:
+            end.exit_code = item.exit_code
+        if item.signal is not None:
+            end.signal = item.signal
+        yield end

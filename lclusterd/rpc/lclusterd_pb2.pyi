@@ -7,6 +7,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ExecRequest(_message.Message):
+    __slots__ = ("id", "command")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    command: str
+    def __init__(self, id: _Optional[str] = ..., command: _Optional[str] = ...) -> None: ...
+
+class ExecChunk(_message.Message):
+    __slots__ = ("stream", "data", "ended", "exit_code", "signal", "error")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    stream: LogChunk.Stream
+    data: bytes
+    ended: bool
+    exit_code: int
+    signal: int
+    error: str
+    def __init__(self, stream: _Optional[_Union[LogChunk.Stream, str]] = ..., data: _Optional[bytes] = ..., ended: _Optional[bool] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
 class JobSpec(_message.Message):
     __slots__ = ("command", "env", "memory_bytes", "cpus", "pids", "timeout_seconds", "stdin", "retries", "node", "image", "net", "publish", "volumes", "workdir", "after", "run_as")
     class EnvEntry(_message.Message):

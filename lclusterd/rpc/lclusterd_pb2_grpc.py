@@ -88,6 +88,11 @@ class JobsStub:
                 request_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.EventsRequest.SerializeToString,
                 response_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.Exec = channel.unary_stream(
+                '/lclusterd.v1.Jobs/Exec',
+                request_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.ExecRequest.SerializeToString,
+                response_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.ExecChunk.FromString,
+                _registered_method=True)
 
 
 class JobsServicer:
@@ -175,6 +180,16 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exec(self, request, context):
+        """Runs `/bin/sh -c command` inside a running job, as one of its processes (its namespaces,
+        cgroup, user, capabilities and seccomp filter; stdin /dev/null): its output as it comes,
+        then one last chunk with `ended`. Who may kill a job may exec in it. A job that is not
+        running: FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +242,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.Events,
                     request_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.EventsRequest.FromString,
                     response_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.JobEvent.SerializeToString,
+            ),
+            'Exec': grpc.unary_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=lclusterd_dot_rpc_dot_lclusterd__pb2.ExecRequest.FromString,
+                    response_serializer=lclusterd_dot_rpc_dot_lclusterd__pb2.ExecChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -503,6 +523,33 @@ class Jobs:
             '/lclusterd.v1.Jobs/Events',
             lclusterd_dot_rpc_dot_lclusterd__pb2.EventsRequest.SerializeToString,
             lclusterd_dot_rpc_dot_lclusterd__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lclusterd.v1.Jobs/Exec',
+            lclusterd_dot_rpc_dot_lclusterd__pb2.ExecRequest.SerializeToString,
+            lclusterd_dot_rpc_dot_lclusterd__pb2.ExecChunk.FromString,
             options,
             channel_credentials,
             insecure,

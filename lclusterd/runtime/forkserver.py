@@ -26,21 +26,23 @@ import time
 from typing import TYPE_CHECKING
 
 from lclusterd.errors import LclusterdError, SetupFailed
-from lclusterd.runtime import caps, channel, kernel, plan, protocol, users, volumes
-from lclusterd.runtime.cgroups import Limits, NodeLimits, detect
+from lclusterd.runtime import channel, kernel, plan, protocol, users, volumes
+from lclusterd.runtime.cgroups import Limits
 from lclusterd.runtime.cgroups.base import CgroupDriver, JobCgroup
+from lclusterd.runtime.execs import Execs
 from lclusterd.runtime.images import inuse
 from lclusterd.runtime.mounts import Scratch
 from lclusterd.runtime.job import (RunningJob, answer_network, begin_kill, failure_report, kill_now, remove_empty_cgroup,
                                    sweep_leftovers)
-from lclusterd.runtime.netconf import DEFAULT_BRIDGE, NetworkConfig, NoNetwork, open_network
+from lclusterd.runtime.netconf import DEFAULT_BRIDGE, NoNetwork
 from lclusterd.runtime.reasons import close_all as _close_all, describe, note_cleanup as _note_cleanup, reason as _reason
 from lclusterd.runtime.relay import LogRelay
 from lclusterd.runtime.result import RunFacts, result_of
-from lclusterd.runtime.spares import SpareInit, SparePool, SpareSetup
+from lclusterd.runtime.serversetup import setup
+from lclusterd.runtime.spares import SpareInit, SparePool
 from lclusterd.runtime.spec import FAILED, KILLED, TIMED_OUT, RunResult, RuntimeSpec
 from lclusterd.runtime.stdio import open_stdio
-from lclusterd.runtime.userns import IdRange, Slots
+from lclusterd.runtime.userns import IdRange
 
 if TYPE_CHECKING:  # imported at start only by a fork server with a job network (pyroute2 is big)
     from lclusterd.runtime.network import BridgeNetwork
@@ -64,7 +66,8 @@ class ForkServer:
         self.by_pid: dict[int, RunningJob] = {}
         self.stopping = False
         self.selector = selectors.DefaultSelector()
-        self.devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)  # where capped output goes
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)  # where capped output goes; execs' stdin
+        self.execs = Execs(pool.setup, self.devnull, self._send)  # commands run inside running jobs (execs.py)
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -124,11 +127,16 @@ class ForkServer:
         if isinstance(request, protocol.Start):
             self._start(request.spec, fds)
             return
+        if isinstance(request, protocol.Exec):
+            self.execs.start(request, fds, self.jobs.get(request.job_id))
+            return
         _close_all(fds)
         if isinstance(request, protocol.Kill):
             job = self.jobs.get(request.job_id)
             if job is not None:
                 begin_kill(job, KILLED, job.spec.grace if request.grace is None else request.grace)
+        elif isinstance(request, protocol.ExecKill):
+            self.execs.kill(request.exec_id)
         elif isinstance(request, protocol.Sweep):
             self._send(protocol.Swept(tuple(sweep_leftovers(self.driver, self.jobs))))
         else:
@@ -273,11 +281,11 @@ class ForkServer:
             if pid == 0:
                 return
             job = self.by_pid.pop(pid, None)
-            if job is None:
-                self.pool.reaped(pid)  # a spare that died waiting
-            else:
+            if job is not None:
                 job.facts.wait_status = status
                 self._finish_if_done(job)
+            elif not self.execs.reaped(pid, status):
+                self.pool.reaped(pid)  # a spare that died waiting
 
     def _finish_if_done(self, job: RunningJob) -> None:
         if job.is_done and job.spec.job_id in self.jobs:
@@ -330,37 +338,10 @@ class ForkServer:
 
     def _stop(self, kill: bool) -> None:
         self.stopping = True
+        self.execs.kill_all()
         if kill:
             for job in list(self.jobs.values()):
                 begin_kill(job, KILLED, job.spec.grace)
-
-
-def _setup(args: argparse.Namespace) -> tuple[CgroupDriver, SparePool, BridgeNetwork | NoNetwork]:
-    """The job network first (a subnet in use or no nft fails before anything is made), then
-    the rest. Raises LclusterdError or OSError with the reason."""
-    network = open_network(NetworkConfig(args.bridge, args.subnet) if args.subnet else None)
-    try:
-        return (*_setup_jobs(args), network)
-    except BaseException:
-        network.close()
-        raise
-
-
-def _setup_jobs(args: argparse.Namespace) -> tuple[CgroupDriver, SparePool]:
-    """The cgroup driver (its parent made now, so a host without the controllers fails at
-    start) and the spare pool."""
-    if not os.access(plan.JOBINIT, os.X_OK):
-        raise SetupFailed("job init", f"{plan.JOBINIT} is missing or not executable (build it with `make prep`)")
-    driver = detect(parent=args.cgroup_parent)
-    driver.prepare(NodeLimits(args.node_memory, args.node_pids) if args.node_memory or args.node_pids else None)
-    scratch = Scratch(os.path.join(args.state_dir, "root"))
-    os.makedirs(scratch.path, 0o700, exist_ok=True)
-    slots = Slots(args.userns_uids, args.userns_gids) if args.userns_uids else None
-    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    keep = caps.mask_of(caps.DEFAULT_KEEP)
-    driver.enter_device_rules()  # every job init it spawns is born under them
-    setup = SpareSetup(str(plan.JOBINIT), scratch, keep, caps.last_cap(), own_pid_ns, slots)
-    return driver, SparePool(setup)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGTERM)
     try:
         roots = volumes.VolumeRoots.checked(args.volume_root)  # a missing root fails the start, naming it
-        driver, pool, network = _setup(args)
+        driver, pool, network = setup(args)
     except (LclusterdError, OSError, ValueError) as error:
         channel.send(sock, protocol.encode(protocol.NotReady(_reason(error))))
         return 1

@@ -113,9 +113,11 @@ _SPAWN_STATE = 512  # bytes for a posix_spawn_file_actions_t or posix_spawnattr_
 _SIGSET = 128  # sizeof(sigset_t) in glibc
 
 
-def posix_spawn(path: str, argv: list[str], dup2: tuple[int, int], default_signals: list[int]) -> int:
-    """posix_spawn(3) of `path` with an empty environment, one file action dup2(*dup2), an
-    empty signal mask and the default disposition for `default_signals`; the child's pid.
+def posix_spawn(path: str, argv: list[str], dup2: tuple[int, int] | list[tuple[int, int]],
+                default_signals: list[int]) -> int:
+    """posix_spawn(3) of `path` with an empty environment, file actions dup2(*pair) for each
+    pair of `dup2` (one pair, or a list), an empty signal mask and the default disposition for
+    `default_signals`; the child's pid.
 
     What os.posix_spawn(path, argv, {}, file_actions=[(POSIX_SPAWN_DUP2, *dup2)],
     setsigmask=(), setsigdef=default_signals) does, through ctypes, which lets go of the GIL
@@ -132,7 +134,8 @@ def posix_spawn(path: str, argv: list[str], dup2: tuple[int, int], default_signa
     pid = ctypes.c_int()
     _spawn_check(_libc.posix_spawn_file_actions_init(actions), "posix_spawn_file_actions_init")
     try:
-        _spawn_check(_libc.posix_spawn_file_actions_adddup2(actions, *dup2), f"posix_spawn_file_actions_adddup2{dup2}")
+        for pair in [dup2] if isinstance(dup2, tuple) else dup2:
+            _spawn_check(_libc.posix_spawn_file_actions_adddup2(actions, *pair), f"posix_spawn_file_actions_adddup2{pair}")
         _spawn_check(_libc.posix_spawnattr_init(attr), "posix_spawnattr_init")
         try:
             _spawn_check(_libc.posix_spawnattr_setsigmask(attr, empty), "posix_spawnattr_setsigmask")

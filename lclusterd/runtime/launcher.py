@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -24,15 +25,29 @@ from lclusterd.errors import InvalidSpec, RuntimeUnavailable
 from lclusterd.runtime import channel, protocol
 from lclusterd.runtime.cgroups import NodeLimits
 from lclusterd.runtime.netconf import NetworkConfig
-from lclusterd.runtime.protocol import JobFinished, JobStarted
+from lclusterd.runtime.protocol import ExecFinished, JobFinished, JobStarted
 from lclusterd.runtime.spec import FAILED, RunResult, RuntimeSpec
 from lclusterd.runtime.userns import IdRanges
 
-__all__ = ["Event", "IdRanges", "JobFinished", "JobStarted", "Launcher", "NetworkConfig"]
+__all__ = ["Event", "ExecFinished", "ExecSession", "IdRanges", "JobFinished", "JobStarted", "Launcher", "NetworkConfig"]
 
 KEEP_RESULTS = 10_000  # finished results kept for wait(); the oldest go first
 
 Event = JobStarted | JobFinished
+
+
+class ExecSession:
+    """A command running inside a job (Launcher.exec): its stdout and stderr are the read ends
+    `stdout` and `stderr` (the caller's to read and close); `finished` holds its end."""
+
+    def __init__(self, exec_id: str, stdout: int, stderr: int):
+        self.exec_id, self.stdout, self.stderr = exec_id, stdout, stderr
+        self.done = threading.Event()
+        self.finished: ExecFinished | None = None
+
+    def end(self, finished: ExecFinished) -> None:
+        self.finished = finished
+        self.done.set()
 
 
 class Launcher:
@@ -69,6 +84,7 @@ class Launcher:
         self._results: OrderedDict[str, RunResult] = OrderedDict()
         self._swept: list[str] | None = None
         self._closed = False
+        self._execs: dict[str, ExecSession] = {}  # exec id -> the session waiting for its end
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -169,6 +185,33 @@ class Launcher:
         if job_id in self._running:
             self._send(protocol.Kill(job_id, grace))
 
+    def exec(self, job_id: str, argv: list[str]) -> ExecSession:
+        """Run `argv` inside the running job `job_id` as one of its processes (execs.py). Its
+        output comes on the session's pipes; its end (ExecFinished, with the reason when it
+        could not run) in `finished`. RuntimeUnavailable when the helper is gone."""
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        session = ExecSession(uuid.uuid4().hex, out_r, err_r)
+        with self._changed:
+            self._execs[session.exec_id] = session
+        try:
+            self._send(protocol.Exec(session.exec_id, job_id, tuple(argv)), [out_w, err_w])
+        except RuntimeUnavailable:
+            with self._changed:
+                self._execs.pop(session.exec_id, None)
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        return session
+
+    def exec_kill(self, session: ExecSession) -> None:
+        """End the command (SIGKILL; its end still comes in `finished`)."""
+        if not session.done.is_set():
+            self._send(protocol.ExecKill(session.exec_id))
+
     def wait(self, job_id: str, timeout: float | None = None) -> RunResult:
         """Block until the job has finished. Raises TimeoutError, or InvalidSpec for a
         job this launcher neither runs nor remembers."""
@@ -229,6 +272,12 @@ class Launcher:
                 self._swept = list(event.job_ids)
                 self._changed.notify_all()
             return
+        if isinstance(event, ExecFinished):
+            with self._changed:
+                session = self._execs.pop(event.exec_id, None)
+            if session is not None:
+                session.end(event)
+            return
         if isinstance(event, JobFinished):
             self._record(event.result)
         if isinstance(event, (JobStarted, JobFinished)) and self.on_event is not None:
@@ -243,7 +292,12 @@ class Launcher:
             self._changed.notify_all()
 
     def _fail_running(self, reason: str) -> None:
-        """The helper is gone: report every job it had as FAILED so no caller hangs."""
+        """The helper is gone: report every job it had as FAILED, and every command run in
+        one as not run, so no caller hangs."""
+        with self._changed:
+            sessions, self._execs = list(self._execs.values()), {}
+        for session in sessions:
+            session.end(ExecFinished(session.exec_id, error=reason))
         for job_id in self.running():
             result = RunResult(job_id=job_id, status=FAILED, error=reason)
             self._record(result)

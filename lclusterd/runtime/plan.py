@@ -62,7 +62,7 @@ ARITY = {
     "mount": 5, "mkdir": 2, "file": 1, "symlink": 2, "mask": 1, "readonly": 1,
     "loopback": 0, "bounding": 2, "capset": 1, "cgroup": 1, "stdio": 0, "umask": 1,
     "pivot": 1, "hostname": 1, "nnp": 0, "seccomp": 1, "wait": 0, "exec": -1, "network": 0,
-    "mkdirs": 4, "volume": 3, "ids": 3,
+    "mkdirs": 4, "volume": 3, "ids": 3, "pidfd": 1, "setns": 1, "nodump": 0, "forkwait": 0, "now": 0,
 }
 
 
@@ -242,6 +242,49 @@ def job_plan(job: PreparedJob, scratch: Scratch) -> list[str]:
     env = [f"{name}={value}" for name, value in job.env.items()]
     plan += ["exec", job.cwd, job.env.get("PATH", ""), str(len(job.argv)), *job.argv, str(len(env)), *env]
     return plan
+
+
+@dataclass(frozen=True)
+class PreparedExec:
+    """What a command run inside a running job needs (execs.py; its stdio are fds 0-2)."""
+
+    job_pid: int  # the job's init, by its host pid
+    user_namespace: bool  # the job has one of its own (entered last)
+    cgroup_procs: tuple[str, ...]
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    keep_caps: int
+    cap_last: int
+    user: Credentials | None = None  # the job's user; None: its root
+
+
+ENTERED_NAMESPACES = (kernel.CLONE_NEWNS | kernel.CLONE_NEWNET | kernel.CLONE_NEWIPC | kernel.CLONE_NEWUTS
+                      | kernel.CLONE_NEWCGROUP)
+
+
+def exec_plan(e: PreparedExec) -> list[str]:
+    """A command entering a running job (jobinit/enter.c): the parent joins the job's PID
+    namespace for its child and waits; the child joins the job's cgroup (host paths), its
+    namespaces, its user namespace last, then becomes one of the job's processes as the job's
+    own plan made it: the bounding set, its user, no_new_privs, capabilities, seccomp, exec."""
+    plan = ["now", "name", "lclusterd:exec", "pdeathsig", str(SIGKILL), "closefds", "nodump", "setsid",
+            "step", "enter the job", "pidfd", str(e.job_pid), "setns", f"{kernel.CLONE_NEWPID:x}", "forkwait",
+            "pdeathsig", str(SIGKILL),  # the child's, with its waiting parent (a fork clears it)
+            "step", "join cgroup", *[token for procs in e.cgroup_procs for token in ("cgroup", procs)],
+            "step", "enter the job", "setns", f"{ENTERED_NAMESPACES:x}"]
+    if e.user_namespace:
+        plan += ["setns", f"{kernel.CLONE_NEWUSER:x}"]
+    plan += ["step", "capability bounding set", "bounding", f"{e.keep_caps:x}", str(e.cap_last)]
+    user = e.user or (Credentials(0, 0) if e.user_namespace else None)  # host root is no id in the job's namespace
+    if user is not None:
+        groups = ",".join(str(gid) for gid in user.groups)
+        plan += ["step", "user", "ids", str(user.uid), str(user.gid), groups, "pdeathsig", str(SIGKILL)]
+    keep = e.keep_caps if user is None or user.is_root else 0
+    plan += ["step", "no_new_privs", "nnp", "step", "capabilities", "capset", f"{keep:x}",
+             "step", "seccomp", "seccomp", _default_seccomp()]
+    env = [f"{name}={value}" for name, value in e.env.items()]
+    return plan + ["exec", e.cwd, e.env.get("PATH", ""), str(len(e.argv)), *e.argv, str(len(env)), *env]
 
 
 def _user(job: PreparedJob) -> tuple[list[str], int]:

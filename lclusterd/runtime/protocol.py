@@ -5,9 +5,10 @@ Every message is a frozen dataclass; on the wire (channel.py) it is a JSON objec
 raise ProtocolError for anything else, so a malformed message is refused, never half
 understood. The job's stdin, stdout and stderr ride along with Start as descriptors.
 
-    launcher -> fork server: Start, Kill, Sweep, Shutdown
+    launcher -> fork server: Start, Kill, Sweep, Shutdown, Exec (with its stdout and stderr
+                             as descriptors), ExecKill
     fork server -> launcher: Ready (or NotReady) once, then JobStarted, JobFinished,
-                             Swept, and Bye as the last message
+                             Swept, ExecFinished, and Bye as the last message
 """
 
 from __future__ import annotations
@@ -48,6 +49,30 @@ class Shutdown:
 
 
 @dataclass(frozen=True)
+class Exec:
+    """Run `argv` inside the running job `job_id` (lclient -exec), as one of its processes."""
+
+    exec_id: str
+    job_id: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExecKill:
+    exec_id: str
+
+
+@dataclass(frozen=True)
+class ExecFinished:
+    """An Exec's end: its exit code, or the signal that ended it, or why it never ran."""
+
+    exec_id: str
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Ready:
     pid: int
     cgroup_version: int
@@ -83,10 +108,11 @@ class Bye:
     """The fork server's last message: every job has ended and been reported."""
 
 
-Request = Start | Kill | Sweep | Shutdown
-Event = Ready | NotReady | JobStarted | JobFinished | Swept | Bye
-_REQUESTS = {cls.__name__: cls for cls in (Start, Kill, Sweep, Shutdown)}
-_EVENTS = {cls.__name__: cls for cls in (Ready, NotReady, JobStarted, JobFinished, Swept, Bye)}
+Request = Start | Kill | Sweep | Shutdown | Exec | ExecKill
+Event = Ready | NotReady | JobStarted | JobFinished | Swept | ExecFinished | Bye
+_REQUESTS = {cls.__name__: cls for cls in (Start, Kill, Sweep, Shutdown, Exec, ExecKill)}
+_EVENTS = {cls.__name__: cls for cls in (Ready, NotReady, JobStarted, JobFinished, Swept, ExecFinished, Bye)}
+MAX_EXEC_ARGS, MAX_EXEC_BYTES = 4096, 1 << 20
 
 
 def encode(message: Request | Event) -> dict[str, Any]:
@@ -114,7 +140,19 @@ def decode_request(data: Any) -> Request:
         return Kill(_field(body, "job_id", (str,)), grace)
     if kind is Shutdown:
         return Shutdown(_field(body, "kill", (bool,)))
+    if kind is Exec:
+        return _exec(body)
+    if kind is ExecKill:
+        return ExecKill(_field(body, "exec_id", (str,)))
     return Sweep()
+
+
+def _exec(body: dict[str, Any]) -> Exec:
+    argv = _field(body, "argv", (list, tuple))
+    if (not argv or len(argv) > MAX_EXEC_ARGS or not all(isinstance(a, str) and "\0" not in a for a in argv)
+            or sum(len(a) for a in argv) > MAX_EXEC_BYTES):
+        raise ProtocolError("message Exec has no valid argv (1 to 4096 strings without NUL, at most 1 MiB)")
+    return Exec(_field(body, "exec_id", (str,)), _field(body, "job_id", (str,)), tuple(argv))
 
 
 def decode_event(data: Any) -> Event:

@@ -144,6 +144,17 @@ def test_plain_tcp_is_served_on_loopback_only(module_etcd, place: Path):
     assert "--insecure serves plain TCP, where every caller is an admin, on a loopback address only" in result.stderr
 
 
+def test_only_a_jobs_owner_and_admins_may_run_a_command_in_it(nodes):
+    node = nodes["ids-plain"]
+    job = added(as_user(ANN, "-add", "sleep 300", server=node.socket))
+    until(lambda: json.loads(as_user(ANN, "-check", job, "-json", server=node.socket).stdout)["state"] == "RUNNING",
+          "ann's job to run")
+    one_line(as_user(BOB, "-exec", job, "id", server=node.socket), REFUSED, f"user {BOB} may not exec in", f"{ANN}'s job")
+    assert as_user(ANN, "-exec", job, "echo mine", server=node.socket).stdout == "mine\n"
+    assert run_lclient("-exec", job, "echo root", server=node.socket).stdout == "root\n"  # an admin
+    assert run_lclient("-kill", job, server=node.socket).returncode == 0
+
+
 def test_certificates_name_the_caller(nodes, pki: Path, place: Path):
     t1 = nodes["ids-t1"]
     job = added(run_lclient("-add", "echo over tls", "-wait", *tls(pki, ANN), server=t1.server))

@@ -165,8 +165,8 @@ def test_list_and_nodes(node):
     (["-add", "x", "-env", "NOEQUALS"], 2, "lclient: bad -env value 'NOEQUALS': expected NAME=VALUE"),
     (["-list", "-state", "bogus"], 2, "lclient: unknown state 'BOGUS': expected one of QUEUED, ASSIGNED, RUNNING, "
                                       "EXITED, KILLED, OOM_KILLED, TIMED_OUT, FAILED, CANCELLED, LOST"),
-    ([], 2, "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events, -images (given: none); see lclient -help"),
-    (["-add", "x", "-check", "0" * 32], 2, "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events, -images "
+    ([], 2, "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events, -images, -exec (given: none); see lclient -help"),
+    (["-add", "x", "-check", "0" * 32], 2, "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events, -images, -exec "
                                            "(given: -add, -check); see lclient -help"),
     (["-check", "0" * 32, "-mem", "1M"], 2, "lclient: -mem goes with -add"),
 ])

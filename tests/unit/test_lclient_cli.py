@@ -205,8 +205,8 @@ def test_tables(capsys):
 
 
 @pytest.mark.parametrize("argv, line", [
-    ([], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events, -images (given: none); see lclient -help"),
-    (["-check", JOB, "-kill", JOB], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events, -images "
+    ([], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events, -images, -exec (given: none); see lclient -help"),
+    (["-check", JOB, "-kill", JOB], "lclient: give exactly one of -add, -check, -kill, -list, -nodes, -logs, -wait, -drain, -undrain, -web, -events, -images, -exec "
                                     "(given: -check, -kill); see lclient -help"),
     (["-check"], "lclient: Option '-check' requires an argument."),
     (["-add", "x", "-mem", "lots"], "lclient: bad -mem value 'lots': expected a size like 64M or 1G"),

@@ -207,3 +207,36 @@ def test_encoding_is_a_length_then_nul_terminated_tokens():
     data = plan.encode(["nnp", "hostname", "h"])
     (length,) = struct.unpack(">I", data[:4])
     assert data[4:] == b"nnp\0hostname\0h\0" and length == len(data) - 4
+
+
+def exec_prepared(userns: bool = True, user: Credentials | None = None) -> plan.PreparedExec:
+    return plan.PreparedExec(job_pid=4242, user_namespace=userns, cgroup_procs=("/sys/fs/cgroup/memory/j/cgroup.procs",),
+                             argv=("/bin/sh", "-c", "id"), env={"PATH": "/bin", "HOME": "/root"}, cwd="/srv",
+                             keep_caps=0xA00425FB, cap_last=40, user=user)
+
+
+def test_an_exec_enters_the_job_in_the_order_that_keeps_it_contained():
+    tokens = plan.exec_plan(exec_prepared())
+    names = [name for name, _ in plan.ops(tokens)]
+    order = lambda *ops: [names.index(op) for op in ops]  # noqa: E731
+    assert names[0] == "now" and names.index("nodump") < names.index("pidfd")  # not dumpable before it touches the job
+    # the child joins the PID namespace (made for it by the parent), then the cgroup by its host path, then the
+    # other namespaces, the user namespace last, then drops what the job dropped, seccomp last before exec
+    assert order("pidfd", "forkwait", "cgroup") == sorted(order("pidfd", "forkwait", "cgroup"))
+    setns = [args[0] for name, args in plan.ops(tokens) if name == "setns"]
+    assert setns == [f"{kernel.CLONE_NEWPID:x}", f"{plan.ENTERED_NAMESPACES:x}", f"{kernel.CLONE_NEWUSER:x}"]
+    assert names.index("forkwait") < names.index("cgroup") < [i for i, n in enumerate(names) if n == "setns"][1]
+    tail = [name for name in names if name in ("bounding", "ids", "nnp", "capset", "seccomp", "exec")]
+    assert tail == ["bounding", "ids", "nnp", "capset", "seccomp", "exec"]
+    assert dict(plan.ops(tokens))["ids"] == ["0", "0", ""]  # the job's root in its user namespace, not host root
+    assert tokens[tokens.index("exec"):] == ["exec", "/srv", "/bin", "3", "/bin/sh", "-c", "id", "2", "PATH=/bin",
+                                             "HOME=/root"]
+
+
+def test_an_exec_without_a_user_namespace_stays_host_root_with_the_jobs_bounding_set_and_a_user_drops_all():
+    names = [name for name, _ in plan.ops(plan.exec_plan(exec_prepared(userns=False)))]
+    assert "ids" not in names and names.count("setns") == 2
+    tokens = plan.exec_plan(exec_prepared(user=Credentials(1000, 1000, (5, 6), "/home/a")))
+    ops = dict(plan.ops(tokens))
+    assert ops["ids"] == ["1000", "1000", "5,6"] and ops["capset"] == ["0"]
+    assert ops["bounding"] == [f"{0xA00425FB:x}", "40"]

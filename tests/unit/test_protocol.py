@@ -22,14 +22,17 @@ def wire(message) -> dict:
 
 
 @pytest.mark.parametrize("message", [protocol.Start(SPEC), protocol.Kill("a" * 32, 0.5), protocol.Kill("b", None),
-                                     protocol.Sweep(), protocol.Shutdown(False)])
+                                     protocol.Sweep(), protocol.Shutdown(False), protocol.Exec("e1", "a" * 32, ("sh", "-c", "id")),
+                                     protocol.ExecKill("e1")])
 def test_requests_round_trip(message):
     assert protocol.decode_request(wire(message)) == message
 
 
 @pytest.mark.parametrize("message", [protocol.Ready(12, 2), protocol.NotReady("no cgroups"), protocol.Bye(),
                                      protocol.JobStarted("a" * 32, 99, 1.5), protocol.Swept(("x", "y")),
-                                     protocol.JobFinished(RunResult("a" * 32, "EXITED", exit_code=0, stdout_dropped_bytes=7))])
+                                     protocol.JobFinished(RunResult("a" * 32, "EXITED", exit_code=0, stdout_dropped_bytes=7)),
+                                     protocol.ExecFinished("e1", exit_code=3), protocol.ExecFinished("e2", signal=9),
+                                     protocol.ExecFinished("e3", error="not running")])
 def test_events_round_trip(message):
     assert protocol.decode_event(wire(message)) == message
 
@@ -59,6 +62,12 @@ def start_with(**changes) -> dict:
     ({"type": "Kill", "job_id": "a", "grace": -1}, "grace period"),
     ({"type": "Kill", "job_id": "a", "grace": math.inf}, "grace period"),
     ({"type": "Shutdown", "kill": "yes"}, "valid field 'kill'"),
+    ({"type": "Exec", "exec_id": "e", "job_id": "j", "argv": []}, "no valid argv"),
+    ({"type": "Exec", "exec_id": "e", "job_id": "j", "argv": ["sh", 1]}, "no valid argv"),
+    ({"type": "Exec", "exec_id": "e", "job_id": "j", "argv": ["a\0b"]}, "no valid argv"),
+    ({"type": "Exec", "exec_id": "e", "job_id": "j", "argv": ["x" * (1 << 20), "y"]}, "no valid argv"),
+    ({"type": "Exec", "exec_id": 1, "job_id": "j", "argv": ["true"]}, "valid field 'exec_id'"),
+    ({"type": "ExecKill"}, "valid field 'exec_id'"),
 ])
 def test_malformed_requests_are_refused(data, message):
     with pytest.raises(protocol.ProtocolError, match=message):

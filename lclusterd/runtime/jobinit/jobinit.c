@@ -23,7 +23,8 @@
  *
  * This file is the interpreter: the ops table, the job message and the failure report.
  * The ops are in mounts.c (mounts and files), process.c (the process, its namespaces and
- * capabilities, exec) and users.c (the user namespace and the job's user); seccomp.c
+ * capabilities, exec), users.c (the user namespace and the job's user) and enter.c
+ * (entering a running job: lclient -exec); seccomp.c
  * compiles the seccomp filter; jobinit.h is what they share.
  */
 #define _GNU_SOURCE
@@ -187,6 +188,16 @@ static int op_step(char **a, int n) {
     return 0;
 }
 
+/* A spare holds a failure back until its job arrives; a plan that starts with "now" (an
+ * exec's: enter.c) has no job to wait for and reports it at once. */
+static int report_now;
+
+static int op_now(char **a, int n) {
+    (void)a, (void)n;
+    report_now = 1;
+    return 0;
+}
+
 /* Every op: its name, its argument count (-1: all the rest) and what runs it. "wait" ends
  * the spare's plan (run_plan returns there). plan.ARITY in Python is held to this table. */
 static const struct op {
@@ -202,6 +213,8 @@ static const struct op {
     {"stdio", 0, op_stdio}, {"umask", 1, op_umask}, {"pivot", 1, op_pivot}, {"hostname", 1, op_hostname},
     {"nnp", 0, op_nnp}, {"seccomp", 1, op_seccomp}, {"wait", 0, NULL}, {"exec", -1, op_exec},
     {"network", 0, op_network}, {"mkdirs", 4, op_mkdirs}, {"volume", 3, op_volume}, {"ids", 3, op_ids},
+    {"pidfd", 1, op_pidfd}, {"setns", 1, op_setns}, {"nodump", 0, op_nodump}, {"forkwait", 0, op_forkwait},
+    {"now", 0, op_now},
 };
 
 static const struct op *find_op(const char *name) {
@@ -225,7 +238,7 @@ static void run_plan(char **tokens, int count, int spare) {
             refuse(EINVAL, "op %s needs %d arguments", op->name, args);
         else
             op->run(&tokens[i + 1], args);
-        if (failed && !spare)
+        if (failed && (!spare || report_now))
             report_and_exit();
         if (failed) {
             while (i < count && strcmp(tokens[i], "wait") != 0)

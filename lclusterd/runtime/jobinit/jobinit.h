@@ -54,6 +54,12 @@ int op_chown(char **a, int n);
 int op_mkdirs(char **a, int n);
 int op_volume(char **a, int n);
 
+/* enter.c: entering a running job (exec) */
+int op_pidfd(char **a, int n);
+int op_setns(char **a, int n);
+int op_nodump(char **a, int n);
+int op_forkwait(char **a, int n);
+
 /* users.c: the user namespace and the job's user */
 int op_userns(char **a, int n);
 int op_setuser(char **a, int n);
