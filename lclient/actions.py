@@ -12,7 +12,7 @@ from lclient.client import JobsClient, Target
 from lclient.format import (dumps, event_json, event_text, image_json, image_rows, images_table, job_json, job_text,
                             jobs_table, members_table, node_json, nodes_table, outcome)
 from lclient.lazy import LazyModule
-from lclient.specs import check_utf8, job_spec, parse_value, utf8
+from lclient.specs import check_utf8, job_spec, parse_value, read_stdin, utf8
 from lclient.units import parse_array, parse_count, parse_duration
 
 pb = LazyModule("lclusterd.rpc.lclusterd_pb2")  # protobuf only when a request is built (not for -h)
@@ -201,7 +201,8 @@ def _exec(client: JobsClient, o: dict) -> int:
     """-exec UUID CMD: the command's output as it comes, then its status as lclient's."""
     job_id, command = o["exec_"]
     out, err = sys.stdout.buffer, sys.stderr.buffer
-    for chunk in client.exec(job_id, utf8("the -exec command", command)):
+    stdin = read_stdin(o["stdin"]) if o["stdin"] else b""
+    for chunk in client.exec(job_id, utf8("the -exec command", command), stdin):
         if chunk.ended:
             if chunk.error:
                 echo(f"lclient: {command!r} did not run in job {job_id}: {chunk.error}", err=True)

@@ -54,7 +54,8 @@ def _opt(*names: str, **kw):
 @_opt("-logs", "--logs", "logs", metavar="UUID", help="Print the job's stdout and stderr.")
 @_opt("-exec", "--exec", "exec_", nargs=2, default=None, metavar="UUID CMD",
       help="Run CMD (/bin/sh -c CMD) inside the running job UUID, as one of its processes: its namespaces, cgroup, "
-           "user and limits. Prints its output as it comes and exits with its status (128+N for signal N).")
+           "user and limits (its input: -stdin, else none). Prints its output as it comes and exits with its "
+           "status (128+N for signal N).")
 @_opt("-follow", "--follow", "follow", is_flag=True,
       help="With -logs: keep printing until the job ends. With -add or -wait UUID: print the job's output as it "
            "comes (stdout to stdout, stderr to stderr), then exit with its status like -wait; -add prints the "
@@ -68,7 +69,8 @@ def _opt(*names: str, **kw):
 @_opt("-timeout", "--timeout", "timeout", metavar="DURATION",
       help="With -add: the job's run-time limit (TIMED_OUT after it), e.g. 30s, 5m. With -wait UUID: how long to wait.")
 @_opt("-env", "--env", "env", multiple=True, metavar="NAME=VALUE", help="With -add: an environment variable (repeatable).")
-@_opt("-stdin", "--stdin", "stdin", metavar="FILE", help="With -add: the job's standard input ('-' = this one's).",
+@_opt("-stdin", "--stdin", "stdin", metavar="FILE", help="With -add or -exec: the job's (or the command's) standard "
+      "input ('-' = this one's).",
       type=click.Path(allow_dash=True))  # (a file name: the shell completes it)
 @_opt("-retries", "--retries", "retries", metavar="N", help="With -add: extra attempts if its node is lost (default 0).")
 @_opt("-node", "--node", "node", metavar="NAME", help="With -add: run it on node NAME only (it waits while NAME is full or away).")
@@ -139,7 +141,9 @@ def cli(ctx: click.Context, **o) -> int:
 
 
 def _check_applicable(action: str, o: dict) -> None:
-    only_add = {"mem": "-mem", "cpus": "-cpus", "pids": "-pids", "env": "-env", "stdin": "-stdin", "retries": "-retries",
+    if o["stdin"] and action not in ("-add", "-exec"):
+        raise click.UsageError("-stdin goes with -add or -exec")
+    only_add = {"mem": "-mem", "cpus": "-cpus", "pids": "-pids", "env": "-env", "retries": "-retries",
                 "node": "-node", "image": "-image", "net": "-net", "publish": "-publish", "volume": "-volume",
                 "workdir": "-workdir", "run_as": "-run-as"}
     for key, name in only_add.items():

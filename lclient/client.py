@@ -183,9 +183,9 @@ class JobsClient:
         return self._stream(self._stub.Logs(pb.LogsRequest(id=job_id, follow=follow),
                                             timeout=None if follow else self.timeout))
 
-    def exec(self, job_id: str, command: str) -> Iterator[pb.ExecChunk]:
+    def exec(self, job_id: str, command: str, stdin: bytes = b"") -> Iterator[pb.ExecChunk]:
         """Run `command` inside the running job: its output chunks, then its end (`ended`)."""
-        return self._stream(self._stub.Exec(pb.ExecRequest(id=job_id, command=command), timeout=None))
+        return self._stream(self._stub.Exec(pb.ExecRequest(id=job_id, command=command, stdin=stdin), timeout=None))
 
     def events(self) -> Iterator[pb.JobEvent]:
         """Every change of a job's state from now on (the caller's jobs, or all for an admin),

@@ -71,12 +71,16 @@ def job_spec(o: dict) -> pb.JobSpec:
 
         network_and_volumes(spec, o["net"], o["publish"], o["volume"], o["workdir"], o["run_as"], utf8)
     if o["stdin"]:
-        try:
-            if o["stdin"] == "-":
-                spec.stdin = sys.stdin.buffer.read()
-            else:
-                with open(o["stdin"], "rb") as f:
-                    spec.stdin = f.read()
-        except OSError as exc:
-            raise errors.InvalidRequest(f"cannot read -stdin file {o['stdin']}: {exc.strerror}") from None
+        spec.stdin = read_stdin(o["stdin"])
     return spec
+
+
+def read_stdin(source: str) -> bytes:
+    """The bytes -stdin names: a file, or '-' for this process's standard input."""
+    try:
+        if source == "-":
+            return sys.stdin.buffer.read()
+        with open(source, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise errors.InvalidRequest(f"cannot read -stdin file {source}: {exc.strerror}") from None

@@ -252,7 +252,7 @@ class JobsServicer(pb_grpc.JobsServicer):
             return
         with self.slots.held(caller):
             execs = self.services.execs
-            session = execs.start(job_id, request.command)
+            session = execs.start(job_id, request.command, request.stdin)
             context.add_callback(lambda: execs.kill(session))  # the client went away: end the command
             yield from _exec_chunks(execs.output(session))
 

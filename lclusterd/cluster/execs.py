@@ -20,11 +20,12 @@ class Execs:
     def __init__(self, launcher: Launcher):
         self.launcher = launcher
 
-    def start(self, job_id: str, command: str) -> ExecSession:
-        """The command started in `job_id` (InvalidSpec for a command the API refuses for a job,
-        RuntimeUnavailable when the runtime is gone)."""
+    def start(self, job_id: str, command: str, stdin: bytes = b"") -> ExecSession:
+        """The command started in `job_id` with `stdin` (InvalidSpec for a command or an input
+        the API refuses for a job, RuntimeUnavailable when the runtime is gone)."""
         limits.check_command(command)
-        return self.launcher.exec(job_id, ["/bin/sh", "-c", command])
+        limits.check_sizes(command, {}, stdin)
+        return self.launcher.exec(job_id, ["/bin/sh", "-c", command], stdin)
 
     def kill(self, session: ExecSession) -> None:
         try:

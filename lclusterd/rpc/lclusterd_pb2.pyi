@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ExecRequest(_message.Message):
-    __slots__ = ("id", "command")
+    __slots__ = ("id", "command", "stdin")
     ID_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
     id: str
     command: str
-    def __init__(self, id: _Optional[str] = ..., command: _Optional[str] = ...) -> None: ...
+    stdin: bytes
+    def __init__(self, id: _Optional[str] = ..., command: _Optional[str] = ..., stdin: _Optional[bytes] = ...) -> None: ...
 
 class ExecChunk(_message.Message):
     __slots__ = ("stream", "data", "ended", "exit_code", "signal", "error")

@@ -182,7 +182,7 @@ class JobsServicer:
 
     def Exec(self, request, context):
         """Runs `/bin/sh -c command` inside a running job, as one of its processes (its namespaces,
-        cgroup, user, capabilities and seccomp filter; stdin /dev/null): its output as it comes,
+        cgroup, user, capabilities and seccomp filter; stdin the request's): its output as it comes,
         then one last chunk with `ended`. Who may kill a job may exec in it. A job that is not
         running: FAILED_PRECONDITION.
         """

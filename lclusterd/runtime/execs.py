@@ -6,7 +6,8 @@ with an exec plan (plan.exec_plan, jobinit/enter.c): it joins the job's PID name
 child and waits for it; the child joins the job's cgroup, its other namespaces and its user
 namespace, becomes the job's user with the job's bounding set, capabilities and seccomp
 filter, and execs the command, as a process of the job (its memory and pids limits count
-it, a kill of the job ends it, and it ends with the job). Its stdin is /dev/null.
+it, a kill of the job ends it, and it ends with the job). Its stdin is what came with the request (a sealed memory file), or
+/dev/null.
 
 The spawned parent is the fork server's child and ends as its child did; when it is reaped,
 ExecFinished reports the command's exit code or the signal that ended it (ExecKill's SIGKILL
@@ -49,8 +50,8 @@ class Execs:
         """Spawn the command in `job` (ours to close: `fds`, its stdout and stderr), or say at
         once why it cannot run."""
         try:
-            if len(fds) != 2:
-                raise LclusterdError(f"expected the command's stdout and stderr, got {len(fds)} descriptors")
+            if len(fds) not in (2, 3):
+                raise LclusterdError(f"expected the command's stdout, stderr and stdin, got {len(fds)} descriptors")
             self._spawn(request, fds, self._prepared(request, job))
         except (LclusterdError, OSError) as error:
             self.send(protocol.ExecFinished(request.exec_id, error=reason(error)))
@@ -73,7 +74,8 @@ class Execs:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             argv = [self.setup.jobinit, *plan.exec_plan(prepared)]
-            pid = kernel.posix_spawn(self.setup.jobinit, argv, [(self.devnull, 0), (fds[0], 1), (fds[1], 2),
+            stdin = fds[2] if len(fds) == 3 else self.devnull
+            pid = kernel.posix_spawn(self.setup.jobinit, argv, [(stdin, 0), (fds[0], 1), (fds[1], 2),
                                                                 (theirs.fileno(), 3)], _DEFAULT_SIGNALS)
         except BaseException:
             ours.close()

@@ -11,6 +11,7 @@ Events are delivered on the launcher's reader thread, in order per job.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -185,17 +186,21 @@ class Launcher:
         if job_id in self._running:
             self._send(protocol.Kill(job_id, grace))
 
-    def exec(self, job_id: str, argv: list[str]) -> ExecSession:
-        """Run `argv` inside the running job `job_id` as one of its processes (execs.py). Its
-        output comes on the session's pipes; its end (ExecFinished, with the reason when it
-        could not run) in `finished`. RuntimeUnavailable when the helper is gone."""
+    def exec(self, job_id: str, argv: list[str], stdin: bytes = b"") -> ExecSession:
+        """Run `argv` inside the running job `job_id` as one of its processes (execs.py), with
+        `stdin` as its input (none: /dev/null). Its output comes on the session's pipes; its
+        end (ExecFinished, with the reason when it could not run) in `finished`.
+        RuntimeUnavailable when the helper is gone."""
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         session = ExecSession(uuid.uuid4().hex, out_r, err_r)
         with self._changed:
             self._execs[session.exec_id] = session
+        given = [out_w, err_w]
+        if stdin:  # a sealed in-memory file: the command reads it at its pace, nobody blocks writing
+            given.append(_memory_file(stdin))
         try:
-            self._send(protocol.Exec(session.exec_id, job_id, tuple(argv)), [out_w, err_w])
+            self._send(protocol.Exec(session.exec_id, job_id, tuple(argv)), given)
         except RuntimeUnavailable:
             with self._changed:
                 self._execs.pop(session.exec_id, None)
@@ -203,8 +208,8 @@ class Launcher:
                 os.close(fd)
             raise
         finally:
-            os.close(out_w)
-            os.close(err_w)
+            for fd in given:
+                os.close(fd)
         return session
 
     def exec_kill(self, session: ExecSession) -> None:
@@ -303,3 +308,13 @@ class Launcher:
             self._record(result)
             if self.on_event is not None:
                 self.on_event(JobFinished(result))
+
+
+def _memory_file(data: bytes) -> int:
+    fd = os.memfd_create("lclusterd-exec-stdin", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    return fd

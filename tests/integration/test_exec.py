@@ -7,6 +7,7 @@ client are each handled with one line and nothing left behind; through another n
 from __future__ import annotations
 
 import os
+import hashlib
 import signal
 import subprocess
 
@@ -44,6 +45,20 @@ def test_a_command_runs_as_one_of_the_jobs_processes(node):
     assert check(node, job)["state"] == "RUNNING" and record["host_pid"] == check(node, job)["host_pid"]
     assert node.lclient("-logs", job).stdout == "started\n"  # an exec's output is its caller's, not the job's log
     assert node.lclient("-exec", job, "kill -9 $$").returncode == 128 + 9
+    assert node.lclient("-kill", job).returncode == 0
+
+
+def test_a_command_takes_its_input_with_stdin(node):
+    job = running(node)
+    data = "".join(f"line {i}\n" for i in range(12000)).encode()  # ~100 KiB, more than a pipe holds
+    result = node.lclient("-exec", job, "cat > /tmp/got; wc -c < /tmp/got; md5sum < /tmp/got", "-stdin", "-", stdin=data)
+    assert result.returncode == 0, result.stderr
+    count, digest = result.stdout.split()[:2]
+    assert (int(count), digest) == (len(data), hashlib.md5(data).hexdigest())
+    assert node.lclient("-exec", job, "cat", stdin=b"ignored").stdout == ""  # no -stdin: /dev/null
+    big = node.lclient("-exec", job, "cat", "-stdin", "-", stdin=b"x" * (300 << 10))
+    assert big.returncode == 2 and "more than the limit of 256 KiB" in big.stderr, big.stderr
+    assert node.lclient("-check", job, "-stdin", "-").returncode == 2  # -stdin goes with -add or -exec
     assert node.lclient("-kill", job).returncode == 0
 
 
