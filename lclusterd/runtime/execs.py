@@ -6,8 +6,8 @@ with an exec plan (plan.exec_plan, jobinit/enter.c): it joins the job's PID name
 child and waits for it; the child joins the job's cgroup, its other namespaces and its user
 namespace, becomes the job's user with the job's bounding set, capabilities and seccomp
 filter, and execs the command, as a process of the job (its memory and pids limits count
-it, a kill of the job ends it, and it ends with the job). Its stdin is what came with the request (a sealed memory file), or
-/dev/null.
+it, a kill of the job ends it, and it ends with the job). Its stdin is what came with the
+request (a sealed memory file), or /dev/null.
 
 The spawned parent is the fork server's child and ends as its child did; when it is reaped,
 ExecFinished reports the command's exit code or the signal that ended it (ExecKill's SIGKILL
@@ -17,7 +17,6 @@ command not in the job's root, say).
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
@@ -28,9 +27,7 @@ from lclusterd.errors import LclusterdError
 from lclusterd.runtime import kernel, plan, protocol, users
 from lclusterd.runtime.job import RunningJob, failure_report
 from lclusterd.runtime.reasons import close_all, reason
-from lclusterd.runtime.spares import _DEFAULT_SIGNALS, SpareSetup
-
-log = logging.getLogger(__name__)
+from lclusterd.runtime.spares import DEFAULT_SIGNALS, SpareSetup
 
 
 @dataclass
@@ -47,8 +44,8 @@ class Execs:
         self.by_pid: dict[int, RunningExec] = {}
 
     def start(self, request: protocol.Exec, fds: list[int], job: RunningJob | None) -> None:
-        """Spawn the command in `job` (ours to close: `fds`, its stdout and stderr), or say at
-        once why it cannot run."""
+        """Spawn the command in `job` (ours to close: `fds`, its stdout, stderr and maybe stdin),
+        or say at once why it cannot run."""
         try:
             if len(fds) not in (2, 3):
                 raise LclusterdError(f"expected the command's stdout, stderr and stdin, got {len(fds)} descriptors")
@@ -76,7 +73,7 @@ class Execs:
             argv = [self.setup.jobinit, *plan.exec_plan(prepared)]
             stdin = fds[2] if len(fds) == 3 else self.devnull
             pid = kernel.posix_spawn(self.setup.jobinit, argv, [(stdin, 0), (fds[0], 1), (fds[1], 2),
-                                                                (theirs.fileno(), 3)], _DEFAULT_SIGNALS)
+                                                                (theirs.fileno(), 3)], DEFAULT_SIGNALS)
         except BaseException:
             ours.close()
             raise

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 SPARES = 2  # one per core keeps two parallel streams off the spawn
 # Reset in the init: an ignored signal survives exec, and the job gets a shell's defaults.
-_DEFAULT_SIGNALS = [s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP)]
+DEFAULT_SIGNALS = [s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP)]
 
 
 @dataclass
@@ -88,7 +88,7 @@ class SparePool:
         try:
             kernel.unshare(kernel.CLONE_NEWPID)
             try:
-                pid = kernel.posix_spawn(setup.jobinit, argv, (theirs.fileno(), 3), _DEFAULT_SIGNALS)
+                pid = kernel.posix_spawn(setup.jobinit, argv, (theirs.fileno(), 3), DEFAULT_SIGNALS)
             finally:  # later children go back to our own namespace
                 kernel.setns(setup.own_pid_ns, kernel.CLONE_NEWPID)
         except BaseException:
