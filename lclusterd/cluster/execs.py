@@ -7,7 +7,7 @@ import os
 import select
 from typing import Iterator
 
-from lclusterd import limits
+from lclusterd import limits, metrics
 from lclusterd.runtime.launcher import ExecFinished, ExecSession, Launcher
 
 STDOUT, STDERR = 0, 1
@@ -25,7 +25,9 @@ class Execs:
         the API refuses for a job, RuntimeUnavailable when the runtime is gone)."""
         limits.check_command(command)
         limits.check_sizes(command, {}, stdin)
-        return self.launcher.exec(job_id, ["/bin/sh", "-c", command], stdin)
+        session = self.launcher.exec(job_id, ["/bin/sh", "-c", command], stdin)
+        metrics.exec_started()
+        return session
 
     def kill(self, session: ExecSession) -> None:
         try:

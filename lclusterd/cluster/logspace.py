@@ -21,6 +21,7 @@ import os
 import time
 from typing import Callable
 
+from lclusterd import metrics
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.retention import Loop
 from lclusterd.units import format_size, parse_size_or_share
@@ -86,6 +87,7 @@ class LogSpace:
             total -= self.logs.replace_output(job_id, text)
             evicted += 1
         if evicted:
+            metrics.log_space_evicted(evicted)
             log.warning("log space: the job logs took more than --max-log-space %s; removed the output of the %d "
                         "job(s) that ended first, now %s", format_size(self.limit), evicted, format_size(total))
         return evicted

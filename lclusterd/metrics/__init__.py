@@ -21,8 +21,8 @@ from prometheus_client import PlatformCollector, ProcessCollector, disable_creat
 
 from lclusterd.states import TERMINAL
 
-__all__ = ["REGISTRY", "RECORD_KINDS", "STREAMS", "TXN_RESULTS", "etcd_txn", "job_ended", "job_started", "job_submitted",
-           "record_skipped", "run_finished"]
+__all__ = ["REGISTRY", "RECORD_KINDS", "STREAMS", "TXN_RESULTS", "etcd_txn", "exec_started", "job_ended", "job_started",
+           "job_submitted", "log_space_evicted", "quota_refused", "record_skipped", "run_finished"]
 
 disable_created_metrics()  # no `_created` series beside every counter and histogram (a process-wide switch)
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -65,6 +65,12 @@ _LOG_WRITTEN = Counter("lclusterd_log_written_bytes", "Output of jobs that ran h
                        ["stream"], registry=REGISTRY)
 _LOG_CUT = Counter("lclusterd_log_cut_bytes", "Output of jobs that ran here dropped past --max-log-size.", ["stream"],
                    registry=REGISTRY)
+
+_QUOTA_REFUSED = Counter("lclusterd_quota_refusals", "Adds this node refused because the user had --max-jobs-per-user "
+                         "jobs in the cluster.", registry=REGISTRY)
+_LOG_EVICTED = Counter("lclusterd_log_space_evictions", "Ended jobs whose output this node replaced by a line to keep its "
+                       "logs within --max-log-space.", registry=REGISTRY)
+_EXECS = Counter("lclusterd_execs", "Commands run inside running jobs on this node (lclient -exec).", registry=REGISTRY)
 
 # Children bound once: every series exists from the start (at 0), and a call is no label lookup.
 _ENDED_BY = {state: _ENDED.labels(state) for state in sorted(TERMINAL)}
@@ -119,3 +125,18 @@ def record_skipped(kind: str) -> None:
     """A record read from etcd was skipped as invalid. `kind` says what it was (RECORD_KINDS;
     anything else is counted as "other"). Never raises: call it from any layer, any thread."""
     _SKIPPED_BY.get(kind, _SKIPPED_BY["other"]).inc()
+
+
+def quota_refused() -> None:
+    """An add refused: its user had as many jobs in the cluster as --max-jobs-per-user allows."""
+    _QUOTA_REFUSED.inc()
+
+
+def log_space_evicted(jobs: int) -> None:
+    """The output of `jobs` ended jobs was replaced to keep the logs within --max-log-space."""
+    _LOG_EVICTED.inc(jobs)
+
+
+def exec_started() -> None:
+    """A command was started inside one of this node's running jobs (lclient -exec)."""
+    _EXECS.inc()

@@ -10,6 +10,7 @@ import os
 import hashlib
 import signal
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -45,6 +46,8 @@ def test_a_command_runs_as_one_of_the_jobs_processes(node):
     assert check(node, job)["state"] == "RUNNING" and record["host_pid"] == check(node, job)["host_pid"]
     assert node.lclient("-logs", job).stdout == "started\n"  # an exec's output is its caller's, not the job's log
     assert node.lclient("-exec", job, "kill -9 $$").returncode == 128 + 9
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10).read().decode()
+    assert "lclusterd_execs_total 2.0" in scraped  # counted by the node that ran them
     assert node.lclient("-kill", job).returncode == 0
 
 

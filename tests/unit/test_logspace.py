@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from lclusterd import metrics
 from lclusterd.cluster.logs import LogFiles
 from lclusterd.cluster.logspace import LogSpace, limit_of
 
@@ -34,7 +35,9 @@ def logs(tmp_path) -> LogFiles:
 def test_the_jobs_that_ended_first_lose_their_output_down_to_the_low_water(logs):
     total = sum(size for size, _ in logs.usage().values())
     space = LogSpace(logs, total - 30_000, "n1", running=lambda: {job(1)}, clock=lambda: NOW)
+    evicted = metrics.REGISTRY.get_sample_value("lclusterd_log_space_evictions_total")
     assert space.trim() == 2  # job 0, then (job 1 running) job 2
+    assert metrics.REGISTRY.get_sample_value("lclusterd_log_space_evictions_total") == evicted + 2
     for n in (0, 2):
         text = logs.stdout(job(n)).read_bytes()
         assert text.startswith(b"[lclusterd: this job's output was removed at ") and b"node n1 within --max-log-space" in text

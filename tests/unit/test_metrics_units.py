@@ -250,6 +250,8 @@ def test_job_states_count_each_owners_jobs_for_the_quota():
     assert states.owned_by("ann") == 1
     quota = JobQuota(2, states.owned_by)
     quota.check("ann", 1)
+    refused = value("lclusterd_quota_refusals_total")
     with pytest.raises(QuotaExceeded, match=r"user ann has 1 jobs .* at most 2 \(--max-jobs-per-user\): this add of 2"):
         quota.check("ann", 2)
+    assert value("lclusterd_quota_refusals_total") == refused + 1
     JobQuota(0, states.owned_by).check("ann", 10**6)  # 0: no limit
