@@ -1,5 +1,5 @@
-"""The server threads a node lends to calls that block: Wait, Logs(follow) and Events hold one
-each for as long as they wait. At most MAX_BLOCKING at once on a node, so the threads left keep
+"""The server threads a node lends to calls that block: Wait, Logs(follow), Events and Exec
+hold one each for as long as they wait. At most MAX_BLOCKING at once on a node, so the threads left keep
 add, check and kill answering; and at most MAX_BLOCKING_PER_USER for any one user (a local
 member of the group, or a certificate), so that one cannot take them all and leave everyone
 else's -wait refused. Admins are held only to the node's total (they may act on every job
