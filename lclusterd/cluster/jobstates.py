@@ -108,8 +108,8 @@ class JobStates:
         self._keys = keys
         self._lock = threading.Lock()
         self._jobs: dict[str, tuple[str, str, str]] = {}  # job id -> (state, node, owner)
-        self._counts: dict[tuple[str, str], int] = {}
-        self._owned: dict[str, int] = {}  # owner -> jobs stored
+        self._counts: dict[tuple[str, str, str], int] = {}  # (state, node, owner) -> jobs
+        self._owned: dict[str, int] = {}  # owner -> jobs stored (moves only as jobs come and go)
         self._feeds: list[Feed] = []
         self._watch = None
 
@@ -126,7 +126,11 @@ class JobStates:
     def counts(self) -> dict[tuple[str, str], int]:
         """(state, node) -> jobs, node "" for jobs not placed; only pairs with jobs."""
         with self._lock:
-            return {key: count for key, count in self._counts.items() if count}
+            counted = [(key, count) for key, count in self._counts.items() if count]
+        found: dict[tuple[str, str], int] = {}
+        for (state, node, _who), count in counted:  # summed here, at scrape time, not at each change
+            found[state, node] = found.get((state, node), 0) + count
+        return found
 
     def owned_by(self, owner: str) -> int:
         """How many job records of `owner` etcd holds, any state (as far as the watch has told)."""
@@ -192,14 +196,16 @@ class JobStates:
         if new == old:
             return
         if old is not None:
-            self._counts[old[:2]] -= 1
-            self._owned[old[2]] -= 1
+            self._counts[old] -= 1
+            if new is None or new[2] != old[2]:
+                self._owned[old[2]] -= 1
         if new is None:
             del self._jobs[job_id]
             return
         self._jobs[job_id] = new
-        self._counts[new[:2]] = self._counts.get(new[:2], 0) + 1
-        self._owned[new[2]] = self._owned.get(new[2], 0) + 1
+        self._counts[new] = self._counts.get(new, 0) + 1
+        if old is None or old[2] != new[2]:
+            self._owned[new[2]] = self._owned.get(new[2], 0) + 1
         if self._feeds and (old is None or old[0] != new[0]):
             self._tell(job_id, data, old[0] if old else "", now, key, revision)
 
