@@ -73,7 +73,8 @@ class Scheduler:
         self._prime_revision = 0
         self._linger = Linger(BATCH)  # under load, more assignments per transaction
         self.parents = Parents(jobs)
-        self.view = ClusterView(store, watches, keys, on_change=self._kick.set, policy=policy, prime=me)
+        self.view = ClusterView(store, watches, keys, on_change=self._kick.set, policy=policy, prime=me,
+                                count_owners=max_running_per_user > 0)
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self, prime_revision: int) -> None:

@@ -79,9 +79,50 @@ class Reservation:
     owner: str = ""  # whose job: it counts against their --max-running-per-user
 
 
+class Counted:
+    """Jobs assigned, running or reserved, counted by group: an array with a %K limit, or an
+    owner (--max-running-per-user). The assignments' groups are kept (job id -> group) so a
+    deleted assignment, or a re-read, finds what to count again; a reservation counts until its
+    assignment comes or it is given back."""
+
+    def __init__(self):
+        self.members: dict[str, set[str]] = {}  # group -> job ids
+        self.assigned: dict[str, str] = {}  # job id -> its group, for the assignments
+
+    def count(self, group: str) -> int:
+        return len(self.members.get(group, ()))
+
+    def add(self, job_id: str, group: str, assigned: bool = False) -> None:
+        if assigned:
+            self.assigned[job_id] = group
+        self.members.setdefault(group, set()).add(job_id)
+
+    def unassigned(self, job_id: str) -> None:
+        self._drop(job_id, self.assigned.pop(job_id, ""))
+
+    def released(self, job_id: str, group: str) -> None:
+        """A reservation given back (an assignment of the same job counts on)."""
+        if job_id not in self.assigned:
+            self._drop(job_id, group)
+
+    def recount(self, reserved: list[tuple[str, str]]) -> None:
+        """Count again from the assignments and the (job id, group) of the reservations."""
+        self.members = {}
+        for job_id, group in [*self.assigned.items(), *reserved]:
+            self.members.setdefault(group, set()).add(job_id)
+
+    def _drop(self, job_id: str, group: str) -> None:
+        members = self.members.get(group)
+        if members is not None:
+            members.discard(job_id)
+            if not members:
+                del self.members[group]
+
+
 class ClusterView:
     def __init__(self, store: Store, watches: Watches, keys: Keys, on_change: Callable[[], None],
-                 policy: str = PRIME_FIRST, prime: str = ""):
+                 policy: str = PRIME_FIRST, prime: str = "", count_owners: bool = False):
+        self.count_owners = count_owners  # only with --max-running-per-user: no work for it otherwise
         self.store = store
         self.watches = watches
         self.keys = keys
@@ -98,12 +139,8 @@ class ClusterView:
         self.draining: set[str] = set()
         self.assigned: dict[str, dict[str, int]] = {}  # node -> {job id: requested memory} with an assign key
         self.reservations: dict[str, Reservation] = {}  # job id -> room held, not seen by the assign watch yet
-        # arrays with a %K limit -> their members assigned, running or reserved (job ids)
-        self.limited: dict[str, set[str]] = {}
-        self._limited_assigned: dict[str, str] = {}  # job id -> its limited array, for the assignments
-        # owners -> their jobs assigned, running or reserved (job ids): --max-running-per-user
-        self.owned: dict[str, set[str]] = {}
-        self._owner_assigned: dict[str, str] = {}  # job id -> its owner, for the assignments
+        self.arrays = Counted()  # the members of arrays with a %K limit
+        self.owners = Counted()  # each owner's jobs, when counted (count_owners)
         self.assign_revision = 0  # last revision the assign watch delivered
         self.dead: dict[str, int] = {}  # node -> revision at which it was seen gone; to bury
         self.ready = False  # loaded and followed: add-time placement may use it
@@ -170,16 +207,15 @@ class ClusterView:
         kvs, revision = self.store.get_prefix(self.keys.assign_all_prefix)
         with self.lock:
             self.assigned = {}
-            self._limited_assigned, self._owner_assigned = {}, {}
+            self.arrays.assigned, self.owners.assigned = {}, {}
             for kv in kvs:
                 node, job_id = self.keys.assign_parts(kv.key)
                 self.assigned.setdefault(node, {})[job_id], limited, owner = JobRecord.assignment_facts(kv.value)
-                if limited:
-                    self._limited_assigned[job_id] = limited
-                self._owner_assigned[job_id] = owner
+                self._count_assigned(job_id, limited, owner)
             self.assign_revision = revision
             self.reservations = {i: r for i, r in self.reservations.items() if r.revision > revision}
-            self._recount_limited()
+            self.arrays.recount([(i, r.limited) for i, r in self.reservations.items() if r.limited])
+            self.owners.recount([(i, r.owner) for i, r in self.reservations.items()] if self.count_owners else [])
             self.index.recount(self._totals())
         self.on_change()
         return revision
@@ -245,20 +281,22 @@ class ClusterView:
             memory, limited, owner = JobRecord.assignment_facts(event.value)
             self.assigned.setdefault(node, {})[job_id] = memory
             jobs_delta, memory_delta = jobs_delta + 1, memory_delta + memory
-            if limited:
-                self._limited_assigned[job_id] = limited
-                self.limited.setdefault(limited, set()).add(job_id)
-            self._owner_assigned[job_id] = owner
-            self.owned.setdefault(owner, set()).add(job_id)
+            self._count_assigned(job_id, limited, owner)
         else:
-            self._uncount_limited(job_id, self._limited_assigned.pop(job_id, ""))
-            _uncount(self.owned, job_id, self._owner_assigned.pop(job_id, ""))
+            self.arrays.unassigned(job_id)
+            self.owners.unassigned(job_id)
         reservation = self.reservations.pop(job_id, None)
         if reservation is not None and reservation.node != node:
             self.index.use(reservation.node, -1, -reservation.memory)
         elif reservation is not None:
             jobs_delta, memory_delta = jobs_delta - 1, memory_delta - reservation.memory
         self.index.use(node, jobs_delta, memory_delta)
+
+    def _count_assigned(self, job_id: str, limited: str, owner: str) -> None:
+        if limited:
+            self.arrays.add(job_id, limited, assigned=True)
+        if self.count_owners:
+            self.owners.add(job_id, owner, assigned=True)
 
     def _totals(self) -> dict[str, tuple[int, int]]:
         """(jobs, memory) counted on each node, from the assignments and reservations."""
@@ -299,30 +337,17 @@ class ClusterView:
         self.reservations[job_id] = reservation
         self.index.use(reservation.node, 1, reservation.memory)
         if reservation.limited:
-            self.limited.setdefault(reservation.limited, set()).add(job_id)
-        self.owned.setdefault(reservation.owner, set()).add(job_id)
+            self.arrays.add(job_id, reservation.limited)
+        if self.count_owners:
+            self.owners.add(job_id, reservation.owner)
 
     def at_limit(self, array: str, limit: int) -> bool:
         """Whether `limit` members of `array` are already assigned, running or reserved."""
-        return len(self.limited.get(array, ())) >= limit
+        return self.arrays.count(array) >= limit
 
     def running_of(self, owner: str) -> int:
-        """How many of `owner`'s jobs are assigned, running or reserved."""
-        return len(self.owned.get(owner, ()))
-
-    def _uncount_limited(self, job_id: str, array: str) -> None:
-        _uncount(self.limited, job_id, array)
-
-    def _recount_limited(self) -> None:
-        self.limited, self.owned = {}, {}
-        for job_id, array in self._limited_assigned.items():
-            self.limited.setdefault(array, set()).add(job_id)
-        for job_id, owner in self._owner_assigned.items():
-            self.owned.setdefault(owner, set()).add(job_id)
-        for job_id, reservation in self.reservations.items():
-            if reservation.limited:
-                self.limited.setdefault(reservation.limited, set()).add(job_id)
-            self.owned.setdefault(reservation.owner, set()).add(job_id)
+        """How many of `owner`'s jobs are assigned, running or reserved (counted with count_owners)."""
+        return self.owners.count(owner)
 
     def settle(self, job_id: str, revision: int | None) -> None:
         """A reservation's transaction returned: written at `revision`, or not (None: the room
@@ -335,10 +360,8 @@ class ClusterView:
         else:
             del self.reservations[job_id]
             self.index.use(reservation.node, -1, -reservation.memory)
-            if job_id not in self._limited_assigned:
-                self._uncount_limited(job_id, reservation.limited)
-            if job_id not in self._owner_assigned:
-                _uncount(self.owned, job_id, reservation.owner)
+            self.arrays.released(job_id, reservation.limited)
+            self.owners.released(job_id, reservation.owner)
 
     def skip_until_changed(self, job_id: str, revision: int) -> None:
         """Leave the queue entry of `job_id` alone while it is still at `revision`."""
@@ -357,12 +380,3 @@ class ClusterView:
     def buried(self, node: str, gone_at: int) -> None:
         if self.dead.get(node) == gone_at:
             del self.dead[node]
-
-
-def _uncount(groups: dict[str, set[str]], job_id: str, group: str) -> None:
-    """`job_id` no longer counts against `group` (an array's %K, or an owner's jobs)."""
-    members = groups.get(group)
-    if members is not None:
-        members.discard(job_id)
-        if not members:
-            del groups[group]

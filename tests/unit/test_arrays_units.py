@@ -217,8 +217,9 @@ def test_list_folds_an_array_into_one_row_at_its_place():
 
 
 # -- the scheduler: %K and parents --------------------------------------------------------------------
-def scheduler(store=None, capacity: int = 8) -> Scheduler:
-    s = Scheduler(store, None, KEYS, Jobs(store, KEYS) if store is not None else None, "p")
+def scheduler(store=None, capacity: int = 8, max_running_per_user: int = 0) -> Scheduler:
+    s = Scheduler(store, None, KEYS, Jobs(store, KEYS) if store is not None else None, "p",
+                  max_running_per_user=max_running_per_user)
     if store is not None:
         s._prime_revision = store.put(KEYS.prime, b"p")
     s.view._node_events([Event("put", KEYS.node("p"), NodeInfo("p", "localhost:1", capacity).to_bytes(), 10)])
@@ -343,8 +344,7 @@ def owned(index: int, owner: str) -> JobRecord:
 
 def test_a_users_jobs_past_the_cap_wait_and_later_users_jobs_go_past_them():
     store = MemStore()
-    s = scheduler(store)
-    s.max_running_per_user = 2
+    s = scheduler(store, max_running_per_user=2)
     s._prime_revision = store.put(KEYS.prime, b"p")
     anns = [owned(i, "ann") for i in range(4)]
     bobs = owned(9, "bob")
@@ -366,7 +366,8 @@ def test_a_users_jobs_past_the_cap_wait_and_later_users_jobs_go_past_them():
     assert [a.record.id for a in s._next_batch()[0]] == [anns[2].id]
 
 
-def test_without_a_cap_the_queue_goes_in_order():
+def test_without_a_cap_the_queue_goes_in_order_and_nobody_is_counted():
     s = scheduler()
     queue(s, *(owned(i, "ann") for i in range(3)), owned(9, "bob"))
     assert [a.record.owner for a in s._next_batch()[0]] == ["ann", "ann", "ann", "bob"]
+    assert s.view.owners.members == {}  # no work for a limit nobody set
