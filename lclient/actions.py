@@ -189,18 +189,21 @@ def _wait(client: JobsClient, job_id: str, timeout: float | None, as_json: bool)
 
 
 def _logs(client: JobsClient, job_id: str, follow: bool) -> int:
-    out, err = sys.stdout.buffer, sys.stderr.buffer
     for chunk in client.logs(job_id, follow):
-        target = err if chunk.stream == pb.LogChunk.STDERR else out
-        target.write(chunk.data)
-        target.flush()
+        _write(chunk)
     return errors.EXIT_OK
+
+
+def _write(chunk) -> None:
+    """A LogChunk or ExecChunk's bytes to this stdout or stderr, as the job wrote them."""
+    target = sys.stderr.buffer if chunk.stream == pb.LogChunk.STDERR else sys.stdout.buffer
+    target.write(chunk.data)
+    target.flush()
 
 
 def _exec(client: JobsClient, o: dict) -> int:
     """-exec UUID CMD: the command's output as it comes, then its status as lclient's."""
     job_id, command = o["exec_"]
-    out, err = sys.stdout.buffer, sys.stderr.buffer
     stdin = read_stdin(o["stdin"]) if o["stdin"] else b""
     for chunk in client.exec(job_id, utf8("the -exec command", command), stdin):
         if chunk.ended:
@@ -208,9 +211,7 @@ def _exec(client: JobsClient, o: dict) -> int:
                 echo(f"lclient: {command!r} did not run in job {job_id}: {chunk.error}", err=True)
                 return errors.EXIT_NOT_RUN
             return chunk.exit_code if chunk.HasField("exit_code") else 128 + chunk.signal
-        target = err if chunk.stream == pb.LogChunk.STDERR else out
-        target.write(chunk.data)
-        target.flush()
+        _write(chunk)
     echo(f"lclient: job {job_id}: the command's end was not told (the node went away)", err=True)
     return errors.EXIT_UNAVAILABLE
 

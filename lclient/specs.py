@@ -35,7 +35,7 @@ def check_utf8(o: dict) -> None:
     for key in ("check", "kill", "logs", "wait", "drain", "undrain"):
         if isinstance(o[key], str):
             utf8(f"the -{key} argument", o[key])
-    if o.get("exec_"):
+    if o["exec_"]:
         utf8("the -exec uuid", o["exec_"][0])
     for state in o["states"]:
         utf8("the -state argument", state)

@@ -205,9 +205,7 @@ class JobsServicer(pb_grpc.JobsServicer):
         proxied = any(k == PROXIED_KEY for k, _ in context.invocation_metadata())
         if proxied:  # the node it came through checked the user
             access.check_may_proxy(caller)
-        found = self.lookup.resolve(job_id)
-        if not proxied:
-            access.check_may_act(caller, _owner_of(found), what, job_id)
+        found = self.lookup.resolve(job_id) if proxied else self._resolved_for(caller, job_id, what)
         if isinstance(found, FoundPool):
             raise IsAPool(job_id, len(found.pool.members), f"{instead} (lclient -check {job_id} lists them)",
                           found.pool.kind)

@@ -146,16 +146,7 @@ class LogFiles:
 
     def written_before(self, cutoff: float) -> list[str]:
         """Ids of the jobs whose log files were all last written (or marked ended) before `cutoff`."""
-        newest: dict[str, float] = {}
-        try:
-            with os.scandir(self.directory) as entries:
-                for entry in entries:
-                    job_id, dot, suffix = entry.name.rpartition(".")
-                    if dot and suffix in ("out", "err") and JOB_ID.match(job_id):
-                        newest[job_id] = max(_mtime(entry), newest.get(job_id, 0.0))
-        except FileNotFoundError:
-            return []
-        return [job_id for job_id, mtime in newest.items() if mtime < cutoff]
+        return [job_id for job_id, (_, mtime) in self.usage().items() if mtime < cutoff]
 
     def remove(self, job_id: str, cutoff: float) -> int:
         """Delete those of the job's log files still last written before `cutoff` (looked at
@@ -169,7 +160,6 @@ class LogFiles:
             except FileNotFoundError:
                 pass
         return removed
-
 
     def usage(self) -> dict[str, tuple[int, float]]:
         """Job id -> (bytes its log files take on disk, their newest mtime), for every job here."""
@@ -230,10 +220,3 @@ def _root_only(st: os.stat_result) -> bool:
     others_write = st.st_mode & 0o002 and not sticky
     group_write = st.st_mode & 0o020 and st.st_gid != 0 and not sticky
     return st.st_uid in (0, os.geteuid()) and not others_write and not group_write
-
-
-def _mtime(entry: os.DirEntry) -> float:
-    try:
-        return entry.stat(follow_symlinks=False).st_mtime
-    except FileNotFoundError:  # removed meanwhile: never the newest
-        return 0.0

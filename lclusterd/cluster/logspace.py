@@ -67,17 +67,17 @@ class LogSpace:
 
     def trim(self) -> int:
         """Make room if the logs take more than the limit; how many jobs' output went."""
-        now = time.monotonic()
-        if not self.limit or now < self._next_listing or self._file_system_used() <= self.limit:
-            return 0
         started = time.monotonic()
+        if not self.limit or started < self._next_listing or self._file_system_used() <= self.limit:
+            return 0
         usage = self.logs.usage()
-        self._next_listing = time.monotonic() + 100 * (time.monotonic() - started)
+        listed = time.monotonic()
+        self._next_listing = listed + 100 * (listed - started)
         total = sum(size for size, _ in usage.values())
         if total <= self.limit:
             return 0
-        running, cutoff, now_wall = self._running(), self._clock() - GRACE, self._clock()
-        text = note(self.node, self.limit, now_wall)
+        now, running = self._clock(), self._running()
+        cutoff, text = now - GRACE, note(self.node, self.limit, now)
         evicted = 0
         for job_id, (size, mtime) in sorted(usage.items(), key=lambda item: item[1][1]):
             if total <= self.limit * LOW_WATER or mtime >= cutoff:

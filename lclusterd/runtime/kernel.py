@@ -113,13 +113,12 @@ _SPAWN_STATE = 512  # bytes for a posix_spawn_file_actions_t or posix_spawnattr_
 _SIGSET = 128  # sizeof(sigset_t) in glibc
 
 
-def posix_spawn(path: str, argv: list[str], dup2: tuple[int, int] | list[tuple[int, int]],
-                default_signals: list[int]) -> int:
+def posix_spawn(path: str, argv: list[str], dup2: list[tuple[int, int]], default_signals: list[int]) -> int:
     """posix_spawn(3) of `path` with an empty environment, file actions dup2(*pair) for each
-    pair of `dup2` (one pair, or a list), an empty signal mask and the default disposition for
+    pair of `dup2`, in order, an empty signal mask and the default disposition for
     `default_signals`; the child's pid.
 
-    What os.posix_spawn(path, argv, {}, file_actions=[(POSIX_SPAWN_DUP2, *dup2)],
+    What os.posix_spawn(path, argv, {}, file_actions=[(POSIX_SPAWN_DUP2, *pair) for pair in dup2],
     setsigmask=(), setsigdef=default_signals) does, through ctypes, which lets go of the GIL
     while libc waits for the child's exec (its vfork); os.posix_spawn holds the GIL meanwhile,
     so no other thread of the process ran during a spawn (spares.py)."""
@@ -134,7 +133,7 @@ def posix_spawn(path: str, argv: list[str], dup2: tuple[int, int] | list[tuple[i
     pid = ctypes.c_int()
     _spawn_check(_libc.posix_spawn_file_actions_init(actions), "posix_spawn_file_actions_init")
     try:
-        for pair in [dup2] if isinstance(dup2, tuple) else dup2:
+        for pair in dup2:
             _spawn_check(_libc.posix_spawn_file_actions_adddup2(actions, *pair), f"posix_spawn_file_actions_adddup2{pair}")
         _spawn_check(_libc.posix_spawnattr_init(attr), "posix_spawnattr_init")
         try:

@@ -88,7 +88,7 @@ class SparePool:
         try:
             kernel.unshare(kernel.CLONE_NEWPID)
             try:
-                pid = kernel.posix_spawn(setup.jobinit, argv, (theirs.fileno(), 3), DEFAULT_SIGNALS)
+                pid = kernel.posix_spawn(setup.jobinit, argv, [(theirs.fileno(), 3)], DEFAULT_SIGNALS)
             finally:  # later children go back to our own namespace
                 kernel.setns(setup.own_pid_ns, kernel.CLONE_NEWPID)
         except BaseException:
