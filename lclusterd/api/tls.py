@@ -15,6 +15,7 @@ certificate. Files that do not load leave the ones in use in place.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,9 @@ class TlsFiles:
             raise TlsError(f"--tls-dir {directory}: {error}") from None
         return TlsFiles(ca, cert, key, revoked)
 
+    @functools.cached_property
     def channel_credentials(self) -> grpc.ChannelCredentials:
+        """One object per set of files: a peer's channel made with an earlier one is made again."""
         return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert)
 
     def server_configuration(self) -> grpc.ServerCertificateConfiguration:
@@ -85,14 +88,13 @@ class LiveTls:
         self._where = (directory, name, address)
         self._lock = threading.Lock()
         self.files = TlsFiles.load(*self._where)
-        self._channel = self.files.channel_credentials()
         self._served: TlsFiles | None = self.files  # what the listener's handshakes use
 
     def reload(self) -> TlsFiles:
         """Read the directory again and use it; TlsError (the files in use stay) if it does not load."""
         files = TlsFiles.load(*self._where)
         with self._lock:
-            self.files, self._channel = files, files.channel_credentials()
+            self.files = files
         return files
 
     def is_revoked(self, serial: int) -> bool:
@@ -100,7 +102,7 @@ class LiveTls:
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """This node's credentials for calls to its peers (a new object after each reload)."""
-        return self._channel
+        return self.files.channel_credentials
 
     def server_credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(self.files.server_configuration(), self._configuration,

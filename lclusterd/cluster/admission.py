@@ -82,8 +82,10 @@ class JobQuota:
         self.limit, self.stored = limit, stored
 
     def check(self, owner: str, adding: int) -> None:
-        have = self.stored(owner) if self.limit else 0
-        if self.limit and have + adding > self.limit:
+        if not self.limit:
+            return
+        have = self.stored(owner)
+        if have + adding > self.limit:
             metrics.quota_refused()
             raise QuotaExceeded(f"user {owner} has {have} jobs in the cluster (queued, running, or ended and kept for "
                                 f"--keep) and may have at most {self.limit} (--max-jobs-per-user): this add of "
