@@ -67,7 +67,7 @@ def test_a_command_takes_its_input_with_stdin(node):
 
 def test_what_cannot_run_is_one_line(node):
     job = running(node)
-    missing = node.lclient("-exec", job, "exec /no/such/binary")
+    missing = node.lclient("-exec", job, "exec /no/such/binary")  # the job's shell says so, and exits 127
     assert missing.returncode == 127 and missing.stderr.count("\n") == 1, missing.stderr
     ended = add(node, "true", "-wait")
     refused = node.lclient("-exec", ended, "true")

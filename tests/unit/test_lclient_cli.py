@@ -70,6 +70,12 @@ class FakeClient:
         self._record("wait", job_id, timeout)
         return self.job
 
+    def exec(self, job_id, command, stdin=b""):
+        self._record("exec", job_id, command, stdin)
+        yield pb.ExecChunk(stream=pb.LogChunk.STDOUT, data=b"out\n")
+        yield pb.ExecChunk(stream=pb.LogChunk.STDERR, data=b"err\n")
+        yield self.ended
+
     def close(self):
         pass
 
@@ -458,3 +464,16 @@ def test_malformed_network_and_volume_options_are_one_line_exit_2_before_any_cal
 def test_network_options_go_with_add(capsys):
     code, _, err, _ = run(["-check", JOB, "-net", "bridge"], capsys)
     assert (code, err) == (2, "lclient: -net goes with -add\n")
+
+
+@pytest.mark.parametrize("ended, status, line", [
+    (pb.ExecChunk(ended=True, exit_code=3), 3, ""),
+    (pb.ExecChunk(ended=True, signal=9), 137, ""),
+    (pb.ExecChunk(ended=True, error="find command: command not found in the rootfs: /bin/sh"), 127,
+     f"lclient: 'id' did not run in job {JOB}: find command: command not found in the rootfs: /bin/sh\n"),
+])
+def test_exec_prints_the_output_and_exits_with_the_commands_status(capsys, ended, status, line):
+    FakeClient.ended = ended
+    code, out, err, client = run(["-exec", JOB, "id"], capsys)
+    assert (code, out, err) == (status, "out\n", "err\n" + line)
+    assert client.calls == [("exec", (JOB, "id", b""))]
